@@ -1,0 +1,332 @@
+"""Read the supported data sets into one shape: a pool of rows (features, `label`, optional `group`).
+
+Loaders only read and validate; leakage guards that need the data set's semantics
+(TEP's pre-fault rows) are applied here because only the loader knows them, and
+everything generic (sampling, splitting, scaling) lives in `prepare.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from faultllm.errors import FaultLLMError
+
+LABEL = "label"
+GROUP = "group"
+
+TEP_FEATURES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
+TEP_ID_COLUMNS = ["faultNumber", "simulationRun", "sample"]
+RIETH_TABLES = {  # stem -> (split part, object name inside the .RData)
+    "TEP_FaultFree_Training": ("train", "fault_free_training"),
+    "TEP_Faulty_Training": ("train", "faulty_training"),
+    "TEP_FaultFree_Testing": ("test", "fault_free_testing"),
+    "TEP_Faulty_Testing": ("test", "faulty_testing"),
+}
+RIETH_SCHEMA = "the Rieth TEP columns faultNumber, simulationRun, sample, xmeas_1..xmeas_41, xmv_1..xmv_11"
+HST_FEATURES = [str(i) for i in range(46)]
+
+
+@dataclass
+class RawData:
+    """Rows to sample from. `test_pool` is set when the data set ships its own test files."""
+
+    pool: pd.DataFrame
+    test_pool: pd.DataFrame | None
+    features: list[str]
+    source: str
+
+
+def load(data_cfg) -> RawData:
+    loaders: dict[str, Callable[..., RawData]] = {"hst": load_hst, "tep": load_tep, "table": load_table}
+    if data_cfg.loader not in loaders:
+        raise FaultLLMError(f"data.loader={data_cfg.loader!r} is unknown; expected one of {sorted(loaders)}")
+    return loaders[data_cfg.loader](data_cfg)
+
+
+# ---------------------------------------------------------------- file reading and validation
+
+
+def _existing(path: str | os.PathLike | None, key: str) -> Path:
+    if path in (None, "", "???"):
+        raise FaultLLMError(f"{key} is not set; pass {key}=PATH")
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise FaultLLMError(f"{key}={path}: no such file or directory")
+    return resolved
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """CSV or Parquet by extension."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path, columns=list(columns) if columns else None)
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(path, usecols=list(columns) if columns else None)
+    except (ValueError, OSError) as err:
+        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({_first_line(err)})") from None
+    raise FaultLLMError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def require_columns(frame: pd.DataFrame, required: Sequence[str], source: object, expected: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FaultLLMError(f"{source}: missing column(s) {shown}; expected {expected}")
+
+
+def validate_features(frame: pd.DataFrame, features: Sequence[str], source: object) -> None:
+    """Every feature numeric and finite, else an error naming column, row and value."""
+    for column in features:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = values[numeric.isna() & values.notna()]
+            if len(bad):
+                row = bad.index[0]
+                raise FaultLLMError(
+                    f"{source}: column {column!r} row {row} holds {bad.iloc[0]!r}; expected a number"
+                )
+            frame[column] = numeric
+        bad_mask = ~np.isfinite(frame[column].to_numpy(dtype=np.float64))
+        if bad_mask.any():
+            row = frame.index[np.argmax(bad_mask)]
+            raise FaultLLMError(
+                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]!r}; expected a finite number"
+            )
+
+
+def normalize_labels(values: pd.Series, source: object, column: str) -> pd.Series:
+    """Integral labels become int64 (TEP stores 1.0); anything else is kept as text."""
+    if values.isna().any():
+        raise FaultLLMError(f"{source}: column {column!r} row {values.index[values.isna()][0]} has no label")
+    if pd.api.types.is_numeric_dtype(values):
+        as_float = values.astype(np.float64)
+        if (as_float == np.round(as_float)).all():
+            return as_float.astype(np.int64)
+    return values.astype(str)
+
+
+# ---------------------------------------------------------------- columnar cache
+
+
+def cached_parquet(path: Path, read: Callable[[Path], pd.DataFrame], cache_dir: str | os.PathLike) -> Path:
+    """Parquet copy of a slow-to-parse file, keyed by path, size and mtime; Parquet files pass through."""
+    if path.suffix.lower() == ".parquet":
+        return path
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(cache_dir).expanduser() / f"{path.stem}-{key}.parquet"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame = read(path)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        frame.to_parquet(partial, index=False)
+        partial.replace(target)  # atomic: an interrupted first load never leaves a half-written cache
+    return target
+
+
+# ---------------------------------------------------------------- HST
+
+
+def load_hst(data_cfg) -> RawData:
+    path = _existing(data_cfg.path, "data.path")
+    frame = read_table(path)
+    if list(frame.columns) != HST_FEATURES + [LABEL]:
+        shown = ",".join(map(str, frame.columns[:4])) + ",...," + ",".join(map(str, frame.columns[-2:]))
+        raise FaultLLMError(f"{path}: header is {shown}; expected the HST header 0,1,...,45,label")
+    validate_features(frame, HST_FEATURES, path)
+    frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
+    return RawData(pool=frame, test_pool=None, features=list(HST_FEATURES), source=str(path))
+
+
+# ---------------------------------------------------------------- generic table
+
+
+def load_table(data_cfg) -> RawData:
+    path = _existing(data_cfg.path, "data.path")
+    label_column, group_column = data_cfg.label_column, data_cfg.get("group_column")
+
+    def read(file: Path) -> pd.DataFrame:
+        frame = read_table(file)
+        require_columns(frame, [label_column], file, f"a label column {label_column!r} (data.label_column)")
+        features = list(data_cfg.feature_columns or [])
+        if not features:
+            excluded = {label_column, group_column, *(data_cfg.get("drop_columns") or [])}
+            features = [c for c in frame.columns if c not in excluded]
+        require_columns(frame, features, file, "the columns in data.feature_columns")
+        validate_features(frame, features, file)
+        out = frame[features].copy()
+        out[LABEL] = normalize_labels(frame[label_column], file, label_column)
+        if group_column:
+            require_columns(frame, [group_column], file, f"a group column {group_column!r} (data.group_column)")
+            out[GROUP] = frame[group_column].to_numpy()
+        return out
+
+    pool = read(path)
+    test_pool = read(_existing(data_cfg.test_path, "data.test_path")) if data_cfg.get("test_path") else None
+    features = [c for c in pool.columns if c not in (LABEL, GROUP)]
+    if test_pool is not None and [c for c in test_pool.columns if c not in (LABEL, GROUP)] != features:
+        raise FaultLLMError(f"{data_cfg.test_path}: feature columns differ from {path}")
+    return RawData(pool=pool, test_pool=test_pool, features=features, source=str(path))
+
+
+# ---------------------------------------------------------------- TEP
+
+
+def load_tep(data_cfg) -> RawData:
+    """Rieth et al. 2017 tables (.RData, .csv or .parquet) or the Braatz d*.dat files in one directory."""
+    directory = _existing(data_cfg.path, "data.path")
+    if not directory.is_dir():
+        raise FaultLLMError(f"data.path={directory}: expected a directory holding the TEP files")
+    rieth = _find_rieth_files(directory)
+    if rieth:
+        parts = {part: [] for part in ("train", "test")}
+        present: set[int] = set()
+        for stem, file in rieth.items():
+            part, object_name = RIETH_TABLES[stem]
+            rows, labels_in_file = _read_rieth(file, object_name, data_cfg, part)
+            parts[part].append(rows)
+            present |= labels_in_file if part == "train" else set()
+        missing = [label for label in data_cfg.labels or [] if int(label) not in present]
+        if missing:
+            raise FaultLLMError(
+                f"data.labels: label {missing[0]} does not occur in the training files of {directory} "
+                f"(labels present: {', '.join(map(str, sorted(present)))})"
+            )
+        if not parts["train"]:
+            raise FaultLLMError(f"{directory}: no TEP training table (TEP_FaultFree_Training / TEP_Faulty_Training)")
+        pool = pd.concat(parts["train"], ignore_index=True)
+        test_pool = pd.concat(parts["test"], ignore_index=True) if parts["test"] else None
+    elif sorted(directory.glob("d[0-9][0-9]*.dat")):
+        pool, test_pool = _read_braatz(directory, data_cfg)
+    else:
+        raise FaultLLMError(
+            f"{directory}: no TEP files found; expected TEP_Faulty_Training.RData (or .csv/.parquet) "
+            "and friends from Rieth et al., or the Braatz d00.dat ... d21_te.dat files"
+        )
+    if not data_cfg.use_testing_files:
+        test_pool = None
+    return RawData(pool=pool, test_pool=test_pool, features=list(TEP_FEATURES), source=str(directory))
+
+
+def _find_rieth_files(directory: Path) -> dict[str, Path]:
+    found = {}
+    for stem in RIETH_TABLES:
+        for suffix in (".parquet", ".RData", ".rdata", ".csv"):
+            if (directory / f"{stem}{suffix}").exists():
+                found[stem] = directory / f"{stem}{suffix}"
+                break
+    return found
+
+
+def _read_rdata(path: Path, object_name: str) -> pd.DataFrame:
+    import pyreadr
+
+    try:
+        objects = pyreadr.read_r(str(path))
+    except Exception as err:  # pyreadr raises its own error types for corrupt files
+        raise FaultLLMError(f"{path}: cannot read as RData ({_first_line(err)})") from None
+    if object_name not in objects:
+        if len(objects) != 1:
+            raise FaultLLMError(f"{path}: expected an R object named {object_name!r}, found {list(objects)}")
+        object_name = next(iter(objects))
+    return objects[object_name]
+
+
+def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[pd.DataFrame, set[int]]:
+    """The requested labels' rows of one Rieth table, and every label the table holds."""
+    import pyarrow.parquet as pq
+
+    def read_whole(file: Path) -> pd.DataFrame:
+        frame = _read_rdata(file, object_name) if file.suffix.lower() == ".rdata" else read_table(file)
+        require_columns(frame, TEP_ID_COLUMNS + TEP_FEATURES, file, RIETH_SCHEMA)
+        return frame[TEP_ID_COLUMNS + TEP_FEATURES]
+
+    columnar = cached_parquet(path, read_whole, data_cfg.cache_dir)
+    schema = pq.read_schema(columnar)
+    require_columns(pd.DataFrame(columns=schema.names), TEP_ID_COLUMNS + TEP_FEATURES, path, RIETH_SCHEMA)
+    as_stored = float if schema.field("faultNumber").type in ("double", "float") else int
+    wanted = [as_stored(label) for label in data_cfg.labels] if data_cfg.labels else None
+    table = pq.read_table(
+        columnar,
+        columns=TEP_ID_COLUMNS + TEP_FEATURES,
+        filters=[("faultNumber", "in", wanted)] if wanted is not None else None,
+    )
+    frame = table.to_pandas()
+    validate_features(frame, TEP_FEATURES, path)
+    present = {int(v) for v in pq.read_table(columnar, columns=["faultNumber"]).column(0).unique().to_pylist()}
+    return _tep_rows(frame, data_cfg.fault_onset[part], data_cfg.prefault, path), present
+
+
+def _tep_rows(frame: pd.DataFrame, onset: int, prefault: str, source: object) -> pd.DataFrame:
+    """Keep the 52 process variables, label = fault number, group = simulation run.
+
+    Rows of a faulty run up to sample `onset` were recorded before the fault was switched
+    on: they are normal operation, so they are dropped or relabelled 0, never kept as the fault.
+    """
+    label = normalize_labels(frame["faultNumber"], source, "faultNumber")
+    prefault_rows = (label != 0) & (frame["sample"].to_numpy() <= onset)
+    out = frame[TEP_FEATURES].copy()
+    out[LABEL] = label
+    out[GROUP] = frame["simulationRun"].astype(np.int64).to_numpy()
+    if prefault == "drop":
+        return out[~prefault_rows].reset_index(drop=True)
+    if prefault == "relabel":
+        out.loc[prefault_rows, LABEL] = 0
+        return out
+    raise FaultLLMError(f"data.prefault={prefault!r}; expected 'drop' or 'relabel'")
+
+
+def _read_braatz(directory: Path, data_cfg) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """d00.dat ... d21.dat (training) and d00_te.dat ... d21_te.dat (testing), whitespace separated.
+
+    Each file is a single run, so there is no run id to group by. `d00.dat` is stored
+    transposed (52 x 500). The training faults are recorded after onset; testing faults start after sample 160.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": []}
+    labels = {int(label) for label in data_cfg.labels} if data_cfg.labels else None
+    for file in sorted(directory.glob("d[0-9][0-9]*.dat")):
+        match = re.fullmatch(r"d(\d\d)(_te)?\.dat", file.name)
+        if not match or (labels is not None and int(match.group(1)) not in labels):
+            continue
+        part = "test" if match.group(2) else "train"
+        values = _read_dat(file)
+        if values.shape[0] == len(TEP_FEATURES) and values.shape[1] != len(TEP_FEATURES):
+            values = values.T
+        if values.shape[1] != len(TEP_FEATURES):
+            raise FaultLLMError(f"{file}: {values.shape[1]} columns; expected 52 (XMEAS 1-41, XMV 1-11)")
+        frame = pd.DataFrame(values, columns=TEP_FEATURES)
+        frame.insert(0, "sample", np.arange(1, len(frame) + 1))
+        frame.insert(0, "simulationRun", 1)
+        frame.insert(0, "faultNumber", int(match.group(1)))
+        onset = data_cfg.braatz_fault_onset[part]
+        rows = _tep_rows(frame, onset, data_cfg.prefault, file).drop(columns=GROUP)
+        parts[part].append(rows)
+    if not parts["train"]:
+        raise FaultLLMError(f"{directory}: no Braatz training file (dNN.dat) for labels {sorted(labels or [])}")
+    test = pd.concat(parts["test"], ignore_index=True) if parts["test"] else None
+    return pd.concat(parts["train"], ignore_index=True), test
+
+
+def _read_dat(file: Path) -> np.ndarray:
+    try:
+        values = np.loadtxt(file, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({_first_line(err)})") from None
+    if not np.isfinite(values).all():
+        row, col = np.argwhere(~np.isfinite(values))[0]
+        raise FaultLLMError(f"{file}: row {row} column {col} holds {values[row, col]}; expected a finite number")
+    return values

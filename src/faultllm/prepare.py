@@ -1,0 +1,193 @@
+"""Leakage-safe splits: label subset, balanced seeded sampling, run-grouped split, train-only scaling.
+
+`make_split(cfg.data, seed)` gives the unscaled train/test rows every job (LLM, baselines,
+HPO folds) starts from; `fit_scaler` is fitted on whichever rows are training rows at
+that moment (the whole training split, or one fold's training part).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from faultllm.errors import FaultLLMError
+from faultllm.loaders import GROUP, LABEL, RawData, load
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame  # features, `label`, and `group` (run id) when the data set has runs
+    test: pd.DataFrame
+    features: list[str]
+    labels: list  # the class labels, in prompt order
+
+    def fingerprint(self) -> str:
+        """Hash of the exact rows and values on each side: equal fingerprints mean identical splits."""
+        digest = hashlib.sha256()
+        for frame in (self.train, self.test):
+            digest.update(pd.util.hash_pandas_object(frame[self.features + [LABEL]], index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {str(k): int(v) for k, v in frame[LABEL].value_counts().sort_index().items()}
+            for name, frame in (("train", self.train), ("test", self.test))
+        }
+
+
+def make_split(data_cfg, seed: int) -> Split:
+    """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled."""
+    raw = load(data_cfg)
+    labels = select_labels(raw, data_cfg.labels)
+    pool = raw.pool[raw.pool[LABEL].isin(labels)]
+    if data_cfg.get("drop_duplicates", True):
+        pool = pool.drop_duplicates(subset=raw.features + [LABEL])
+    n_train = per_label(data_cfg.train_size, labels, "data.train_size")
+    n_test = per_label(data_cfg.test_size, labels, "data.test_size")
+    rng = np.random.default_rng(seed)
+
+    if raw.test_pool is not None:
+        test_pool = raw.test_pool[raw.test_pool[LABEL].isin(labels)]
+        train = balanced_sample(pool, labels, n_train, rng, f"{raw.source} (training rows)")
+        test = balanced_sample(test_pool, labels, n_test, rng, f"{raw.source} (testing rows)")
+    elif GROUP in pool.columns:
+        train_pool, test_pool = split_groups(pool, data_cfg.test_size / (data_cfg.train_size + data_cfg.test_size), rng)
+        train = balanced_sample(train_pool, labels, n_train, rng, f"{raw.source} (runs kept for training)")
+        test = balanced_sample(test_pool, labels, n_test, rng, f"{raw.source} (runs held out for testing)")
+    else:
+        both = balanced_sample(pool, labels, n_train + n_test, rng, raw.source)
+        is_test = both.groupby(LABEL, sort=False).cumcount() < n_test
+        train, test = both[~is_test], both[is_test]
+    shuffle = lambda frame: frame.sample(frac=1.0, random_state=rng.integers(2**31)).reset_index(drop=True)  # noqa: E731
+    return Split(train=shuffle(train), test=shuffle(test), features=raw.features, labels=labels)
+
+
+def select_labels(raw: RawData, requested) -> list:
+    present = sorted(raw.pool[LABEL].unique().tolist())
+    if not requested:
+        return present
+    integer_labels = pd.api.types.is_integer_dtype(raw.pool[LABEL])
+    labels = []
+    for value in requested:
+        try:
+            label = int(value) if integer_labels else str(value)
+        except (TypeError, ValueError):
+            raise FaultLLMError(f"data.labels: {value!r} is not an integer label like those in {raw.source}") from None
+        if label not in present:
+            shown = ", ".join(map(str, present[:25]))
+            raise FaultLLMError(f"data.labels: label {label!r} does not occur in {raw.source} (labels present: {shown})")
+        labels.append(label)
+    if len(set(labels)) != len(labels) or len(labels) < 2:
+        raise FaultLLMError(f"data.labels={list(requested)}: expected at least two distinct labels")
+    return labels
+
+
+def per_label(total: int, labels: list, key: str) -> int:
+    if total < len(labels) or total % len(labels):
+        raise FaultLLMError(f"{key}={total} cannot be balanced over {len(labels)} labels; use a multiple of {len(labels)}")
+    return total // len(labels)
+
+
+def balanced_sample(pool: pd.DataFrame, labels: list, n_per_label: int, rng: np.random.Generator, source: str) -> pd.DataFrame:
+    parts = []
+    for label in labels:
+        rows = pool[pool[LABEL] == label]
+        if len(rows) < n_per_label:
+            raise FaultLLMError(
+                f"{source}: label {label} has {len(rows)} usable rows, {n_per_label} needed for a balanced sample"
+            )
+        parts.append(rows.iloc[rng.choice(len(rows), size=n_per_label, replace=False)])  # random order
+    return pd.concat(parts)
+
+
+def split_groups(pool: pd.DataFrame, test_fraction: float, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out whole runs: no simulation run contributes rows to both sides."""
+    runs = rng.permutation(np.sort(pool[GROUP].unique()))
+    if len(runs) < 2:
+        raise FaultLLMError("cannot hold out whole runs for testing: the data has a single run; give test files")
+    n_test = min(len(runs) - 1, max(1, round(len(runs) * test_fraction)))
+    is_test = pool[GROUP].isin(runs[:n_test])
+    return pool[~is_test], pool[is_test]
+
+
+# ---------------------------------------------------------------- scaling
+
+
+@dataclass(frozen=True)
+class MinMaxScaler:
+    minimum: np.ndarray
+    maximum: np.ndarray
+    feature_range: tuple[float, float]
+
+    def transform(self, frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+        low, high = self.feature_range
+        span = self.maximum - self.minimum
+        span = np.where(span > 0, span, 1.0)  # constant columns map to `low` instead of dividing by zero
+        out = frame.copy()
+        out[features] = (frame[features].to_numpy(np.float64) - self.minimum) / span * (high - low) + low
+        return out
+
+
+def fit_scaler(train: pd.DataFrame, features: list[str], feature_range) -> MinMaxScaler:
+    low, high = (float(v) for v in feature_range)
+    if not low < high:
+        raise FaultLLMError(f"data.scale_range={list(feature_range)}: expected [low, high] with low < high")
+    values = train[features].to_numpy(np.float64)
+    return MinMaxScaler(values.min(axis=0), values.max(axis=0), (low, high))
+
+
+def scale_split(split: Split, normalize: bool, feature_range) -> tuple[Split, MinMaxScaler | None]:
+    """Min-max scale both sides with a scaler fitted on the training side only."""
+    if not normalize:
+        return split, None
+    scaler = fit_scaler(split.train, split.features, feature_range)
+    return replace(
+        split, train=scaler.transform(split.train, split.features), test=scaler.transform(split.test, split.features)
+    ), scaler
+
+
+# ---------------------------------------------------------------- the `faultllm data prepare` job
+
+
+def prepared_split(cfg) -> tuple[Split, MinMaxScaler | None]:
+    """The split every job trains and tests on: `make_split` then train-only scaling."""
+    return scale_split(make_split(cfg.data, cfg.seed), cfg.data.normalize, cfg.data.scale_range)
+
+
+def split_summary(split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
+    return {
+        "rows": split.counts(),
+        "labels": [str(label) for label in split.labels],
+        "features": split.features,
+        "scaler_range": list(scaler.feature_range) if scaler else None,
+        "seed": seed,
+        "split_fingerprint": split.fingerprint(),
+    }
+
+
+def prepare_data(cfg, run_dir) -> dict:
+    from faultllm.config import start_run, write_json
+    from faultllm.reporting import print_summary
+
+    run_dir = start_run(cfg, run_dir)
+    split, scaler = prepared_split(cfg)
+    for name, frame in (("train", split.train), ("test", split.test)):
+        frame[split.features + [LABEL]].to_parquet(run_dir / f"{name}.parquet", index=False)
+    summary = split_summary(split, scaler, cfg.seed)
+    write_json(run_dir / "summary.json", summary)
+    rows = summary["rows"]
+    print_summary(
+        f"data prepared: {cfg.data.display_name}",
+        {
+            "train rows per label": ", ".join(f"{k}: {v}" for k, v in rows["train"].items()),
+            "test rows per label": ", ".join(f"{k}: {v}" for k, v in rows["test"].items()),
+            "features": f"{len(split.features)} ({split.features[0]} ... {split.features[-1]})",
+            "scaling": f"min-max to {summary['scaler_range']} (fitted on train)" if scaler else "off",
+            "seed / fingerprint": f"{cfg.seed} / {summary['split_fingerprint']}",
+            "written to": str(run_dir),
+        },
+    )
+    return summary

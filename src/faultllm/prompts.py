@@ -1,0 +1,73 @@
+"""Serialize a table row as a Llama-2 chat prompt, and the answer it should get.
+
+    [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]   <- prompt (the tokenizer adds BOS)
+     Y = {label}                                                  <- completion (EOS appended by the trainer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from faultllm.loaders import LABEL
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    system: str  # already filled in with the data set's name
+    name_features: bool
+    decimals: int | None  # None: shortest exact form (1, 0.05); an int: fixed decimals (0.0500)
+
+    @classmethod
+    def from_config(cls, prompt_cfg, data_cfg, name_features: bool | None = None) -> PromptFormat:
+        return cls(
+            system=prompt_cfg.system.format(dataset=data_cfg.display_name),
+            name_features=prompt_cfg.name_features if name_features is None else name_features,
+            decimals=prompt_cfg.decimals,
+        )
+
+
+def format_value(value: float, decimals: int | None) -> str:
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    return np.format_float_positional(float(value), trim="-")
+
+
+def label_choices(labels: Sequence) -> str:
+    """'0 or 1'; '0, 1, 4 or 5'."""
+    names = [str(label) for label in labels]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def question(values: Sequence[float], features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> str:
+    shown = [format_value(v, fmt.decimals) for v in values]
+    if fmt.name_features:
+        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in zip(features, shown)) + "."
+    else:
+        body = "If the features are: " + ", ".join(shown) + "."
+    return f"Tell me if the value of Y is {label_choices(labels)}. {body} What should be Y?"
+
+
+def chat_prompt(user_message: str, system: str) -> str:
+    """Llama-2 chat layout without BOS: the tokenizer adds it, a literal `<s>` would double it."""
+    return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_message} [/INST]"
+
+
+def answer(label) -> str:
+    return f" Y = {label}"
+
+
+def prompts(frame: pd.DataFrame, features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> list[str]:
+    values = frame[list(features)].to_numpy(np.float64)
+    return [chat_prompt(question(row, features, labels, fmt), fmt.system) for row in values]
+
+
+def sft_rows(frame: pd.DataFrame, features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> list[dict[str, str]]:
+    """prompt/completion rows: with `completion_only_loss` the loss covers only the answer (and EOS)."""
+    return [
+        {"prompt": prompt, "completion": answer(label)}
+        for prompt, label in zip(prompts(frame, features, labels, fmt), frame[LABEL])
+    ]
