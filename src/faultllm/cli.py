@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
     if command not in COMMANDS:
-        print(f"faultllm: unknown command {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"faultllm: unknown command {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]!r}\n\n{_usage()}",
+            file=sys.stderr,
+        )
         return 2
     config_name, target, _ = COMMANDS[command]
     if importlib.util.find_spec(target.split(":")[0]) is None:

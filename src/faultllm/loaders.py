@@ -96,15 +96,13 @@ def validate_features(frame: pd.DataFrame, features: Sequence[str], source: obje
             bad = values[numeric.isna() & values.notna()]
             if len(bad):
                 row = bad.index[0]
-                raise FaultLLMError(
-                    f"{source}: column {column!r} row {row} holds {bad.iloc[0]!r}; expected a number"
-                )
+                raise FaultLLMError(f"{source}: column {column!r} row {row} holds {bad.iloc[0]!r}; expected a number")
             frame[column] = numeric
         bad_mask = ~np.isfinite(frame[column].to_numpy(dtype=np.float64))
         if bad_mask.any():
             row = frame.index[np.argmax(bad_mask)]
             raise FaultLLMError(
-                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]!r}; expected a finite number"
+                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]}; expected a finite number"
             )
 
 
@@ -253,18 +251,17 @@ def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[pd.D
     def read_whole(file: Path) -> pd.DataFrame:
         frame = _read_rdata(file, object_name) if file.suffix.lower() == ".rdata" else read_table(file)
         require_columns(frame, TEP_ID_COLUMNS + TEP_FEATURES, file, RIETH_SCHEMA)
-        return frame[TEP_ID_COLUMNS + TEP_FEATURES]
+        frame = frame[TEP_ID_COLUMNS + TEP_FEATURES]
+        return frame.astype(dict.fromkeys(TEP_ID_COLUMNS, np.int32))  # stored as doubles in the .RData
 
     columnar = cached_parquet(path, read_whole, data_cfg.cache_dir)
     schema = pq.read_schema(columnar)
     require_columns(pd.DataFrame(columns=schema.names), TEP_ID_COLUMNS + TEP_FEATURES, path, RIETH_SCHEMA)
     as_stored = float if schema.field("faultNumber").type in ("double", "float") else int
-    wanted = [as_stored(label) for label in data_cfg.labels] if data_cfg.labels else None
-    table = pq.read_table(
-        columnar,
-        columns=TEP_ID_COLUMNS + TEP_FEATURES,
-        filters=[("faultNumber", "in", wanted)] if wanted is not None else None,
-    )
+    # One `==` per label rather than `in`: pyarrow's `in` pruning drops row groups whose
+    # statistics say min=-0.0, max=0.0 (how Parquet records an all-zero double column).
+    wanted = [[("faultNumber", "==", as_stored(label))] for label in data_cfg.labels or []]
+    table = pq.read_table(columnar, columns=TEP_ID_COLUMNS + TEP_FEATURES, filters=wanted or None)
     frame = table.to_pandas()
     validate_features(frame, TEP_FEATURES, path)
     present = {int(v) for v in pq.read_table(columnar, columns=["faultNumber"]).column(0).unique().to_pylist()}

@@ -78,7 +78,9 @@ def select_labels(raw: RawData, requested) -> list:
             raise FaultLLMError(f"data.labels: {value!r} is not an integer label like those in {raw.source}") from None
         if label not in present:
             shown = ", ".join(map(str, present[:25]))
-            raise FaultLLMError(f"data.labels: label {label!r} does not occur in {raw.source} (labels present: {shown})")
+            raise FaultLLMError(
+                f"data.labels: label {label!r} does not occur in {raw.source} (labels present: {shown})"
+            )
         labels.append(label)
     if len(set(labels)) != len(labels) or len(labels) < 2:
         raise FaultLLMError(f"data.labels={list(requested)}: expected at least two distinct labels")
@@ -87,11 +89,15 @@ def select_labels(raw: RawData, requested) -> list:
 
 def per_label(total: int, labels: list, key: str) -> int:
     if total < len(labels) or total % len(labels):
-        raise FaultLLMError(f"{key}={total} cannot be balanced over {len(labels)} labels; use a multiple of {len(labels)}")
+        raise FaultLLMError(
+            f"{key}={total} cannot be balanced over {len(labels)} labels; use a multiple of {len(labels)}"
+        )
     return total // len(labels)
 
 
-def balanced_sample(pool: pd.DataFrame, labels: list, n_per_label: int, rng: np.random.Generator, source: str) -> pd.DataFrame:
+def balanced_sample(
+    pool: pd.DataFrame, labels: list, n_per_label: int, rng: np.random.Generator, source: str
+) -> pd.DataFrame:
     parts = []
     for label in labels:
         rows = pool[pool[LABEL] == label]
@@ -103,7 +109,9 @@ def balanced_sample(pool: pd.DataFrame, labels: list, n_per_label: int, rng: np.
     return pd.concat(parts)
 
 
-def split_groups(pool: pd.DataFrame, test_fraction: float, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_groups(
+    pool: pd.DataFrame, test_fraction: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out whole runs: no simulation run contributes rows to both sides."""
     runs = rng.permutation(np.sort(pool[GROUP].unique()))
     if len(runs) < 2:

@@ -1,7 +1,7 @@
 """Serialize a table row as a Llama-2 chat prompt, and the answer it should get.
 
-    [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]   <- prompt (the tokenizer adds BOS)
-     Y = {label}                                                  <- completion (EOS appended by the trainer)
+[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]   <- prompt (the tokenizer adds BOS)
+ Y = {label}                                                  <- completion (EOS appended by the trainer)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class PromptFormat:
     @classmethod
     def from_config(cls, prompt_cfg, data_cfg, name_features: bool | None = None) -> PromptFormat:
         return cls(
-            system=prompt_cfg.system.format(dataset=data_cfg.display_name),
+            system=data_cfg.system_prompt,
             name_features=prompt_cfg.name_features if name_features is None else name_features,
             decimals=prompt_cfg.decimals,
         )
@@ -45,7 +45,7 @@ def label_choices(labels: Sequence) -> str:
 def question(values: Sequence[float], features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> str:
     shown = [format_value(v, fmt.decimals) for v in values]
     if fmt.name_features:
-        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in zip(features, shown)) + "."
+        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in zip(features, shown, strict=True)) + "."
     else:
         body = "If the features are: " + ", ".join(shown) + "."
     return f"Tell me if the value of Y is {label_choices(labels)}. {body} What should be Y?"
@@ -69,5 +69,5 @@ def sft_rows(frame: pd.DataFrame, features: Sequence[str], labels: Sequence, fmt
     """prompt/completion rows: with `completion_only_loss` the loss covers only the answer (and EOS)."""
     return [
         {"prompt": prompt, "completion": answer(label)}
-        for prompt, label in zip(prompts(frame, features, labels, fmt), frame[LABEL])
+        for prompt, label in zip(prompts(frame, features, labels, fmt), frame[LABEL], strict=True)
     ]

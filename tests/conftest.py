@@ -1,0 +1,88 @@
+"""Small files in the real formats, and config composition for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from faultllm.config import compose
+from faultllm.loaders import HST_FEATURES, TEP_FEATURES
+
+FAULTS = [0, 1, 4, 5]
+
+
+def rieth_table(faults: list[int], runs: int, samples: int, seed: int) -> pd.DataFrame:
+    """Rieth-schema rows whose process variables carry the fault number as a clear signal."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for fault in faults:
+        for run in range(1, runs + 1):
+            values = rng.normal(size=(samples, len(TEP_FEATURES)))
+            values[:, 0] += fault  # xmeas_1 tells the fault apart
+            frame = pd.DataFrame(values, columns=TEP_FEATURES)
+            frame.insert(0, "sample", np.arange(1, samples + 1, dtype=np.float64))
+            frame.insert(0, "simulationRun", float(run))
+            frame.insert(0, "faultNumber", float(fault))
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def rieth_dir(tmp_path_factory) -> Path:
+    """The four Rieth tables as .RData files (what Harvard Dataverse serves), small."""
+    import pyreadr
+
+    directory = tmp_path_factory.mktemp("rieth")
+    tables = {
+        "TEP_FaultFree_Training": ("fault_free_training", rieth_table([0], runs=6, samples=30, seed=1)),
+        "TEP_Faulty_Training": ("faulty_training", rieth_table([1, 2, 4, 5], runs=6, samples=30, seed=2)),
+        "TEP_FaultFree_Testing": ("fault_free_testing", rieth_table([0], runs=2, samples=170, seed=3)),
+        "TEP_Faulty_Testing": ("faulty_testing", rieth_table([1, 2, 4, 5], runs=2, samples=170, seed=4)),
+    }
+    for stem, (object_name, frame) in tables.items():
+        pyreadr.write_rdata(str(directory / f"{stem}.RData"), frame, df_name=object_name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def braatz_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("braatz")
+    rng = np.random.default_rng(5)
+    for fault in FAULTS:
+        train = rng.normal(size=(480, 52)) + np.eye(52)[0] * fault
+        test = rng.normal(size=(960, 52)) + np.eye(52)[0] * fault
+        if fault == 0:
+            train = rng.normal(size=(500, 52)).T  # d00.dat is stored transposed: 52 x 500
+        np.savetxt(directory / f"d{fault:02d}.dat", train, fmt="%.6e")
+        np.savetxt(directory / f"d{fault:02d}_te.dat", test, fmt="%.6e")
+    return directory
+
+
+def hst_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """HST-shaped: 31 binary and 15 float columns in [0, 1], label 1 when feature 40 is high."""
+    rng = np.random.default_rng(seed)
+    binary = rng.integers(0, 2, size=(rows, 31))
+    floats = rng.uniform(size=(rows, 15))
+    frame = pd.DataFrame(np.hstack([binary, floats]), columns=HST_FEATURES)
+    frame["label"] = (frame["40"] > 0.5).astype(int)
+    return frame
+
+
+@pytest.fixture()
+def hst_csv(tmp_path) -> Path:
+    path = tmp_path / "hst.csv"
+    hst_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def compose_cfg(tmp_path):
+    """compose_cfg("train", [...]) with the cache inside the test's tmp dir."""
+
+    def _compose(config_name: str, overrides: list[str] | None = None):
+        return compose(config_name, [f"cache_dir={tmp_path / 'cache'}", *(overrides or [])])
+
+    return _compose

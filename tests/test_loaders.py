@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from faultllm.errors import FaultLLMError
+from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, load
+
+
+def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={rieth_dir}"])
+    raw = load(cfg.data)
+    assert raw.features == TEP_FEATURES  # never simulationRun, sample or faultNumber
+    assert set(raw.pool[LABEL]) == {0, 1, 4, 5}  # fault 2 filtered out at read time
+    # pre-fault rows of faulty training runs (samples 1-20 of 30) are dropped: 10 per run remain
+    assert (raw.pool[LABEL] == 1).sum() == 6 * 10
+    assert (raw.pool[LABEL] == 0).sum() == 6 * 30  # the fault-free runs keep every sample
+    assert (raw.test_pool[LABEL] == 4).sum() == 2 * 10
+    assert set(raw.pool[GROUP]) == set(range(1, 7))
+    cached = list(Path(cfg.data.cache_dir).glob("*.parquet"))
+    assert len(cached) == 4  # the columnar copies
+    start = time.perf_counter()
+    again = load(cfg.data)
+    assert time.perf_counter() - start < 5
+    pd.testing.assert_frame_equal(raw.pool, again.pool)
+
+
+def test_rieth_prefault_relabel(rieth_dir, compose_cfg):
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={rieth_dir}", "data.prefault=relabel"])
+    raw = load(cfg.data)
+    assert (raw.pool[LABEL] == 1).sum() == 6 * 10
+    assert (
+        raw.pool[LABEL] == 0
+    ).sum() == 6 * 30 + 3 * 6 * 20  # fault-free + relabelled pre-fault rows of faults 1, 4, 5
+
+
+def test_rieth_csv_conversion(rieth_dir, tmp_path, compose_cfg):
+    import pyreadr
+
+    for stem in ("TEP_FaultFree_Training", "TEP_Faulty_Training"):
+        frame = next(iter(pyreadr.read_r(str(rieth_dir / f"{stem}.RData")).values()))
+        frame.insert(0, "Unnamed: 0", range(len(frame)))  # the circulating CSVs carry an index column
+        frame.to_csv(tmp_path / f"{stem}.csv", index=False)
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={tmp_path}"])
+    raw = load(cfg.data)
+    assert raw.test_pool is None
+    assert (raw.pool[LABEL] == 5).sum() == 60
+
+
+def test_braatz_files_with_transposed_d00(braatz_dir, compose_cfg):
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={braatz_dir}"])
+    raw = load(cfg.data)
+    assert (raw.pool[LABEL] == 0).sum() == 500  # d00.dat read back from its 52 x 500 layout
+    assert (raw.pool[LABEL] == 1).sum() == 480  # training files start after the onset
+    assert (raw.test_pool[LABEL] == 1).sum() == 800  # testing: samples 1-160 are pre-fault
+    assert (raw.test_pool[LABEL] == 0).sum() == 960
+    assert abs(raw.pool.loc[raw.pool[LABEL] == 5, "xmeas_1"].mean() - 5) < 0.3
+
+
+def test_hst_loader(hst_csv, compose_cfg):
+    raw = load(compose_cfg("prepare", ["data=hst", f"data.path={hst_csv}"]).data)
+    assert raw.features == [str(i) for i in range(46)]
+    assert raw.test_pool is None and GROUP not in raw.pool
+
+
+def test_generic_table_loader(tmp_path, compose_cfg):
+    frame = pd.DataFrame(
+        {"a": np.arange(20.0), "b": np.ones(20), "run": np.repeat([1, 2, 3, 4], 5), "fault": ["ok", "bad"] * 10}
+    )
+    frame.to_parquet(tmp_path / "t.parquet")
+    cfg = compose_cfg(
+        "prepare",
+        ["data=csv", f"data.path={tmp_path / 't.parquet'}", "data.label_column=fault", "data.group_column=run"],
+    )
+    raw = load(cfg.data)
+    assert raw.features == ["a", "b"]
+    assert set(raw.pool[LABEL]) == {"ok", "bad"} and list(raw.pool[GROUP][:6]) == [1] * 5 + [2]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.rename(columns={"3": "x"}), "expected the HST header 0,1,...,45,label"),
+        (
+            lambda f: f.assign(**{"7": f["7"].where(f.index != 5)}),
+            "column '7' row 5 holds nan; expected a finite number",
+        ),
+        (
+            lambda f: f.assign(**{"9": f["9"].astype(object).where(f.index != 3, "high")}),
+            "column '9' row 3 holds 'high'; expected a number",
+        ),
+    ],
+)
+def test_hst_bad_input(tmp_path, compose_cfg, edit, message):
+    from tests.conftest import hst_frame
+
+    path = tmp_path / "bad.csv"
+    edit(hst_frame()).to_csv(path, index=False)
+    with pytest.raises(FaultLLMError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")) as err:
+        load(compose_cfg("prepare", ["data=hst", f"data.path={path}"]).data)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_and_wrong_schema(tmp_path, compose_cfg):
+    with pytest.raises(FaultLLMError, match="no such file"):
+        load(compose_cfg("prepare", ["data=hst", f"data.path={tmp_path / 'nope.csv'}"]).data)
+    pd.DataFrame({"faultNumber": [1.0], "xmeas_1": [0.1]}).to_csv(tmp_path / "TEP_Faulty_Training.csv", index=False)
+    with pytest.raises(FaultLLMError, match=r"missing column\(s\) simulationRun, sample"):
+        load(compose_cfg("prepare", ["data=tep", f"data.path={tmp_path}"]).data)
