@@ -86,3 +86,21 @@ def compose_cfg(tmp_path):
         return compose(config_name, [f"cache_dir={tmp_path / 'cache'}", *(overrides or [])])
 
     return _compose
+
+
+TINY = ["model=tiny", "model.hidden_size=64", "model.warmup_steps=60", "progress=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """One tiny model for the whole session (built in seconds, reused by every test)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cache):
+    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, model_path
+
+    cfg = compose("train", [f"cache_dir={tiny_cache}", *TINY])
+    path = model_path(cfg)
+    return load_base_model(path, hardware_plan(cfg.model)).eval(), load_tokenizer(path)

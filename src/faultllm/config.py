@@ -68,8 +68,6 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")

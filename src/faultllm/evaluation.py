@@ -1,0 +1,261 @@
+"""Restricted-label evaluation: the model may only answer with a valid label.
+
+Every answer is ` Y = <label></s>`. After the prompt, all answers share a token prefix
+(`▁Y ▁= ▁`) and then differ. When every label's first differing token is unique (0, 1,
+4, 5), one forward pass over prompt + true answer gives both the label distribution (the
+logits at the first differing position, restricted to the label tokens) and the
+teacher-forced answer loss. Otherwise (1 vs 12) each label's remaining tokens are scored
+from the prompt's KV cache in a second pass and labels are ranked by sequence
+log-probability. Batches are left-padded with explicit position ids, so predictions do
+not depend on batch size or padding; only gathered log-probabilities are kept, never
+full-vocabulary logits for the whole sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from faultllm.errors import FaultLLMError
+from faultllm.loaders import LABEL
+from faultllm.prompts import answer
+
+
+@dataclass(frozen=True)
+class AnswerSpace:
+    labels: list
+    shared: list[int]  # answer tokens common to every label (after the prompt)
+    suffixes: list[list[int]]  # per label: the tokens after `shared`, EOS included
+
+    @property
+    def single_pass(self) -> bool:
+        firsts = [suffix[0] for suffix in self.suffixes]
+        return len(set(firsts)) == len(firsts)
+
+
+def answer_space(tokenizer, labels: list, probe_prompt: str) -> AnswerSpace:
+    prompt_ids = tokenizer(probe_prompt)["input_ids"]
+    answers = []
+    for label in labels:
+        ids = tokenizer(probe_prompt + answer(label) + tokenizer.eos_token)["input_ids"]
+        if ids[: len(prompt_ids)] != prompt_ids:
+            raise FaultLLMError(
+                "the tokenizer merges the prompt's end with the answer; prompts must end on a token boundary"
+            )
+        answers.append(ids[len(prompt_ids) :])
+    if len({tuple(a) for a in answers}) < len(answers):
+        raise FaultLLMError(f"labels {labels} cannot be told apart after tokenization (identical answer tokens)")
+    shared = 0
+    while all(len(a) > shared + 1 and a[shared] == answers[0][shared] for a in answers):
+        shared += 1
+    return AnswerSpace(labels=list(labels), shared=answers[0][:shared], suffixes=[a[shared:] for a in answers])
+
+
+@dataclass
+class Scores:
+    log_probs: np.ndarray  # (n, n_labels): restricted log-probability of each label
+    loss: np.ndarray  # (n,): mean NLL per answer token of the true answer (as the SFT loss)
+
+    def probabilities(self) -> np.ndarray:
+        shifted = self.log_probs - self.log_probs.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def score(model, tokenizer, prompts: list[str], true_labels: list, space: AnswerSpace, batch_size: int = 16) -> Scores:
+    """Restricted label log-probabilities and true-answer loss for each prompt, batched."""
+    import torch
+
+    device = next(model.parameters()).device
+    label_index = {label: i for i, label in enumerate(space.labels)}
+    encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    order = np.argsort([len(ids) for ids in encoded])  # similar lengths per batch: less padding
+    log_probs = np.zeros((len(prompts), len(space.labels)))
+    loss = np.zeros(len(prompts))
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            rows = order[start : start + batch_size]
+            truth = [label_index[true_labels[i]] for i in rows]
+            lp, nll = _score_batch(model, [encoded[i] for i in rows], truth, space, tokenizer.pad_token_id, device)
+            log_probs[rows], loss[rows] = lp, nll
+    model.train(was_training)
+    return Scores(log_probs=log_probs, loss=loss)
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def _score_batch(model, prompt_ids, truth, space: AnswerSpace, pad_id: int, device):
+    import torch
+
+    n_shared = len(space.shared)
+    if space.single_pass:
+        # prompt + shared + true label token: the logits before the label token score every
+        # label; the ones after it score EOS for the loss. Equal suffix length keeps rows aligned.
+        tails = [space.shared + space.suffixes[t][:-1] for t in truth]
+        targets = [space.shared + space.suffixes[t] for t in truth]
+    else:
+        tails = [space.shared] * len(truth)
+        targets = [space.shared + [space.suffixes[t][0]] for t in truth]  # the rest comes from pass two
+    ids, mask, positions = _left_pad([p + t for p, t in zip(prompt_ids, tails, strict=True)], pad_id, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=not space.single_pass)
+    n_target = len(targets[0])
+    # logits at position j predict token j+1: the last n_target positions predict the targets
+    step_log_probs = torch.log_softmax(out.logits[:, -n_target:, :].float(), dim=-1)
+    target_ids = torch.tensor(targets, device=device)
+    target_lp = step_log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # (B, n_target)
+    first_label_tokens = torch.tensor([s[0] for s in space.suffixes], device=device)
+    label_lp = step_log_probs[:, n_shared, :][:, first_label_tokens]  # (B, n_labels)
+
+    if space.single_pass:
+        nll = -target_lp.sum(-1) / n_target
+        return label_lp.cpu().numpy(), nll.cpu().numpy()
+
+    rest_lp = _score_continuations(model, out.past_key_values, mask, positions, space, device)  # (B, n_labels)
+    label_lp = label_lp + rest_lp
+    truth_t = torch.tensor(truth, device=device)
+    total_true = target_lp[:, :n_shared].sum(-1) + label_lp.gather(1, truth_t[:, None]).squeeze(1)
+    n_tokens = torch.tensor([n_shared + len(space.suffixes[t]) for t in truth], device=device)
+    return label_lp.cpu().numpy(), (-total_true / n_tokens).cpu().numpy()
+
+
+def _score_continuations(model, cache, mask, positions, space: AnswerSpace, device):
+    """log p(suffix[1:] | prompt, shared, suffix[0]) for every label, reusing the prompt's KV cache."""
+    import torch
+
+    batch, n_labels = mask.shape[0], len(space.labels)
+    width = max(len(s) for s in space.suffixes) - 1  # inputs: suffix[:-1]; targets: suffix[1:]
+    inputs = torch.full((n_labels, width), 0, dtype=torch.long)
+    targets = torch.full((n_labels, width), 0, dtype=torch.long)
+    valid = torch.zeros((n_labels, width), dtype=torch.bool)
+    for k, suffix in enumerate(space.suffixes):
+        inputs[k, : len(suffix) - 1] = torch.tensor(suffix[:-1])
+        targets[k, : len(suffix) - 1] = torch.tensor(suffix[1:])
+        valid[k, : len(suffix) - 1] = True
+    if width == 0:
+        return torch.zeros((batch, n_labels), device=device)
+    cache.batch_repeat_interleave(n_labels)
+    rep = lambda t: t.repeat_interleave(n_labels, dim=0)  # noqa: E731
+    inputs, targets, valid = (t.to(device).repeat(batch, 1) for t in (inputs, targets, valid))
+    full_mask = torch.cat([rep(mask), valid.long()], dim=1)
+    cont_positions = rep(positions[:, -1:]) + 1 + torch.arange(width, device=device)
+    out = model(
+        input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache, use_cache=True
+    )
+    lp = torch.log_softmax(out.logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (lp * valid).sum(-1).view(batch, n_labels)
+
+
+# ---------------------------------------------------------------- the study's protocol: generate and parse
+
+_ANSWER = re.compile(r"Y\s*=\s*(\S+?)(?:\s|</s>|$|[.,;])")
+
+
+def parse_answer(text: str, labels: list):
+    """The label in `Y = k`, or None when the output is not a valid label."""
+    match = _ANSWER.search(text.strip() + " ")
+    if not match:
+        return None
+    by_text = {str(label): label for label in labels}
+    return by_text.get(match.group(1))
+
+
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1) -> list[str]:
+    """Greedy decoding, left padded; the study used batch 1 and 5 new tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    texts = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return texts
+
+
+# ---------------------------------------------------------------- metrics and outputs
+
+
+def classification_metrics(true: list, predicted: list, labels: list) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+    keys = [str(label) for label in labels]
+    true_s = [str(v) for v in true]
+    pred_s = [str(v) for v in predicted]  # an invalid generation ("None") counts as wrong
+    return {
+        "accuracy": float(accuracy_score(true_s, pred_s)),
+        "macro_f1": float(f1_score(true_s, pred_s, labels=keys, average="macro", zero_division=0)),
+        "per_class_recall": dict(
+            zip(keys, recall_score(true_s, pred_s, labels=keys, average=None, zero_division=0).tolist(), strict=True)
+        ),
+        "confusion_matrix": confusion_matrix(true_s, pred_s, labels=keys).tolist(),
+        "n": len(true_s),
+    }
+
+
+def evaluate_frame(
+    model, tokenizer, frame: pd.DataFrame, prompt_texts: list[str], space: AnswerSpace, eval_cfg
+) -> tuple[dict, pd.DataFrame]:
+    """Metrics and a predictions table for one split, restricted scoring or the study's generation."""
+    true = frame[LABEL].tolist()
+    predictions = pd.DataFrame({"row": np.arange(len(frame)), "label": true})
+    if eval_cfg.mode == "restricted":
+        scores = score(model, tokenizer, prompt_texts, true, space, batch_size=eval_cfg.batch_size)
+        probabilities = scores.probabilities()
+        predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
+        predictions["predicted"] = predicted
+        for i, label in enumerate(space.labels):
+            predictions[f"prob_{label}"] = probabilities[:, i]
+        predictions["loss"] = scores.loss
+        metrics = classification_metrics(true, predicted, space.labels) | {"loss": float(scores.loss.mean())}
+    elif eval_cfg.mode == "generate":
+        texts = generate_answers(model, tokenizer, prompt_texts, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size)
+        predicted = [parse_answer(text, space.labels) for text in texts]
+        predictions["predicted"] = predicted
+        predictions["output"] = texts
+        invalid = sum(p is None for p in predicted)
+        metrics = classification_metrics(true, predicted, space.labels) | {"invalid_outputs": invalid}
+    else:
+        raise FaultLLMError(f"eval.mode={eval_cfg.mode!r}; expected restricted or generate")
+    return metrics, predictions
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels)))
+    ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(len(labels)), [str(label) for label in labels])
+    ax.set_yticks(range(len(labels)), [str(label) for label in labels])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for (i, j), count in np.ndenumerate(values):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

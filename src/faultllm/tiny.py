@@ -1,0 +1,127 @@
+"""A tiny Llama for CPU smoke runs and tests, built locally (no download) and cached on disk.
+
+Llama-2-like tokenizer (BPE over Metaspace words, every digit its own token, special
+tokens <unk> <s> </s> <pad>, BOS added by the tokenizer) and a few-layer LlamaConfig.
+A randomly initialised model barely learns through LoRA because `lm_head` is not
+adapted, so it gets a short full-parameter warm-up on the prompt format with random
+answers: it learns the layout (`[/INST] Y = k</s>`), not any data set's labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from faultllm.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.prompts import PromptFormat, answer, chat_prompt, question
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+_SYSTEM_PROMPTS = [
+    "You are an expert in fault diagnosis of chemical plants operation. You master the reaction process and "
+    "control structures in the Tennessee Eastman Process. You are capable of accurately determining the plant "
+    "process state based on given variables and their values. Below is a sample of the monitoring.",
+    "You are an expert in fault diagnosis of high-speed train braking systems. You master the mechanical, "
+    "electrical and pneumatic components. Below is a sample of the braking system monitoring.",
+    "You are an expert in fault diagnosis of industrial systems. Below is a sample of the monitoring data.",
+]
+_WHY = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
+
+
+def _spec(model_cfg) -> dict:
+    keys = ("hidden_size", "layers", "heads", "vocab_size", "warmup_steps", "seed")
+    return {key: int(model_cfg[key]) for key in keys} | {"version": 1}
+
+
+def ensure_tiny_model(model_cfg, cache_dir: str) -> Path:
+    """Path of the tiny model for this spec, building it on first use (seconds)."""
+    spec = _spec(model_cfg)
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    target = Path(cache_dir).expanduser() / f"tiny-llama-{key}"
+    if not (target / "config.json").exists():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        build_tiny_model(spec, partial)
+        partial.rename(target)  # atomic: concurrent builders (HPO workers) never see half a model
+    return target
+
+
+def _random_prompt(rng: np.random.Generator) -> tuple[str, str]:
+    names = TEP_FEATURES if rng.random() < 0.5 else [f"{n}" for n in HST_FEATURES]
+    n_features = int(rng.integers(3, len(names) + 1))
+    labels = sorted(rng.choice(21, size=int(rng.integers(2, 6)), replace=False).tolist())
+    fmt = PromptFormat(
+        system=str(rng.choice(_SYSTEM_PROMPTS)),
+        name_features=bool(rng.random() < 0.5),
+        decimals=[None, 2, 4][int(rng.integers(3))],
+    )
+    values = np.round(rng.uniform(0, 1, n_features) * 10.0 ** rng.integers(0, 4), 4)
+    user = question(values, names[:n_features], labels, fmt) + (_WHY if rng.random() < 0.1 else "")
+    return chat_prompt(user, fmt.system), answer(int(rng.choice(labels)))
+
+
+def train_tokenizer(rng: np.random.Generator, vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
+    corpus = [prompt + completion for prompt, completion in (_random_prompt(rng) for _ in range(2000))]
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;=?!'\"-_()[]<>/\n")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def build_tiny_model(spec: dict, target: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rng = np.random.default_rng(spec["seed"])
+    torch.manual_seed(spec["seed"])
+    tokenizer = train_tokenizer(rng, spec["vocab_size"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["hidden_size"] * 8 // 3,
+        num_hidden_layers=spec["layers"],
+        num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["heads"],
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    _warm_up(model, tokenizer, rng, spec["warmup_steps"])
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _warm_up(model, tokenizer, rng: np.random.Generator, steps: int, batch_size: int = 16) -> None:
+    """Full-parameter LM training on prompt-format text with random answers."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    tokenizer.padding_side = "right"
+    for _ in range(steps):
+        texts = [p + c + tokenizer.eos_token for p, c in (_random_prompt(rng) for _ in range(batch_size))]
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
