@@ -88,7 +88,7 @@ def compose_cfg(tmp_path):
     return _compose
 
 
-TINY = ["model=tiny", "model.hidden_size=64", "model.warmup_steps=60", "progress=false"]
+TINY = ["model=tiny", "model.hidden_size=64", "model.warmup_steps=300", "progress=false"]
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +104,35 @@ def tiny_model(tiny_cache):
     cfg = compose("train", [f"cache_dir={tiny_cache}", *TINY])
     path = model_path(cfg)
     return load_base_model(path, hardware_plan(cfg.model)).eval(), load_tokenizer(path)
+
+
+def easy_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Three features; only `b` decides the label (b > 0.5)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.uniform(size=(rows, 3)).round(2), columns=["a", "b", "c"])
+    frame["label"] = (frame["b"] > 0.5).astype(int)
+    return frame
+
+
+@pytest.fixture(scope="session")
+def easy_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("easy") / "easy.csv"
+    easy_frame().to_csv(path, index=False)
+    return path
+
+
+def easy_overrides(tiny_cache: Path, easy_csv: Path) -> list[str]:
+    return [
+        f"cache_dir={tiny_cache}", *TINY, "data=csv", f"data.path={easy_csv}", "data.train_size=160", "data.test_size=80",
+        "data.normalize=false", "trainer.epochs=8", "eval.batch_size=32",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cache, easy_csv, tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny model trained end to end by `train` on the easy task (shared by several tests)."""
+    from faultllm.training import train
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    metrics = train(compose("train", easy_overrides(tiny_cache, easy_csv)), run_dir)
+    return run_dir, metrics

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "baselines": ("baselines", "faultllm.baselines:run_baselines", "classical models on the very same split"),
     "explain": ("explain", "faultllm.explain:explain", "free-text probe and measured feature attributions"),
 }
+REPORT_HELP = "report RUN_DIR... [--out DIR]: one comparison table of train and baselines runs on the same split"
 
 USAGE = """usage: faultllm <command> [key=value ...]   (Hydra overrides, e.g. data=tep data.path=DIR seed=1)
 
@@ -32,7 +33,8 @@ Configs live in configs/; see README.md."""
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    return USAGE.format(commands="\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return USAGE.format(commands="\n".join([*lines, f"  {'report':<{width}}  {REPORT_HELP.split(': ', 1)[1]}"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] == "report":
+        return report_command(argv[1:])
     command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
     if command not in COMMANDS:
         print(
@@ -53,6 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = argv[len(command.split()) :]
     return run_job(command, config_name, _resolve(target), overrides)
+
+
+def report_command(args: list[str]) -> int:
+    import argparse
+    from datetime import datetime
+
+    from faultllm.errors import FaultLLMError
+
+    parser = argparse.ArgumentParser(prog="faultllm report", description=REPORT_HELP)
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--out", default=f"runs/report/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    parsed = parser.parse_args(args)
+    from faultllm.reporting import report
+
+    try:
+        report(parsed.run_dirs, parsed.out)
+    except FaultLLMError as err:
+        print(f"faultllm report: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _resolve(target: str) -> Callable:

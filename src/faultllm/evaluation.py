@@ -259,3 +259,78 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, tit
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- the `faultllm evaluate` job
+
+
+def evaluate_run(cfg, out_dir) -> dict:
+    """Score a trained run's adapter on its own test split, or on raw rows given by eval.split_path."""
+    from omegaconf import OmegaConf
+
+    from faultllm.config import start_run, write_json
+    from faultllm.loaders import normalize_labels, read_table, require_columns, validate_features
+    from faultllm.modeling import hardware_plan, load_trained
+    from faultllm.prepare import MinMaxScaler, prepared_split
+    from faultllm.prompts import PromptFormat, prompts
+    from faultllm.reporting import print_summary
+
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.json").exists():
+        raise FaultLLMError(f"run_dir={run_dir}: not a finished `faultllm train` run (no config.yaml / metrics.json)")
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    trained = _read_json(run_dir / "metrics.json")["split"]
+    plan = hardware_plan(run_cfg.model)
+    model, tokenizer = load_trained(run_dir, run_cfg, plan)
+    out_dir = start_run(cfg, out_dir)
+
+    if cfg.eval.get("split_path"):
+        path = Path(cfg.eval.split_path)
+        if not path.exists():
+            raise FaultLLMError(f"eval.split_path={path}: no such file")
+        frame = read_table(path)
+        require_columns(frame, [*trained["features"], LABEL], path, f"the run's features and a {LABEL!r} column")
+        validate_features(frame, trained["features"], path)
+        frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
+        as_label = int if pd.api.types.is_integer_dtype(frame[LABEL]) else str
+        labels = [as_label(label) for label in trained["labels"]]
+        unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
+        if unknown:
+            raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
+        if (run_dir / "scaler.json").exists():  # raw rows get the scaler fitted on the run's training split
+            saved = _read_json(run_dir / "scaler.json")
+            scaler = MinMaxScaler(
+                np.asarray(saved["minimum"]), np.asarray(saved["maximum"]), tuple(saved["feature_range"])
+            )
+            frame = scaler.transform(frame, trained["features"])
+        features, source = trained["features"], str(path)
+    else:
+        split, _ = prepared_split(run_cfg)
+        if split.fingerprint() != trained["split_fingerprint"]:
+            raise FaultLLMError(f"{run_dir}: the rebuilt split differs from the one trained on (data files changed?)")
+        frame, features, labels, source = split.test, split.features, split.labels, "the run's test split"
+
+    fmt = PromptFormat.from_config(run_cfg.prompt, run_cfg.data)
+    texts = prompts(frame, features, labels, fmt)
+    space = answer_space(tokenizer, labels, texts[0])
+    metrics, predictions = evaluate_frame(model, tokenizer, frame, texts, space, cfg.eval)
+    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(run_dir)}
+    write_json(out_dir / "metrics.json", metrics)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    plot_confusion_matrix(metrics["confusion_matrix"], labels, out_dir / "confusion_matrix.png", f"{cfg.eval.mode}")
+    items = {
+        "rows": f"{metrics['n']} from {source}",
+        "accuracy / macro-F1": f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}",
+    }
+    if "loss" in metrics:
+        items["loss"] = f"{metrics['loss']:.4f}"
+    if "invalid_outputs" in metrics:
+        items["invalid outputs"] = str(metrics["invalid_outputs"])
+    print_summary(f"evaluated ({cfg.eval.mode}): {run_dir}", items | {"written to": str(out_dir)})
+    return metrics
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,37 @@ def split_groups(
     return pool[~is_test], pool[is_test]
 
 
+def cv_folds(train: pd.DataFrame, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified K folds of the training split (positions), grouped by run where runs exist.
+
+    Shared by LLM hyperparameter search and tuned baselines, so both see the same folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    smallest = int(train[LABEL].value_counts().min())
+    if k < 2 or k > smallest:
+        raise FaultLLMError(
+            f"{k} folds need at least {k} training rows of every label; the rarest label has {smallest}"
+        )
+    y = train[LABEL].astype(str).to_numpy()
+    if GROUP in train.columns:
+        n_groups = train[GROUP].nunique()
+        if n_groups < k:
+            raise FaultLLMError(f"{k} folds grouped by run need at least {k} runs; the training split has {n_groups}")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return list(splitter.split(train, y, groups=train[GROUP].to_numpy()))
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(train, y))
+
+
+def write_split_summary(run_dir, split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
+    """split.json: what `faultllm report` compares (the fingerprint) before putting runs side by side."""
+    from faultllm.config import write_json
+
+    summary = split_summary(split, scaler, seed)
+    write_json(Path(run_dir) / "split.json", summary)
+    return summary
+
+
 # ---------------------------------------------------------------- scaling
 
 
@@ -184,7 +216,7 @@ def prepare_data(cfg, run_dir) -> dict:
     split, scaler = prepared_split(cfg)
     for name, frame in (("train", split.train), ("test", split.test)):
         frame[split.features + [LABEL]].to_parquet(run_dir / f"{name}.parquet", index=False)
-    summary = split_summary(split, scaler, cfg.seed)
+    summary = write_split_summary(run_dir, split, scaler, cfg.seed)
     write_json(run_dir / "summary.json", summary)
     rows = summary["rows"]
     print_summary(

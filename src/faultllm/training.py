@@ -56,9 +56,8 @@ def fit(
     `on_epoch(row)` sees each epoch's metrics (HPO reports them to its pruner and may raise).
     Checkpoints go to out_dir/checkpoints; an existing one is resumed when trainer.resume is set.
     """
-    from datasets import Dataset
+    from omegaconf import OmegaConf
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     from faultllm.evaluation import answer_space, evaluate_frame
     from faultllm.modeling import build_for_training
@@ -66,27 +65,26 @@ def fit(
     model, tokenizer = build_for_training(cfg, plan)
     space = answer_space(tokenizer, labels, next(iter(eval_sets.values())).prompts[0])
     history_path = out_dir / "epochs.jsonl"
-    checkpoints = out_dir / "checkpoints"
-    resume = bool(cfg.trainer.resume) and any(checkpoints.glob("checkpoint-*"))
+    resume = bool(cfg.trainer.resume) and any((out_dir / "checkpoints").glob("checkpoint-*"))
     history = _read_history(history_path) if resume else []
     if not resume:
         history_path.unlink(missing_ok=True)
 
     class EpochMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
+            bad = {k: v for k, v in (logs or {}).items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+            if bad:
                 raise FaultLLMError(
-                    f"training loss became {loss} at step {state.global_step} (epoch {state.epoch:.2f}); "
+                    f"training {' and '.join(bad)} became nan at step {state.global_step} (epoch {state.epoch:.2f}); "
                     f"lower trainer.learning_rate (now {cfg.trainer.learning_rate})"
                 )
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             row: dict = {"epoch": round(state.epoch), "step": state.global_step}
             if cfg.trainer.eval_each_epoch:
-                eval_cfg = {"mode": "restricted", "batch_size": cfg.eval.batch_size}
+                eval_cfg = OmegaConf.create({"mode": "restricted", "batch_size": cfg.eval.batch_size})
                 for name, data in eval_sets.items():
-                    metrics, _ = evaluate_frame(model, tokenizer, data.frame, data.prompts, space, _Obj(eval_cfg))
+                    metrics, _ = evaluate_frame(model, tokenizer, data.frame, data.prompts, space, eval_cfg)
                     row |= {
                         f"{name}_loss": metrics["loss"],
                         f"{name}_accuracy": metrics["accuracy"],
@@ -99,9 +97,23 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
 
-    rows = sft_rows(train_frame, features, labels, fmt)
+    trainer = sft_trainer(
+        cfg, plan, model, tokenizer, sft_rows(train_frame, features, labels, fmt), out_dir, [EpochMetrics()]
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    tokenizer.padding_side = "left"
+    return FitResult(model=trainer.model, tokenizer=tokenizer, history=history, seconds=time.perf_counter() - started)
+
+
+def sft_trainer(cfg, plan: HardwarePlan, model, tokenizer, rows: list[dict], out_dir: Path, callbacks=()):
+    """TRL's SFTTrainer on prompt/completion rows with the config's optimizer setup."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    steps_per_epoch = max(1, len(rows) // (cfg.trainer.batch_size * cfg.trainer.grad_accum))
     args = SFTConfig(
-        output_dir=str(checkpoints),
+        output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=cfg.trainer.epochs,
         per_device_train_batch_size=cfg.trainer.batch_size,
         gradient_accumulation_steps=cfg.trainer.grad_accum,
@@ -116,7 +128,8 @@ def fit(
         gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         completion_only_loss=True,  # loss on ` Y = k</s>` only: the study's whole-sequence loss rewarded copying numbers
         max_length=None,  # dynamic padding to the longest row of each batch; nothing is truncated
-        logging_steps=max(1, len(rows) // (cfg.trainer.batch_size * cfg.trainer.grad_accum * 4)),
+        logging_steps=max(1, steps_per_epoch // 4),
+        logging_nan_inf_filter=False,  # a NaN loss must reach the callback that stops the run
         save_strategy="epoch",
         save_total_limit=1,
         report_to="none",
@@ -126,21 +139,13 @@ def fit(
         dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
     )
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[EpochMetrics()],
+        callbacks=list(callbacks),
     )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    tokenizer.padding_side = "left"
-    return FitResult(model=trainer.model, tokenizer=tokenizer, history=history, seconds=time.perf_counter() - started)
-
-
-class _Obj(dict):
-    __getattr__ = dict.__getitem__
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -155,12 +160,13 @@ def train(cfg, run_dir) -> dict:
     from faultllm.config import start_run, write_json
     from faultllm.evaluation import answer_space, evaluate_frame, plot_confusion_matrix
     from faultllm.modeling import hardware_plan
-    from faultllm.prepare import prepared_split, split_summary
+    from faultllm.prepare import prepared_split, write_split_summary
     from faultllm.reporting import plot_learning_curves, print_summary
 
     run_dir = start_run(cfg, run_dir)
     plan = hardware_plan(cfg.model)
     split, scaler = prepared_split(cfg)
+    split_info = write_split_summary(run_dir, split, scaler, cfg.seed)
     if scaler is not None:
         write_json(
             run_dir / "scaler.json",
@@ -210,7 +216,7 @@ def train(cfg, run_dir) -> dict:
         "eval_mode": cfg.eval.mode,
         "train_seconds": round(result.seconds, 2),
         "hardware": plan.__dict__,
-        "split": split_summary(split, scaler, cfg.seed),
+        "split": split_info,
     }
     write_json(run_dir / "metrics.json", metrics)
     print_summary(

@@ -1,0 +1,209 @@
+"""`faultllm baselines`: classical models on exactly the rows and preprocessing an LLM run sees.
+
+The study's settings by default (Table 4.2: RF 100 trees, LR max_iter 1000, RBF SVC, k=5,
+GBM 100 stages) plus HistGradientBoosting. `baselines.tune=true` tunes each model with
+Optuna over the same stratified (run-grouped) folds as the LLM search, scaler fitted per fold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from faultllm.errors import FaultLLMError
+from faultllm.loaders import LABEL
+from faultllm.prepare import Split, cv_folds, make_split, scale_split
+
+NAMES = {
+    "rf": "Random Forest",
+    "lr": "Logistic Regression",
+    "svm": "Support Vector Machine",
+    "knn": "K-Nearest Neighbors",
+    "gbm": "Gradient Boosting",
+    "hgb": "HistGradientBoosting",
+}
+
+
+def make_model(name: str, seed: int, **params):
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    factories: dict[str, Callable] = {
+        "rf": lambda: RandomForestClassifier(**({"n_estimators": 100} | params), random_state=seed, n_jobs=-1),
+        "lr": lambda: LogisticRegression(**({"max_iter": 1000} | params)),
+        "svm": lambda: SVC(**({"kernel": "rbf"} | params), random_state=seed),
+        "knn": lambda: KNeighborsClassifier(**({"n_neighbors": 5} | params)),
+        "gbm": lambda: GradientBoostingClassifier(**({"n_estimators": 100} | params), random_state=seed),
+        "hgb": lambda: HistGradientBoostingClassifier(**params, random_state=seed),
+    }
+    return factories[name]()
+
+
+def search_space(name: str, trial, n_train: int) -> dict:
+    """Each model's tuned hyperparameters (tuned mode)."""
+    if name == "rf":
+        return {
+            "n_estimators": trial.suggest_int("n_estimators", 50, 500, log=True),
+            "max_depth": trial.suggest_int("max_depth", 2, 32, log=True),
+            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 10),
+        }
+    if name == "lr":
+        return {"C": trial.suggest_float("C", 1e-3, 1e3, log=True)}
+    if name == "svm":
+        return {
+            "C": trial.suggest_float("C", 1e-2, 1e3, log=True),
+            "gamma": trial.suggest_float("gamma", 1e-4, 10, log=True),
+        }
+    if name == "knn":
+        return {
+            "n_neighbors": trial.suggest_int("n_neighbors", 1, max(1, min(30, n_train - 1))),
+            "weights": trial.suggest_categorical("weights", ["uniform", "distance"]),
+        }
+    if name == "gbm":
+        return {
+            "n_estimators": trial.suggest_int("n_estimators", 50, 300, log=True),
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+            "max_depth": trial.suggest_int("max_depth", 2, 5),
+        }
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 8, 64, log=True),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
+    }
+
+
+def check_models(names: list[str], n_train: int) -> None:
+    for name in names:
+        if name not in NAMES:
+            raise FaultLLMError(f"baselines.models: unknown model {name!r}; expected some of {', '.join(NAMES)}")
+    if "knn" in names and n_train < 5:
+        raise FaultLLMError(f"knn: n_neighbors=5 needs at least 5 training rows; the split has {n_train}")
+
+
+def xy(frame: pd.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return frame[features].to_numpy(np.float64), frame[LABEL].astype(str).to_numpy()
+
+
+def tune(name: str, split: Split, cfg) -> dict:
+    """Best params by mean fold accuracy; each fold scaled with a scaler fitted on its own training part."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folds = cv_folds(split.train, cfg.baselines.folds, cfg.seed)
+
+    def objective(trial) -> float:
+        params = search_space(name, trial, min(len(fit_rows) for fit_rows, _ in folds))
+        scores = []
+        for fit_rows, val_rows in folds:
+            fold = replace(split, train=split.train.iloc[fit_rows], test=split.train.iloc[val_rows])
+            fold, _ = scale_split(fold, cfg.data.normalize, cfg.data.scale_range)
+            model = make_model(name, cfg.seed, **params).fit(*xy(fold.train, split.features))
+            scores.append(model.score(*xy(fold.test, split.features)))
+        return float(np.mean(scores))
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    study.optimize(objective, n_trials=cfg.baselines.n_trials)
+    return study.best_params | {"cv_accuracy": study.best_value}
+
+
+def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, dict]:
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    x_train, y_train = xy(split.train, split.features)
+    x_test, y_test = xy(split.test, split.features)
+    start = time.perf_counter()
+    model = make_model(name, seed, **params).fit(x_train, y_train)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    predicted = model.predict(x_test)
+    predict_seconds = time.perf_counter() - start
+    keys = [str(label) for label in split.labels]
+    return model, {
+        "train_accuracy": float(accuracy_score(y_train, model.predict(x_train))),
+        "test_accuracy": float(accuracy_score(y_test, predicted)),
+        "test_macro_f1": float(f1_score(y_test, predicted, labels=keys, average="macro", zero_division=0)),
+        "per_class_recall": dict(
+            zip(keys, recall_score(y_test, predicted, labels=keys, average=None, zero_division=0).tolist(), strict=True)
+        ),
+        "fit_seconds": round(fit_seconds, 4),
+        "predict_seconds": round(predict_seconds, 4),
+    }
+
+
+def importances(name: str, model, split: Split, seed: int, repeats: int) -> pd.DataFrame:
+    """Impurity importances (where the model has them) and permutation importances on the test rows."""
+    from sklearn.inspection import permutation_importance
+
+    permuted = permutation_importance(model, *xy(split.test, split.features), n_repeats=repeats, random_state=seed)
+    impurity = getattr(model, "feature_importances_", np.full(len(split.features), np.nan))
+    return pd.DataFrame(
+        {
+            "model": name,
+            "feature": split.features,
+            "impurity": impurity,
+            "permutation_mean": permuted.importances_mean,
+            "permutation_std": permuted.importances_std,
+        }
+    )
+
+
+def table_4_2(results: dict[str, dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "Model": NAMES[name],
+                "Train Accuracy": round(r["train_accuracy"], 3),
+                "Test Accuracy": round(r["test_accuracy"], 3),
+                "Test macro-F1": round(r["test_macro_f1"], 3),
+                "Fit seconds": round(r["fit_seconds"], 3),
+            }
+            for name, r in results.items()
+        ]
+    )
+
+
+def run_baselines(cfg, run_dir) -> dict[str, dict]:
+    from faultllm.config import start_run, write_json
+    from faultllm.prepare import write_split_summary
+    from faultllm.reporting import print_table, write_table
+
+    run_dir = start_run(cfg, run_dir)
+    names = list(cfg.baselines.models)
+    raw = make_split(cfg.data, cfg.seed)
+    check_models(names, len(raw.train))
+    split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)
+    write_split_summary(run_dir, split, scaler, cfg.seed)
+
+    results, tables = {}, []
+    for name in names:
+        params = tune(name, raw, cfg) if cfg.baselines.tune else {}
+        cv_accuracy = params.pop("cv_accuracy", None)
+        model, results[name] = fit_and_score(name, split, cfg.seed, params)
+        if cfg.baselines.tune:
+            results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
+        if name in cfg.baselines.importances_for:
+            tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
+
+    write_json(run_dir / "metrics.json", results)
+    table = table_4_2(results)
+    write_table(table, run_dir / "table_4_2")
+    if tables:
+        pd.concat(tables).to_csv(run_dir / "feature_importances.csv", index=False)
+    print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
+    print(f"written to {run_dir}")
+    return results
+
+
+def best_tree_importances(run_dir: Path) -> pd.DataFrame:
+    """feature_importances.csv of a baselines run (for `explain`)."""
+    path = Path(run_dir) / "feature_importances.csv"
+    if not path.exists():
+        raise FaultLLMError(f"{run_dir}: no feature_importances.csv; run `faultllm baselines` with the same data first")
+    return pd.read_csv(path)

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from faultllm.baselines import run_baselines
+from faultllm.errors import FaultLLMError
+from faultllm.prepare import cv_folds, make_split
+from faultllm.reporting import report
+
+FAST = ["baselines.models=[rf,lr,knn]", "baselines.importances_for=[rf]", "baselines.permutation_repeats=2"]
+
+
+def test_same_seed_same_numbers_and_the_llm_sees_the_same_rows(compose_cfg, tmp_path):
+    cfg = compose_cfg("baselines", FAST)
+    first = run_baselines(cfg, tmp_path / "a")
+    again = run_baselines(cfg, tmp_path / "b")
+    assert first == {
+        k: v | {"fit_seconds": first[k]["fit_seconds"], "predict_seconds": first[k]["predict_seconds"]}
+        for k, v in again.items()
+    }
+    assert set(first) == {"rf", "lr", "knn"} and first["rf"]["test_accuracy"] > 0.6
+    assert {"train_accuracy", "test_accuracy", "test_macro_f1", "fit_seconds"} <= set(first["lr"])
+    # the LLM pipeline with the same data config and seed makes the very same split
+    llm_split = make_split(compose_cfg("train", ["model=tiny"]).data, cfg.seed)
+    from faultllm.prepare import scale_split
+
+    scaled, _ = scale_split(llm_split, True, [0, 1])
+    assert json.loads((tmp_path / "a" / "split.json").read_text())["split_fingerprint"] == scaled.fingerprint()
+    table = pd.read_csv(tmp_path / "a" / "table_4_2.csv")
+    assert list(table.columns[:3]) == ["Model", "Train Accuracy", "Test Accuracy"]
+    assert (tmp_path / "a" / "table_4_2.md").read_text().startswith("| Model | Train Accuracy | Test Accuracy |")
+    importances = pd.read_csv(tmp_path / "a" / "feature_importances.csv")
+    assert set(importances["model"]) == {"rf"} and len(importances) == 52
+
+
+def test_tuned_mode_reports_cv_accuracy(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "baselines",
+        [
+            "baselines.models=[lr,knn]",
+            "baselines.importances_for=[]",
+            "baselines.tune=true",
+            "baselines.n_trials=3",
+            "baselines.folds=3",
+        ],
+    )
+    results = run_baselines(cfg, tmp_path)
+    assert 0 < results["knn"]["cv_accuracy"] <= 1 and "n_neighbors" in results["knn"]["params"]
+
+
+def test_folds_are_grouped_by_run_and_stratified(compose_cfg):
+    split = make_split(compose_cfg("prepare").data, 0)
+    for fit_rows, val_rows in cv_folds(split.train, 5, 0):
+        assert not set(split.train["group"].iloc[fit_rows]) & set(split.train["group"].iloc[val_rows])
+        assert split.train["label"].iloc[val_rows].nunique() == 4
+    with pytest.raises(FaultLLMError, match="the rarest label has 100"):
+        cv_folds(split.train, 101, 0)
+
+
+def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
+    with pytest.raises(FaultLLMError, match="unknown model 'xgb'"):
+        run_baselines(compose_cfg("baselines", ["baselines.models=[rf,xgb]"]), tmp_path)
+    with pytest.raises(FaultLLMError, match="knn: n_neighbors=5 needs at least 5 training rows; the split has 4"):
+        run_baselines(
+            compose_cfg("baselines", ["data.train_size=4", "data.test_size=4", "baselines.models=[knn]"]), tmp_path
+        )
+
+
+def test_report_compares_runs_on_one_split_and_refuses_mismatches(compose_cfg, tmp_path):
+    run_baselines(compose_cfg("baselines", ["baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "a")
+    run_baselines(compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"]), tmp_path / "b")
+    table = report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    assert list(table["Model"]) == ["Logistic Regression", "K-Nearest Neighbors"]
+    assert (tmp_path / "report" / "comparison.md").exists() and (tmp_path / "report" / "comparison.png").exists()
+    run_baselines(
+        compose_cfg("baselines", ["seed=7", "baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "c"
+    )
+    with pytest.raises(FaultLLMError, match="different data splits"):
+        report([tmp_path / "a", tmp_path / "c"], tmp_path / "report2")
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faultllm.cli",
+            "report",
+            str(tmp_path / "a"),
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "r3"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2 and cli.stderr.startswith(
+        "faultllm report: error: runs were made on different data splits"
+    )

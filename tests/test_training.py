@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from faultllm.config import compose
+from faultllm.errors import FaultLLMError
+from tests.conftest import easy_overrides
+
+
+def test_train_run_learns_and_writes_every_output(trained_run):
+    run_dir, metrics = trained_run
+    assert metrics["test"]["accuracy"] >= 0.8, metrics["test"]
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1", "loss", "per_class_recall", "confusion_matrix"}
+    assert [row["epoch"] for row in metrics["epochs"]] == list(range(1, 9))
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy"} <= set(metrics["epochs"][0])
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "learning_curves.csv",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "config.yaml",
+    ):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "adapter" / "adapter_config.json").exists()
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert list(predictions.columns[:3]) == ["row", "label", "predicted"] and {"prob_0", "prob_1"} <= set(
+        predictions.columns
+    )
+    assert predictions[["prob_0", "prob_1"]].sum(axis=1).round(6).eq(1).all()
+
+
+def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
+    from faultllm.evaluation import evaluate_run
+
+    run_dir, metrics = trained_run
+    restricted = evaluate_run(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "r")
+    assert restricted["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    generated = evaluate_run(
+        compose("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]), tmp_path / "g"
+    )
+    assert generated["invalid_outputs"] <= 2
+    by_restricted = pd.read_csv(tmp_path / "r" / "predictions.csv")["predicted"]
+    by_generation = pd.read_csv(tmp_path / "g" / "predictions.csv")["predicted"]
+    valid = by_generation.notna()
+    assert (by_restricted[valid] == by_generation[valid].astype(int)).mean() >= 0.95
+
+
+def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
+    from faultllm.evaluation import evaluate_run
+    from tests.conftest import easy_frame
+
+    run_dir, _ = trained_run
+    easy_frame(60, seed=9).to_csv(tmp_path / "new.csv", index=False)
+    metrics = evaluate_run(
+        compose("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'new.csv'}"]), tmp_path / "e"
+    )
+    assert metrics["n"] == 60 and metrics["accuracy"] >= 0.7
+
+
+def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, easy_csv, tmp_path):
+    from faultllm.modeling import build_for_training, hardware_plan
+    from faultllm.prepare import prepared_split
+    from faultllm.prompts import PromptFormat, sft_rows
+    from faultllm.training import sft_trainer
+
+    cfg = compose("train", easy_overrides(tiny_cache, easy_csv))
+    plan = hardware_plan(cfg.model)
+    model, tokenizer = build_for_training(cfg, plan)
+    split, _ = prepared_split(cfg)
+    rows = sft_rows(split.train.head(6), split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
+    trainer = sft_trainer(cfg, plan, model, tokenizer, rows, tmp_path)
+    for row, example in zip(rows, trainer.train_dataset, strict=True):
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        ids, labels = example["input_ids"], example["labels"]
+        assert ids[: len(prompt_ids)] == prompt_ids  # the prompt is an exact token prefix
+        assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+        answer = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+        assert answer == ids[len(prompt_ids) :]
+        assert tokenizer.convert_ids_to_tokens(answer) == ["▁Y", "▁=", "▁", row["completion"][-1], "</s>"]
+
+
+def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):
+    import bitsandbytes as bnb
+
+    from faultllm.modeling import build_for_training, hardware_plan
+    from faultllm.prepare import prepared_split
+    from faultllm.prompts import PromptFormat, sft_rows
+    from faultllm.training import sft_trainer
+
+    cfg = compose(
+        "train",
+        [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.epochs=1", "trainer.batch_size=4"],
+    )
+    plan = hardware_plan(cfg.model)
+    assert plan.quantization == "nf4"
+    model, tokenizer = build_for_training(cfg, plan)
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 2 * 7  # every projection of both blocks
+    assert all(m.weight.quant_type == "nf4" and m.weight.dtype == __import__("torch").uint8 for m in four_bit)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    split, _ = prepared_split(cfg)
+    rows = sft_rows(split.train.head(16), split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
+    result = sft_trainer(cfg, plan, model, tokenizer, rows, tmp_path).train()
+    assert result.global_step == 4 and result.training_loss == result.training_loss  # finite
+    changed = [n for n, p in model.named_parameters() if n in lora_before and not p.detach().equal(lora_before[n])]
+    assert changed  # the adapters learned on top of the 4-bit weights
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_cache, easy_csv, tmp_path):
+    from faultllm.training import train
+
+    overrides = [
+        *easy_overrides(tiny_cache, easy_csv),
+        "data.train_size=32",
+        "data.test_size=16",
+        "trainer.batch_size=8",
+    ]
+    train(compose("train", [*overrides, "trainer.epochs=1"]), tmp_path)
+    metrics = train(compose("train", [*overrides, "trainer.epochs=2"]), tmp_path)  # same run dir: resumes
+    assert [(row["epoch"], row["step"]) for row in metrics["epochs"]] == [(1, 4), (2, 8)]
+    lines = (tmp_path / "epochs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_cache, easy_csv, tmp_path):
+    from faultllm.training import train
+
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=2"]
+    with pytest.raises(FaultLLMError, match=r"training (loss|grad_norm).* became nan"):
+        train(compose("train", [*overrides, "trainer.learning_rate=1e30", "trainer.max_grad_norm=1e30"]), tmp_path)
+
+
+def test_evaluate_without_adapter_is_a_clear_error(tmp_path):
+    from faultllm.evaluation import evaluate_run
+
+    with pytest.raises(FaultLLMError, match="not a finished `faultllm train` run"):
+        evaluate_run(compose("evaluate", [f"run_dir={tmp_path}"]), tmp_path / "out")
