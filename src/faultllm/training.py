@@ -20,6 +20,10 @@ from faultllm.modeling import HardwarePlan
 from faultllm.prompts import PromptFormat, prompts, sft_rows
 
 
+class NonFiniteLoss(FaultLLMError):
+    """The loss or gradient became NaN/inf: the run cannot recover (HPO prunes the trial)."""
+
+
 @dataclass
 class EvalSet:
     """Rows with their prompts rendered once (prompt building is not free at 5 M rows or 100 trials)."""
@@ -50,6 +54,7 @@ def fit(
     eval_sets: dict[str, EvalSet],
     out_dir: Path,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpoints: bool = True,
 ) -> FitResult:
     """Train LoRA adapters on `train_frame`; after each epoch score every eval set (restricted labels).
 
@@ -62,10 +67,11 @@ def fit(
     from faultllm.evaluation import answer_space, evaluate_frame
     from faultllm.modeling import build_for_training
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_for_training(cfg, plan)
     space = answer_space(tokenizer, labels, next(iter(eval_sets.values())).prompts[0])
     history_path = out_dir / "epochs.jsonl"
-    resume = bool(cfg.trainer.resume) and any((out_dir / "checkpoints").glob("checkpoint-*"))
+    resume = checkpoints and bool(cfg.trainer.resume) and any((out_dir / "checkpoints").glob("checkpoint-*"))
     history = _read_history(history_path) if resume else []
     if not resume:
         history_path.unlink(missing_ok=True)
@@ -74,7 +80,7 @@ def fit(
         def on_log(self, args, state, control, logs=None, **kwargs):
             bad = {k: v for k, v in (logs or {}).items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
             if bad:
-                raise FaultLLMError(
+                raise NonFiniteLoss(
                     f"training {' and '.join(bad)} became nan at step {state.global_step} (epoch {state.epoch:.2f}); "
                     f"lower trainer.learning_rate (now {cfg.trainer.learning_rate})"
                 )
@@ -106,7 +112,9 @@ def fit(
     return FitResult(model=trainer.model, tokenizer=tokenizer, history=history, seconds=time.perf_counter() - started)
 
 
-def sft_trainer(cfg, plan: HardwarePlan, model, tokenizer, rows: list[dict], out_dir: Path, callbacks=()):
+def sft_trainer(
+    cfg, plan: HardwarePlan, model, tokenizer, rows: list[dict], out_dir: Path, callbacks=(), checkpoints: bool = True
+):
     """TRL's SFTTrainer on prompt/completion rows with the config's optimizer setup."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -130,7 +138,7 @@ def sft_trainer(cfg, plan: HardwarePlan, model, tokenizer, rows: list[dict], out
         max_length=None,  # dynamic padding to the longest row of each batch; nothing is truncated
         logging_steps=max(1, steps_per_epoch // 4),
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback that stops the run
-        save_strategy="epoch",
+        save_strategy="epoch" if checkpoints else "no",
         save_total_limit=1,
         report_to="none",
         seed=cfg.seed,

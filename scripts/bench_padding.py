@@ -1,0 +1,57 @@
+"""Benchmark: training tokens/s with dynamic padding vs padding every example to a fixed length.
+
+    python scripts/bench_padding.py                 # tiny model, bundled TEP, CPU, one epoch each
+    python scripts/bench_padding.py --max-length 1024 model=llama2_7b_chat trainer.batch_size=4
+
+"Tokens" are real (non-pad) tokens, so both ways do the same useful work; the naive way
+(as in notebooks that set a max length and pad to it) also computes on the padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+
+def tokens_per_second(cfg, pad_to: int | None) -> tuple[float, int]:
+    from faultllm.modeling import build_for_training, hardware_plan
+    from faultllm.prepare import prepared_split
+    from faultllm.prompts import PromptFormat, sft_rows
+    from faultllm.training import sft_trainer
+
+    plan = hardware_plan(cfg.model)
+    model, tokenizer = build_for_training(cfg, plan)
+    split, _ = prepared_split(cfg)
+    rows = sft_rows(split.train, split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
+    with TemporaryDirectory() as tmp:
+        trainer = sft_trainer(cfg, plan, model, tokenizer, rows, Path(tmp))
+        trainer.args.save_strategy = "no"
+        if pad_to is not None:
+            trainer.data_collator.pad_to_multiple_of = pad_to  # every batch padded to exactly pad_to
+        real_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * cfg.trainer.epochs
+        start = time.perf_counter()
+        trainer.train()
+        return real_tokens / (time.perf_counter() - start), real_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-length", type=int, default=512, help="the fixed length of the naive way")
+    args, overrides = parser.parse_known_args()
+    from faultllm.config import compose
+
+    cfg = compose(
+        "train", ["model=tiny", "trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides]
+    )
+    dynamic, n_tokens = tokens_per_second(cfg, None)
+    fixed, _ = tokens_per_second(cfg, args.max_length)
+    print(f"{n_tokens} real tokens per epoch, batch {cfg.trainer.batch_size}, prompt decimals {cfg.prompt.decimals}")
+    print(f"padded to max length {args.max_length:<5} {fixed:10.0f} tokens/s   1.0x")
+    print(f"dynamic padding          {dynamic:10.0f} tokens/s   {dynamic / fixed:.1f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from faultllm.config import compose
+from faultllm.errors import FaultLLMError
+from faultllm.hpo import check_space, fold_split, open_study, search, study_rule
+from faultllm.prepare import cv_folds, make_split
+from tests.conftest import easy_overrides
+
+RULE = OmegaConf.create({"prune_early_epochs": 3})
+
+
+def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
+    return [
+        *easy_overrides(tiny_cache, easy_csv), "data.train_size=40", "data.test_size=20", "trainer.epochs=1",
+        f"hpo.n_trials={n_trials}", "hpo.folds=2", "hpo.space.lora_r.high=16", "hpo.space.learning_rate.low=1e-3",
+    ]  # fmt: skip
+
+
+def test_the_studys_pruning_rule():
+    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_accuracy": 0.5}, RULE) == "loss is NaN"
+    assert study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) == "validation accuracy 0 at epoch 2"
+    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) is None  # only early epochs
+    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.4}, RULE) is None
+
+
+def test_scaler_is_fitted_per_fold_on_its_training_rows(compose_cfg):
+    raw = make_split(compose_cfg("prepare").data, 0)
+    for fit_rows, val_rows in cv_folds(raw.train, 3, 0):
+        fold = fold_split(raw, fit_rows, val_rows, True, [0, 1])
+        fit_values = raw.train.iloc[fit_rows][raw.features].to_numpy()
+        scaled_val = fold.test[raw.features].to_numpy()
+        expected = (raw.train.iloc[val_rows][raw.features].to_numpy() - fit_values.min(0)) / np.where(
+            np.ptp(fit_values, 0) > 0, np.ptp(fit_values, 0), 1
+        )
+        np.testing.assert_allclose(scaled_val, expected, atol=1e-6)  # validation rows never shaped the scaler
+        assert fold.train[raw.features].to_numpy().min() == pytest.approx(0)
+
+
+def test_bad_space_and_storage(compose_cfg, tmp_path):
+    with pytest.raises(FaultLLMError, match=r"hpo.space.lora_r: empty or inverted range \[64, 8\]"):
+        check_space(compose_cfg("hpo", ["hpo.space.lora_r.low=64", "hpo.space.lora_r.high=8"]).hpo.space)
+    with pytest.raises(FaultLLMError, match="empty or inverted"):
+        check_space(compose_cfg("hpo", ["hpo.space.learning_rate.high=1e-5"]).hpo.space)
+    with pytest.raises(FaultLLMError, match=r"hpo\.storage=sqlite:////no/such/dir/x\.db: cannot open"):
+        open_study(compose_cfg("hpo", ["hpo.storage=sqlite:////no/such/dir/x.db"]), tmp_path)
+    with pytest.raises(FaultLLMError, match="the rarest label has 2"):
+        search(compose_cfg("hpo", ["data.train_size=8", "data.test_size=8", "hpo.folds=3"]), tmp_path)
+
+
+def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
+    cfg = compose(
+        "hpo",
+        [
+            *hpo_overrides(tiny_cache, easy_csv, 1),
+            "hpo.space.learning_rate.low=1e29",
+            "hpo.space.learning_rate.high=1e30",
+            "trainer.max_grad_norm=1e30",
+        ],
+    )
+    with pytest.raises(FaultLLMError, match="no trial finished without being pruned"):
+        search(cfg, tmp_path)
+    ((state, reason),) = (
+        sqlite3.connect(tmp_path / "study.db")
+        .execute(
+            "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id WHERE a.key = 'pruned_because'"
+        )
+        .fetchall()
+    )
+    assert state == "PRUNED" and reason == '"loss is NaN"'
+
+
+def _hpo_process(overrides: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "faultllm.cli", "hpo", *overrides],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _states(db) -> list[str]:
+    try:
+        return [row[0] for row in sqlite3.connect(db).execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def test_a_killed_study_resumes_and_finishes_the_requested_trials(tiny_cache, easy_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 3), f"hydra.run.dir={run_dir}", "hpo.refit=false"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = _hpo_process(overrides, log)
+        deadline = time.time() + 300
+        while (
+            time.time() < deadline
+            and _states(run_dir / "study.db")[:2] != ["COMPLETE", "RUNNING"]
+            and first.poll() is None
+        ):
+            time.sleep(0.2)
+        assert _states(run_dir / "study.db")[:2] == ["COMPLETE", "RUNNING"], (tmp_path / "first.log").read_text()[
+            -2000:
+        ]
+        os.killpg(first.pid, signal.SIGKILL)  # killed mid-trial, as a crash or a preempted node would
+        first.wait()
+    again = subprocess.run([sys.executable, "-m", "faultllm.cli", "hpo", *overrides], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "was interrupted: marked failed, queued again" in again.stdout
+    states = _states(run_dir / "study.db")
+    assert states[0] == "COMPLETE" and states[1] == "FAIL"
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3
+    assert (run_dir / "table_4_1.md").exists() and (run_dir / "trials.csv").exists()
+
+
+def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_csv, tmp_path):
+    db = tmp_path / "shared.db"
+    logs, workers = [], []
+    for worker in range(2):
+        log = open(tmp_path / f"worker{worker}.log", "w")  # noqa: SIM115
+        overrides = [
+            *hpo_overrides(tiny_cache, easy_csv, 4),
+            f"hpo.storage=sqlite:///{db}",
+            "hpo.refit=false",
+            f"hydra.run.dir={tmp_path / f'w{worker}'}",
+        ]
+        logs.append(log)
+        workers.append(_hpo_process(overrides, log))
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.wait(timeout=600) == 0
+        log.close()
+    states = _states(db)
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
+    assert "RUNNING" not in states
+    done_by = [(tmp_path / f"worker{w}.log").read_text().count("trial ") for w in range(2)]
+    assert all(done_by), "both workers took trials"
