@@ -65,6 +65,7 @@ def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
             *hpo_overrides(tiny_cache, easy_csv, 1),
             "hpo.space.learning_rate.low=1e29",
             "hpo.space.learning_rate.high=1e30",
+            "hpo.space.learning_rate.step=null",
             "trainer.max_grad_norm=1e30",
         ],
     )

@@ -93,40 +93,49 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
-def open_study(cfg, run_dir: Path):
+def open_study(cfg, run_dir: Path, attempts: int = 5):
+    """Create or load the study. Workers starting together may race to create the schema: retry."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = cfg.hpo.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    try:
-        if url.endswith((".log", ".jsonl")) and "://" not in url:  # a journal file, for NFS-shared workers
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            storage = JournalStorage(JournalFileBackend(url))
-        else:
-            storage = RDBStorage(
-                url,
-                heartbeat_interval=cfg.hpo.heartbeat_interval,
-                grace_period=cfg.hpo.grace_period,
-                failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+    for attempt in range(attempts):
+        try:
+            study = optuna.create_study(
+                study_name=cfg.hpo.study_name,
+                storage=_storage(url, cfg.hpo),
+                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                pruner=make_pruner(cfg.hpo.pruner),
+                direction=DIRECTIONS[cfg.hpo.objective],
+                load_if_exists=True,
             )
-        study = optuna.create_study(
-            study_name=cfg.hpo.study_name,
-            storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=make_pruner(cfg.hpo.pruner),
-            direction=DIRECTIONS[cfg.hpo.objective],
-            load_if_exists=True,
-        )
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as err:
-        raise FaultLLMError(f"hpo.storage={url}: cannot open ({str(err).splitlines()[0]})") from None
-    except Exception as err:  # SQLAlchemy errors for unreachable databases
-        raise FaultLLMError(
-            f"hpo.storage={url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
+            break
+        except FaultLLMError:
+            raise
+        except Exception as err:  # ValueError for bad URLs, SQLAlchemy errors for unreachable databases
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            racing = ("already exists", "locked", "UNIQUE constraint")  # schema creation by another worker
+            if attempt + 1 < attempts and any(text in message for text in racing):
+                time.sleep(0.5 + attempt)
+                continue
+            raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
     if not cfg.hpo.storage:
         fail_interrupted(study)  # our own database: no other worker can own a RUNNING trial
     return study
+
+
+def _storage(url: str, hpo_cfg):
+    if "://" not in url and url.endswith((".log", ".jsonl")):  # a journal file, for workers sharing NFS
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url))
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    return RDBStorage(
+        url,
+        heartbeat_interval=hpo_cfg.heartbeat_interval,
+        grace_period=hpo_cfg.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+    )
 
 
 def fail_interrupted(study) -> None:

@@ -62,12 +62,13 @@ def fit(
     Checkpoints go to out_dir/checkpoints; an existing one is resumed when trainer.resume is set.
     """
     from omegaconf import OmegaConf
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, set_seed
 
     from faultllm.evaluation import answer_space, evaluate_frame
     from faultllm.modeling import build_for_training
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)  # before LoRA's random init, which would otherwise depend on whatever ran earlier
     model, tokenizer = build_for_training(cfg, plan)
     space = answer_space(tokenizer, labels, next(iter(eval_sets.values())).prompts[0])
     history_path = out_dir / "epochs.jsonl"
