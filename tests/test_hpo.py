@@ -121,6 +121,7 @@ def test_a_killed_study_resumes_and_finishes_the_requested_trials(tiny_cache, ea
     assert states[0] == "COMPLETE" and states[1] == "FAIL"
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3
     assert (run_dir / "table_4_1.md").exists() and (run_dir / "trials.csv").exists()
+    assert not list((run_dir / "trials").rglob("checkpoint-*"))  # folds keep epoch metrics, not checkpoints
 
 
 def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_csv, tmp_path):
@@ -144,3 +145,22 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
     assert "RUNNING" not in states
     done_by = [(tmp_path / f"worker{w}.log").read_text().count("trial ") for w in range(2)]
     assert all(done_by), "both workers took trials"
+
+
+def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cfg, tmp_path):
+    from faultllm.hpo import ask_after_failing_stale, heartbeat
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    cfg = compose_cfg("hpo", [f"hpo.storage={url}", "hpo.heartbeat_interval=1", "hpo.grace_period=2"])
+    study = open_study(cfg, tmp_path)
+    dead = ask_after_failing_stale(study)
+    dead.suggest_int("lora_r", 4, 256)
+    with heartbeat(study, dead):
+        time.sleep(1.2)  # the worker beats, then dies without telling
+    time.sleep(2.5)
+    other_worker = open_study(cfg, tmp_path)
+    ask_after_failing_stale(other_worker)
+    states = [t.state.name for t in other_worker.trials]
+    assert states[0] == "FAIL"
+    retried = [t for t in other_worker.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retried and retried[0].params == dead.params  # queued again with the same parameters

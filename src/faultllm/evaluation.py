@@ -264,57 +264,73 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, tit
 # ---------------------------------------------------------------- the `faultllm evaluate` job
 
 
-def evaluate_run(cfg, out_dir) -> dict:
-    """Score a trained run's adapter on its own test split, or on raw rows given by eval.split_path."""
+@dataclass
+class TrainedRun:
+    """A finished `faultllm train` run, reopened: its config, split, prompt format and adapted model."""
+
+    run_dir: Path
+    cfg: object
+    model: object
+    tokenizer: object
+    split: object  # prepare.Split, scaled as at training time
+    scaler: object  # prepare.MinMaxScaler or None
+    fmt: object  # prompts.PromptFormat
+
+
+def open_run(run_dir) -> TrainedRun:
     from omegaconf import OmegaConf
 
-    from faultllm.config import start_run, write_json
-    from faultllm.loaders import normalize_labels, read_table, require_columns, validate_features
     from faultllm.modeling import hardware_plan, load_trained
-    from faultllm.prepare import MinMaxScaler, prepared_split
-    from faultllm.prompts import PromptFormat, prompts
+    from faultllm.prepare import prepared_split
+    from faultllm.prompts import PromptFormat
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
+        raise FaultLLMError(f"run_dir={run_dir}: not a finished `faultllm train` run (no config.yaml / split.json)")
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    model, tokenizer = load_trained(run_dir, run_cfg, hardware_plan(run_cfg.model))
+    split, scaler = prepared_split(run_cfg)
+    if split.fingerprint() != _read_json(run_dir / "split.json")["split_fingerprint"]:
+        raise FaultLLMError(f"{run_dir}: the rebuilt split differs from the one trained on (data files changed?)")
+    return TrainedRun(
+        run_dir, run_cfg, model, tokenizer, split, scaler, PromptFormat.from_config(run_cfg.prompt, run_cfg.data)
+    )
+
+
+def read_rows(path: Path, run: TrainedRun) -> pd.DataFrame:
+    """Raw rows from a table, validated against the run's features and labels, scaled like its training rows."""
+    from faultllm.loaders import normalize_labels, read_table, require_columns, validate_features
+
+    if not path.exists():
+        raise FaultLLMError(f"eval.split_path={path}: no such file")
+    features, labels = run.split.features, run.split.labels
+    frame = read_table(path)
+    require_columns(frame, [*features, LABEL], path, f"the run's features and a {LABEL!r} column")
+    validate_features(frame, features, path)
+    frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
+    unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
+    if unknown:
+        raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
+    return run.scaler.transform(frame, features) if run.scaler is not None else frame
+
+
+def evaluate_run(cfg, out_dir) -> dict:
+    """Score a trained run's adapter on its own test split, or on raw rows given by eval.split_path."""
+    from faultllm.config import start_run, write_json
+    from faultllm.prompts import prompts
     from faultllm.reporting import print_summary
 
-    run_dir = Path(cfg.run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.json").exists():
-        raise FaultLLMError(f"run_dir={run_dir}: not a finished `faultllm train` run (no config.yaml / metrics.json)")
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    trained = _read_json(run_dir / "metrics.json")["split"]
-    plan = hardware_plan(run_cfg.model)
-    model, tokenizer = load_trained(run_dir, run_cfg, plan)
+    run = open_run(cfg.run_dir)
     out_dir = start_run(cfg, out_dir)
-
     if cfg.eval.get("split_path"):
-        path = Path(cfg.eval.split_path)
-        if not path.exists():
-            raise FaultLLMError(f"eval.split_path={path}: no such file")
-        frame = read_table(path)
-        require_columns(frame, [*trained["features"], LABEL], path, f"the run's features and a {LABEL!r} column")
-        validate_features(frame, trained["features"], path)
-        frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
-        as_label = int if pd.api.types.is_integer_dtype(frame[LABEL]) else str
-        labels = [as_label(label) for label in trained["labels"]]
-        unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
-        if unknown:
-            raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
-        if (run_dir / "scaler.json").exists():  # raw rows get the scaler fitted on the run's training split
-            saved = _read_json(run_dir / "scaler.json")
-            scaler = MinMaxScaler(
-                np.asarray(saved["minimum"]), np.asarray(saved["maximum"]), tuple(saved["feature_range"])
-            )
-            frame = scaler.transform(frame, trained["features"])
-        features, source = trained["features"], str(path)
+        frame, source = read_rows(Path(cfg.eval.split_path), run), str(cfg.eval.split_path)
     else:
-        split, _ = prepared_split(run_cfg)
-        if split.fingerprint() != trained["split_fingerprint"]:
-            raise FaultLLMError(f"{run_dir}: the rebuilt split differs from the one trained on (data files changed?)")
-        frame, features, labels, source = split.test, split.features, split.labels, "the run's test split"
-
-    fmt = PromptFormat.from_config(run_cfg.prompt, run_cfg.data)
-    texts = prompts(frame, features, labels, fmt)
-    space = answer_space(tokenizer, labels, texts[0])
-    metrics, predictions = evaluate_frame(model, tokenizer, frame, texts, space, cfg.eval)
-    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(run_dir)}
+        frame, source = run.split.test, "the run's test split"
+    labels = run.split.labels
+    texts = prompts(frame, run.split.features, labels, run.fmt)
+    space = answer_space(run.tokenizer, labels, texts[0])
+    metrics, predictions = evaluate_frame(run.model, run.tokenizer, frame, texts, space, cfg.eval)
+    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(run.run_dir)}
     write_json(out_dir / "metrics.json", metrics)
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     plot_confusion_matrix(metrics["confusion_matrix"], labels, out_dir / "confusion_matrix.png", f"{cfg.eval.mode}")
@@ -326,7 +342,7 @@ def evaluate_run(cfg, out_dir) -> dict:
         items["loss"] = f"{metrics['loss']:.4f}"
     if "invalid_outputs" in metrics:
         items["invalid outputs"] = str(metrics["invalid_outputs"])
-    print_summary(f"evaluated ({cfg.eval.mode}): {run_dir}", items | {"written to": str(out_dir)})
+    print_summary(f"evaluated ({cfg.eval.mode}): {run.run_dir}", items | {"written to": str(out_dir)})
     return metrics
 
 

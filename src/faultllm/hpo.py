@@ -156,6 +156,27 @@ def claim_within_budget(study, trial, n_trials: int) -> bool:
     return sum(t.number < trial.number for t in earlier) < n_trials
 
 
+def ask_after_failing_stale(study):
+    """study.ask(), first failing (and re-queuing) trials of workers whose heartbeat stopped, as optimize() does."""
+    import warnings
+
+    import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we run it ourselves
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)
+        return study.ask()
+
+
+def heartbeat(study, trial):
+    """Record this trial's heartbeat while it runs (the helper optimize() uses; ask/tell has none)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
 def finished_count(study) -> int:
     from optuna.trial import TrialState
 
@@ -257,24 +278,25 @@ def search(cfg, run_dir) -> dict:
     started = time.perf_counter()
 
     while finished_count(study) < cfg.hpo.n_trials:
-        trial = study.ask()
+        trial = ask_after_failing_stale(study)
         if not claim_within_budget(study, trial, cfg.hpo.n_trials):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # another worker took the last slot
             break
         trial_start = time.perf_counter()
         try:
-            value = run_trial(trial, cfg, plan, raw, folds, run_dir)
+            with heartbeat(study, trial):
+                value = run_trial(trial, cfg, plan, raw, folds, run_dir)
             study.tell(trial, value)
             status = f"value {value:.4f}"
         except optuna.TrialPruned as pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             status = f"pruned ({pruned})"
         best = _best(study)
+        elapsed = f"{time.perf_counter() - trial_start:.1f} s"
         print(
-            f"trial {trial.number}: {status}, {time.perf_counter() - trial_start:.1f} s; "
-            f"best {best.value:.4f} (trial {best.number})"
+            f"trial {trial.number}: {status}, {elapsed}; best {best.value:.4f} (trial {best.number})"
             if best
-            else f"trial {trial.number}: {status}",
+            else f"trial {trial.number}: {status}, {elapsed}",
             flush=True,
         )
 

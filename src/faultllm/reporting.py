@@ -49,7 +49,7 @@ def markdown(table) -> str:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.4g}"  # 0.883, 0.3022, 0.00515: small learning rates keep their digits
     return str(value)
 
 

@@ -104,9 +104,8 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
 
-    trainer = sft_trainer(
-        cfg, plan, model, tokenizer, sft_rows(train_frame, features, labels, fmt), out_dir, [EpochMetrics()]
-    )
+    rows = sft_rows(train_frame, features, labels, fmt)
+    trainer = sft_trainer(cfg, plan, model, tokenizer, rows, out_dir, [EpochMetrics()], checkpoints=checkpoints)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     tokenizer.padding_side = "left"
@@ -118,6 +117,7 @@ def sft_trainer(
 ):
     """TRL's SFTTrainer on prompt/completion rows with the config's optimizer setup."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     steps_per_epoch = max(1, len(rows) // (cfg.trainer.batch_size * cfg.trainer.grad_accum))
@@ -148,13 +148,16 @@ def sft_trainer(
         dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    if not cfg.progress:  # without progress bars transformers prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _read_history(path: Path) -> list[dict]:

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from faultllm.baselines import run_baselines
+from faultllm.config import compose
+from faultllm.errors import FaultLLMError
+from faultllm.explain import explain
+
+
+@pytest.fixture(scope="module")
+def easy_baselines(trained_run, tiny_cache, easy_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("easy_baselines")
+    data = [
+        f"cache_dir={tiny_cache}",
+        "data=csv",
+        f"data.path={easy_csv}",
+        "data.train_size=160",
+        "data.test_size=80",
+        "data.normalize=false",
+    ]
+    run_baselines(
+        compose(
+            "baselines",
+            [
+                *data,
+                "baselines.models=[rf,gbm]",
+                "baselines.importances_for=[rf,gbm]",
+                "baselines.permutation_repeats=3",
+            ],
+        ),
+        out,
+    )
+    run_dir, _ = trained_run
+    assert (
+        json.loads((out / "split.json").read_text())["split_fingerprint"]
+        == json.loads((run_dir / "split.json").read_text())["split_fingerprint"]
+    )
+    return out
+
+
+def test_the_deciding_feature_is_ranked_first(trained_run, easy_baselines, tmp_path):
+    run_dir, _ = trained_run
+    cfg = compose(
+        "explain",
+        [
+            f"run_dir={run_dir}",
+            f"explain.baselines_dir={easy_baselines}",
+            "explain.n_probe_rows=2",
+            "explain.n_attribution_rows=30",
+            "explain.top_k=1",
+        ],
+    )
+    summary = explain(cfg, tmp_path)
+    attribution = pd.read_csv(tmp_path / "attribution.csv")
+    assert attribution["feature"].iloc[0] == "a" and summary["top_features"] == ["a"]  # only `a` decides the label
+    assert (
+        attribution.set_index("feature").loc["a", "mean_abs_effect"] > 3 * attribution["mean_abs_effect"].iloc[1:].max()
+    )
+    comparison = pd.read_csv(tmp_path / "comparison.csv")
+    assert set(comparison["model"]) == {"rf", "gbm"} and (comparison["top1_overlap"] == 1.0).all()
+    transcripts = pd.read_csv(tmp_path / "transcripts.csv")
+    assert list(transcripts["new_tokens"]) == [5, 50, 5, 50]
+    assert transcripts["user"].str.endswith("What is the reasoning behind your decision?").all()
+    for name in ("attribution.png", "report.md", "attribution_rows.csv", "explain.json"):
+        assert (tmp_path / name).exists()
+    assert "## Occlusion attribution" in (tmp_path / "report.md").read_text()
+
+
+def test_bad_rows_and_missing_adapter(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    with pytest.raises(
+        FaultLLMError, match=r"explain.rows: row 80 is out of range; the test split has 80 rows \(0..79\)"
+    ):
+        explain(compose("explain", [f"run_dir={run_dir}", "explain.rows=[3,80]"]), tmp_path / "x")
+    (tmp_path / "copy").mkdir()
+    for name in ("config.yaml", "split.json"):
+        (tmp_path / "copy" / name).write_text((run_dir / name).read_text())
+    with pytest.raises(FaultLLMError, match="no adapter found"):
+        explain(compose("explain", [f"run_dir={tmp_path / 'copy'}"]), tmp_path / "y")
