@@ -9,6 +9,8 @@ from faultllm.errors import FaultLLMError
 from faultllm.evaluation import answer_space, classification_metrics, parse_answer, score
 from faultllm.prompts import PromptFormat, prompts
 
+pytestmark = pytest.mark.slow  # trains or loads the tiny model
+
 FMT = PromptFormat(system="You are an expert.", name_features=False, decimals=2)
 
 

@@ -10,6 +10,8 @@ from faultllm.config import compose
 from faultllm.errors import FaultLLMError
 from faultllm.explain import explain
 
+pytestmark = pytest.mark.slow  # trains or loads the tiny model
+
 
 @pytest.fixture(scope="module")
 def easy_baselines(trained_run, tiny_cache, easy_csv, tmp_path_factory):

@@ -58,6 +58,7 @@ def test_bad_space_and_storage(compose_cfg, tmp_path):
         search(compose_cfg("hpo", ["data.train_size=8", "data.test_size=8", "hpo.folds=3"]), tmp_path)
 
 
+@pytest.mark.slow
 def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
     cfg = compose(
         "hpo",
@@ -97,6 +98,7 @@ def _states(db) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_and_finishes_the_requested_trials(tiny_cache, easy_csv, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*hpo_overrides(tiny_cache, easy_csv, 3), f"hydra.run.dir={run_dir}", "hpo.refit=false"]
@@ -124,6 +126,7 @@ def test_a_killed_study_resumes_and_finishes_the_requested_trials(tiny_cache, ea
     assert not list((run_dir / "trials").rglob("checkpoint-*"))  # folds keep epoch metrics, not checkpoints
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_csv, tmp_path):
     db = tmp_path / "shared.db"
     logs, workers = [], []

@@ -9,6 +9,8 @@ from faultllm.config import compose
 from faultllm.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
+pytestmark = pytest.mark.slow  # trains or loads the tiny model
+
 
 def test_train_run_learns_and_writes_every_output(trained_run):
     run_dir, metrics = trained_run
