@@ -88,6 +88,19 @@ def _resolve(target: str) -> Callable:
     return job
 
 
+def _quiet_known_noise() -> None:
+    """Silence two harmless messages every run would print.
+
+    TRL 1.x still configures `gradient_checkpointing` (transformers 5 deprecates the name),
+    and bitsandbytes looks for an optional CPU kernel package at import.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def run_job(command: str, config_name: str, job: Callable, overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -96,6 +109,7 @@ def run_job(command: str, config_name: str, job: Callable, overrides: list[str])
     from faultllm.errors import FaultLLMError
 
     def task(cfg) -> None:
+        _quiet_known_noise()
         try:
             job(cfg, HydraConfig.get().runtime.output_dir)
         except FaultLLMError as err:
