@@ -160,7 +160,7 @@ def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cf
     dead.suggest_int("lora_r", 4, 256)
     with heartbeat(study, dead):
         time.sleep(1.2)  # the worker beats, then dies without telling
-    time.sleep(2.5)
+    time.sleep(4.5)  # > grace period 2 s, with room for the storage's one-second timestamp resolution
     other_worker = open_study(cfg, tmp_path)
     ask_after_failing_stale(other_worker)
     states = [t.state.name for t in other_worker.trials]

@@ -201,7 +201,7 @@ def run_baselines(cfg, run_dir) -> dict[str, dict]:
     return results
 
 
-def best_tree_importances(run_dir: Path) -> pd.DataFrame:
+def load_importances(run_dir: Path) -> pd.DataFrame:
     """feature_importances.csv of a baselines run (for `explain`)."""
     path = Path(run_dir) / "feature_importances.csv"
     if not path.exists():

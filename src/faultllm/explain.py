@@ -20,17 +20,15 @@ import pandas as pd
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
 
-WHY = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
-
 
 def probe_transcripts(run, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
     from faultllm.evaluation import generate_answers, parse_answer
-    from faultllm.prompts import chat_prompt, question
+    from faultllm.prompts import WHY_QUESTION, chat_prompt, question
 
     test, features, labels = run.split.test, run.split.features, run.split.labels
     records = []
     for row in rows:
-        user = question(test[features].iloc[row].to_numpy(np.float64), features, labels, run.fmt) + WHY
+        user = question(test[features].iloc[row].to_numpy(np.float64), features, labels, run.fmt) + WHY_QUESTION
         for budget in token_budgets:
             (output,) = generate_answers(run.model, run.tokenizer, [chat_prompt(user, run.fmt.system)], budget)
             answer = parse_answer(output, labels)
@@ -100,9 +98,9 @@ def aggregate(effects: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 def compare_with_baselines(attribution: pd.DataFrame, baselines_dir: Path, k: int) -> pd.DataFrame:
     from scipy.stats import spearmanr
 
-    from faultllm.baselines import best_tree_importances
+    from faultllm.baselines import load_importances
 
-    importances = best_tree_importances(baselines_dir)
+    importances = load_importances(baselines_dir)
     llm = attribution.set_index("feature")["mean_abs_effect"]
     top_llm = set(llm.sort_values(ascending=False).index[:k])
     rows = []

@@ -249,14 +249,11 @@ def run_trial(trial, cfg, plan, raw: Split, folds, run_dir: Path) -> float:
 
 def free_memory() -> None:
     """The model of one fold is gone before the next is built: memory does not grow with trials."""
-    gc.collect()
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def search(cfg, run_dir) -> dict:

@@ -56,6 +56,10 @@ def chat_prompt(user_message: str, system: str) -> str:
     return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_message} [/INST]"
 
 
+# The study's follow-up question asking the model to explain itself (its section 4.3).
+WHY_QUESTION = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
+
+
 def answer(label) -> str:
     return f" Y = {label}"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
-from faultllm.prompts import PromptFormat, answer, chat_prompt, question
+from faultllm.prompts import WHY_QUESTION, PromptFormat, answer, chat_prompt, question
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 _SYSTEM_PROMPTS = [
@@ -28,7 +28,6 @@ _SYSTEM_PROMPTS = [
     "electrical and pneumatic components. Below is a sample of the braking system monitoring.",
     "You are an expert in fault diagnosis of industrial systems. Below is a sample of the monitoring data.",
 ]
-_WHY = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
 
 
 def _spec(model_cfg) -> dict:
@@ -58,7 +57,7 @@ def _random_prompt(rng: np.random.Generator) -> tuple[str, str]:
         decimals=[None, 1, 2, 4][int(rng.choice(4, p=[0.2, 0.4, 0.3, 0.1]))],
     )
     values = np.round(rng.uniform(0, 1, n_features) * 10.0 ** rng.integers(0, 4), 4)
-    user = question(values, names[:n_features], labels, fmt) + (_WHY if rng.random() < 0.1 else "")
+    user = question(values, names[:n_features], labels, fmt) + (WHY_QUESTION if rng.random() < 0.1 else "")
     return chat_prompt(user, fmt.system), answer(int(rng.choice(labels)))
 
 
