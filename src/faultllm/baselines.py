@@ -114,7 +114,7 @@ def tune(name: str, split: Split, cfg) -> dict:
 
 
 def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, dict]:
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from faultllm.evaluation import classification_metrics
 
     x_train, y_train = xy(split.train, split.features)
     x_test, y_test = xy(split.test, split.features)
@@ -124,14 +124,12 @@ def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[obj
     start = time.perf_counter()
     predicted = model.predict(x_test)
     predict_seconds = time.perf_counter() - start
-    keys = [str(label) for label in split.labels]
+    test = classification_metrics(y_test, predicted, split.labels)  # the same metrics as the LLM's
     return model, {
-        "train_accuracy": float(accuracy_score(y_train, model.predict(x_train))),
-        "test_accuracy": float(accuracy_score(y_test, predicted)),
-        "test_macro_f1": float(f1_score(y_test, predicted, labels=keys, average="macro", zero_division=0)),
-        "per_class_recall": dict(
-            zip(keys, recall_score(y_test, predicted, labels=keys, average=None, zero_division=0).tolist(), strict=True)
-        ),
+        "train_accuracy": classification_metrics(y_train, model.predict(x_train), split.labels)["accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "per_class_recall": test["per_class_recall"],
         "fit_seconds": round(fit_seconds, 4),
         "predict_seconds": round(predict_seconds, 4),
     }

@@ -40,6 +40,7 @@ def eval_set(frame: pd.DataFrame, features: list[str], labels: list, fmt: Prompt
 class FitResult:
     model: object
     tokenizer: object
+    answer_space: object  # evaluation.AnswerSpace of the labels under this tokenizer
     history: list[dict] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
 
@@ -109,7 +110,13 @@ def fit(
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     tokenizer.padding_side = "left"
-    return FitResult(model=trainer.model, tokenizer=tokenizer, history=history, seconds=time.perf_counter() - started)
+    return FitResult(
+        model=trainer.model,
+        tokenizer=tokenizer,
+        answer_space=space,
+        history=history,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def sft_trainer(
@@ -170,7 +177,7 @@ def _read_history(path: Path) -> list[dict]:
 def train(cfg, run_dir) -> dict:
     """Fine-tune, evaluate, and write everything into run_dir. Returns metrics.json's content."""
     from faultllm.config import start_run, write_json
-    from faultllm.evaluation import answer_space, evaluate_frame, plot_confusion_matrix
+    from faultllm.evaluation import evaluate_frame, plot_confusion_matrix
     from faultllm.modeling import hardware_plan
     from faultllm.prepare import prepared_split, write_split_summary
     from faultllm.reporting import plot_learning_curves, print_summary
@@ -199,11 +206,10 @@ def train(cfg, run_dir) -> dict:
     result.model.save_pretrained(run_dir / "adapter")
     result.tokenizer.save_pretrained(run_dir / "adapter")
 
-    space = answer_space(result.tokenizer, split.labels, sets["test"].prompts[0])
     final = {}
     for name, data in sets.items():
         final[name], predictions = evaluate_frame(
-            result.model, result.tokenizer, data.frame, data.prompts, space, cfg.eval
+            result.model, result.tokenizer, data.frame, data.prompts, result.answer_space, cfg.eval
         )
         if name == "test":
             predictions.to_csv(run_dir / "predictions.csv", index=False)
