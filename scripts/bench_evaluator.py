@@ -16,21 +16,17 @@ from omegaconf import OmegaConf
 
 
 def main(overrides: list[str]) -> None:
+    from _bench import setup
     from faultllm.config import compose
     from faultllm.evaluation import answer_space, generate_answers, score
-    from faultllm.modeling import build_for_training, hardware_plan
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat, prompts
 
     cfg = compose("train", ["model=tiny", "data.test_size=64", *overrides])
-    plan = hardware_plan(cfg.model)
-    model, tokenizer = build_for_training(cfg, plan)
-    model.eval()
+    run = setup(cfg)
+    model, tokenizer = run.model.eval(), run.tokenizer
     tokenizer.padding_side = "left"
-    split, _ = prepared_split(cfg)
-    texts = prompts(split.test, split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
-    truth = split.test["label"].tolist()
-    space = answer_space(tokenizer, split.labels, texts[0])
+    test = run.serializer.render(run.split.test)
+    texts, truth = test.texts, test.truth
+    space = answer_space(tokenizer, test.labels, texts[0])
 
     def timed(fn) -> float:
         fn(texts[:4])  # warm-up
@@ -49,10 +45,10 @@ def main(overrides: list[str]) -> None:
         ),
     }
     naive = rates["study: generate 5 tokens, batch 1"]
-    print(f"model {cfg.model.path or 'tiny'} on {plan.device}, {len(texts)} prompts, labels {split.labels}")
+    print(f"model {cfg.model.path or 'tiny'} on {run.spec.plan.device}, {len(texts)} prompts, labels {test.labels}")
     for name, rate in rates.items():
         print(f"{name:<36} {rate:8.1f} examples/s   {rate / naive:5.1f}x")
-    print(OmegaConf.to_yaml({"config": {"decimals": cfg.prompt.decimals, "device": plan.device}}).strip())
+    print(OmegaConf.to_yaml({"config": {"decimals": cfg.prompt.decimals, "device": run.spec.plan.device}}).strip())
 
 
 if __name__ == "__main__":

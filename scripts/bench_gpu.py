@@ -36,27 +36,21 @@ def main() -> None:
 
     import torch
 
+    from _bench import setup, sft_trainer
     from faultllm.config import compose
     from faultllm.evaluation import answer_space, score
-    from faultllm.modeling import build_for_training, hardware_plan
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat, prompts, sft_rows
-    from faultllm.training import sft_trainer
 
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU; see scripts/bench_padding.py and bench_evaluator.py for CPU")
     cfg = compose("train", ["trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides])
-    plan = hardware_plan(cfg.model)
-    model, tokenizer = build_for_training(cfg, plan)
+    run = setup(cfg)
+    model, tokenizer, plan = run.model, run.tokenizer, run.spec.plan
     _, n_params = model.get_nb_trainable_parameters()  # counts 4-bit weights at their unpacked size
-    split, _ = prepared_split(cfg)
-    fmt = PromptFormat.from_config(cfg.prompt, cfg.data)
-    rows = sft_rows(split.train.head(args.rows), split.features, split.labels, fmt)
+    rows = run.serializer.render(run.split.train.head(args.rows)).sft_rows()
 
     torch.cuda.reset_peak_memory_stats()
     with TemporaryDirectory() as tmp:
-        trainer = sft_trainer(cfg, plan, model, tokenizer, rows, Path(tmp))
-        trainer.args.save_strategy = "no"
+        trainer = sft_trainer(run, rows, Path(tmp))
         real_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -66,9 +60,9 @@ def main() -> None:
     peak_train_gib = torch.cuda.max_memory_allocated() / 2**30
 
     tokenizer.padding_side = "left"
-    texts = prompts(split.test, split.features, split.labels, fmt)
-    space = answer_space(tokenizer, split.labels, texts[0])
-    truth = split.test["label"].tolist()
+    test = run.serializer.render(run.split.test)
+    texts, truth = test.texts, test.truth
+    space = answer_space(tokenizer, test.labels, texts[0])
     score(model, tokenizer, texts[:8], truth[:8], space, cfg.eval.batch_size)  # warm-up
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -17,18 +17,12 @@ from tempfile import TemporaryDirectory
 
 
 def tokens_per_second(cfg, pad_to: int | None) -> tuple[float, int]:
-    from faultllm.modeling import build_for_training, hardware_plan
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat, sft_rows
-    from faultllm.training import sft_trainer
+    from _bench import setup, sft_trainer
 
-    plan = hardware_plan(cfg.model)
-    model, tokenizer = build_for_training(cfg, plan)
-    split, _ = prepared_split(cfg)
-    rows = sft_rows(split.train, split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
+    run = setup(cfg)
+    rows = run.serializer.render(run.split.train).sft_rows()
     with TemporaryDirectory() as tmp:
-        trainer = sft_trainer(cfg, plan, model, tokenizer, rows, Path(tmp))
-        trainer.args.save_strategy = "no"
+        trainer = sft_trainer(run, rows, Path(tmp))
         if pad_to is not None:
             trainer.data_collator.pad_to_multiple_of = pad_to  # every batch padded to exactly pad_to
         real_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * cfg.trainer.epochs

@@ -99,10 +99,10 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cache):
-    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, model_path
+    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 
     cfg = compose("train", [f"cache_dir={tiny_cache}", *TINY])
-    path = model_path(cfg)
+    path = resolve_model_path(cfg.model, cfg.cache_dir)
     return load_base_model(path, hardware_plan(cfg.model)).eval(), load_tokenizer(path)
 
 
@@ -131,7 +131,7 @@ def easy_overrides(tiny_cache: Path, easy_csv: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_run(tiny_cache, easy_csv, tmp_path_factory) -> tuple[Path, dict]:
     """A tiny model trained end to end by `train` on the easy task (shared by several tests)."""
-    from faultllm.training import train
+    from faultllm.jobs.train import run as train
 
     run_dir = tmp_path_factory.mktemp("trained")
     metrics = train(compose("train", easy_overrides(tiny_cache, easy_csv)), run_dir)

@@ -7,10 +7,11 @@ import sys
 import pandas as pd
 import pytest
 
-from faultllm.baselines import run_baselines
+from faultllm.config import compose
 from faultllm.errors import FaultLLMError
-from faultllm.prepare import cv_folds, make_split
-from faultllm.reporting import report
+from faultllm.jobs.baselines import run as run_baselines
+from faultllm.jobs.report import run as report_job
+from faultllm.splits import cv_folds, make_split
 
 FAST = ["baselines.models=[rf,lr,knn]", "baselines.importances_for=[rf]", "baselines.permutation_repeats=2"]
 
@@ -27,7 +28,7 @@ def test_same_seed_same_numbers_and_the_llm_sees_the_same_rows(compose_cfg, tmp_
     assert {"train_accuracy", "test_accuracy", "test_macro_f1", "fit_seconds"} <= set(first["lr"])
     # the LLM pipeline with the same data config and seed makes the very same split
     llm_split = make_split(compose_cfg("train", ["model=tiny"]).data, cfg.seed)
-    from faultllm.prepare import scale_split
+    from faultllm.splits import scale_split
 
     scaled, _ = scale_split(llm_split, True, [0, 1])
     assert json.loads((tmp_path / "a" / "split.json").read_text())["split_fingerprint"] == scaled.fingerprint()
@@ -74,6 +75,7 @@ def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
 def test_report_compares_runs_on_one_split_and_refuses_mismatches(compose_cfg, tmp_path):
     run_baselines(compose_cfg("baselines", ["baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "a")
     run_baselines(compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"]), tmp_path / "b")
+    report = lambda dirs, out: report_job(compose("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)  # noqa: E731
     table = report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
     assert list(table["Model"]) == ["Logistic Regression", "K-Nearest Neighbors"]
     assert (tmp_path / "report" / "comparison.md").exists() and (tmp_path / "report" / "comparison.png").exists()

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from faultllm.errors import FaultLLMError
-from faultllm.evaluation import answer_space, classification_metrics, parse_answer, score
-from faultllm.prompts import PromptFormat, prompts
+from faultllm.evaluation import answer_space, parse_answer, score
+from faultllm.metrics import classification_metrics
+from faultllm.prompts import PromptFormat, Serializer
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
 
@@ -19,7 +20,9 @@ def _prompts(n: int, labels: list, seed: int = 0) -> list[str]:
     frame = pd.DataFrame(rng.uniform(size=(n, int(rng.integers(3, 6)))), columns=None)
     frame.columns = [f"f{i}" for i in range(frame.shape[1])]
     # rows of different lengths, so batches really are padded
-    return prompts(frame, list(frame.columns), labels, FMT) + [prompts(frame.iloc[:1, :1], ["f0"], labels, FMT)[0]]
+    frame["label"] = labels[0]
+    short = Serializer(["f0"], labels, FMT).render(frame.iloc[:1])
+    return Serializer(list(frame.columns[:-1]), labels, FMT).render(frame).texts + short.texts
 
 
 def brute_force_log_probs(model, tokenizer, prompt: str, labels: list, first_token_only: bool = False) -> np.ndarray:

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from faultllm.baselines import run_baselines
 from faultllm.config import compose
 from faultllm.errors import FaultLLMError
-from faultllm.explain import explain
+from faultllm.jobs.baselines import run as run_baselines
+from faultllm.jobs.explain import run as explain
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
 

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 from faultllm.config import compose
 from faultllm.errors import FaultLLMError
-from faultllm.hpo import check_space, fold_split, open_study, search, study_rule
-from faultllm.prepare import cv_folds, make_split
+from faultllm.hpo import check_space, open_study, study_rule
+from faultllm.jobs.hpo import run as search
+from faultllm.splits import cv_folds, fold_splits, make_split
 from tests.conftest import easy_overrides
 
 RULE = OmegaConf.create({"prune_early_epochs": 3})
@@ -36,8 +37,8 @@ def test_the_studys_pruning_rule():
 
 def test_scaler_is_fitted_per_fold_on_its_training_rows(compose_cfg):
     raw = make_split(compose_cfg("prepare").data, 0)
-    for fit_rows, val_rows in cv_folds(raw.train, 3, 0):
-        fold = fold_split(raw, fit_rows, val_rows, True, [0, 1])
+    folds = cv_folds(raw.train, 3, 0)
+    for (fit_rows, val_rows), fold in zip(folds, fold_splits(raw, folds, True, [0, 1]), strict=True):
         fit_values = raw.train.iloc[fit_rows][raw.features].to_numpy()
         scaled_val = fold.test[raw.features].to_numpy()
         expected = (raw.train.iloc[val_rows][raw.features].to_numpy() - fit_values.min(0)) / np.where(
@@ -53,7 +54,7 @@ def test_bad_space_and_storage(compose_cfg, tmp_path):
     with pytest.raises(FaultLLMError, match="empty or inverted"):
         check_space(compose_cfg("hpo", ["hpo.space.learning_rate.high=1e-5"]).hpo.space)
     with pytest.raises(FaultLLMError, match=r"hpo\.storage=sqlite:////no/such/dir/x\.db: cannot open"):
-        open_study(compose_cfg("hpo", ["hpo.storage=sqlite:////no/such/dir/x.db"]), tmp_path)
+        open_study(compose_cfg("hpo", ["hpo.storage=sqlite:////no/such/dir/x.db"]).hpo, 0, tmp_path)
     with pytest.raises(FaultLLMError, match="the rarest label has 2"):
         search(compose_cfg("hpo", ["data.train_size=8", "data.test_size=8", "hpo.folds=3"]), tmp_path)
 
@@ -155,13 +156,13 @@ def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cf
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     cfg = compose_cfg("hpo", [f"hpo.storage={url}", "hpo.heartbeat_interval=1", "hpo.grace_period=2"])
-    study = open_study(cfg, tmp_path)
+    study = open_study(cfg.hpo, cfg.seed, tmp_path)
     dead = ask_after_failing_stale(study)
     dead.suggest_int("lora_r", 4, 256)
     with heartbeat(study, dead):
         time.sleep(1.2)  # the worker beats, then dies without telling
     time.sleep(4.5)  # > grace period 2 s, with room for the storage's one-second timestamp resolution
-    other_worker = open_study(cfg, tmp_path)
+    other_worker = open_study(cfg.hpo, cfg.seed, tmp_path)
     ask_after_failing_stale(other_worker)
     states = [t.state.name for t in other_worker.trials]
     assert states[0] == "FAIL"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from faultllm.errors import FaultLLMError
-from faultllm.modeling import hardware_plan, lora_config, model_path, quantization_config
+from faultllm.modeling import hardware_plan, lora_config, quantization_config, resolve_model_path
 
 
 def test_cuda_path_asks_for_nf4_double_quant_bf16_and_flash_attention(compose_cfg):
@@ -62,4 +62,5 @@ def test_lora_r8_on_llama2_7b_has_19_988_480_trainable_parameters(compose_cfg):
 
 def test_missing_local_model_path_is_a_clear_error(compose_cfg, tmp_path):
     with pytest.raises(FaultLLMError, match="no such model directory"):
-        model_path(compose_cfg("train", [f"model.path={tmp_path / 'nope'}"]))
+        cfg = compose_cfg("train", [f"model.path={tmp_path / 'nope'}"])
+        resolve_model_path(cfg.model, cfg.cache_dir)

@@ -5,7 +5,7 @@ import pytest
 
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import GROUP, LABEL
-from faultllm.prepare import fit_scaler, make_split, prepared_split, scale_split
+from faultllm.splits import fit_scaler, make_split, prepared_split, scale_split
 
 
 def test_tep_paper_protocol_sizes(rieth_dir, compose_cfg):
@@ -57,7 +57,7 @@ def test_without_testing_files_whole_runs_are_held_out(rieth_dir, compose_cfg):
 def test_scaler_is_fitted_on_train_only(compose_cfg):
     cfg = compose_cfg("prepare")
     raw_split = make_split(cfg.data, cfg.seed)
-    scaled, scaler = prepared_split(cfg)
+    scaled, scaler = prepared_split(cfg.data, cfg.seed)
     train_values = scaled.train[scaled.features].to_numpy()
     assert np.allclose(train_values.min(axis=0)[train_values.max(axis=0) > 0], 0)
     assert np.allclose(scaler.minimum, raw_split.train[raw_split.features].min().to_numpy())

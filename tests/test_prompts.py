@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from faultllm.prompts import PromptFormat, answer, chat_prompt, prompts, question, sft_rows
+from faultllm.prompts import PromptFormat, Serializer, answer, chat_prompt, question
 
 STUDY_SYSTEM = (
     "You are an expert in fault diagnosis of chemical plants operation. You master the reaction process and "
@@ -29,14 +29,15 @@ def test_unnamed_fixed_decimals_and_multiclass_wording():
 
 def test_llama2_layout_without_literal_bos(compose_cfg):
     cfg = compose_cfg("prepare", ["experiment=hst_paper", "data.path=unused.csv"])
-    fmt = PromptFormat.from_config(cfg.prompt, cfg.data)
-    assert fmt.system == STUDY_SYSTEM
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, ["x"], [0, 1])
+    assert serializer.fmt.system == STUDY_SYSTEM
     frame = pd.DataFrame({"x": [0.5], "label": [1]})
-    (prompt,) = prompts(frame, ["x"], [0, 1], fmt)
+    rendered = serializer.render(frame)
+    (prompt,) = rendered.texts
     assert prompt == (
         f"[INST] <<SYS>>\n{STUDY_SYSTEM}\n<</SYS>>\n\n"
         "Tell me if the value of Y is 0 or 1. If the features are: 0.5000. What should be Y? [/INST]"
     )
     assert "<s>" not in prompt and "</s>" not in prompt
-    assert sft_rows(frame, ["x"], [0, 1], fmt) == [{"prompt": prompt, "completion": " Y = 1"}]
+    assert rendered.sft_rows() == [{"prompt": prompt, "completion": " Y = 1"}]
     assert chat_prompt("q", "s") + answer(4) == "[INST] <<SYS>>\ns\n<</SYS>>\n\nq [/INST] Y = 4"

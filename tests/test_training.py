@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -36,7 +37,7 @@ def test_train_run_learns_and_writes_every_output(trained_run):
 
 
 def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
-    from faultllm.evaluation import evaluate_run
+    from faultllm.jobs.evaluate import run as evaluate_run
 
     run_dir, metrics = trained_run
     restricted = evaluate_run(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "r")
@@ -52,7 +53,7 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
 
 
 def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
-    from faultllm.evaluation import evaluate_run
+    from faultllm.jobs.evaluate import run as evaluate_run
     from tests.conftest import easy_frame
 
     run_dir, _ = trained_run
@@ -63,18 +64,43 @@ def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
     assert metrics["n"] == 60 and metrics["accuracy"] >= 0.7
 
 
-def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, easy_csv, tmp_path):
-    from faultllm.modeling import build_for_training, hardware_plan
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat, sft_rows
-    from faultllm.training import sft_trainer
+def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path):
+    from omegaconf import OmegaConf
 
+    from faultllm.jobs.evaluate import run as evaluate_run
+    from faultllm.jobs.explain import run as explain_run
+
+    run_dir, metrics = trained_run
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("checkpoints", "evaluate", "explain"))
+    cfg = OmegaConf.load(moved / "config.yaml")
+    cfg.data.path = str(tmp_path / "moved-away.csv")  # the data file the run was made from is gone
+    OmegaConf.save(cfg, moved / "config.yaml")
+    evaluated = evaluate_run(compose("evaluate", [f"run_dir={moved}"]), tmp_path / "e")
+    assert evaluated["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    overrides = [f"run_dir={moved}", "explain.n_probe_rows=1", "explain.n_attribution_rows=4", "explain.new_tokens=[5]"]
+    assert explain_run(compose("explain", overrides), tmp_path / "x")["top_features"]
+
+
+def _sft_trainer(cfg, n_rows: int, out_dir):
+    """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
+    from faultllm.modeling import ModelSpec, build_for_training
+    from faultllm.prompts import Serializer
+    from faultllm.splits import prepared_split
+    from faultllm.training import TrainOptions, sft_trainer
+
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
+    model, tokenizer = build_for_training(spec)
+    split, _ = prepared_split(cfg.data, cfg.seed)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
+    rows = serializer.render(split.train.head(n_rows)).sft_rows()
+    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    return model, tokenizer, rows, sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
+
+
+def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, easy_csv, tmp_path):
     cfg = compose("train", easy_overrides(tiny_cache, easy_csv))
-    plan = hardware_plan(cfg.model)
-    model, tokenizer = build_for_training(cfg, plan)
-    split, _ = prepared_split(cfg)
-    rows = sft_rows(split.train.head(6), split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
-    trainer = sft_trainer(cfg, plan, model, tokenizer, rows, tmp_path)
+    _, tokenizer, rows, trainer = _sft_trainer(cfg, 6, tmp_path)
     for row, example in zip(rows, trainer.train_dataset, strict=True):
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
         ids, labels = example["input_ids"], example["labels"]
@@ -88,32 +114,26 @@ def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, ea
 def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):
     import bitsandbytes as bnb
 
-    from faultllm.modeling import build_for_training, hardware_plan
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat, sft_rows
-    from faultllm.training import sft_trainer
+    from faultllm.modeling import hardware_plan
 
     cfg = compose(
         "train",
         [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.epochs=1", "trainer.batch_size=4"],
     )
-    plan = hardware_plan(cfg.model)
-    assert plan.quantization == "nf4"
-    model, tokenizer = build_for_training(cfg, plan)
+    assert hardware_plan(cfg.model).quantization == "nf4"
+    model, _, _, trainer = _sft_trainer(cfg, 16, tmp_path)
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(four_bit) == 2 * 7  # every projection of both blocks
     assert all(m.weight.quant_type == "nf4" and m.weight.dtype == __import__("torch").uint8 for m in four_bit)
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    split, _ = prepared_split(cfg)
-    rows = sft_rows(split.train.head(16), split.features, split.labels, PromptFormat.from_config(cfg.prompt, cfg.data))
-    result = sft_trainer(cfg, plan, model, tokenizer, rows, tmp_path).train()
+    result = trainer.train()
     assert result.global_step == 4 and result.training_loss == result.training_loss  # finite
     changed = [n for n, p in model.named_parameters() if n in lora_before and not p.detach().equal(lora_before[n])]
     assert changed  # the adapters learned on top of the 4-bit weights
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_cache, easy_csv, tmp_path):
-    from faultllm.training import train
+    from faultllm.jobs.train import run as train
 
     overrides = [
         *easy_overrides(tiny_cache, easy_csv),
@@ -129,7 +149,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_cache, easy_csv, tmp_pat
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_cache, easy_csv, tmp_path):
-    from faultllm.training import train
+    from faultllm.jobs.train import run as train
 
     overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=2"]
     with pytest.raises(FaultLLMError, match=r"training (loss|grad_norm).* became nan"):
@@ -137,7 +157,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_cache, easy_csv, tmp_path):
 
 
 def test_evaluate_without_adapter_is_a_clear_error(tmp_path):
-    from faultllm.evaluation import evaluate_run
+    from faultllm.jobs.evaluate import run as evaluate_run
 
     with pytest.raises(FaultLLMError, match="not a finished `faultllm train` run"):
         evaluate_run(compose("evaluate", [f"run_dir={tmp_path}"]), tmp_path / "out")

@@ -1,4 +1,4 @@
-"""`faultllm baselines`: classical models on exactly the rows and preprocessing an LLM run sees.
+"""Classical models on exactly the rows and preprocessing an LLM run sees.
 
 The study's settings by default (Table 4.2: RF 100 trees, LR max_iter 1000, RBF SVC, k=5,
 GBM 100 stages) plus HistGradientBoosting. `baselines.tune=true` tunes each model with
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pandas as pd
 
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
-from faultllm.prepare import Split, cv_folds, make_split, scale_split
+from faultllm.metrics import classification_metrics
+from faultllm.splits import Split
 
 NAMES = {
     "rf": "Random Forest",
@@ -91,31 +91,26 @@ def xy(frame: pd.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray
     return frame[features].to_numpy(np.float64), frame[LABEL].astype(str).to_numpy()
 
 
-def tune(name: str, split: Split, cfg) -> dict:
-    """Best params by mean fold accuracy; each fold scaled with a scaler fitted on its own training part."""
+def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
+    """Best params by mean accuracy over the (already scaled) folds, and that accuracy as `cv_accuracy`."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folds = cv_folds(split.train, cfg.baselines.folds, cfg.seed)
 
     def objective(trial) -> float:
-        params = search_space(name, trial, min(len(fit_rows) for fit_rows, _ in folds))
+        params = search_space(name, trial, min(len(fold.train) for fold in folds))
         scores = []
-        for fit_rows, val_rows in folds:
-            fold = replace(split, train=split.train.iloc[fit_rows], test=split.train.iloc[val_rows])
-            fold, _ = scale_split(fold, cfg.data.normalize, cfg.data.scale_range)
-            model = make_model(name, cfg.seed, **params).fit(*xy(fold.train, split.features))
-            scores.append(model.score(*xy(fold.test, split.features)))
+        for fold in folds:
+            model = make_model(name, seed, **params).fit(*xy(fold.train, fold.features))
+            scores.append(model.score(*xy(fold.test, fold.features)))
         return float(np.mean(scores))
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-    study.optimize(objective, n_trials=cfg.baselines.n_trials)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=n_trials)
     return study.best_params | {"cv_accuracy": study.best_value}
 
 
 def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, dict]:
-    from faultllm.evaluation import classification_metrics
-
     x_train, y_train = xy(split.train, split.features)
     x_test, y_test = xy(split.test, split.features)
     start = time.perf_counter()
@@ -165,38 +160,6 @@ def table_4_2(results: dict[str, dict]) -> pd.DataFrame:
             for name, r in results.items()
         ]
     )
-
-
-def run_baselines(cfg, run_dir) -> dict[str, dict]:
-    from faultllm.config import start_run, write_json
-    from faultllm.prepare import write_split_summary
-    from faultllm.reporting import print_table, write_table
-
-    run_dir = start_run(cfg, run_dir)
-    names = list(cfg.baselines.models)
-    raw = make_split(cfg.data, cfg.seed)
-    check_models(names, len(raw.train))
-    split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)
-    write_split_summary(run_dir, split, scaler, cfg.seed)
-
-    results, tables = {}, []
-    for name in names:
-        params = tune(name, raw, cfg) if cfg.baselines.tune else {}
-        cv_accuracy = params.pop("cv_accuracy", None)
-        model, results[name] = fit_and_score(name, split, cfg.seed, params)
-        if cfg.baselines.tune:
-            results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
-        if name in cfg.baselines.importances_for:
-            tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
-
-    write_json(run_dir / "metrics.json", results)
-    table = table_4_2(results)
-    write_table(table, run_dir / "table_4_2")
-    if tables:
-        pd.concat(tables).to_csv(run_dir / "feature_importances.csv", index=False)
-    print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
-    print(f"written to {run_dir}")
-    return results
 
 
 def load_importances(run_dir: Path) -> pd.DataFrame:

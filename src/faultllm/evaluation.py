@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError
-from faultllm.loaders import LABEL
-from faultllm.prompts import answer
+from faultllm.metrics import classification_metrics
+from faultllm.modeling import load_trained
+from faultllm.prompts import Prompts, Serializer, answer
+from faultllm.rundir import SavedRun
 
 
 @dataclass(frozen=True)
@@ -193,160 +194,61 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     return texts
 
 
-# ---------------------------------------------------------------- metrics and outputs
-
-
-def classification_metrics(true: list, predicted: list, labels: list) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
-
-    keys = [str(label) for label in labels]
-    true_s = [str(v) for v in true]
-    pred_s = [str(v) for v in predicted]  # an invalid generation ("None") counts as wrong
-    return {
-        "accuracy": float(accuracy_score(true_s, pred_s)),
-        "macro_f1": float(f1_score(true_s, pred_s, labels=keys, average="macro", zero_division=0)),
-        "per_class_recall": dict(
-            zip(keys, recall_score(true_s, pred_s, labels=keys, average=None, zero_division=0).tolist(), strict=True)
-        ),
-        "confusion_matrix": confusion_matrix(true_s, pred_s, labels=keys).tolist(),
-        "n": len(true_s),
-    }
-
-
-def evaluate_frame(
-    model, tokenizer, frame: pd.DataFrame, prompt_texts: list[str], space: AnswerSpace, eval_cfg
-) -> tuple[dict, pd.DataFrame]:
-    """Metrics and a predictions table for one split, restricted scoring or the study's generation."""
-    true = frame[LABEL].tolist()
-    predictions = pd.DataFrame({"row": np.arange(len(frame)), "label": true})
-    if eval_cfg.mode == "restricted":
-        scores = score(model, tokenizer, prompt_texts, true, space, batch_size=eval_cfg.batch_size)
-        probabilities = scores.probabilities()
-        predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
-        predictions["predicted"] = predicted
-        for i, label in enumerate(space.labels):
-            predictions[f"prob_{label}"] = probabilities[:, i]
-        predictions["loss"] = scores.loss
-        metrics = classification_metrics(true, predicted, space.labels) | {"loss": float(scores.loss.mean())}
-    elif eval_cfg.mode == "generate":
-        texts = generate_answers(model, tokenizer, prompt_texts, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size)
-        predicted = [parse_answer(text, space.labels) for text in texts]
-        predictions["predicted"] = predicted
-        predictions["output"] = texts
-        invalid = sum(p is None for p in predicted)
-        metrics = classification_metrics(true, predicted, space.labels) | {"invalid_outputs": invalid}
-    else:
-        raise FaultLLMError(f"eval.mode={eval_cfg.mode!r}; expected restricted or generate")
-    return metrics, predictions
-
-
-def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels)))
-    ax.imshow(values, cmap="Blues")
-    ax.set_xticks(range(len(labels)), [str(label) for label in labels])
-    ax.set_yticks(range(len(labels)), [str(label) for label in labels])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for (i, j), count in np.ndenumerate(values):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------- the `faultllm evaluate` job
+# ---------------------------------------------------------------- one split's metrics and predictions
 
 
 @dataclass
-class TrainedRun:
-    """A finished `faultllm train` run, reopened: its config, split, prompt format and adapted model."""
+class TrainedLLM:
+    """A fine-tuned model with its tokenizer and the serializer it was trained with."""
 
-    run_dir: Path
-    cfg: object
     model: object
     tokenizer: object
-    split: object  # prepare.Split, scaled as at training time
-    scaler: object  # prepare.MinMaxScaler or None
-    fmt: object  # prompts.PromptFormat
+    serializer: Serializer
+
+    @classmethod
+    def from_run(cls, run: SavedRun) -> TrainedLLM:
+        """The run's adapter on its base model, loaded as this machine's hardware plan says."""
+        model, tokenizer = load_trained(run.run_dir, run.cfg.model, run.cfg.cache_dir)
+        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, run.split.features, run.split.labels)
+        return cls(model, tokenizer, serializer)
+
+    def answer_space(self, probe_prompt: str) -> AnswerSpace:
+        return answer_space(self.tokenizer, self.serializer.labels, probe_prompt)
 
 
-def open_run(run_dir) -> TrainedRun:
-    from omegaconf import OmegaConf
-
-    from faultllm.modeling import hardware_plan, load_trained
-    from faultllm.prepare import prepared_split
-    from faultllm.prompts import PromptFormat
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
-        raise FaultLLMError(f"run_dir={run_dir}: not a finished `faultllm train` run (no config.yaml / split.json)")
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    model, tokenizer = load_trained(run_dir, run_cfg, hardware_plan(run_cfg.model))
-    split, scaler = prepared_split(run_cfg)
-    if split.fingerprint() != _read_json(run_dir / "split.json")["split_fingerprint"]:
-        raise FaultLLMError(f"{run_dir}: the rebuilt split differs from the one trained on (data files changed?)")
-    return TrainedRun(
-        run_dir, run_cfg, model, tokenizer, split, scaler, PromptFormat.from_config(run_cfg.prompt, run_cfg.data)
-    )
+def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int):
+    """(metrics incl. the mean answer loss, predictions with per-label probabilities) by restricted scoring."""
+    scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size=batch_size)
+    probabilities = scores.probabilities()
+    predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
+    predictions = _predictions(prompts, predicted)
+    for i, label in enumerate(space.labels):
+        predictions[f"prob_{label}"] = probabilities[:, i]
+    predictions["loss"] = scores.loss
+    metrics = classification_metrics(prompts.truth, predicted, space.labels) | {"loss": float(scores.loss.mean())}
+    return metrics, predictions
 
 
-def read_rows(path: Path, run: TrainedRun) -> pd.DataFrame:
-    """Raw rows from a table, validated against the run's features and labels, scaled like its training rows."""
-    from faultllm.loaders import normalize_labels, read_table, require_columns, validate_features
-
-    if not path.exists():
-        raise FaultLLMError(f"eval.split_path={path}: no such file")
-    features, labels = run.split.features, run.split.labels
-    frame = read_table(path)
-    require_columns(frame, [*features, LABEL], path, f"the run's features and a {LABEL!r} column")
-    validate_features(frame, features, path)
-    frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
-    unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
-    if unknown:
-        raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
-    return run.scaler.transform(frame, features) if run.scaler is not None else frame
+def evaluate_generated(model, tokenizer, prompts: Prompts, labels: list, max_new_tokens: int, batch_size: int):
+    """The study's protocol: greedy decoding, parse `Y = k`; an unparseable answer counts as wrong."""
+    texts = generate_answers(model, tokenizer, prompts.texts, max_new_tokens, batch_size)
+    predicted = [parse_answer(text, labels) for text in texts]
+    predictions = _predictions(prompts, predicted)
+    predictions["output"] = texts
+    invalid = sum(p is None for p in predicted)
+    return classification_metrics(prompts.truth, predicted, labels) | {"invalid_outputs": invalid}, predictions
 
 
-def evaluate_run(cfg, out_dir) -> dict:
-    """Score a trained run's adapter on its own test split, or on raw rows given by eval.split_path."""
-    from faultllm.config import start_run, write_json
-    from faultllm.prompts import prompts
-    from faultllm.reporting import print_summary
-
-    run = open_run(cfg.run_dir)
-    out_dir = start_run(cfg, out_dir)
-    if cfg.eval.get("split_path"):
-        frame, source = read_rows(Path(cfg.eval.split_path), run), str(cfg.eval.split_path)
-    else:
-        frame, source = run.split.test, "the run's test split"
-    labels = run.split.labels
-    texts = prompts(frame, run.split.features, labels, run.fmt)
-    space = answer_space(run.tokenizer, labels, texts[0])
-    metrics, predictions = evaluate_frame(run.model, run.tokenizer, frame, texts, space, cfg.eval)
-    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(run.run_dir)}
-    write_json(out_dir / "metrics.json", metrics)
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
-    plot_confusion_matrix(metrics["confusion_matrix"], labels, out_dir / "confusion_matrix.png", f"{cfg.eval.mode}")
-    items = {
-        "rows": f"{metrics['n']} from {source}",
-        "accuracy / macro-F1": f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}",
-    }
-    if "loss" in metrics:
-        items["loss"] = f"{metrics['loss']:.4f}"
-    if "invalid_outputs" in metrics:
-        items["invalid outputs"] = str(metrics["invalid_outputs"])
-    print_summary(f"evaluated ({cfg.eval.mode}): {run.run_dir}", items | {"written to": str(out_dir)})
-    return metrics
+def evaluate_prompts(model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg) -> tuple[dict, pd.DataFrame]:
+    """Metrics and a predictions table for one split, by `eval.mode`."""
+    if eval_cfg.mode == "restricted":
+        return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size)
+    if eval_cfg.mode == "generate":
+        return evaluate_generated(
+            model, tokenizer, prompts, space.labels, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size
+        )
+    raise FaultLLMError(f"eval.mode={eval_cfg.mode!r}; expected restricted or generate")
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
+def _predictions(prompts: Prompts, predicted: list) -> pd.DataFrame:
+    return pd.DataFrame({"row": np.arange(len(prompts.truth)), "label": prompts.truth, "predicted": predicted})

@@ -1,4 +1,4 @@
-"""`faultllm explain`: ask the fine-tuned model why, and measure what actually drives its answer.
+"""Ask the fine-tuned model why, and measure what actually drives its answer.
 
 1. Free-text probe (the study's section 4.3): the test row's question plus "can you tell me
    why ...", greedy, for each configured number of new tokens (the study: 5 and 50).
@@ -17,21 +17,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from faultllm.baselines import load_importances
 from faultllm.errors import FaultLLMError
+from faultllm.evaluation import TrainedLLM, generate_answers, parse_answer, score
 from faultllm.loaders import LABEL
+from faultllm.prompts import WHY_QUESTION
+from faultllm.reporting import markdown
+from faultllm.rundir import SavedRun
 
 
-def probe_transcripts(run, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
-    from faultllm.evaluation import generate_answers, parse_answer
-    from faultllm.prompts import WHY_QUESTION, chat_prompt, question
-
-    test, features, labels = run.split.test, run.split.features, run.split.labels
+def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
+    """The study's follow-up question after each row's question, answered greedily within each token budget."""
+    serializer = llm.serializer
     records = []
     for row in rows:
-        user = question(test[features].iloc[row].to_numpy(np.float64), features, labels, run.fmt) + WHY_QUESTION
+        user = serializer.question(test[serializer.features].iloc[row].to_numpy(np.float64)) + WHY_QUESTION
         for budget in token_budgets:
-            (output,) = generate_answers(run.model, run.tokenizer, [chat_prompt(user, run.fmt.system)], budget)
-            answer = parse_answer(output, labels)
+            (output,) = generate_answers(llm.model, llm.tokenizer, [serializer.chat(user)], budget)
+            answer = parse_answer(output, serializer.labels)
             records.append({
                 "row": row, "label": test[LABEL].iloc[row], "new_tokens": budget, "user": user, "output": output,
                 "answer": answer, "valid": answer is not None, "correct": answer == test[LABEL].iloc[row],
@@ -39,7 +42,7 @@ def probe_transcripts(run, rows: list[int], token_budgets: list[int]) -> pd.Data
     return pd.DataFrame(records)
 
 
-def reference_values(run, how: str) -> np.ndarray:
+def reference_values(run: SavedRun, how: str) -> np.ndarray:
     features = run.split.features
     if how == "median":
         return run.split.train[features].median().to_numpy(np.float64)
@@ -51,25 +54,22 @@ def reference_values(run, how: str) -> np.ndarray:
     raise FaultLLMError(f"explain.reference={how!r}; expected median or midpoint")
 
 
-def occlusion(run, rows: list[int], reference: np.ndarray, batch_size: int) -> pd.DataFrame:
+def occlusion(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: np.ndarray, batch_size: int):
     """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference)."""
-    from faultllm.evaluation import answer_space, score
-    from faultllm.prompts import prompts
-
-    test, features, labels = run.split.test.iloc[rows].reset_index(drop=True), run.split.features, run.split.labels
-    original_texts = prompts(test, features, labels, run.fmt)
-    space = answer_space(run.tokenizer, labels, original_texts[0])
-    truth = test[LABEL].tolist()
-    original = score(run.model, run.tokenizer, original_texts, truth, space, batch_size).probabilities()
+    features, labels = llm.serializer.features, llm.serializer.labels
+    test = test.iloc[rows].reset_index(drop=True)
+    original_prompts = llm.serializer.render(test)
+    space = llm.answer_space(original_prompts.texts[0])
+    truth = original_prompts.truth
+    original = score(llm.model, llm.tokenizer, original_prompts.texts, truth, space, batch_size).probabilities()
     predicted = original.argmax(axis=1)
 
+    # feature-major: block j holds every row with feature j occluded
     occluded = pd.concat(
         [test.assign(**{feature: reference[j]}) for j, feature in enumerate(features)], ignore_index=True
     )
-    texts = prompts(
-        occluded, features, labels, run.fmt
-    )  # feature-major: block j holds every row with feature j occluded
-    probabilities = score(run.model, run.tokenizer, texts, truth * len(features), space, batch_size).probabilities()
+    texts = llm.serializer.render(occluded).texts
+    probabilities = score(llm.model, llm.tokenizer, texts, truth * len(features), space, batch_size).probabilities()
     probabilities = probabilities.reshape(len(features), len(rows), len(labels))
     index = np.arange(len(rows))
     effect = original[index, predicted][None, :] - probabilities[:, index, predicted]  # (features, rows)
@@ -96,9 +96,8 @@ def aggregate(effects: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 
 
 def compare_with_baselines(attribution: pd.DataFrame, baselines_dir: Path, k: int) -> pd.DataFrame:
+    """Spearman rank correlation and top-k overlap with each baseline's impurity and permutation importances."""
     from scipy.stats import spearmanr
-
-    from faultllm.baselines import load_importances
 
     importances = load_importances(baselines_dir)
     llm = attribution.set_index("feature")["mean_abs_effect"]
@@ -119,20 +118,6 @@ def compare_with_baselines(attribution: pd.DataFrame, baselines_dir: Path, k: in
     return pd.DataFrame(rows)
 
 
-def plot_attribution(table: pd.DataFrame, path: Path, top: int = 20) -> None:
-    from faultllm.reporting import _pyplot
-
-    plt = _pyplot()
-    shown = table.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(shown) + 1.2))
-    ax.barh(shown["feature"].astype(str), shown["mean_abs_effect"])
-    ax.set_xlabel("mean |change in p(predicted label)| when the feature is occluded")
-    ax.set_title("LLM feature attribution (occlusion)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def choose_rows(requested, n: int, n_test: int, seed: int) -> list[int]:
     if requested:
         rows = [int(r) for r in requested]
@@ -145,67 +130,15 @@ def choose_rows(requested, n: int, n_test: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n_test, size=min(n, n_test), replace=False).tolist())
 
 
-def explain(cfg, out_dir) -> dict:
-    from faultllm.config import start_run, write_json
-    from faultllm.evaluation import open_run
-    from faultllm.reporting import markdown, print_summary
-
-    run = open_run(cfg.run_dir)
-    n_test = len(run.split.test)
-    probe_rows = choose_rows(cfg.explain.rows, cfg.explain.n_probe_rows, n_test, cfg.seed)
-    attribution_rows = choose_rows(cfg.explain.rows, cfg.explain.n_attribution_rows, n_test, cfg.seed)
-    out_dir = start_run(cfg, out_dir)
-
-    transcripts = probe_transcripts(run, probe_rows, list(cfg.explain.new_tokens))
-    transcripts.to_csv(out_dir / "transcripts.csv", index=False)
-    effects = occlusion(run, attribution_rows, reference_values(run, cfg.explain.reference), cfg.eval.batch_size)
-    effects.to_csv(out_dir / "attribution_rows.csv", index=False)
-    table = aggregate(effects, run.split.features)
-    table.to_csv(out_dir / "attribution.csv", index=False)
-    plot_attribution(table, out_dir / "attribution.png")
-    comparison = None
-    if cfg.explain.baselines_dir:
-        comparison = compare_with_baselines(table, Path(cfg.explain.baselines_dir), cfg.explain.top_k)
-        comparison.to_csv(out_dir / "comparison.csv", index=False)
-
-    lines = [f"# Explanations for {run.run_dir}", "", "## Free-text probe", ""]
-    lines += [
-        markdown(transcripts[["row", "label", "new_tokens", "output", "valid", "correct"]]),
-        "## Occlusion attribution",
-        "",
-    ]
-    lines += [
-        f"Reference value: training {cfg.explain.reference}; {len(attribution_rows)} test rows.",
-        "",
-        "![attribution](attribution.png)",
-        "",
-    ]
-    lines += [markdown(table.head(15)[["rank", "feature", "mean_abs_effect"]])]
+def report_markdown(
+    run_dir: Path, transcripts: pd.DataFrame, table: pd.DataFrame, comparison, reference: str, n_rows: int
+) -> str:
+    """report.md: the probe's transcripts, the ranked attribution and the comparison with the baselines."""
+    lines = [f"# Explanations for {run_dir}", "", "## Free-text probe", ""]
+    lines += [markdown(transcripts[["row", "label", "new_tokens", "output", "valid", "correct"]])]
+    lines += ["## Occlusion attribution", ""]
+    lines += [f"Reference value: training {reference}; {n_rows} test rows.", ""]
+    lines += ["![attribution](attribution.png)", "", markdown(table.head(15)[["rank", "feature", "mean_abs_effect"]])]
     if comparison is not None:
         lines += ["## Against the tree baselines' importances", "", markdown(comparison)]
-    (out_dir / "report.md").write_text("\n".join(lines))
-
-    valid = transcripts.groupby("new_tokens")["valid"].mean().to_dict()
-    summary = {
-        "top_features": table["feature"].head(cfg.explain.top_k).tolist(),
-        "valid_answer_rate_by_new_tokens": {int(k): float(v) for k, v in valid.items()},
-        "comparison": comparison.to_dict(orient="records") if comparison is not None else None,
-    }
-    write_json(out_dir / "explain.json", summary)
-    print_summary(
-        f"explained: {run.run_dir}",
-        {
-            "probe rows / token budgets": f"{len(probe_rows)} / {list(cfg.explain.new_tokens)}",
-            "valid answers by budget": ", ".join(
-                f"{k} tokens: {v:.0%}" for k, v in summary["valid_answer_rate_by_new_tokens"].items()
-            ),
-            f"top {cfg.explain.top_k} features (occlusion)": ", ".join(map(str, summary["top_features"])),
-            "vs baselines (spearman)": ", ".join(
-                f"{r['model']}/{r['importance']}: {r['spearman']:.2f}" for r in summary["comparison"]
-            )
-            if comparison is not None
-            else "(explain.baselines_dir not given)",
-            "written to": str(out_dir),
-        },
-    )
-    return summary
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`faultllm hpo`: Optuna TPE over stratified (run-grouped) K folds, with pruning, resumable, multi-worker.
+"""Hyperparameter search: Optuna TPE over stratified (run-grouped) K folds, with pruning, resumable, multi-worker.
 
 Each trial trains one LoRA per fold on the fold's training part (scaler fitted there
 only) and scores the fold's validation part after every epoch. Intermediate values go to
@@ -10,17 +10,22 @@ training split and evaluated on the test split (the study's Table 4.1).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 
+from faultllm import plots
 from faultllm.errors import FaultLLMError
-from faultllm.prepare import Split, cv_folds, make_split, scale_split
+from faultllm.modeling import ModelSpec
+from faultllm.prompts import Serializer
+from faultllm.splits import Split, fold_splits
+from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
 DIRECTIONS = {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"}
 FINISHED = ("COMPLETE", "PRUNED")
@@ -63,14 +68,6 @@ def with_params(cfg, params: dict):
     return trial_cfg
 
 
-def fold_split(raw: Split, fit_rows: np.ndarray, val_rows: np.ndarray, normalize: bool, feature_range) -> Split:
-    """One fold as a train/val split, min-max scaled with a scaler fitted on the fold's training rows only."""
-    fold = replace(
-        raw, train=raw.train.iloc[fit_rows].reset_index(drop=True), test=raw.train.iloc[val_rows].reset_index(drop=True)
-    )
-    return scale_split(fold, normalize, feature_range)[0]
-
-
 def study_rule(row: dict, hpo_cfg) -> str | None:
     """The study's pruning rule: a NaN loss, or accuracy 0 in the early epochs, never recovers."""
     if not math.isfinite(row.get("val_loss", 0.0)) or not math.isfinite(row.get("train_loss", 0.0)):
@@ -93,19 +90,19 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
-def open_study(cfg, run_dir: Path, attempts: int = 5):
+def open_study(hpo_cfg, seed: int, run_dir: Path, attempts: int = 5):
     """Create or load the study. Workers starting together may race to create the schema: retry."""
     import optuna
 
-    url = cfg.hpo.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    url = hpo_cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     for attempt in range(attempts):
         try:
             study = optuna.create_study(
-                study_name=cfg.hpo.study_name,
-                storage=_storage(url, cfg.hpo),
-                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                pruner=make_pruner(cfg.hpo.pruner),
-                direction=DIRECTIONS[cfg.hpo.objective],
+                study_name=hpo_cfg.study_name,
+                storage=_storage(url, hpo_cfg),
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                pruner=make_pruner(hpo_cfg.pruner),
+                direction=DIRECTIONS[hpo_cfg.objective],
                 load_if_exists=True,
             )
             break
@@ -118,7 +115,7 @@ def open_study(cfg, run_dir: Path, attempts: int = 5):
                 time.sleep(0.5 + attempt)
                 continue
             raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
-    if not cfg.hpo.storage:
+    if not hpo_cfg.storage:
         fail_interrupted(study)  # our own database: no other worker can own a RUNNING trial
     return study
 
@@ -183,60 +180,50 @@ def finished_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def run_trial(trial, cfg, plan, raw: Split, folds, run_dir: Path) -> float:
-    """Train and validate every fold; report per-epoch values to the pruner; free each fold's model."""
-    import optuna
+class _PruningReporter:
+    """Per epoch: the study's rule, then the pruner, at step fold * epochs + epoch; counts fold-epochs trained."""
 
-    from faultllm.prompts import PromptFormat
-    from faultllm.training import NonFiniteLoss, eval_set, fit
+    def __init__(self, trial, hpo_cfg, epochs: int) -> None:
+        self.trial, self.hpo_cfg, self.epochs, self.trained = trial, hpo_cfg, epochs, 0
 
-    params = suggest(trial, cfg.hpo.space)
-    trial_cfg = with_params(cfg, params)
-    epochs = trial_cfg.trainer.epochs
-    fold_results, trained_epochs = [], 0
-    for fold_index, (fit_rows, val_rows) in enumerate(folds):
-        fold = fold_split(raw, fit_rows, val_rows, trial_cfg.data.normalize, trial_cfg.data.scale_range)
-        fmt = PromptFormat.from_config(trial_cfg.prompt, trial_cfg.data)
-        sets = {
-            "train": eval_set(fold.train, fold.features, fold.labels, fmt),
-            "val": eval_set(fold.test, fold.features, fold.labels, fmt),
-        }
+    def for_fold(self, fold_index: int):
+        import optuna
 
-        def on_epoch(row: dict, fold_index: int = fold_index) -> None:
-            nonlocal trained_epochs
-            trained_epochs += 1
-            trial.set_user_attr("fold_epochs_trained", trained_epochs)
-            reason = study_rule(row, cfg.hpo)
+        def on_epoch(row: dict) -> None:
+            self.trained += 1
+            self.trial.set_user_attr("fold_epochs_trained", self.trained)
+            reason = study_rule(row, self.hpo_cfg)
             if reason:
-                trial.set_user_attr("pruned_because", reason)
+                self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
-            trial.report(row[cfg.hpo.objective], step=fold_index * epochs + row["epoch"])
-            if trial.should_prune():
-                trial.set_user_attr("pruned_because", "pruner")
+            self.trial.report(row[self.hpo_cfg.objective], step=fold_index * self.epochs + row["epoch"])
+            if self.trial.should_prune():
+                self.trial.set_user_attr("pruned_because", "pruner")
                 raise optuna.TrialPruned(f"pruned at fold {fold_index} epoch {row['epoch']}")
 
-        out_dir = run_dir / "trials" / f"{trial.number:04d}" / f"fold{fold_index}"
-        result = None
-        try:
-            result = fit(
-                trial_cfg,
-                plan,
-                fold.train,
-                fold.features,
-                fold.labels,
-                fmt,
-                sets,
-                out_dir,
-                on_epoch=on_epoch,
-                checkpoints=False,
-            )
-            fold_results.append(result.history[-1])
-        except NonFiniteLoss as err:
-            trial.set_user_attr("pruned_because", "loss is NaN")
-            raise optuna.TrialPruned(str(err)) from None
-        finally:
-            del result
-            free_memory()
+        return on_epoch
+
+
+def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
+    """Train and validate every fold; report per-epoch values to the pruner; free each fold's model.
+
+    `cfg` is the whole config: a trial's parameters may set any key (lora.r, data.normalize, ...).
+    """
+    import optuna
+
+    trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
+    spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir)
+    options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
+    serializer = Serializer.from_config(trial_cfg.prompt, trial_cfg.data, raw.features, raw.labels)
+    reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
+    fold_results = []
+    try:
+        for index, fold in enumerate(fold_splits(raw, folds, trial_cfg.data.normalize, trial_cfg.data.scale_range)):
+            out_dir = run_dir / "trials" / f"{trial.number:04d}" / f"fold{index}"
+            fold_results.append(_fit_fold(spec, serializer, fold, options, out_dir, reporter.for_fold(index)))
+    except NonFiniteLoss as err:
+        trial.set_user_attr("pruned_because", "loss is NaN")
+        raise optuna.TrialPruned(str(err)) from None
     means = {
         key: float(np.mean([r[key] for r in fold_results]))
         for key in fold_results[0]
@@ -245,6 +232,19 @@ def run_trial(trial, cfg, plan, raw: Split, folds, run_dir: Path) -> float:
     for key, value in means.items():
         trial.set_user_attr(key, value)
     return means[cfg.hpo.objective]
+
+
+def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: TrainOptions, out_dir: Path, on_epoch):
+    """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole)."""
+    train = serializer.render(fold.train)
+    eval_sets = {"train": train, "val": serializer.render(fold.test)}
+    result = None
+    try:
+        result = fit(spec, train, eval_sets, options, out_dir, on_epoch=on_epoch, checkpoints=False)
+        return result.history[-1]
+    finally:
+        del result
+        free_memory()
 
 
 def free_memory() -> None:
@@ -256,112 +256,15 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def search(cfg, run_dir) -> dict:
-    import optuna
-
-    from faultllm.config import start_run, write_json
-    from faultllm.modeling import hardware_plan
-    from faultllm.reporting import print_summary, write_table
-
-    check_space(cfg.hpo.space)
-    if cfg.hpo.objective not in DIRECTIONS:
-        raise FaultLLMError(f"hpo.objective={cfg.hpo.objective!r}; expected one of {sorted(DIRECTIONS)}")
-    run_dir = start_run(cfg, run_dir)
-    raw = make_split(cfg.data, cfg.seed)
-    folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
-    plan = hardware_plan(cfg.model)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, run_dir)
-    started = time.perf_counter()
-
-    while finished_count(study) < cfg.hpo.n_trials:
-        trial = ask_after_failing_stale(study)
-        if not claim_within_budget(study, trial, cfg.hpo.n_trials):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # another worker took the last slot
-            break
-        trial_start = time.perf_counter()
-        try:
-            with heartbeat(study, trial):
-                value = run_trial(trial, cfg, plan, raw, folds, run_dir)
-            study.tell(trial, value)
-            status = f"value {value:.4f}"
-        except optuna.TrialPruned as pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            status = f"pruned ({pruned})"
-        best = _best(study)
-        elapsed = f"{time.perf_counter() - trial_start:.1f} s"
-        print(
-            f"trial {trial.number}: {status}, {elapsed}; best {best.value:.4f} (trial {best.number})"
-            if best
-            else f"trial {trial.number}: {status}, {elapsed}",
-            flush=True,
-        )
-
-    best = _best(study)
-    if best is None:
-        raise FaultLLMError("no trial finished without being pruned; widen hpo.space or lower the pruning")
-    trials = study.trials_dataframe()
-    trials.to_csv(run_dir / "trials.csv", index=False)
-    _plots(study, run_dir)
-    max_fold_epochs = cfg.hpo.folds * cfg.trainer.epochs
-    trained = trials.get("user_attrs_fold_epochs_trained", trials["number"] * 0).fillna(0)
-    finished = trials["state"].isin(FINISHED)
-    fraction = float(trained[finished].sum() / (finished.sum() * max_fold_epochs))
-
-    final = _refit(cfg, best, run_dir / "final") if cfg.hpo.refit else None
-    table = table_4_1(best, final)
-    write_table(table, run_dir / "table_4_1")
-    summary = {
-        "best_trial": best.number,
-        "best_value": best.value,
-        "best_params": best.params,
-        "hpo": {
-            key: best.user_attrs.get(key)
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1")
-        },
-        "final": {
-            split: {k: final[split][k] for k in ("loss", "accuracy", "macro_f1") if k in final[split]}
-            for split in ("train", "test")
-        }
-        if final
-        else None,
-        "trials_finished": int(finished.sum()),
-        "trials_pruned": int((trials["state"] == "PRUNED").sum()),
-        "fold_epochs_trained_fraction": fraction,
-        "search_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(run_dir / "table_4_1.json", summary)
-    print_summary(
-        f"hpo: {cfg.data.display_name} ({cfg.hpo.objective}, {cfg.hpo.folds} folds)",
-        {
-            "trials finished / pruned": f"{summary['trials_finished']} / {summary['trials_pruned']}",
-            "fold-epochs trained": f"{fraction:.0%} of the unpruned protocol",
-            "best trial / value": f"{best.number} / {best.value:.4f}",
-            "best params": ", ".join(f"{k}={v}" for k, v in best.params.items()),
-            "final test accuracy": f"{final['test']['accuracy']:.3f}" if final else "(hpo.refit=false)",
-            "written to": str(run_dir),
-        },
-    )
-    return summary
-
-
-def _best(study):
+def best_trial(study):
+    """The best finished trial so far, or None."""
     try:
         return study.best_trial
     except ValueError:
         return None
 
 
-def _refit(cfg, best, run_dir: Path) -> dict:
-    from faultllm.training import train
-
-    params = {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()}
-    return train(with_params(cfg, params), run_dir)
-
-
-def table_4_1(best, final: dict | None):
-    import pandas as pd
-
+def table_4_1(best, final: dict | None) -> pd.DataFrame:
     rows = [(f"{name}", value) for name, value in best.params.items()]
     attrs = best.user_attrs
     rows += [
@@ -380,25 +283,36 @@ def table_4_1(best, final: dict | None):
     return pd.DataFrame(rows, columns=["", "value"])
 
 
-def _plots(study, run_dir: Path) -> None:
-    import matplotlib
+def search_summary(trials: pd.DataFrame, best, final: dict | None, hpo_cfg, epochs: int, seconds: float) -> dict:
+    """table_4_1.json: the best trial, the refit's metrics, and how much of the protocol pruning saved."""
+    trained = trials.get("user_attrs_fold_epochs_trained", trials["number"] * 0).fillna(0)
+    finished = trials["state"].isin(FINISHED)
+    fraction = float(trained[finished].sum() / (finished.sum() * hpo_cfg.folds * epochs))
+    final_metrics = final and {
+        split: {k: final[split][k] for k in ("loss", "accuracy", "macro_f1") if k in final[split]}
+        for split in ("train", "test")
+    }
+    return {
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "hpo": {
+            key: best.user_attrs.get(key)
+            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+        },
+        "final": final_metrics or None,
+        "trials_finished": int(finished.sum()),
+        "trials_pruned": int((trials["state"] == "PRUNED").sum()),
+        "fold_epochs_trained_fraction": fraction,
+        "search_seconds": round(seconds, 1),
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_study(study, run_dir: Path) -> None:
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
-    plot_optimization_history(study)
-    plt.gcf().set_size_inches(7, 4)
-    plt.tight_layout()
-    plt.savefig(run_dir / "optimization_history.png", dpi=120)
-    plt.close("all")
+    plots.optuna_plot(lambda: plot_optimization_history(study), run_dir / "optimization_history.png")
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     if len(completed) >= 2 and len({str(t.params) for t in completed}) >= 2:
-        try:
-            plot_param_importances(study)
-            plt.gcf().set_size_inches(7, 4)
-            plt.tight_layout()
-            plt.savefig(run_dir / "param_importances.png", dpi=120)
-        except (RuntimeError, ValueError):  # importances need variation in the values
-            pass
-        plt.close("all")
+        with contextlib.suppress(RuntimeError, ValueError):  # importances need variation in the values
+            plots.optuna_plot(lambda: plot_param_importances(study), run_dir / "param_importances.png")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from faultllm.errors import FaultLLMError
+from faultllm.tiny import ensure_tiny_model
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,28 @@ def lora_config(lora_cfg):
     )
 
 
-def model_path(cfg) -> str:
-    """The base model to load: a hub id, a local directory, or the tiny model built on first use."""
-    if cfg.model.get("build") == "tiny":
-        from faultllm.tiny import ensure_tiny_model
-
-        return str(ensure_tiny_model(cfg.model, cfg.cache_dir))
-    path = str(cfg.model.path)
+def resolve_model_path(model_cfg, cache_dir: str) -> str:
+    """The base model to load: a hub id, a local directory, or the tiny model (shipped or built on first use)."""
+    if model_cfg.get("build") == "tiny":
+        return str(ensure_tiny_model(model_cfg, cache_dir))
+    path = str(model_cfg.path)
     looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
     if looks_local and not Path(path).expanduser().is_dir():
         raise FaultLLMError(f"model.path={path}: no such model directory")
     return str(Path(path).expanduser()) if looks_local else path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `build_for_training` needs: the base model, how to load it here, and the adapters to add."""
+
+    path: str
+    plan: HardwarePlan
+    lora: Any  # the lora config slice: r, alpha, dropout
+
+    @classmethod
+    def from_config(cls, model_cfg, lora_cfg, cache_dir: str) -> ModelSpec:
+        return cls(resolve_model_path(model_cfg, cache_dir), hardware_plan(model_cfg), lora_cfg)
 
 
 def load_tokenizer(path: str, padding_side: str = "left"):
@@ -138,22 +151,21 @@ def load_base_model(path: str, plan: HardwarePlan):
     return model
 
 
-def build_for_training(cfg, plan: HardwarePlan):
+def build_for_training(spec: ModelSpec):
     """(peft model, tokenizer) ready for SFT: base model, k-bit preparation if quantized, LoRA."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    path = model_path(cfg)
-    tokenizer = load_tokenizer(path, padding_side="right")
-    model = load_base_model(path, plan)
-    if plan.quantization == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
-    elif plan.gradient_checkpointing:
+    tokenizer = load_tokenizer(spec.path, padding_side="right")
+    model = load_base_model(spec.path, spec.plan)
+    if spec.plan.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.plan.gradient_checkpointing)
+    elif spec.plan.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(cfg.lora)), tokenizer
+    return get_peft_model(model, lora_config(spec.lora)), tokenizer
 
 
-def load_trained(run_dir: Path, cfg, plan: HardwarePlan):
+def load_trained(run_dir: Path, model_cfg, cache_dir: str):
     """(model with the run's adapter, tokenizer) for evaluation or explanation."""
     from peft import PeftModel
 
@@ -163,5 +175,6 @@ def load_trained(run_dir: Path, cfg, plan: HardwarePlan):
             f"{run_dir}: no adapter found (expected {adapter}/adapter_config.json); was training finished?"
         )
     tokenizer = load_tokenizer(str(adapter), padding_side="left")
-    model = PeftModel.from_pretrained(load_base_model(model_path(cfg), plan), str(adapter))
+    base = load_base_model(resolve_model_path(model_cfg, cache_dir), hardware_plan(model_cfg))
+    model = PeftModel.from_pretrained(base, str(adapter))
     return model.eval(), tokenizer

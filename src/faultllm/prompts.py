@@ -22,12 +22,8 @@ class PromptFormat:
     decimals: int | None  # None: shortest exact form (1, 0.05); an int: fixed decimals (0.0500)
 
     @classmethod
-    def from_config(cls, prompt_cfg, data_cfg, name_features: bool | None = None) -> PromptFormat:
-        return cls(
-            system=data_cfg.system_prompt,
-            name_features=prompt_cfg.name_features if name_features is None else name_features,
-            decimals=prompt_cfg.decimals,
-        )
+    def from_config(cls, prompt_cfg, data_cfg) -> PromptFormat:
+        return cls(system=data_cfg.system_prompt, name_features=prompt_cfg.name_features, decimals=prompt_cfg.decimals)
 
 
 def format_value(value: float, decimals: int | None) -> str:
@@ -64,14 +60,40 @@ def answer(label) -> str:
     return f" Y = {label}"
 
 
-def prompts(frame: pd.DataFrame, features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> list[str]:
-    values = frame[list(features)].to_numpy(np.float64)
-    return [chat_prompt(question(row, features, labels, fmt), fmt.system) for row in values]
+@dataclass(frozen=True)
+class Prompts:
+    """Rendered prompts and the true label of each row: evaluation sets and SFT rows come from one rendering."""
+
+    texts: list[str]
+    truth: list  # the true label of each row
+    labels: list  # every label the model may answer, in prompt order
+
+    def sft_rows(self) -> list[dict[str, str]]:
+        """prompt/completion rows: with `completion_only_loss` the loss covers only the answer (and EOS)."""
+        return [
+            {"prompt": text, "completion": answer(label)} for text, label in zip(self.texts, self.truth, strict=True)
+        ]
 
 
-def sft_rows(frame: pd.DataFrame, features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> list[dict[str, str]]:
-    """prompt/completion rows: with `completion_only_loss` the loss covers only the answer (and EOS)."""
-    return [
-        {"prompt": prompt, "completion": answer(label)}
-        for prompt, label in zip(prompts(frame, features, labels, fmt), frame[LABEL], strict=True)
-    ]
+@dataclass(frozen=True)
+class Serializer:
+    """A data set's features and labels in a prompt format: table rows in, prompts out."""
+
+    features: list[str]
+    labels: list
+    fmt: PromptFormat
+
+    @classmethod
+    def from_config(cls, prompt_cfg, data_cfg, features: list[str], labels: list) -> Serializer:
+        return cls(list(features), list(labels), PromptFormat.from_config(prompt_cfg, data_cfg))
+
+    def question(self, values: Sequence[float]) -> str:
+        return question(values, self.features, self.labels, self.fmt)
+
+    def chat(self, user_message: str) -> str:
+        return chat_prompt(user_message, self.fmt.system)
+
+    def render(self, frame: pd.DataFrame) -> Prompts:
+        values = frame[self.features].to_numpy(np.float64)
+        texts = [self.chat(self.question(row)) for row in values]
+        return Prompts(texts=texts, truth=frame[LABEL].tolist(), labels=self.labels)

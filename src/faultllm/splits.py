@@ -1,15 +1,14 @@
-"""Leakage-safe splits: label subset, balanced seeded sampling, run-grouped split, train-only scaling.
+"""Leakage-safe splits: label subset, balanced seeded sampling, run-grouped split and folds, train-only scaling.
 
-`make_split(cfg.data, seed)` gives the unscaled train/test rows every job (LLM, baselines,
+`make_split(data_cfg, seed)` gives the unscaled train/test rows every job (LLM, baselines,
 HPO folds) starts from; `fit_scaler` is fitted on whichever rows are training rows at
-that moment (the whole training split, or one fold's training part).
+that moment (the whole training split, or one fold's training part: `fold_splits`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,17 @@ class Split:
         return {
             name: {str(k): int(v) for k, v in frame[LABEL].value_counts().sort_index().items()}
             for name, frame in (("train", self.train), ("test", self.test))
+        }
+
+    def summary(self, scaler: MinMaxScaler | None, seed: int) -> dict:
+        """split.json: what `faultllm report` compares (the fingerprint) before putting runs side by side."""
+        return {
+            "rows": self.counts(),
+            "labels": [str(label) for label in self.labels],
+            "features": self.features,
+            "scaler_range": list(scaler.feature_range) if scaler else None,
+            "seed": seed,
+            "split_fingerprint": self.fingerprint(),
         }
 
 
@@ -144,13 +154,21 @@ def cv_folds(train: pd.DataFrame, k: int, seed: int) -> list[tuple[np.ndarray, n
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(train, y))
 
 
-def write_split_summary(run_dir, split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
-    """split.json: what `faultllm report` compares (the fingerprint) before putting runs side by side."""
-    from faultllm.config import write_json
-
-    summary = split_summary(split, scaler, seed)
-    write_json(Path(run_dir) / "split.json", summary)
-    return summary
+def fold_splits(raw: Split, folds: list[tuple[np.ndarray, np.ndarray]], normalize: bool, feature_range) -> list[Split]:
+    """`cv_folds` positions as train/validation splits, each min-max scaled with a scaler fitted on the
+    fold's own training rows (validation rows never shape it). Used by HPO and tuned baselines alike."""
+    return [
+        scale_split(
+            replace(
+                raw,
+                train=raw.train.iloc[fit_rows].reset_index(drop=True),
+                test=raw.train.iloc[val_rows].reset_index(drop=True),
+            ),
+            normalize,
+            feature_range,
+        )[0]
+        for fit_rows, val_rows in folds
+    ]
 
 
 # ---------------------------------------------------------------- scaling
@@ -169,6 +187,18 @@ class MinMaxScaler:
         out = frame.copy()
         out[features] = (frame[features].to_numpy(np.float64) - self.minimum) / span * (high - low) + low
         return out
+
+    def to_dict(self, features: list[str]) -> dict:
+        return {
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "feature_range": self.feature_range,
+            "features": features,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> MinMaxScaler:
+        return cls(np.asarray(saved["minimum"]), np.asarray(saved["maximum"]), tuple(saved["feature_range"]))
 
 
 def fit_scaler(train: pd.DataFrame, features: list[str], feature_range) -> MinMaxScaler:
@@ -189,45 +219,6 @@ def scale_split(split: Split, normalize: bool, feature_range) -> tuple[Split, Mi
     ), scaler
 
 
-# ---------------------------------------------------------------- the `faultllm data prepare` job
-
-
-def prepared_split(cfg) -> tuple[Split, MinMaxScaler | None]:
+def prepared_split(data_cfg, seed: int) -> tuple[Split, MinMaxScaler | None]:
     """The split every job trains and tests on: `make_split` then train-only scaling."""
-    return scale_split(make_split(cfg.data, cfg.seed), cfg.data.normalize, cfg.data.scale_range)
-
-
-def split_summary(split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
-    return {
-        "rows": split.counts(),
-        "labels": [str(label) for label in split.labels],
-        "features": split.features,
-        "scaler_range": list(scaler.feature_range) if scaler else None,
-        "seed": seed,
-        "split_fingerprint": split.fingerprint(),
-    }
-
-
-def prepare_data(cfg, run_dir) -> dict:
-    from faultllm.config import start_run, write_json
-    from faultllm.reporting import print_summary
-
-    run_dir = start_run(cfg, run_dir)
-    split, scaler = prepared_split(cfg)
-    for name, frame in (("train", split.train), ("test", split.test)):
-        frame[split.features + [LABEL]].to_parquet(run_dir / f"{name}.parquet", index=False)
-    summary = write_split_summary(run_dir, split, scaler, cfg.seed)
-    write_json(run_dir / "summary.json", summary)
-    rows = summary["rows"]
-    print_summary(
-        f"data prepared: {cfg.data.display_name}",
-        {
-            "train rows per label": ", ".join(f"{k}: {v}" for k, v in rows["train"].items()),
-            "test rows per label": ", ".join(f"{k}: {v}" for k, v in rows["test"].items()),
-            "features": f"{len(split.features)} ({split.features[0]} ... {split.features[-1]})",
-            "scaling": f"min-max to {summary['scaler_range']} (fitted on train)" if scaler else "off",
-            "seed / fingerprint": f"{cfg.seed} / {summary['split_fingerprint']}",
-            "written to": str(run_dir),
-        },
-    )
-    return summary
+    return scale_split(make_split(data_cfg, seed), data_cfg.normalize, data_cfg.scale_range)

@@ -1,0 +1,37 @@
+"""What the benchmarks share: a config's model, split and SFT trainer, set up as `faultllm train` does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Setup:
+    spec: object  # modeling.ModelSpec
+    model: object
+    tokenizer: object
+    split: object  # splits.Split, scaled
+    serializer: object  # prompts.Serializer
+    options: object  # training.TrainOptions
+
+
+def setup(cfg) -> Setup:
+    from faultllm.modeling import ModelSpec, build_for_training
+    from faultllm.prompts import Serializer
+    from faultllm.splits import prepared_split
+    from faultllm.training import TrainOptions
+
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
+    model, tokenizer = build_for_training(spec)
+    split, _ = prepared_split(cfg.data, cfg.seed)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
+    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    return Setup(spec, model, tokenizer, split, serializer, options)
+
+
+def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
+    """The SFT trainer `fit` would build, without checkpoints."""
+    from faultllm.training import sft_trainer as make_trainer
+
+    return make_trainer(run.model, run.tokenizer, rows, run.options, run.spec.plan, out_dir, checkpoints=False)

@@ -1,0 +1,7 @@
+"""`python -m faultllm ...` is `faultllm ...`."""
+
+import sys
+
+from faultllm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""`faultllm baselines` (configs/baselines.yaml): classical models on the very same split as the LLM.
+
+Writes metrics.json, table_4_2.{md,csv}, feature_importances.csv and the split.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from faultllm.baselines import check_models, fit_and_score, importances, table_4_2, tune
+from faultllm.reporting import print_table, write_table
+from faultllm.rundir import save_split, start_run, write_json
+from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
+
+
+def run(cfg, run_dir) -> dict[str, dict]:
+    run_dir = start_run(cfg, run_dir)
+    names = list(cfg.baselines.models)
+    raw = make_split(cfg.data, cfg.seed)
+    check_models(names, len(raw.train))
+    split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)
+    save_split(run_dir, split, scaler, cfg.seed)
+    folds = _tuning_folds(raw, cfg) if cfg.baselines.tune else None
+
+    results, tables = {}, []
+    for name in names:
+        params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
+        cv_accuracy = params.pop("cv_accuracy", None)
+        model, results[name] = fit_and_score(name, split, cfg.seed, params)
+        if folds:
+            results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
+        if name in cfg.baselines.importances_for:
+            tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
+
+    write_json(run_dir / "metrics.json", results)
+    table = table_4_2(results)
+    write_table(table, run_dir / "table_4_2")
+    if tables:
+        pd.concat(tables).to_csv(run_dir / "feature_importances.csv", index=False)
+    print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
+    print(f"written to {run_dir}")
+    return results
+
+
+def _tuning_folds(raw: Split, cfg) -> list[Split]:
+    """The same stratified (run-grouped) folds as `faultllm hpo`, each scaled on its own training rows."""
+    folds = cv_folds(raw.train, cfg.baselines.folds, cfg.seed)
+    return fold_splits(raw, folds, cfg.data.normalize, cfg.data.scale_range)

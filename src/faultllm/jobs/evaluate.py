@@ -1,0 +1,39 @@
+"""`faultllm evaluate run_dir=DIR` (configs/evaluate.yaml): score a trained run's adapter on its own
+test split (kept in the run directory) or on raw rows given by `eval.split_path`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faultllm import plots
+from faultllm.evaluation import TrainedLLM, evaluate_prompts
+from faultllm.reporting import print_summary
+from faultllm.rundir import open_run, start_run, write_json
+
+
+def run(cfg, out_dir) -> dict:
+    saved = open_run(cfg.run_dir)
+    llm = TrainedLLM.from_run(saved)
+    out_dir = start_run(cfg, out_dir)
+    if cfg.eval.get("split_path"):
+        frame, source = saved.read_rows(Path(cfg.eval.split_path), "eval.split_path"), str(cfg.eval.split_path)
+    else:
+        frame, source = saved.split.test, "the run's test split"
+    prompts = llm.serializer.render(frame)
+    metrics, predictions = evaluate_prompts(
+        llm.model, llm.tokenizer, prompts, llm.answer_space(prompts.texts[0]), cfg.eval
+    )
+    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)}
+    write_json(out_dir / "metrics.json", metrics)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    plots.confusion_matrix(metrics["confusion_matrix"], prompts.labels, out_dir / "confusion_matrix.png", cfg.eval.mode)
+    items = {
+        "rows": f"{metrics['n']} from {source}",
+        "accuracy / macro-F1": f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}",
+    }
+    if "loss" in metrics:
+        items["loss"] = f"{metrics['loss']:.4f}"
+    if "invalid_outputs" in metrics:
+        items["invalid outputs"] = str(metrics["invalid_outputs"])
+    print_summary(f"evaluated ({cfg.eval.mode}): {saved.run_dir}", items | {"written to": str(out_dir)})
+    return metrics

@@ -1,0 +1,76 @@
+"""`faultllm explain run_dir=DIR` (configs/explain.yaml): the free-text "why?" probe and occlusion
+attribution of a trained run, compared with a baselines run's importances when one is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faultllm import plots
+from faultllm.evaluation import TrainedLLM
+from faultllm.explain import (
+    aggregate,
+    choose_rows,
+    compare_with_baselines,
+    occlusion,
+    probe_transcripts,
+    reference_values,
+    report_markdown,
+)
+from faultllm.reporting import print_summary
+from faultllm.rundir import open_run, start_run, write_json
+
+
+def run(cfg, out_dir) -> dict:
+    saved = open_run(cfg.run_dir)
+    llm = TrainedLLM.from_run(saved)
+    test, n_test = saved.split.test, len(saved.split.test)
+    probe_rows = choose_rows(cfg.explain.rows, cfg.explain.n_probe_rows, n_test, cfg.seed)
+    attribution_rows = choose_rows(cfg.explain.rows, cfg.explain.n_attribution_rows, n_test, cfg.seed)
+    out_dir = start_run(cfg, out_dir)
+
+    transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
+    transcripts.to_csv(out_dir / "transcripts.csv", index=False)
+    reference = reference_values(saved, cfg.explain.reference)
+    effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size)
+    effects.to_csv(out_dir / "attribution_rows.csv", index=False)
+    table = aggregate(effects, saved.split.features)
+    table.to_csv(out_dir / "attribution.csv", index=False)
+    plots.attribution(table, out_dir / "attribution.png")
+    comparison = None
+    if cfg.explain.baselines_dir:
+        comparison = compare_with_baselines(table, Path(cfg.explain.baselines_dir), cfg.explain.top_k)
+        comparison.to_csv(out_dir / "comparison.csv", index=False)
+    report = report_markdown(
+        saved.run_dir, transcripts, table, comparison, cfg.explain.reference, len(attribution_rows)
+    )
+    (out_dir / "report.md").write_text(report)
+
+    valid = transcripts.groupby("new_tokens")["valid"].mean().to_dict()
+    summary = {
+        "top_features": table["feature"].head(cfg.explain.top_k).tolist(),
+        "valid_answer_rate_by_new_tokens": {int(k): float(v) for k, v in valid.items()},
+        "comparison": comparison.to_dict(orient="records") if comparison is not None else None,
+    }
+    write_json(out_dir / "explain.json", summary)
+    _print_summary(cfg, saved.run_dir, summary, len(probe_rows), out_dir)
+    return summary
+
+
+def _print_summary(cfg, run_dir: Path, summary: dict, n_probe_rows: int, out_dir: Path) -> None:
+    comparison = summary["comparison"]
+    print_summary(
+        f"explained: {run_dir}",
+        {
+            "probe rows / token budgets": f"{n_probe_rows} / {list(cfg.explain.new_tokens)}",
+            "valid answers by budget": ", ".join(
+                f"{k} tokens: {v:.0%}" for k, v in summary["valid_answer_rate_by_new_tokens"].items()
+            ),
+            f"top {cfg.explain.top_k} features (occlusion)": ", ".join(map(str, summary["top_features"])),
+            "vs baselines (spearman)": ", ".join(
+                f"{r['model']}/{r['importance']}: {r['spearman']:.2f}" for r in comparison
+            )
+            if comparison is not None
+            else "(explain.baselines_dir not given)",
+            "written to": str(out_dir),
+        },
+    )

@@ -1,0 +1,125 @@
+"""What a run directory holds and how a finished run is reopened from it alone.
+
+Every run writes `config.yaml` (resolved), `run_info.json` and `faultllm.log`. A run that
+made a split also keeps it: `split.json` (counts, labels, features, fingerprint), the rows
+each side saw (`train.parquet`, `test.parquet`, scaled as the model saw them) and
+`scaler.json`, so `evaluate` and `explain` need nothing but the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from faultllm.errors import FaultLLMError
+from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
+from faultllm.splits import MinMaxScaler, Split, prepared_split
+
+TRACKED_PACKAGES = (
+    "faultllm", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets",
+    "optuna", "scikit-learn", "pandas", "numpy", "hydra-core", "flash-attn",
+)  # fmt: skip
+
+
+def start_run(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Create the run directory and write the resolved config, seed, command and versions."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    write_json(
+        run_dir / "run_info.json",
+        {"seed": cfg.get("seed"), "command": sys.argv, "versions": library_versions()},
+    )
+    return run_dir
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def save_split(run_dir: Path, split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
+    """split.json, the rows of both sides and the scaler; returns split.json's content."""
+    summary = split.summary(scaler, seed)
+    write_json(run_dir / "split.json", summary)
+    for name, frame in (("train", split.train), ("test", split.test)):
+        frame[split.features + [LABEL]].to_parquet(run_dir / f"{name}.parquet", index=False)
+    if scaler is not None:
+        write_json(run_dir / "scaler.json", scaler.to_dict(split.features))
+    return summary
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A finished run reopened from its directory: its config and the split it was trained on."""
+
+    run_dir: Path
+    cfg: DictConfig
+    split: Split  # scaled as at training time
+    scaler: MinMaxScaler | None
+
+    def read_rows(self, path: Path, key: str) -> pd.DataFrame:
+        """Raw rows from a table (`key`=path), checked against this run's features and labels, scaled like its rows."""
+        if not path.exists():
+            raise FaultLLMError(f"{key}={path}: no such file")
+        features, labels = self.split.features, self.split.labels
+        frame = read_table(path)
+        require_columns(frame, [*features, LABEL], path, f"the run's features and a {LABEL!r} column")
+        validate_features(frame, features, path)
+        frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
+        unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
+        if unknown:
+            raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
+        return self.scaler.transform(frame, features) if self.scaler is not None else frame
+
+
+def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> SavedRun:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
+        raise FaultLLMError(f"run_dir={run_dir}: not a finished `{command}` run (no config.yaml / split.json)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    summary = read_json(run_dir / "split.json")
+    if (run_dir / "test.parquet").exists():
+        split, scaler = _read_split(run_dir, summary)
+    else:  # runs written before the rows were kept: rebuild them from the data files
+        split, scaler = prepared_split(cfg.data, cfg.seed)
+    if split.fingerprint() != summary["split_fingerprint"]:
+        raise FaultLLMError(f"{run_dir}: the split's rows differ from the ones trained on (files changed?)")
+    return SavedRun(run_dir, cfg, split, scaler)
+
+
+def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | None]:
+    train, test = (pd.read_parquet(run_dir / f"{name}.parquet") for name in ("train", "test"))
+    integer_labels = pd.api.types.is_integer_dtype(train[LABEL])
+    labels = [int(label) if integer_labels else label for label in summary["labels"]]
+    scaler_path = run_dir / "scaler.json"
+    scaler = MinMaxScaler.from_dict(read_json(scaler_path)) if scaler_path.exists() else None
+    return Split(train=train, test=test, features=list(summary["features"]), labels=labels), scaler

@@ -1,0 +1,90 @@
+"""The layering a maintainer can rely on: jobs above the library, no import cycles, short functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "faultllm"
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> dict[str, ast.Module]:
+    trees = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        trees[name] = ast.parse(path.read_text())
+    return trees
+
+
+def _internal_imports(tree: ast.Module, modules: set[str]) -> list[tuple[str, bool]]:
+    """(imported faultllm module, imported inside a function?) for every import statement, nested ones too."""
+    found = []
+    inside = {
+        id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            if name in modules and name != "faultllm":
+                found.append((name, id(node) in inside))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    trees = _modules()
+    return {name: {target for target, _ in _internal_imports(tree, set(trees))} for name, tree in trees.items()}
+
+
+def test_no_import_cycles_counting_function_level_imports():
+    graph = _graph()
+    visiting, done = [], set()
+
+    def visit(module: str) -> None:
+        if module in done:
+            return
+        assert module not in visiting, "import cycle: " + " -> ".join([*visiting[visiting.index(module) :], module])
+        visiting.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_the_library_never_imports_the_jobs_and_jobs_import_no_cli():
+    for module, targets in _graph().items():
+        if not module.startswith(("faultllm.jobs", "faultllm.cli", "faultllm.__main__")):
+            assert not {t for t in targets if t.startswith("faultllm.jobs")}, module
+        assert "faultllm.cli" not in targets or module == "faultllm.__main__", module
+
+
+def test_internal_imports_are_at_the_top_of_the_file():
+    trees = _modules()
+    lazy = {
+        (module, target)
+        for module, tree in trees.items()
+        for target, in_function in _internal_imports(tree, set(trees))
+        if in_function
+    }
+    # cli imports its job (and hydra) only once a command runs, so `faultllm --help` answers at once
+    assert {module for module, _ in lazy} <= {"faultllm.cli"}, sorted(lazy)
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
