@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from faultllm.config import compose
+from faultllm.modeling import resolve_model_path
+from faultllm.tiny import SHIPPED, spec_of
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_build_is_a_pure_function_of_its_spec_across_processes_and_thread_counts(tmp_path):
+    # A short warm-up keeps this quick; the full build runs the same code for more steps.
+    spec = spec_of(compose("train", ["model=tiny"]).model) | {"warmup_steps": 20}
+    for name, threads in (("a", 1), ("b", 2)):
+        code = (
+            f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "
+            f"from faultllm.tiny import build_tiny_model; build_tiny_model({spec!r}, Path({str(tmp_path / name)!r}))"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for file in ("model.safetensors", "tokenizer.json", "config.json", "spec.json"):
+        assert _sha256(tmp_path / "a" / file) == _sha256(tmp_path / "b" / file), file
+
+
+def test_the_default_tiny_model_ships_prebuilt(compose_cfg):
+    cfg = compose_cfg("train", ["model=tiny"])
+    assert resolve_model_path(cfg.model, cfg.cache_dir) == str(SHIPPED)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "spec.json"} <= {p.name for p in SHIPPED.iterdir()}
+    assert not list(Path(cfg.cache_dir).glob("tiny-llama-*"))  # nothing was built
