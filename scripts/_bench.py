@@ -14,6 +14,7 @@ class Setup:
     split: object  # splits.Split, scaled
     serializer: object  # prompts.Serializer
     options: object  # training.TrainOptions
+    plan: object = None  # modeling.HardwarePlan as run, once `sft_trainer` has decided checkpointing
 
 
 def setup(cfg) -> Setup:
@@ -23,7 +24,7 @@ def setup(cfg) -> Setup:
     from faultllm.training import TrainOptions
 
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
-    model, tokenizer = build_for_training(spec)
+    model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
     serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
@@ -31,7 +32,11 @@ def setup(cfg) -> Setup:
 
 
 def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
-    """The SFT trainer `fit` would build, without checkpoints."""
+    """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
+    from faultllm.prompts import Prompts
+    from faultllm.training import plan_for_run
     from faultllm.training import sft_trainer as make_trainer
 
-    return make_trainer(run.model, run.tokenizer, rows, run.options, run.spec.plan, out_dir, checkpoints=False)
+    prompts = Prompts([row["prompt"] for row in rows], [], run.serializer.labels)
+    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, prompts, run.options)
+    return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,13 @@ from faultllm.config import compose
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
 
 FAULTS = [0, 1, 4, 5]
+
+
+def pytest_configure(config) -> None:
+    """Force the CPU plan (fp32, SDPA, no quantization) unless gpu-marked tests are selected (`pytest -m gpu`):
+    the suite's tolerances hold in fp32, and subprocesses (CLI, HPO workers) inherit the setting."""
+    if "gpu" not in (config.option.markexpr or "").replace("not gpu", ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def rieth_table(faults: list[int], runs: int, samples: int, seed: int) -> pd.DataFrame:

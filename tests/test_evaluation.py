@@ -64,6 +64,17 @@ def test_multi_token_labels_are_scored_by_sequence_log_probability(tiny_model):
         np.testing.assert_allclose(row, brute_force_log_probs(model, tokenizer, text, labels), atol=2e-4)
 
 
+@pytest.mark.parametrize("labels", [[0, 4, 11], [1, 12, 2], ["normal", "valve stuck"]])
+def test_labels_of_mixed_token_lengths_are_scored_by_sequence_log_probability(tiny_model, labels):
+    model, tokenizer = tiny_model
+    texts = _prompts(5, labels, seed=3)
+    space = answer_space(tokenizer, labels, texts[0])
+    assert not space.single_pass  # answers of different lengths cannot share one aligned pass
+    scores = score(model, tokenizer, texts, [labels[-1]] * len(texts), space, batch_size=4)
+    for text, row in zip(texts, scores.log_probs, strict=True):
+        np.testing.assert_allclose(row, brute_force_log_probs(model, tokenizer, text, labels), atol=2e-4)
+
+
 def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
     model, tokenizer = tiny_model
     labels = [0, 1, 4, 5]

@@ -168,3 +168,26 @@ def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cf
     assert states[0] == "FAIL"
     retried = [t for t in other_worker.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert retried and retried[0].params == dead.params  # queued again with the same parameters
+
+
+@pytest.mark.slow
+def test_each_worker_loads_the_base_model_once_with_the_results_of_fresh_loads(
+    tiny_cache, easy_csv, tmp_path, monkeypatch
+):
+    import pandas as pd
+
+    from faultllm import modeling
+
+    loads = []
+    load = modeling.load_base_model
+    monkeypatch.setattr(modeling, "load_base_model", lambda *args: loads.append(args) or load(*args))
+    runs = {}
+    for reuse in (True, False):
+        modeling.forget_reused_base()
+        loads.clear()
+        overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.refit=false", f"hpo.reuse_model={reuse}"]
+        search(compose("hpo", overrides), tmp_path / str(reuse))
+        runs[reuse] = len(loads), pd.read_csv(tmp_path / str(reuse) / "trials.csv")["value"].tolist()
+    modeling.forget_reused_base()
+    assert runs[True][0] == 1 and runs[False][0] == 2 * 2  # one load per worker instead of one per trial and fold
+    assert runs[True][1] == runs[False][1]  # fresh, seeded adapters on the kept base: the same trial values

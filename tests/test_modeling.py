@@ -1,48 +1,129 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from faultllm.errors import FaultLLMError
-from faultllm.modeling import hardware_plan, lora_config, quantization_config, resolve_model_path
+from faultllm.modeling import (
+    Gpu,
+    ModelDims,
+    detect_gpu,
+    hardware_plan,
+    load_base_model,
+    lora_config,
+    needs_checkpointing,
+    quantization_config,
+    resolve_model_path,
+    training_memory_gib,
+)
+from faultllm.training import TrainOptions, sft_config
+
+AUTO = {"quantization": "auto", "attn_implementation": "auto", "optimizer": "auto", "gradient_checkpointing": "auto"}
 
 
-def test_cuda_path_asks_for_nf4_double_quant_bf16_and_flash_attention(compose_cfg):
+H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, bf16=True)
+T4 = Gpu("Tesla T4", 14.6, bf16=False)
+LLAMA2_7B = ModelDims(n_params=6_738_415_616, hidden=4096, intermediate=11008, layers=32, vocab=32000)
+
+
+def test_cuda_path_asks_for_nf4_double_quant_bf16_flash_attention_and_fused_adamw(compose_cfg):
     cfg = compose_cfg("train")  # the default model: Llama-2-7b-chat
-    plan = hardware_plan(cfg.model, cuda_available=True, flash_attn_available=True)
+    plan = hardware_plan(cfg.model, gpu=H100, flash_attn_available=True)
     assert (plan.device, plan.quantization, plan.attn_implementation, plan.dtype) == (
         "cuda",
         "nf4",
         "flash_attention_2",
         "bfloat16",
     )
-    assert plan.optimizer == "paged_adamw_32bit" and plan.gradient_checkpointing
+    assert plan.optimizer == "adamw_torch_fused"  # paged AdamW never frees its state: only on request
+    assert plan.gradient_checkpointing is None and plan.gpu_memory_gib == 79.2  # decided from the memory estimate
     bnb = quantization_config(plan)
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
     assert bnb.bnb_4bit_compute_dtype == torch.bfloat16
+    paged = hardware_plan(compose_cfg("train", ["model.optimizer=paged_adamw_32bit"]).model, gpu=H100)
+    assert paged.optimizer == "paged_adamw_32bit"
+
+
+def test_gpus_without_bf16_compute_in_fp16(compose_cfg):
+    plan = hardware_plan(compose_cfg("train").model, gpu=T4, flash_attn_available=False)
+    assert plan.dtype == "float16" and quantization_config(plan).bnb_4bit_compute_dtype == torch.float16
+    args = sft_config(
+        TrainOptions.from_config(compose_cfg("train").trainer, 0, 16, False),
+        replace(plan, device="cpu"),
+        8,
+        Path("x"),
+        False,
+    )
+    assert args.fp16 and not args.bf16
+
+
+def test_checkpointing_is_decided_from_the_estimated_memory_need():
+    plan = hardware_plan(OmegaConf.create(AUTO), gpu=H100, flash_attn_available=True)
+    lora_r64 = 159_907_840
+    # the study's batch 1 at ~1000 tokens fits an 80 GB GPU easily: no recompute
+    assert training_memory_gib(LLAMA2_7B, lora_r64, 1000, quantized=True, checkpointing=False) < 15
+    assert not needs_checkpointing(plan, LLAMA2_7B, lora_r64, tokens=1000)
+    # batch 16 x 1000 tokens does not (~80 GB of activations); checkpointing brings it under 20 GB
+    assert needs_checkpointing(plan, LLAMA2_7B, lora_r64, tokens=16_000)
+    assert training_memory_gib(LLAMA2_7B, lora_r64, 16_000, quantized=True, checkpointing=True) < 20
+    assert needs_checkpointing(replace(plan, gpu_memory_gib=14.6), LLAMA2_7B, lora_r64, tokens=2000)  # a T4
+    assert not needs_checkpointing(replace(plan, gradient_checkpointing=False), LLAMA2_7B, lora_r64, tokens=16_000)
 
 
 def test_falls_back_to_sdpa_without_flash_attn_and_to_full_precision_on_cpu(compose_cfg):
     cfg = compose_cfg("train")
-    assert hardware_plan(cfg.model, cuda_available=True, flash_attn_available=False).attn_implementation == "sdpa"
-    cpu = hardware_plan(cfg.model, cuda_available=False, flash_attn_available=False)
-    assert (cpu.quantization, cpu.attn_implementation, cpu.dtype, cpu.optimizer) == (
+    assert hardware_plan(cfg.model, gpu=H100, flash_attn_available=False).attn_implementation == "sdpa"
+    cpu = hardware_plan(cfg.model, gpu=None)
+    assert (cpu.quantization, cpu.attn_implementation, cpu.dtype, cpu.optimizer, cpu.gradient_checkpointing) == (
         "none",
         "sdpa",
         "float32",
         "adamw_torch",
+        False,
     )
     assert quantization_config(cpu) is None
-    forced = hardware_plan(
-        compose_cfg("train", ["model.quantization=nf4"]).model, cuda_available=False, flash_attn_available=False
-    )
+    forced = hardware_plan(compose_cfg("train", ["model.quantization=nf4"]).model, gpu=None)
     assert forced.quantization == "nf4" and quantization_config(forced).bnb_4bit_compute_dtype == torch.float32
-    with pytest.raises(FaultLLMError, match="needs CUDA"):
-        hardware_plan(
-            compose_cfg("train", ["model.attn_implementation=flash_attention_2"]).model,
-            cuda_available=False,
-            flash_attn_available=False,
-        )
+    with pytest.raises(FaultLLMError, match="needs CUDA and a flash-attn build"):
+        hardware_plan(compose_cfg("train", ["model.attn_implementation=flash_attention_2"]).model, gpu=None)
+
+
+def test_a_flash_attn_build_that_fails_to_import_falls_back_to_sdpa(monkeypatch, caplog):
+    from transformers import AutoModelForCausalLM
+
+    from faultllm import modeling
+
+    calls = []
+
+    def from_pretrained(path, attn_implementation, **kwargs):
+        calls.append(attn_implementation)
+        if attn_implementation == "flash_attention_2":
+            raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")
+        return MagicMock()
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(modeling, "quantization_config", lambda plan: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    plan = hardware_plan(OmegaConf.create(AUTO | {"quantization": "none"}), gpu=H100, flash_attn_available=True)
+    with caplog.at_level("WARNING"):
+        load_base_model("some/model", plan)
+    assert calls == ["flash_attention_2", "sdpa"] and "attention runs on SDPA" in caplog.text
+
+
+def test_the_first_visible_gpu_is_described_from_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30)
+    )
+    assert detect_gpu() == Gpu("Tesla T4", 15.0, bf16=False)  # is_bf16_supported() would say True (emulated)
 
 
 def test_lora_r8_on_llama2_7b_has_19_988_480_trainable_parameters(compose_cfg):
@@ -64,3 +145,9 @@ def test_missing_local_model_path_is_a_clear_error(compose_cfg, tmp_path):
     with pytest.raises(FaultLLMError, match="no such model directory"):
         cfg = compose_cfg("train", [f"model.path={tmp_path / 'nope'}"])
         resolve_model_path(cfg.model, cfg.cache_dir)
+
+
+def test_lora_dropout_of_one_is_refused(compose_cfg):
+    with pytest.raises(FaultLLMError, match=r"lora.dropout=1.0: expected 0 <= dropout < 1"):
+        lora_config(compose_cfg("train", ["lora.dropout=1.0"]).lora)
+    assert compose_cfg("hpo").hpo.space.lora_dropout.high < 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,6 +15,11 @@ pytestmark = pytest.mark.slow  # trains or loads the tiny model
 
 
 def test_train_run_learns_and_writes_every_output(trained_run):
+    """The shipped tiny model learns the easy task reliably with the suite's seed (42): test accuracy
+    0.975 from epoch 4 on, identical with 1 and 2 torch threads and with ATen/MKL/oneDNN limited to
+    AVX2 instead of AVX-512 (the kernels another CI host picks). Across seeds 0-9, 9 of 10 reach
+    0.925-0.988 within 8 epochs; seed 7 ends at 0.625 (it takes off at epoch 7 of a 12-epoch
+    schedule). Learning on this model is a phase change, so the seed stays pinned."""
     run_dir, metrics = trained_run
     assert metrics["test"]["accuracy"] >= 0.8, metrics["test"]
     assert set(metrics["test"]) >= {"accuracy", "macro_f1", "loss", "per_class_recall", "confusion_matrix"}
@@ -41,7 +47,9 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
 
     run_dir, metrics = trained_run
     restricted = evaluate_run(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "r")
-    assert restricted["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    for key in ("accuracy", "macro_f1", "per_class_recall", "confusion_matrix", "n"):
+        assert restricted[key] == metrics["test"][key], key  # a reloaded adapter runs as it did in training
+    assert restricted["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
     generated = evaluate_run(
         compose("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]), tmp_path / "g"
     )
@@ -64,6 +72,26 @@ def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
     assert metrics["n"] == 60 and metrics["accuracy"] >= 0.7
 
 
+@pytest.mark.parametrize("labels", [[0, 4, 11], [1, 12, 2], ["normal", "valve stuck", "leak"]])
+def test_label_sets_of_mixed_token_lengths_train_and_evaluate(tiny_cache, tmp_path, labels):
+    from faultllm.jobs.evaluate import run as evaluate_run
+    from faultllm.jobs.train import run as train
+    from tests.conftest import easy_frame
+
+    frame = easy_frame(300, seed=4)
+    frame["label"] = [labels[i] for i in np.digitize(frame["a"], [1 / 3, 2 / 3])]
+    frame.to_csv(tmp_path / "three.csv", index=False)
+    overrides = [
+        *easy_overrides(tiny_cache, tmp_path / "three.csv"), "data.train_size=60", "data.test_size=30",
+        "trainer.epochs=1",
+    ]  # fmt: skip
+    metrics = train(compose("train", overrides), tmp_path / "run")
+    assert [row["epoch"] for row in metrics["epochs"]] == [1] and metrics["test"]["n"] == 30
+    assert set(pd.read_csv(tmp_path / "run" / "predictions.csv")["predicted"].astype(str)) <= {str(x) for x in labels}
+    generated = evaluate_run(compose("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate"]), tmp_path / "g")
+    assert generated["n"] == 30 and 0 <= generated["invalid_outputs"] <= 30
+
+
 def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path):
     from omegaconf import OmegaConf
 
@@ -82,20 +110,25 @@ def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path)
     assert explain_run(compose("explain", overrides), tmp_path / "x")["top_features"]
 
 
-def _sft_trainer(cfg, n_rows: int, out_dir):
+def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
+    from dataclasses import replace
+
     from faultllm.modeling import ModelSpec, build_for_training
     from faultllm.prompts import Serializer
     from faultllm.splits import prepared_split
     from faultllm.training import TrainOptions, sft_trainer
 
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
-    model, tokenizer = build_for_training(spec)
+    spec = replace(spec, plan=replace(spec.plan, **(plan_change or {})))
+    model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
     serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
     rows = serializer.render(split.train.head(n_rows)).sft_rows()
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    return model, tokenizer, rows, sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
+    trainer = sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
+    trainer.spec = spec
+    return model, tokenizer, rows, trainer
 
 
 def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, easy_csv, tmp_path):
@@ -161,3 +194,21 @@ def test_evaluate_without_adapter_is_a_clear_error(tmp_path):
 
     with pytest.raises(FaultLLMError, match="not a finished `faultllm train` run"):
         evaluate_run(compose("evaluate", [f"run_dir={tmp_path}"]), tmp_path / "out")
+
+
+def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cache, easy_csv, tmp_path):
+    """bf16 compute as on a GPU: norms, embeddings and head in fp32 in both paths, LoRA weights in fp32."""
+    import torch
+
+    from faultllm.modeling import load_trained
+
+    cfg = compose("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
+    model, tokenizer, _, trainer = _sft_trainer(cfg, 8, tmp_path, plan_change={"dtype": "bfloat16"})
+    trained = {name: p.dtype for name, p in model.named_parameters()}
+    assert {trained[n] for n in trained if "lora_" in n} == {torch.float32}  # TRL had cast them to bf16
+    assert {trained[n] for n in trained if "norm" in n or "embed_tokens" in n or "lm_head" in n} == {torch.float32}
+    trainer.train()
+    model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    reloaded, _ = load_trained(tmp_path / "adapter", trainer.spec.path, trainer.spec.plan)
+    assert {name: p.dtype for name, p in reloaded.named_parameters()} == trained

@@ -68,15 +68,9 @@ def report_overrides(args: list[str]) -> list[str]:
 
 
 def _quiet_known_noise() -> None:
-    """Silence two harmless messages every run would print.
-
-    TRL 1.x still configures `gradient_checkpointing` (transformers 5 deprecates the name),
-    and bitsandbytes looks for an optional CPU kernel package at import.
-    """
+    """bitsandbytes looks for an optional CPU kernel package at import and says so on every run."""
     import logging
-    import warnings
 
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
-from faultllm.modeling import load_trained
+from faultllm.modeling import hardware_plan, load_trained, resolve_model_path
 from faultllm.prompts import Prompts, Serializer, answer
 from faultllm.rundir import SavedRun
 
@@ -34,8 +34,10 @@ class AnswerSpace:
 
     @property
     def single_pass(self) -> bool:
+        """One forward pass suffices when every label's first token is its own and every answer has the
+        same length (rows stay aligned); otherwise the rest of each answer is scored from the KV cache."""
         firsts = [suffix[0] for suffix in self.suffixes]
-        return len(set(firsts)) == len(firsts)
+        return len(set(firsts)) == len(firsts) and len({len(suffix) for suffix in self.suffixes}) == 1
 
 
 def answer_space(tokenizer, labels: list, probe_prompt: str) -> AnswerSpace:
@@ -115,9 +117,16 @@ def _score_batch(model, prompt_ids, truth, space: AnswerSpace, pad_id: int, devi
         tails = [space.shared] * len(truth)
         targets = [space.shared + [space.suffixes[t][0]] for t in truth]  # the rest comes from pass two
     ids, mask, positions = _left_pad([p + t for p, t in zip(prompt_ids, tails, strict=True)], pad_id, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=not space.single_pass)
     n_target = len(targets[0])
-    # logits at position j predict token j+1: the last n_target positions predict the targets
+    # logits at position j predict token j+1: the last n_target positions predict the targets, and
+    # only those go through lm_head (not batch x sequence x vocabulary)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=not space.single_pass,
+        logits_to_keep=n_target,
+    )
     step_log_probs = torch.log_softmax(out.logits[:, -n_target:, :].float(), dim=-1)
     target_ids = torch.tensor(targets, device=device)
     target_lp = step_log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # (B, n_target)
@@ -165,16 +174,21 @@ def _score_continuations(model, cache, mask, positions, space: AnswerSpace, devi
 
 # ---------------------------------------------------------------- the study's protocol: generate and parse
 
-_ANSWER = re.compile(r"Y\s*=\s*(\S+?)(?:\s|</s>|$|[.,;])")
+_ANSWER = re.compile(r"Y\s*=\s*")
+_END = re.compile(r"\s|</s>|$|[.,;]")
 
 
 def parse_answer(text: str, labels: list):
-    """The label in `Y = k`, or None when the output is not a valid label."""
-    match = _ANSWER.search(text.strip() + " ")
+    """The label in `Y = k` (labels may hold spaces: the longest that fits wins), or None when invalid."""
+    match = _ANSWER.search(text)
     if not match:
         return None
-    by_text = {str(label): label for label in labels}
-    return by_text.get(match.group(1))
+    rest = text[match.end() :].strip()
+    for label in sorted(labels, key=lambda label: -len(str(label))):
+        name = str(label)
+        if rest.startswith(name) and _END.match(rest, len(name)):
+            return label
+    return None
 
 
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1) -> list[str]:
@@ -208,7 +222,8 @@ class TrainedLLM:
     @classmethod
     def from_run(cls, run: SavedRun) -> TrainedLLM:
         """The run's adapter on its base model, loaded as this machine's hardware plan says."""
-        model, tokenizer = load_trained(run.run_dir, run.cfg.model, run.cfg.cache_dir)
+        base_path = resolve_model_path(run.cfg.model, run.cfg.cache_dir)
+        model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(run.cfg.model))
         serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, run.split.features, run.split.labels)
         return cls(model, tokenizer, serializer)
 

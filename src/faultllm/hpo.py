@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer
 from faultllm.splits import Split, fold_splits
 from faultllm.training import NonFiniteLoss, TrainOptions, fit
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"}
 FINISHED = ("COMPLETE", "PRUNED")
@@ -212,7 +216,7 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     import optuna
 
     trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
-    spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir)
+    spec = fold_model_spec(trial_cfg)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
     serializer = Serializer.from_config(trial_cfg.prompt, trial_cfg.data, raw.features, raw.labels)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
@@ -232,6 +236,17 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     for key, value in means.items():
         trial.set_user_attr(key, value)
     return means[cfg.hpo.objective]
+
+
+def fold_model_spec(trial_cfg) -> ModelSpec:
+    """One base model per worker (`hpo.reuse_model`), fresh adapters per fold; never a paged optimizer,
+    whose state bitsandbytes keeps for the life of the process (every fold would leak it)."""
+    spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir)
+    plan = spec.plan
+    if plan.optimizer.startswith("paged_"):
+        log.warning("hpo: %s never frees its state between folds; using adamw_torch_fused", plan.optimizer)
+        plan = replace(plan, optimizer="adamw_torch_fused")
+    return replace(spec, plan=plan, reuse_base=bool(trial_cfg.hpo.reuse_model))
 
 
 def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: TrainOptions, out_dir: Path, on_epoch):

@@ -1,13 +1,15 @@
 """The one place that turns a config into a tokenizer and a (quantized, LoRA-wrapped) causal LM.
 
-`hardware_plan` is a pure function of the config and what the machine has, so the CUDA
-choices (4-bit NF4 + double quantization + bf16 compute, FlashAttention-2) are
-unit-tested without a GPU.
+`hardware_plan` is a pure function of the config and what the machine has (`Gpu`), so every
+CUDA choice (4-bit NF4 + double quantization, bf16 or fp16 compute, FlashAttention-2, fused
+AdamW, gradient checkpointing from a memory estimate) is unit-tested without a GPU.
+Training and reloading for evaluation go through `load_base_model` + `prepare_base`, so both
+run the model with the same dtypes.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,53 +17,132 @@ from typing import Any
 from faultllm.errors import FaultLLMError
 from faultllm.tiny import ensure_tiny_model
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_gib: float
+    bf16: bool  # Ampere and newer; T4 and V100 compute in fp16
+
+
+def detect_gpu() -> Gpu | None:
+    """The first visible CUDA device, or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    # compute capability 8+ (Ampere): is_bf16_supported() also says yes where bf16 is only emulated (T4, V100)
+    bf16 = torch.cuda.get_device_capability()[0] >= 8
+    return Gpu(name=props.name, memory_gib=props.total_memory / 2**30, bf16=bf16)
+
+
+def flash_attention_available() -> bool:
+    """transformers' own check: flash-attn installed and importable with this torch, not just present on disk."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return bool(is_flash_attn_2_available())
+
 
 @dataclass(frozen=True)
 class HardwarePlan:
     device: str  # "cuda" | "cpu"
     quantization: str  # "nf4" | "none"
     attn_implementation: str  # "flash_attention_2" | "sdpa" | "eager"
-    dtype: str  # "bfloat16" | "float32"
+    dtype: str  # "bfloat16" | "float16" | "float32"
     optimizer: str  # a transformers `optim` name
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | None  # None: decided per run from the estimated memory need (`needs_checkpointing`)
+    gpu_memory_gib: float | None = None
 
 
-def hardware_plan(
-    model_cfg, cuda_available: bool | None = None, flash_attn_available: bool | None = None
-) -> HardwarePlan:
-    if cuda_available is None:
-        import torch
+DETECT = "detect"
 
-        cuda_available = torch.cuda.is_available()
+
+def hardware_plan(model_cfg, gpu: Gpu | str | None = DETECT, flash_attn_available: bool | None = None) -> HardwarePlan:
+    """The machine's plan for this model config; `gpu` is detected unless given (None: no CUDA)."""
+    if gpu == DETECT:
+        gpu = detect_gpu()
+    cuda = gpu is not None
     if flash_attn_available is None:
-        flash_attn_available = importlib.util.find_spec("flash_attn") is not None
-
+        flash_attn_available = cuda and flash_attention_available()
     quantization = model_cfg.quantization
     if quantization == "auto":
-        quantization = "nf4" if cuda_available else "none"
+        quantization = "nf4" if cuda else "none"
     if quantization not in ("nf4", "none"):
         raise FaultLLMError(f"model.quantization={quantization!r}; expected auto, nf4 or none")
-
-    attn = model_cfg.attn_implementation
-    if attn == "auto":
-        attn = "flash_attention_2" if cuda_available and flash_attn_available else "sdpa"
-    elif attn == "flash_attention_2" and not (cuda_available and flash_attn_available):
-        raise FaultLLMError("model.attn_implementation=flash_attention_2 needs CUDA and `pip install -e '.[gpu]'`")
-
     optimizer = model_cfg.optimizer
-    if optimizer == "auto":  # paged optimizers page optimizer state to CPU under memory pressure, CUDA only
-        optimizer = "paged_adamw_32bit" if cuda_available else "adamw_torch"
+    if optimizer == "auto":  # fused AdamW; bitsandbytes' paged optimizers never free their state (ask for them by name)
+        optimizer = "adamw_torch_fused" if cuda else "adamw_torch"
     checkpointing = model_cfg.gradient_checkpointing
     if checkpointing == "auto":
-        checkpointing = cuda_available
+        checkpointing = None if cuda else False
     return HardwarePlan(
-        device="cuda" if cuda_available else "cpu",
+        device="cuda" if cuda else "cpu",
         quantization=quantization,
-        attn_implementation=attn,
-        dtype="bfloat16" if cuda_available else "float32",
+        attn_implementation=_attention(model_cfg.attn_implementation, cuda, flash_attn_available),
+        dtype=("bfloat16" if gpu.bf16 else "float16") if cuda else "float32",
         optimizer=optimizer,
-        gradient_checkpointing=bool(checkpointing),
+        gradient_checkpointing=checkpointing if checkpointing is None else bool(checkpointing),
+        gpu_memory_gib=gpu.memory_gib if cuda else None,
     )
+
+
+def _attention(requested: str, cuda: bool, flash_attn_available: bool) -> str:
+    if requested == "auto":
+        if cuda and not flash_attn_available:
+            log.warning("FlashAttention-2 is not installed for this torch/CUDA: attention runs on SDPA")
+        return "flash_attention_2" if cuda and flash_attn_available else "sdpa"
+    if requested == "flash_attention_2" and not (cuda and flash_attn_available):
+        raise FaultLLMError(
+            "model.attn_implementation=flash_attention_2 needs CUDA and a flash-attn build matching torch "
+            "(see README: GPU install); or use model.attn_implementation=sdpa"
+        )
+    return requested
+
+
+# ---------------------------------------------------------------- gradient checkpointing from a memory estimate
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    n_params: int
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model) -> ModelDims:
+        config = model.config
+        n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
+        return cls(n_params, config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size)
+
+
+def training_memory_gib(dims: ModelDims, n_trainable: int, tokens: int, quantized: bool, checkpointing: bool) -> float:
+    """Rough peak of one training step: weights, adapter state, activations, logits (bf16 activations).
+
+    Weights: 4-bit NF4 ~0.55 byte per parameter (embeddings, norms and head upcast to fp32 by
+    k-bit preparation), else 2. Adapters: fp32 weight + grad + two Adam moments = 16 bytes.
+    Activations per token and layer: ~8h + 4i bf16 values kept for backward (norms, q/k/v,
+    attention output, MLP gate/up/act/down); with checkpointing only each layer's input (h)
+    is kept plus one layer recomputed. Logits and their gradient in fp32.
+    """
+    embeddings = 2 * dims.vocab * dims.hidden
+    weights = (dims.n_params - embeddings) * (0.55 if quantized else 2) + embeddings * (4 if quantized else 2)
+    per_layer = 2 * (8 * dims.hidden + 4 * dims.intermediate) * tokens
+    activations = dims.layers * 2 * dims.hidden * tokens + per_layer if checkpointing else dims.layers * per_layer
+    logits = 2 * 4 * dims.vocab * tokens
+    return (weights + 16 * n_trainable + activations + logits) / 2**30
+
+
+def needs_checkpointing(plan: HardwarePlan, dims: ModelDims, n_trainable: int, tokens: int) -> bool:
+    """The plan's choice, or (auto on CUDA) on only when a step without it would not fit in 85% of the GPU."""
+    if plan.gradient_checkpointing is not None:
+        return plan.gradient_checkpointing
+    need = training_memory_gib(dims, n_trainable, tokens, plan.quantization == "nf4", checkpointing=False)
+    return need > 0.85 * (plan.gpu_memory_gib or 0.0)
 
 
 def quantization_config(plan: HardwarePlan):
@@ -82,10 +163,13 @@ def quantization_config(plan: HardwarePlan):
 def lora_config(lora_cfg):
     from peft import LoraConfig
 
+    dropout = float(lora_cfg.dropout)
+    if not 0 <= dropout < 1:
+        raise FaultLLMError(f"lora.dropout={dropout}: expected 0 <= dropout < 1 (at 1 LoRA sees only zeros)")
     return LoraConfig(
         r=int(lora_cfg.r),
         lora_alpha=int(lora_cfg.alpha),
-        lora_dropout=float(lora_cfg.dropout),
+        lora_dropout=dropout,
         target_modules="all-linear",  # every linear layer of every block (not lm_head), as in QLoRA
         bias="none",
         task_type="CAUSAL_LM",
@@ -110,6 +194,7 @@ class ModelSpec:
     path: str
     plan: HardwarePlan
     lora: Any  # the lora config slice: r, alpha, dropout
+    reuse_base: bool = False  # keep the loaded base model for the next build in this process (HPO folds)
 
     @classmethod
     def from_config(cls, model_cfg, lora_cfg, cache_dir: str) -> ModelSpec:
@@ -134,47 +219,94 @@ def load_tokenizer(path: str, padding_side: str = "left"):
 
 
 def load_base_model(path: str, plan: HardwarePlan):
+    """The base model as the plan says, prepared the same way for training and for evaluation."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs = {
+        "dtype": getattr(torch, plan.dtype),
+        "quantization_config": quantization_config(plan),
+        "device_map": {"": torch.cuda.current_device()} if plan.device == "cuda" else None,
+    }
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=getattr(torch, plan.dtype),
-            attn_implementation=plan.attn_implementation,
-            quantization_config=quantization_config(plan),
-            device_map={"": 0} if plan.device == "cuda" else None,
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=plan.attn_implementation, **kwargs)
+        except ImportError as err:  # a flash-attn build that imports but does not match this torch/CUDA
+            if plan.attn_implementation != "flash_attention_2":
+                raise
+            log.warning("FlashAttention-2 failed to load (%s): attention runs on SDPA", str(err).splitlines()[0])
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except OSError as err:
         raise FaultLLMError(f"cannot load a model from {path!r}: {str(err).splitlines()[0]}") from None
     model.config.use_cache = False  # training; evaluation turns the cache on where it helps
-    return model
+    return prepare_base(model, plan)
 
 
-def build_for_training(spec: ModelSpec):
-    """(peft model, tokenizer) ready for SFT: base model, k-bit preparation if quantized, LoRA."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def prepare_base(model, plan: HardwarePlan):
+    """4-bit: freeze, and upcast norms, embeddings and lm_head to fp32 (peft's k-bit preparation).
+
+    Checkpointing is left to the trainer, which turns it on when `needs_checkpointing` says so.
+    """
+    if plan.quantization != "nf4":
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+_reused_base: dict[tuple, Any] = {}  # (path, plan) -> the base model kept by `reuse_base` (one per process)
+
+
+def base_model(spec: ModelSpec):
+    """A freshly loaded base model, or with `spec.reuse_base` the one this process loaded before."""
+    key = (spec.path, spec.plan)
+    if not spec.reuse_base:
+        return load_base_model(spec.path, spec.plan)
+    if key not in _reused_base:
+        _reused_base.clear()
+        _reused_base[key] = load_base_model(spec.path, spec.plan)
+    return _reused_base[key]
+
+
+def forget_reused_base() -> None:
+    """Drop the base model kept by `reuse_base` (before loading another one)."""
+    _reused_base.clear()
+
+
+def build_for_training(spec: ModelSpec, seed: int):
+    """(peft model, tokenizer) ready for SFT: the base model with fresh LoRA adapters drawn from `seed`."""
+    from peft import get_peft_model
+    from transformers import set_seed
 
     tokenizer = load_tokenizer(spec.path, padding_side="right")
-    model = load_base_model(spec.path, spec.plan)
-    if spec.plan.quantization == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.plan.gradient_checkpointing)
-    elif spec.plan.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(spec.lora)), tokenizer
+    base = base_model(spec)
+    set_seed(seed)  # right before LoRA's random init, which would otherwise depend on whatever ran earlier
+    return get_peft_model(base, lora_config(spec.lora)), tokenizer
 
 
-def load_trained(run_dir: Path, model_cfg, cache_dir: str):
+def release_adapters(peft_model) -> None:
+    """Take the LoRA layers out of a reused base model, leaving it as it was loaded."""
+    peft_model.unload()
+
+
+def keep_adapters_in_fp32(model) -> None:
+    """Trainable (LoRA) weights in fp32: TRL casts them to bf16 for quantized models, where bf16 rounds
+    small updates away; peft reloads saved adapters in fp32 too, so evaluation matches training."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def load_trained(adapter: Path, base_path: str, plan: HardwarePlan):
     """(model with the run's adapter, tokenizer) for evaluation or explanation."""
     from peft import PeftModel
 
-    adapter = Path(run_dir) / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise FaultLLMError(
-            f"{run_dir}: no adapter found (expected {adapter}/adapter_config.json); was training finished?"
+            f"{adapter.parent}: no adapter found (expected {adapter}/adapter_config.json); was training finished?"
         )
     tokenizer = load_tokenizer(str(adapter), padding_side="left")
-    base = load_base_model(resolve_model_path(model_cfg, cache_dir), hardware_plan(model_cfg))
-    model = PeftModel.from_pretrained(base, str(adapter))
+    model = PeftModel.from_pretrained(load_base_model(base_path, plan), str(adapter))
     return model.eval(), tokenizer

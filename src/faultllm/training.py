@@ -9,14 +9,22 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
-from faultllm.modeling import HardwarePlan, ModelSpec, build_for_training
+from faultllm.modeling import (
+    HardwarePlan,
+    ModelDims,
+    ModelSpec,
+    build_for_training,
+    keep_adapters_in_fp32,
+    needs_checkpointing,
+    release_adapters,
+)
 from faultllm.prompts import Prompts
 
 
@@ -57,9 +65,10 @@ class TrainOptions:
 
 @dataclass
 class FitResult:
-    model: object
+    model: object  # the trained peft model; None with spec.reuse_base (the adapters were taken out again)
     tokenizer: object
     answer_space: AnswerSpace  # the labels under this tokenizer
+    plan: HardwarePlan  # as run: gradient checkpointing decided
     history: list[dict] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
 
@@ -78,20 +87,35 @@ def fit(
     `on_epoch(row)` sees each epoch's metrics (HPO reports them to its pruner and may raise).
     Checkpoints go to out_dir/checkpoints; an existing one is resumed when options.resume is set.
     """
-    from transformers import set_seed
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(options.seed)  # before LoRA's random init, which would otherwise depend on whatever ran earlier
-    model, tokenizer = build_for_training(spec)
+    model, tokenizer = build_for_training(spec, options.seed)
     space = answer_space(tokenizer, train.labels, train.texts[0])
+    plan = plan_for_run(spec.plan, model, tokenizer, train, options)
     resume = checkpoints and options.resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
     history = EpochHistory(out_dir / "epochs.jsonl", keep=resume)
     callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
-    trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, spec.plan, out_dir, callbacks, checkpoints)
+    trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, plan, out_dir, callbacks, checkpoints)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        if spec.reuse_base:
+            release_adapters(model)
     tokenizer.padding_side = "left"
-    return FitResult(trainer.model, tokenizer, space, history.rows, time.perf_counter() - started)
+    trained = None if spec.reuse_base else trainer.model
+    return FitResult(trained, tokenizer, space, plan, history.rows, time.perf_counter() - started)
+
+
+def plan_for_run(plan: HardwarePlan, model, tokenizer, train: Prompts, options: TrainOptions) -> HardwarePlan:
+    """The plan with gradient checkpointing decided: as configured, or from the estimated memory of a
+    batch of the longest rows (auto on CUDA)."""
+    if plan.gradient_checkpointing is not None:
+        return plan
+    longest = max(train.texts, key=len)
+    tokens = options.batch_size * (len(tokenizer(longest)["input_ids"]) + 8)  # + the answer and EOS
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    decided = needs_checkpointing(plan, ModelDims.of(model), n_trainable, tokens)
+    return replace(plan, gradient_checkpointing=decided)
 
 
 class EpochHistory:
@@ -160,6 +184,7 @@ def sft_trainer(
     )
     if not options.progress:  # without progress bars transformers prints every log dict instead
         trainer.remove_callback(PrinterCallback)
+    keep_adapters_in_fp32(trainer.model)  # the optimizer is created at train(): it sees fp32 weights
     return trainer
 
 
@@ -179,8 +204,9 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         max_grad_norm=options.max_grad_norm,
         optim=plan.optimizer,
         bf16=plan.dtype == "bfloat16",
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
+        activation_checkpointing=bool(plan.gradient_checkpointing),
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
+        fp16=plan.dtype == "float16",
         completion_only_loss=True,  # loss on ` Y = k</s>` only: the study's whole-sequence loss rewarded copying numbers
         max_length=None,  # dynamic padding to the longest row of each batch; nothing is truncated
         logging_steps=max(1, steps_per_epoch // 4),

@@ -26,6 +26,7 @@ from faultllm.hpo import (
     with_params,
 )
 from faultllm.jobs.train import train_on_split
+from faultllm.modeling import forget_reused_base
 from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import start_run, write_json
 from faultllm.splits import Split, cv_folds, make_split, scale_split
@@ -84,6 +85,7 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
 
 def _refit(cfg, best, raw: Split, run_dir: Path) -> dict:
     """The train job with the best parameters, on the split the search already made."""
+    forget_reused_base()  # the refit loads its own
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
     return train_on_split(refit_cfg, split, scaler, start_run(refit_cfg, run_dir))

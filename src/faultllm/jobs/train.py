@@ -12,7 +12,7 @@ import pandas as pd
 
 from faultllm import plots
 from faultllm.evaluation import evaluate_prompts
-from faultllm.modeling import ModelSpec
+from faultllm.modeling import HardwarePlan, ModelSpec
 from faultllm.prompts import Prompts, Serializer
 from faultllm.reporting import print_summary
 from faultllm.rundir import save_split, start_run, write_json
@@ -46,11 +46,11 @@ def train_on_split(cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path
         "epochs": result.history,
         "eval_mode": cfg.eval.mode,
         "train_seconds": round(result.seconds, 2),
-        "hardware": spec.plan.__dict__,
+        "hardware": result.plan.__dict__,
         "split": split_info,
     }
     write_json(run_dir / "metrics.json", metrics)
-    _print_summary(cfg, spec, final, result.seconds, run_dir)
+    _print_summary(cfg, result.plan, final, result.seconds, run_dir)
     return metrics
 
 
@@ -78,8 +78,8 @@ def _write_curves(history: list[dict], run_dir: Path, title: str) -> None:
         plots.learning_curves(history, run_dir / "learning_curves.png", title=title)
 
 
-def _print_summary(cfg, spec: ModelSpec, final: dict, seconds: float, run_dir: Path) -> None:
-    plan, train, test = spec.plan, final["train"], final["test"]
+def _print_summary(cfg, plan: HardwarePlan, final: dict, seconds: float, run_dir: Path) -> None:
+    train, test = final["train"], final["test"]
     print_summary(
         f"trained: {cfg.data.display_name}",
         {
