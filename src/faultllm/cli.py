@@ -47,7 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         overrides = report_overrides(overrides)
     config_name, module, _ = COMMANDS[command]
+    from faultllm.distributed import pin_first_gpu, world_size
+
+    if world_size() > 1:
+        if command != "train":
+            print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
+            return 2
+        overrides = rank_overrides(config_name, overrides)
+    else:
+        pin_first_gpu()  # one process, one GPU: never DataParallel
     return run_job(command, config_name, module, overrides)
+
+
+def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
+    """Under torchrun/accelerate: one run directory for all ranks (the main one's, unless given);
+    only the main process keeps Hydra's files and the log."""
+    from faultllm.distributed import agree_on_run_dir, is_main_process
+
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        overrides = [*overrides, f"hydra.run.dir={agree_on_run_dir(f'runs/{config_name}')}"]
+    if not is_main_process():
+        overrides = [*overrides, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return overrides
 
 
 def report_overrides(args: list[str]) -> list[str]:
@@ -68,10 +89,13 @@ def report_overrides(args: list[str]) -> list[str]:
 
 
 def _quiet_known_noise() -> None:
-    """bitsandbytes looks for an optional CPU kernel package at import and says so on every run."""
+    """Harmless messages every run would print: bitsandbytes looks for an optional CPU kernel package,
+    and transformers' Trainer still calls its own renamed `is_gradient_checkpointing` under DDP."""
     import logging
+    import warnings
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def run_job(command: str, config_name: str, module: str, overrides: list[str]) -> int:

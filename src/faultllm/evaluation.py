@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
 from faultllm.modeling import hardware_plan, load_trained, resolve_model_path
@@ -70,24 +71,32 @@ class Scores:
 
 
 def score(model, tokenizer, prompts: list[str], true_labels: list, space: AnswerSpace, batch_size: int = 16) -> Scores:
-    """Restricted label log-probabilities and true-answer loss for each prompt, batched."""
+    """Restricted label log-probabilities and true-answer loss for each prompt, batched.
+
+    Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
+    rank gets every score, each batch computed once.
+    """
     import torch
 
     device = next(model.parameters()).device
     label_index = {label: i for i, label in enumerate(space.labels)}
     encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded])  # similar lengths per batch: less padding
-    log_probs = np.zeros((len(prompts), len(space.labels)))
-    loss = np.zeros(len(prompts))
+    batches = [order[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
+    scored = []
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            rows = order[start : start + batch_size]
+        for index in shard(len(batches)):
+            rows = batches[index]
             truth = [label_index[true_labels[i]] for i in rows]
-            lp, nll = _score_batch(model, [encoded[i] for i in rows], truth, space, tokenizer.pad_token_id, device)
-            log_probs[rows], loss[rows] = lp, nll
+            scored.append(
+                (rows, *_score_batch(model, [encoded[i] for i in rows], truth, space, tokenizer.pad_token_id, device))
+            )
     model.train(was_training)
+    log_probs, loss = np.zeros((len(prompts), len(space.labels))), np.zeros(len(prompts))
+    for rows, batch_log_probs, batch_loss in gather(scored):
+        log_probs[rows], loss[rows] = batch_log_probs, batch_loss
     return Scores(log_probs=log_probs, loss=loss)
 
 

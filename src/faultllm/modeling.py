@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faultllm.distributed import local_rank, world_size
 from faultllm.errors import FaultLLMError
 from faultllm.tiny import ensure_tiny_model
 
@@ -226,7 +227,10 @@ def load_base_model(path: str, plan: HardwarePlan):
     kwargs = {
         "dtype": getattr(torch, plan.dtype),
         "quantization_config": quantization_config(plan),
-        "device_map": {"": torch.cuda.current_device()} if plan.device == "cuda" else None,
+        # each torchrun/accelerate rank on its own GPU; a single process sees only its first GPU
+        "device_map": {"": local_rank() if world_size() > 1 else torch.cuda.current_device()}
+        if plan.device == "cuda"
+        else None,
     }
     try:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from faultllm.distributed import is_main_process
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
 from faultllm.modeling import (
@@ -122,15 +123,16 @@ class EpochHistory:
     """One row of metrics per epoch, appended to epochs.jsonl as it happens (a resumed run keeps its rows)."""
 
     def __init__(self, path: Path, keep: bool) -> None:
-        self.path = path
-        if not keep:
+        self.path, self.writes = path, is_main_process()  # under torchrun the main rank writes the file
+        if not keep and self.writes:
             path.unlink(missing_ok=True)
-        self.rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        self.rows = [json.loads(line) for line in path.read_text().splitlines()] if keep and path.exists() else []
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.writes:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
 class _EpochCallback(TrainerCallback):
@@ -218,5 +220,6 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         data_seed=options.seed,
         use_cpu=plan.device == "cpu",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight takes part in every step
         disable_tqdm=not options.progress,
     )
