@@ -43,6 +43,7 @@ def test_cuda_path_asks_for_nf4_double_quant_bf16_flash_attention_and_fused_adam
     )
     assert plan.optimizer == "adamw_torch_fused"  # paged AdamW never frees its state: only on request
     assert plan.gradient_checkpointing is None and plan.gpu_memory_gib == 79.2  # decided from the memory estimate
+    assert plan.gpu_name == "NVIDIA H100 80GB HBM3"  # the summary names the one GPU used
     bnb = quantization_config(plan)
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
     assert bnb.bnb_4bit_compute_dtype == torch.bfloat16

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
             return 2
         overrides = rank_overrides(config_name, overrides)
-    else:
+    elif command != "hpo":  # hpo pins its worker processes itself (hpo.workers)
         pin_first_gpu()  # one process, one GPU: never DataParallel
     return run_job(command, config_name, module, overrides)
 
@@ -90,12 +90,14 @@ def report_overrides(args: list[str]) -> list[str]:
 
 def _quiet_known_noise() -> None:
     """Harmless messages every run would print: bitsandbytes looks for an optional CPU kernel package,
-    and transformers' Trainer still calls its own renamed `is_gradient_checkpointing` under DDP."""
+    transformers' Trainer still calls its own renamed `is_gradient_checkpointing` under DDP, and
+    Optuna calls the heartbeat features it ships experimental."""
     import logging
     import warnings
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's heartbeat API
 
 
 def run_job(command: str, config_name: str, module: str, overrides: list[str]) -> int:

@@ -38,6 +38,16 @@ def pin_first_gpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
     return first or None
 
 
+def visible_gpus(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """The ids of the GPUs this process may hand out to worker processes ([] without CUDA)."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
 def start_process_group():
     """The process group accelerate would start (NCCL on GPUs, gloo on CPUs), started early; it reuses it."""
     import torch

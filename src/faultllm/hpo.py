@@ -94,59 +94,96 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
-def open_study(hpo_cfg, seed: int, run_dir: Path, attempts: int = 5):
-    """Create or load the study. Workers starting together may race to create the schema: retry."""
+def open_study(hpo_cfg, seed: int, run_dir: Path, worker_index: int = 0, attempts: int = 5):
+    """Create or load the study, its sampler seeded per worker. Workers starting together may race
+    to create the schema: retry."""
     import optuna
 
-    url = hpo_cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    url = study_url(hpo_cfg, run_dir)
+    storage = _storage(url, hpo_cfg)
     for attempt in range(attempts):
         try:
-            study = optuna.create_study(
+            return optuna.create_study(
                 study_name=hpo_cfg.study_name,
-                storage=_storage(url, hpo_cfg),
-                sampler=optuna.samplers.TPESampler(seed=seed),
+                storage=storage,
+                # seed + worker index: reproducible, and no two workers draw the same start-up trials
+                sampler=optuna.samplers.TPESampler(seed=seed + worker_index),
                 pruner=make_pruner(hpo_cfg.pruner),
                 direction=DIRECTIONS[hpo_cfg.objective],
                 load_if_exists=True,
             )
-            break
-        except FaultLLMError:
-            raise
-        except Exception as err:  # ValueError for bad URLs, SQLAlchemy errors for unreachable databases
+        except Exception as err:  # SQLAlchemy errors for unreachable databases or racing schema creation
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             racing = ("already exists", "locked", "UNIQUE constraint")  # schema creation by another worker
             if attempt + 1 < attempts and any(text in message for text in racing):
                 time.sleep(0.5 + attempt)
                 continue
             raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
-    if not hpo_cfg.storage:
-        fail_interrupted(study)  # our own database: no other worker can own a RUNNING trial
-    return study
+    raise AssertionError("unreachable")
+
+
+def study_url(hpo_cfg, run_dir: Path) -> str:
+    """hpo.storage, or SQLite in the run directory."""
+    return hpo_cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
 def _storage(url: str, hpo_cfg):
-    if "://" not in url and url.endswith((".log", ".jsonl")):  # a journal file, for workers sharing NFS
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    if "://" not in url:
+        if url.endswith((".log", ".jsonl")):  # a journal file, for workers sharing NFS
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url))
+            return JournalStorage(JournalFileBackend(url))
+        raise FaultLLMError(
+            f"hpo.storage={url}: expected sqlite:///PATH, postgresql://..., mysql://... or a journal file PATH.log"
+        )
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    return RDBStorage(
-        url,
-        heartbeat_interval=hpo_cfg.heartbeat_interval,
-        grace_period=hpo_cfg.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    try:
+        return RDBStorage(
+            _with_driver(url),
+            heartbeat_interval=hpo_cfg.heartbeat_interval,
+            grace_period=hpo_cfg.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+    except Exception as err:  # SQLAlchemy: unknown dialect, unreachable server, bad credentials
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql:// through psycopg 3 (the `postgres` extra) unless psycopg2 is installed."""
+    import importlib.util
+
+    scheme = url.split("://", 1)[0]
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        raise FaultLLMError(f"hpo.storage={url}: unknown scheme {scheme!r}; expected sqlite, postgresql or mysql")
+    if scheme != "postgresql" or importlib.util.find_spec("psycopg2"):
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise FaultLLMError(f"hpo.storage={url}: no PostgreSQL driver; pip install -e '.[postgres]'")
+    return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
 def fail_interrupted(study) -> None:
-    """Mark trials left RUNNING by a killed process as failed and queue their parameters again."""
+    """Mark trials left RUNNING by a killed process as failed and queue their parameters again.
+
+    Only for a study no live worker can share (its own database, before any worker starts):
+    shared storages find dead workers by their heartbeats instead.
+    """
     from optuna.trial import TrialState
 
+    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        storage.set_trial_state_values(
+            storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), state=TrialState.FAIL
+        )
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         print(f"trial {trial.number} was interrupted: marked failed, queued again", flush=True)
+
+
+class OverBudget(Exception):
+    """Another worker took the study's last trial slot: this trial is failed without running."""
 
 
 def claim_within_budget(study, trial, n_trials: int) -> bool:
@@ -157,31 +194,35 @@ def claim_within_budget(study, trial, n_trials: int) -> bool:
     return sum(t.number < trial.number for t in earlier) < n_trials
 
 
-def ask_after_failing_stale(study):
-    """study.ask(), first failing (and re-queuing) trials of workers whose heartbeat stopped, as optimize() does."""
-    import warnings
+def slots_taken(study) -> tuple[int, int]:
+    """(finished trials, running trials) across all workers."""
+    from optuna.trial import TrialState
 
-    import optuna
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we run it ourselves
-        if is_heartbeat_enabled(study._storage):
-            optuna.storages.fail_stale_trials(study)
-        return study.ask()
-
-
-def heartbeat(study, trial):
-    """Record this trial's heartbeat while it runs (the helper optimize() uses; ask/tell has none)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
 
 
 def finished_count(study) -> int:
+    return slots_taken(study)[0]
+
+
+def claim_refit(study) -> bool:
+    """True for exactly one caller per study: trial 0 of a side study in the same storage (every
+    Optuna storage numbers trials atomically); it is told complete, later claims failed."""
+    import warnings
+
+    import optuna
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
+    claims = optuna.create_study(study_name=f"{study.study_name}:refit", storage=storage, load_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": a claim is not a trial
+        claim = claims.ask()
+    won = claim.number == 0
+    claims.tell(claim, 0.0 if won else None, state=TrialState.COMPLETE if won else TrialState.FAIL)
+    return won
 
 
 class _PruningReporter:

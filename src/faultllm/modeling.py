@@ -56,6 +56,7 @@ class HardwarePlan:
     optimizer: str  # a transformers `optim` name
     gradient_checkpointing: bool | None  # None: decided per run from the estimated memory need (`needs_checkpointing`)
     gpu_memory_gib: float | None = None
+    gpu_name: str | None = None  # the one GPU this process uses
 
 
 DETECT = "detect"
@@ -87,6 +88,7 @@ def hardware_plan(model_cfg, gpu: Gpu | str | None = DETECT, flash_attn_availabl
         optimizer=optimizer,
         gradient_checkpointing=checkpointing if checkpointing is None else bool(checkpointing),
         gpu_memory_gib=gpu.memory_gib if cuda else None,
+        gpu_name=gpu.name if cuda else None,
     )
 
 

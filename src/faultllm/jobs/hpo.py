@@ -6,46 +6,114 @@ Rerun with hydra.run.dir=DIR (or the same hpo.storage) to resume an interrupted 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from faultllm.distributed import pin_first_gpu, visible_gpus
 from faultllm.errors import FaultLLMError
 from faultllm.hpo import (
     DIRECTIONS,
-    ask_after_failing_stale,
+    OverBudget,
     best_trial,
     check_space,
+    claim_refit,
     claim_within_budget,
-    finished_count,
-    heartbeat,
+    fail_interrupted,
     open_study,
     plot_study,
     run_trial,
     search_summary,
+    slots_taken,
+    study_url,
     table_4_1,
     with_params,
 )
 from faultllm.jobs.train import train_on_split
 from faultllm.modeling import forget_reused_base
 from faultllm.reporting import print_summary, write_table
-from faultllm.rundir import start_run, write_json
+from faultllm.rundir import read_json, start_run, write_json
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
 
 def run(cfg, run_dir) -> dict:
-    import optuna
-
     check_space(cfg.hpo.space)
     if cfg.hpo.objective not in DIRECTIONS:
         raise FaultLLMError(f"hpo.objective={cfg.hpo.objective!r}; expected one of {sorted(DIRECTIONS)}")
+    if cfg.hpo.workers < 1:
+        raise FaultLLMError(f"hpo.workers={cfg.hpo.workers}: expected at least 1 worker process")
     run_dir = start_run(cfg, run_dir)
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg.hpo, cfg.seed, run_dir)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
+    study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index)
+    if not cfg.hpo.storage and cfg.hpo.worker_index == 0:
+        fail_interrupted(study)  # our own database and no worker started yet: a RUNNING trial was killed
+    if cfg.hpo.workers > 1:
+        return launch_workers(cfg, run_dir)
+    pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
     run_trials(study, cfg, raw, folds, run_dir)
+    if slots_taken(study) != (cfg.hpo.n_trials, 0) or not claim_refit(study):
+        print(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's", flush=True)
+        return {}
+    return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
 
+
+def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
+    """Optuna's optimize loop until the study holds hpo.n_trials finished trials across all workers.
+
+    While every remaining slot is held by another worker's running trial, wait: it finishes, or
+    its heartbeat stops and the storage fails it and queues it again (`optimize` checks first).
+    """
+    n_trials = cfg.hpo.n_trials
+
+    def objective(trial) -> float:
+        # MaxTrialsCallback stops a worker only after its trial: a second worker could start one
+        # more than the budget, so each trial first claims a slot among the first n_trials.
+        if not claim_within_budget(study, trial, n_trials):
+            study.stop()
+            raise OverBudget
+        return run_trial(trial, cfg, raw, folds, run_dir)
+
+    callbacks = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), _report]
+    patience, waited = cfg.hpo.grace_period + 2 * cfg.hpo.heartbeat_interval, 0
+    while (taken := slots_taken(study))[0] < n_trials:
+        if sum(taken) < n_trials:
+            study.optimize(objective, callbacks=callbacks, catch=(OverBudget,), gc_after_trial=True)
+            waited = 0
+        elif waited > patience:  # the running trials are alive (or were never heartbeaten): theirs to finish
+            print(f"worker {cfg.hpo.worker_index}: the last trials run in other workers", flush=True)
+            return
+        else:
+            time.sleep(cfg.hpo.heartbeat_interval)
+            waited += cfg.hpo.heartbeat_interval
+            fail_stale_trials(study)
+
+
+def _report(study, trial) -> None:
+    """One line per trial this worker ran."""
+    if trial.state == TrialState.FAIL:
+        return
+    status = (
+        f"value {trial.value:.4f}"
+        if trial.state == TrialState.COMPLETE
+        else f"pruned ({trial.user_attrs.get('pruned_because')})"
+    )
+    best = best_trial(study)
+    line = f"trial {trial.number}: {status}, {trial.duration.total_seconds():.1f} s"
+    print(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line, flush=True)
+
+
+def finish_study(study, cfg, raw: Split, run_dir: Path, seconds: float) -> dict:
+    """Once per study, after its last trial: trials.csv, plots, the refit and Table 4.1."""
     best = best_trial(study)
     if best is None:
         raise FaultLLMError("no trial finished without being pruned; widen hpo.space or lower the pruning")
@@ -53,34 +121,33 @@ def run(cfg, run_dir) -> dict:
     trials.to_csv(run_dir / "trials.csv", index=False)
     plot_study(study, run_dir)
     final = _refit(cfg, best, raw, run_dir / "final") if cfg.hpo.refit else None
-    summary = search_summary(trials, best, final, cfg.hpo, cfg.trainer.epochs, time.perf_counter() - started)
+    summary = search_summary(trials, best, final, cfg.hpo, cfg.trainer.epochs, seconds)
     write_table(table_4_1(best, final), run_dir / "table_4_1")
     write_json(run_dir / "table_4_1.json", summary)
     _print_summary(cfg, best, summary, run_dir)
     return summary
 
 
-def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
-    """Ask, run and tell trials until the study holds hpo.n_trials finished ones (across all workers)."""
-    import optuna
+def launch_workers(cfg, run_dir: Path) -> dict:
+    """hpo.workers processes of this same command over one storage, each on its own GPU when there are GPUs."""
+    from hydra.core.hydra_config import HydraConfig
 
-    while finished_count(study) < cfg.hpo.n_trials:
-        trial = ask_after_failing_stale(study)
-        if not claim_within_budget(study, trial, cfg.hpo.n_trials):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # another worker took the last slot
-            break
-        trial_start = time.perf_counter()
-        try:
-            with heartbeat(study, trial):
-                value = run_trial(trial, cfg, raw, folds, run_dir)
-            study.tell(trial, value)
-            status = f"value {value:.4f}"
-        except optuna.TrialPruned as pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            status = f"pruned ({pruned})"
-        best = best_trial(study)
-        line = f"trial {trial.number}: {status}, {time.perf_counter() - trial_start:.1f} s"
-        print(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line, flush=True)
+    keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(WORKER_KEYS)]
+    url = study_url(cfg.hpo, run_dir)
+    gpus = visible_gpus()
+    workers = []
+    for index in range(cfg.hpo.workers):
+        env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
+        worker = ["hpo.workers=1", f"hpo.worker_index={index}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"]
+        workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
+    codes = [worker.wait() for worker in workers]
+    if any(codes):
+        raise FaultLLMError(f"hpo: worker exit codes {codes}; rerun the same command to resume the study")
+    summary_path = run_dir / "table_4_1.json"
+    return read_json(summary_path) if summary_path.exists() else {}
+
+
+WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=")
 
 
 def _refit(cfg, best, raw: Split, run_dir: Path) -> dict:

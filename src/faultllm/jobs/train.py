@@ -85,7 +85,8 @@ def _print_summary(cfg, metrics: dict, seconds: float, run_dir: Path) -> None:
     print_summary(
         f"trained: {cfg.data.display_name}",
         {
-            "model": f"{cfg.model.path or 'tiny'} ({plan['quantization']}, {plan['attn_implementation']}, {plan['device']})",
+            "model": f"{cfg.model.path or 'tiny'} ({plan['quantization']}, {plan['attn_implementation']})",
+            "device": plan["gpu_name"] or plan["device"],
             "lora r / alpha / dropout": f"{cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout}",
             "epochs / batch / lr": f"{cfg.trainer.epochs} / {batch} / {cfg.trainer.learning_rate}",
             "train accuracy / loss": f"{train['accuracy']:.3f} / {train.get('loss', float('nan')):.4f}",
