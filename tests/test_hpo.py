@@ -138,6 +138,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
             *hpo_overrides(tiny_cache, easy_csv, 4),
             f"hpo.storage=sqlite:///{db}",
             "hpo.refit=false",
+            f"hpo.worker_index={worker}",
             f"hydra.run.dir={tmp_path / f'w{worker}'}",
         ]
         logs.append(log)

@@ -135,3 +135,23 @@ def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
     assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
     assert result.stdout.count("trained:") == 1 and result.stdout.count("hpo: ") == 1  # one refit, one Table 4.1
     assert (tmp_path / "run" / "final" / "metrics.json").exists() and (tmp_path / "run" / "table_4_1.md").exists()
+
+
+def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(compose_cfg, tmp_path):
+    from faultllm.hpo import _claims, fail_interrupted, open_study, refit_claim
+
+    cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
+    study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    with pytest.raises(RuntimeError), refit_claim(study) as mine:
+        assert mine
+        with refit_claim(other) as theirs:
+            assert not theirs  # held by the first worker
+        raise RuntimeError("the refit failed")
+    _claims(other).ask()  # freed by the failure, then claimed by a worker killed mid-refit: left running
+    with refit_claim(study) as mine:
+        assert not mine  # a running claim holds the refit
+    fail_interrupted(study)  # what a rerun on the run directory's own database does first
+    with refit_claim(study) as mine:
+        assert mine
+    with refit_claim(other) as theirs:
+        assert not theirs  # done once: nobody refits again

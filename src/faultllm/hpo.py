@@ -100,19 +100,20 @@ def open_study(hpo_cfg, seed: int, run_dir: Path, worker_index: int = 0, attempt
     import optuna
 
     url = study_url(hpo_cfg, run_dir)
-    storage = _storage(url, hpo_cfg)
     for attempt in range(attempts):
         try:
             return optuna.create_study(
                 study_name=hpo_cfg.study_name,
-                storage=storage,
+                storage=_storage(url, hpo_cfg),
                 # seed + worker index: reproducible, and no two workers draw the same start-up trials
                 sampler=optuna.samplers.TPESampler(seed=seed + worker_index),
                 pruner=make_pruner(hpo_cfg.pruner),
                 direction=DIRECTIONS[hpo_cfg.objective],
                 load_if_exists=True,
             )
-        except Exception as err:  # SQLAlchemy errors for unreachable databases or racing schema creation
+        except FaultLLMError:
+            raise
+        except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, racing schema creation
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             racing = ("already exists", "locked", "UNIQUE constraint")  # schema creation by another worker
             if attempt + 1 < attempts and any(text in message for text in racing):
@@ -138,16 +139,12 @@ def _storage(url: str, hpo_cfg):
         )
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    try:
-        return RDBStorage(
-            _with_driver(url),
-            heartbeat_interval=hpo_cfg.heartbeat_interval,
-            grace_period=hpo_cfg.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    except Exception as err:  # SQLAlchemy: unknown dialect, unreachable server, bad credentials
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
+    return RDBStorage(
+        _with_driver(url),
+        heartbeat_interval=hpo_cfg.heartbeat_interval,
+        grace_period=hpo_cfg.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+    )
 
 
 def _with_driver(url: str) -> str:
@@ -165,21 +162,28 @@ def _with_driver(url: str) -> str:
 
 
 def fail_interrupted(study) -> None:
-    """Mark trials left RUNNING by a killed process as failed and queue their parameters again.
+    """Mark trials left RUNNING by a killed process as failed and queue their parameters again;
+    free a refit claim it held.
 
     Only for a study no live worker can share (its own database, before any worker starts):
     shared storages find dead workers by their heartbeats instead.
     """
+    for trial in _fail_running(study):
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        print(f"trial {trial.number} was interrupted: marked failed, queued again", flush=True)
+    _fail_running(_claims(study))
+
+
+def _fail_running(study) -> list:
     from optuna.trial import TrialState
 
     storage = study._storage  # the storage the study was opened with: Optuna has no public getter
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_state_values(
-            storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), state=TrialState.FAIL
-        )
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        print(f"trial {trial.number} was interrupted: marked failed, queued again", flush=True)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    return running
 
 
 class OverBudget(Exception):
@@ -207,22 +211,37 @@ def finished_count(study) -> int:
     return slots_taken(study)[0]
 
 
-def claim_refit(study) -> bool:
-    """True for exactly one caller per study: trial 0 of a side study in the same storage (every
-    Optuna storage numbers trials atomically); it is told complete, later claims failed."""
+@contextlib.contextmanager
+def refit_claim(study):
+    """Yields True in exactly one worker: the first claim not failed in a side study of the same
+    storage (every Optuna storage numbers trials atomically). The claim completes when the block
+    does; a block that fails (or a killed process, see `fail_interrupted`) frees it for a rerun."""
     import warnings
 
-    import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
-    claims = optuna.create_study(study_name=f"{study.study_name}:refit", storage=storage, load_if_exists=True)
+    claims = _claims(study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": a claim is not a trial
         claim = claims.ask()
-    won = claim.number == 0
-    claims.tell(claim, 0.0 if won else None, state=TrialState.COMPLETE if won else TrialState.FAIL)
-    return won
+    held = claims.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+    if any(other.number < claim.number for other in held):
+        claims.tell(claim, state=TrialState.FAIL)
+        yield False
+        return
+    try:
+        yield True
+    except BaseException:
+        claims.tell(claim, state=TrialState.FAIL)
+        raise
+    claims.tell(claim, 0.0)
+
+
+def _claims(study):
+    import optuna
+
+    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
+    return optuna.create_study(study_name=f"{study.study_name}:refit", storage=storage, load_if_exists=True)
 
 
 class _PruningReporter:

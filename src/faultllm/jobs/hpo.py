@@ -24,11 +24,11 @@ from faultllm.hpo import (
     OverBudget,
     best_trial,
     check_space,
-    claim_refit,
     claim_within_budget,
     fail_interrupted,
     open_study,
     plot_study,
+    refit_claim,
     run_trial,
     search_summary,
     slots_taken,
@@ -61,10 +61,12 @@ def run(cfg, run_dir) -> dict:
     pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
     run_trials(study, cfg, raw, folds, run_dir)
-    if slots_taken(study) != (cfg.hpo.n_trials, 0) or not claim_refit(study):
-        print(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's", flush=True)
-        return {}
-    return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
+    if slots_taken(study) == (cfg.hpo.n_trials, 0):
+        with refit_claim(study) as mine:
+            if mine:
+                return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
+    print(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's", flush=True)
+    return {}
 
 
 def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
