@@ -140,7 +140,8 @@ def launch_workers(cfg, run_dir: Path) -> dict:
     workers = []
     for index in range(cfg.hpo.workers):
         env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
-        worker = ["hpo.workers=1", f"hpo.worker_index={index}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"]
+        worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
+        worker = ["hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"]
         workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
     codes = [worker.wait() for worker in workers]
     if any(codes):
