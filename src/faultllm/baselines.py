@@ -29,7 +29,23 @@ NAMES = {
 }
 
 
-def make_model(name: str, seed: int, **params):
+def make_model(name: str, seed: int, impute: bool = False, **params):
+    """The model, behind a median imputer fitted on its training rows when values are missing
+    (HistGradientBoosting handles NaN natively)."""
+    model = _estimator(name, seed, **params)
+    if not impute or name == "hgb":
+        return model
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), model)
+
+
+def has_missing(split: Split) -> bool:
+    return bool(split.train[split.features].isna().any().any() or split.test[split.features].isna().any().any())
+
+
+def _estimator(name: str, seed: int, **params):
     from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -101,7 +117,7 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
         params = search_space(name, trial, min(len(fold.train) for fold in folds))
         scores = []
         for fold in folds:
-            model = make_model(name, seed, **params).fit(*xy(fold.train, fold.features))
+            model = make_model(name, seed, has_missing(fold), **params).fit(*xy(fold.train, fold.features))
             scores.append(model.score(*xy(fold.test, fold.features)))
         return float(np.mean(scores))
 
@@ -110,24 +126,29 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
     return study.best_params | {"cv_accuracy": study.best_value}
 
 
-def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, dict]:
+def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, np.ndarray, dict]:
+    """The fitted model, its test predictions, and its metrics."""
     x_train, y_train = xy(split.train, split.features)
     x_test, y_test = xy(split.test, split.features)
     start = time.perf_counter()
-    model = make_model(name, seed, **params).fit(x_train, y_train)
+    model = make_model(name, seed, has_missing(split), **params).fit(x_train, y_train)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predicted = model.predict(x_test)
     predict_seconds = time.perf_counter() - start
     test = classification_metrics(y_test, predicted, split.labels)  # the same metrics as the LLM's
-    return model, {
-        "train_accuracy": classification_metrics(y_train, model.predict(x_train), split.labels)["accuracy"],
-        "test_accuracy": test["accuracy"],
-        "test_macro_f1": test["macro_f1"],
-        "per_class_recall": test["per_class_recall"],
-        "fit_seconds": round(fit_seconds, 4),
-        "predict_seconds": round(predict_seconds, 4),
-    }
+    return (
+        model,
+        predicted,
+        {
+            "train_accuracy": classification_metrics(y_train, model.predict(x_train), split.labels)["accuracy"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "per_class_recall": test["per_class_recall"],
+            "fit_seconds": round(fit_seconds, 4),
+            "predict_seconds": round(predict_seconds, 4),
+        },
+    )
 
 
 def importances(name: str, model, split: Split, seed: int, repeats: int) -> pd.DataFrame:
@@ -135,7 +156,8 @@ def importances(name: str, model, split: Split, seed: int, repeats: int) -> pd.D
     from sklearn.inspection import permutation_importance
 
     permuted = permutation_importance(model, *xy(split.test, split.features), n_repeats=repeats, random_state=seed)
-    impurity = getattr(model, "feature_importances_", np.full(len(split.features), np.nan))
+    estimator = model.steps[-1][1] if hasattr(model, "steps") else model  # behind an imputer
+    impurity = getattr(estimator, "feature_importances_", np.full(len(split.features), np.nan))
     return pd.DataFrame(
         {
             "model": name,

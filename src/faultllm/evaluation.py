@@ -233,7 +233,7 @@ class TrainedLLM:
         """The run's adapter on its base model, loaded as this machine's hardware plan says."""
         base_path = resolve_model_path(run.cfg.model, run.cfg.cache_dir)
         model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(run.cfg.model))
-        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, run.split.features, run.split.labels)
+        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, run.prompt_features(), run.split.labels)
         return cls(model, tokenizer, serializer)
 
     def answer_space(self, probe_prompt: str) -> AnswerSpace:

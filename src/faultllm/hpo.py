@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from faultllm import plots
 from faultllm.errors import FaultLLMError
 from faultllm.modeling import ModelSpec
-from faultllm.prompts import Serializer
-from faultllm.splits import Split, fold_splits
+from faultllm.prompts import Serializer, ordered_features
+from faultllm.splits import Split, fold_splits, scale_split
 from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,9 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
     spec = fold_model_spec(trial_cfg)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
-    serializer = Serializer.from_config(trial_cfg.prompt, trial_cfg.data, raw.features, raw.labels)
+    whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]  # what an importance run saw
+    features = ordered_features(trial_cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
+    serializer = Serializer.from_config(trial_cfg.prompt, trial_cfg.data, features, raw.labels)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
     fold_results = []
     try:

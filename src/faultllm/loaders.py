@@ -87,8 +87,10 @@ def require_columns(frame: pd.DataFrame, required: Sequence[str], source: object
         raise FaultLLMError(f"{source}: missing column(s) {shown}; expected {expected}")
 
 
-def validate_features(frame: pd.DataFrame, features: Sequence[str], source: object) -> None:
-    """Every feature numeric and finite, else an error naming column, row and value."""
+def validate_features(
+    frame: pd.DataFrame, features: Sequence[str], source: object, allow_missing: bool = False
+) -> None:
+    """Every feature numeric and finite (or empty, with `allow_missing`), else an error naming column, row and value."""
     for column in features:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -98,11 +100,15 @@ def validate_features(frame: pd.DataFrame, features: Sequence[str], source: obje
                 row = bad.index[0]
                 raise FaultLLMError(f"{source}: column {column!r} row {row} holds {bad.iloc[0]!r}; expected a number")
             frame[column] = numeric
-        bad_mask = ~np.isfinite(frame[column].to_numpy(dtype=np.float64))
+        numbers = frame[column].to_numpy(dtype=np.float64)
+        bad_mask = np.isinf(numbers) if allow_missing else ~np.isfinite(numbers)
         if bad_mask.any():
             row = frame.index[np.argmax(bad_mask)]
+            hint = (
+                "" if allow_missing or np.isinf(numbers[np.argmax(bad_mask)]) else " (data.allow_missing=true keeps it)"
+            )
             raise FaultLLMError(
-                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]}; expected a finite number"
+                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]}; expected a finite number{hint}"
             )
 
 
@@ -146,7 +152,7 @@ def load_hst(data_cfg) -> RawData:
     if list(frame.columns) != HST_FEATURES + [LABEL]:
         shown = ",".join(map(str, frame.columns[:4])) + ",...," + ",".join(map(str, frame.columns[-2:]))
         raise FaultLLMError(f"{path}: header is {shown}; expected the HST header 0,1,...,45,label")
-    validate_features(frame, HST_FEATURES, path)
+    validate_features(frame, HST_FEATURES, path, data_cfg.get("allow_missing", False))
     frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
     return RawData(pool=frame, test_pool=None, features=list(HST_FEATURES), source=str(path))
 
@@ -166,7 +172,7 @@ def load_table(data_cfg) -> RawData:
             excluded = {label_column, group_column, *(data_cfg.get("drop_columns") or [])}
             features = [c for c in frame.columns if c not in excluded]
         require_columns(frame, features, file, "the columns in data.feature_columns")
-        validate_features(frame, features, file)
+        validate_features(frame, features, file, data_cfg.get("allow_missing", False))
         out = frame[features].copy()
         out[LABEL] = normalize_labels(frame[label_column], file, label_column)
         if group_column:
@@ -264,7 +270,7 @@ def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[pd.D
     wanted = [[("faultNumber", "==", as_stored(label))] for label in data_cfg.labels or []]
     table = pq.read_table(columnar, columns=TEP_ID_COLUMNS + TEP_FEATURES, filters=wanted or None)
     frame = table.to_pandas()
-    validate_features(frame, TEP_FEATURES, path)
+    validate_features(frame, TEP_FEATURES, path, data_cfg.get("allow_missing", False))
     present = {int(v) for v in pq.read_table(columnar, columns=["faultNumber"]).column(0).unique().to_pylist()}
     return _tep_rows(frame, data_cfg.fault_onset[part], data_cfg.prefault, path), present
 

@@ -57,16 +57,36 @@ def learning_curves(history: list[dict], path: Path, title: str) -> None:
             ax.legend()
 
 
-def comparison(table: pd.DataFrame, path: Path) -> None:
-    """Test accuracy and macro-F1 per model, side by side."""
-    with figure(path, (max(5, 1.1 * len(table)), 3.8)) as (_, ax):
-        positions = range(len(table))
-        ax.bar([p - 0.2 for p in positions], table["Test Accuracy"], width=0.4, label="test accuracy")
-        ax.bar([p + 0.2 for p in positions], table["Test macro-F1"], width=0.4, label="test macro-F1")
-        ax.set_xticks(list(positions), table["Model"], rotation=30, ha="right")
-        ax.set_ylim(0, 1)
-        ax.legend()
+def comparison(summary: pd.DataFrame, path: Path) -> None:
+    """Mean test accuracy and macro-F1 per model, with 95% intervals over seeds where there are several."""
+    with figure(path, (max(5, 1.1 * len(summary)), 4.2)) as (_, ax):
+        positions = np.arange(len(summary))
+        for offset, key, name in ((-0.2, "test_accuracy", "test accuracy"), (0.2, "test_macro_f1", "test macro-F1")):
+            mean = summary[f"{key}_mean"].to_numpy()
+            error = np.nan_to_num([mean - summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] - mean])
+            ax.bar(positions + offset, mean, width=0.4, yerr=error, capsize=3, label=name)
+        ax.set_xticks(list(positions), summary["Model"], rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # off the bars
+
+
+def train_size_curve(summary: pd.DataFrame, path: Path) -> None:
+    """Test accuracy against training rows per model: the mean over seeds, its 95% interval shaded."""
+    with figure(path, (7.5, 4.2)) as (_, ax):
+        for model, rows in summary.groupby("Model", sort=False):
+            rows = rows.sort_values("Train rows")
+            line = ax.plot(rows["Train rows"], rows["test_accuracy_mean"], marker="o", label=model)[0]
+            if rows["test_accuracy_ci_low"].notna().any():
+                ax.fill_between(
+                    rows["Train rows"], rows["test_accuracy_ci_low"], rows["test_accuracy_ci_high"],
+                    color=line.get_color(), alpha=0.15,
+                )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("training rows")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
 
 
 def attribution(table: pd.DataFrame, path: Path, top: int = 20) -> None:

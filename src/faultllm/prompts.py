@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from faultllm.baselines import load_importances
+from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
+from faultllm.rundir import read_json
 
 
 @dataclass(frozen=True)
@@ -20,13 +24,22 @@ class PromptFormat:
     system: str  # already filled in with the data set's name
     name_features: bool
     decimals: int | None  # None: shortest exact form (1, 0.05); an int: fixed decimals (0.0500)
+    missing: str = "unknown"  # a missing value: written as "unknown", or left out ("omit")
 
     @classmethod
     def from_config(cls, prompt_cfg, data_cfg) -> PromptFormat:
-        return cls(system=data_cfg.system_prompt, name_features=prompt_cfg.name_features, decimals=prompt_cfg.decimals)
+        missing = prompt_cfg.get("missing", "unknown")
+        if missing not in MISSING_STYLES:
+            raise FaultLLMError(f"prompt.missing={missing!r}; expected one of {', '.join(MISSING_STYLES)}")
+        return cls(data_cfg.system_prompt, prompt_cfg.name_features, prompt_cfg.decimals, missing)
+
+
+MISSING_STYLES = ("unknown", "omit")
 
 
 def format_value(value: float, decimals: int | None) -> str:
+    if np.isnan(value):
+        return "unknown"
     if decimals is not None:
         return f"{value:.{decimals}f}"
     return np.format_float_positional(float(value), trim="-")
@@ -39,17 +52,58 @@ def label_choices(labels: Sequence) -> str:
 
 
 def question(values: Sequence[float], features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> str:
-    shown = [format_value(v, fmt.decimals) for v in values]
+    pairs = [(name, value) for name, value in zip(features, values, strict=True)]
+    if fmt.missing == "omit":
+        pairs = [(name, value) for name, value in pairs if not np.isnan(value)]
+    shown = [(name, format_value(value, fmt.decimals)) for name, value in pairs]
     if fmt.name_features:
-        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in zip(features, shown, strict=True)) + "."
+        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in shown) + "."
     else:
-        body = "If the features are: " + ", ".join(shown) + "."
+        body = "If the features are: " + ", ".join(v for _, v in shown) + "."
     return f"Tell me if the value of Y is {label_choices(labels)}. {body} What should be Y?"
 
 
 def chat_prompt(user_message: str, system: str) -> str:
     """Llama-2 chat layout without BOS: the tokenizer adds it, a literal `<s>` would double it."""
     return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_message} [/INST]"
+
+
+FEATURE_ORDERS = ("original", "importance", "random")
+
+
+def ordered_features(prompt_cfg, features: Sequence[str], seed: int, split_fingerprint: str) -> list[str]:
+    """The order features are written in (`prompt.feature_order`): as in the data, by a baselines run's
+    importances (most important first), or a seeded shuffle."""
+    order = prompt_cfg.get("feature_order", "original")
+    if order == "original":
+        return list(features)
+    if order == "random":
+        rng = np.random.default_rng([seed, 0x6F72646572])
+        return [features[i] for i in rng.permutation(len(features))]
+    if order == "importance":
+        return by_importance(prompt_cfg.importance_from, prompt_cfg.importance_model, features, split_fingerprint)
+    raise FaultLLMError(f"prompt.feature_order={order!r}; expected one of {', '.join(FEATURE_ORDERS)}")
+
+
+def by_importance(run_dir, model: str, features: Sequence[str], split_fingerprint: str) -> list[str]:
+    """Features by a baselines run's impurity importances (fitted on training rows only: test rows never
+    shape the prompt), which must come from the same split."""
+    if not run_dir:
+        raise FaultLLMError("prompt.feature_order=importance needs prompt.importance_from=DIR (a baselines run)")
+    run_dir = Path(run_dir)
+    if not (run_dir / "split.json").exists():
+        raise FaultLLMError(f"prompt.importance_from={run_dir}: not a faultllm baselines run (no split.json)")
+    if read_json(run_dir / "split.json")["split_fingerprint"] != split_fingerprint:
+        raise FaultLLMError(f"prompt.importance_from={run_dir}: that run was made on a different split (data or seed)")
+    table = load_importances(run_dir)
+    rows = table[table["model"] == model]
+    if rows.empty or rows["impurity"].isna().all():
+        shown = ", ".join(sorted(set(table.loc[table["impurity"].notna(), "model"])))
+        raise FaultLLMError(f"prompt.importance_model={model!r}: {run_dir} has impurity importances for: {shown}")
+    importance = dict(zip(rows["feature"].astype(str), rows["impurity"], strict=True))
+    if set(importance) != set(map(str, features)):
+        raise FaultLLMError(f"prompt.importance_from={run_dir}: its features differ from this data set's")
+    return sorted(features, key=lambda name: -importance[str(name)])  # stable: ties keep the data's order
 
 
 # The study's follow-up question asking the model to explain itself (its section 4.3).

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from faultllm.baselines import NAMES
-from faultllm.errors import FaultLLMError
-from faultllm.rundir import read_json
-
 
 def print_summary(title: str, items: Mapping[str, object]) -> None:
     width = max(len(key) for key in items)
@@ -43,47 +39,22 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
     table.to_csv(stem.with_suffix(".csv"), index=False)
 
 
-def comparison_table(run_dirs: list) -> tuple[pd.DataFrame, str]:
-    """One row per model across baselines and train runs; refuses runs whose splits differ."""
-    rows, fingerprints = [], {}
-    for run_dir in map(Path, run_dirs):
-        metrics_path, split_path = run_dir / "metrics.json", run_dir / "split.json"
-        if not metrics_path.exists() or not split_path.exists():
-            raise FaultLLMError(
-                f"{run_dir}: not a finished faultllm train/baselines run (no metrics.json / split.json)"
-            )
-        metrics = read_json(metrics_path)
-        fingerprints[str(run_dir)] = read_json(split_path)["split_fingerprint"]
-        rows += (
-            _train_rows(run_dir, metrics)
-            if "test" in metrics and "train" in metrics
-            else _baseline_rows(run_dir, metrics)
-        )
-    if len(set(fingerprints.values())) > 1:
-        shown = ", ".join(f"{d} ({f})" for d, f in fingerprints.items())
-        raise FaultLLMError(f"runs were made on different data splits and cannot be compared: {shown}")
-    return pd.DataFrame(rows), next(iter(fingerprints.values()))
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """`comparison.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds."""
 
+    def spread(row, key: str) -> str:
+        mean, sd = row[f"{key}_mean"], row[f"{key}_sd"]
+        return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
 
-def _train_rows(run_dir: Path, metrics: dict) -> list[dict]:
-    config = (run_dir / "config.yaml").read_text()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in config.splitlines()
-            if line.strip().startswith("path:") and "/" in line and "data" not in line
-        ),
-        "LLM",
-    )
-    return [{
-        "Model": f"LLM ({Path(model).name})", "Train Accuracy": metrics["train"]["accuracy"],
-        "Test Accuracy": metrics["test"]["accuracy"], "Test macro-F1": metrics["test"]["macro_f1"],
-        "Seconds": metrics.get("train_seconds"), "Run": run_dir.name,
-    }]  # fmt: skip
+    def ci(row, key: str) -> str:
+        low, high = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+        return "" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]"
 
-
-def _baseline_rows(run_dir: Path, metrics: dict) -> list[dict]:
-    return [{
-        "Model": NAMES.get(name, name), "Train Accuracy": m["train_accuracy"], "Test Accuracy": m["test_accuracy"],
-        "Test macro-F1": m["test_macro_f1"], "Seconds": m["fit_seconds"], "Run": run_dir.name,
-    } for name, m in metrics.items()]  # fmt: skip
+    return pd.DataFrame({
+        "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"],
+        "Test Accuracy": [spread(r, "test_accuracy") for _, r in summary.iterrows()],
+        "95% CI": [ci(r, "test_accuracy") for _, r in summary.iterrows()],
+        "Test macro-F1": [spread(r, "test_macro_f1") for _, r in summary.iterrows()],
+        "Train Accuracy": summary["train_accuracy_mean"].round(3),
+        "Seconds": summary["seconds_mean"].round(2),
+    })  # fmt: skip

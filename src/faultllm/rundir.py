@@ -77,6 +77,9 @@ def save_split(run_dir: Path, split: Split, scaler: MinMaxScaler | None, seed: i
     return summary
 
 
+PROMPT_FEATURES = "prompt_features.json"  # the features in the order the prompts wrote them (prompt.feature_order)
+
+
 @dataclass(frozen=True)
 class SavedRun:
     """A finished run reopened from its directory: its config and the split it was trained on."""
@@ -86,6 +89,10 @@ class SavedRun:
     split: Split  # scaled as at training time
     scaler: MinMaxScaler | None
 
+    def prompt_features(self) -> list[str]:
+        path = self.run_dir / PROMPT_FEATURES
+        return read_json(path) if path.exists() else self.split.features  # runs made before feature_order
+
     def read_rows(self, path: Path, key: str) -> pd.DataFrame:
         """Raw rows from a table (`key`=path), checked against this run's features and labels, scaled like its rows."""
         if not path.exists():
@@ -93,7 +100,7 @@ class SavedRun:
         features, labels = self.split.features, self.split.labels
         frame = read_table(path)
         require_columns(frame, [*features, LABEL], path, f"the run's features and a {LABEL!r} column")
-        validate_features(frame, features, path)
+        validate_features(frame, features, path, allow_missing=self.cfg.data.get("allow_missing", False))
         frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
         unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
         if unknown:

@@ -73,7 +73,26 @@ def make_split(data_cfg, seed: int) -> Split:
         is_test = both.groupby(LABEL, sort=False).cumcount() < n_test
         train, test = both[~is_test], both[is_test]
     shuffle = lambda frame: frame.sample(frac=1.0, random_state=rng.integers(2**31)).reset_index(drop=True)  # noqa: E731
-    return Split(train=shuffle(train), test=shuffle(test), features=raw.features, labels=labels)
+    split = Split(train=shuffle(train), test=shuffle(test), features=raw.features, labels=labels)
+    return blank_values(split, data_cfg.get("missing_rate", 0.0), data_cfg.get("missing_in_train", False), seed)
+
+
+def blank_values(split: Split, rate: float, in_train: bool, seed: int) -> Split:
+    """Missing completely at random: exactly round(rate * cells) feature values of the test rows (and of the
+    training rows with `in_train`) become NaN, drawn from the seed alone; labels are never touched."""
+    if not 0.0 <= rate < 1.0:
+        raise FaultLLMError(f"data.missing_rate={rate}: expected a fraction in [0, 1)")
+    if rate == 0.0:
+        return split
+    rng = np.random.default_rng([seed, 0x6D697373])  # its own stream: the sampled rows do not depend on it
+    sides = {"test": split.test} | ({"train": split.train} if in_train else {})
+    blanked = {}
+    for name, frame in sides.items():
+        values = frame[split.features].to_numpy(np.float64, copy=True)
+        cells = rng.choice(values.size, size=round(rate * values.size), replace=False)
+        values.flat[cells] = np.nan
+        blanked[name] = frame.assign(**dict(zip(split.features, values.T, strict=True)))
+    return replace(split, **blanked)
 
 
 def select_labels(raw: RawData, requested) -> list:
@@ -206,7 +225,10 @@ def fit_scaler(train: pd.DataFrame, features: list[str], feature_range) -> MinMa
     if not low < high:
         raise FaultLLMError(f"data.scale_range={list(feature_range)}: expected [low, high] with low < high")
     values = train[features].to_numpy(np.float64)
-    return MinMaxScaler(values.min(axis=0), values.max(axis=0), (low, high))
+    if np.isnan(values).all(axis=0).any():
+        column = features[int(np.argmax(np.isnan(values).all(axis=0)))]
+        raise FaultLLMError(f"feature {column!r} has no value in any training row; cannot scale it")
+    return MinMaxScaler(np.nanmin(values, axis=0), np.nanmax(values, axis=0), (low, high))  # missing values stay NaN
 
 
 def scale_split(split: Split, normalize: bool, feature_range) -> tuple[Split, MinMaxScaler | None]:

@@ -1,6 +1,7 @@
 """`faultllm baselines` (configs/baselines.yaml): classical models on the very same split as the LLM.
 
-Writes metrics.json, table_4_2.{md,csv}, feature_importances.csv and the split.
+Writes metrics.json, predictions.csv (each model's test predictions), table_4_2.{md,csv},
+feature_importances.csv and the split.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from faultllm.baselines import check_models, fit_and_score, importances, table_4_2, tune
+from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
@@ -23,16 +25,18 @@ def run(cfg, run_dir) -> dict[str, dict]:
     folds = _tuning_folds(raw, cfg) if cfg.baselines.tune else None
 
     results, tables = {}, []
+    predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
     for name in names:
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
         cv_accuracy = params.pop("cv_accuracy", None)
-        model, results[name] = fit_and_score(name, split, cfg.seed, params)
+        model, predictions[name], results[name] = fit_and_score(name, split, cfg.seed, params)
         if folds:
             results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
         if name in cfg.baselines.importances_for:
             tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
 
     write_json(run_dir / "metrics.json", results)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)  # per test row: what `report`'s paired tests use
     table = table_4_2(results)
     write_table(table, run_dir / "table_4_2")
     if tables:

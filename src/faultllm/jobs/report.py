@@ -1,18 +1,36 @@
-"""`faultllm report RUN_DIR... [--out DIR]` (configs/report.yaml): one comparison table (Markdown, CSV,
-bar chart) of train and baselines runs; refuses runs made on different splits."""
+"""`faultllm report RUN_DIR... [--out DIR]` (configs/report.yaml): compare train and baselines runs.
+
+A multirun directory counts as its runs. Per model (and training-set size): mean ± sd and a 95%
+interval over seeds (comparison.{md,csv,png}, runs.csv); each LLM against each baseline on the
+same test rows: exact McNemar per split and a paired t-test over seeds (paired_tests.{md,csv});
+accuracy against training rows when the runs vary data.train_size (train_size_curve.png).
+Runs whose configs differ in anything but the seed and data.train_size are refused.
+"""
 
 from __future__ import annotations
 
 from faultllm import plots
-from faultllm.reporting import comparison_table, print_table, write_table
+from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
+from faultllm.reporting import markdown, print_table, summary_display, write_table
 from faultllm.rundir import start_run
 
 
 def run(cfg, out_dir):
-    table, fingerprint = comparison_table(list(cfg.run_dirs))
+    results = load_runs(list(cfg.run_dirs))
+    runs = runs_table(results)
+    summary, tests = aggregate(runs), paired_tests(results)
     out_dir = start_run(cfg, out_dir)
-    write_table(table, out_dir / "comparison")
-    plots.comparison(table, out_dir / "comparison.png")
-    print_table(f"comparison on split {fingerprint}", table)
+    shown = summary_display(summary)
+    (out_dir / "comparison.md").write_text(markdown(shown))
+    summary.to_csv(out_dir / "comparison.csv", index=False)
+    runs.to_csv(out_dir / "runs.csv", index=False)
+    plots.comparison(summary[summary["Train rows"] == summary["Train rows"].max()], out_dir / "comparison.png")
+    if summary["Train rows"].nunique() > 1:
+        plots.train_size_curve(summary, out_dir / "train_size_curve.png")
+    seeds = runs["Seed"].nunique()
+    print_table(f"comparison over {seeds} seed{'s' * (seeds > 1)} ({len(runs)} model runs)", shown)
+    if not tests.empty:
+        write_table(tests, out_dir / "paired_tests")
+        print_table("paired tests on the same test rows", tests)
     print(f"written to {out_dir}")
-    return table
+    return summary

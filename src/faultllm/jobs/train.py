@@ -1,6 +1,6 @@
 """`faultllm train` (configs/train.yaml): QLoRA SFT on one split, then restricted-label evaluation.
 
-Writes adapter/, metrics.json, predictions.csv, epochs.jsonl, learning_curves.{csv,png},
+Writes adapter/, metrics.json, predictions.csv, prompt_features.json, epochs.jsonl, learning_curves.{csv,png},
 confusion_matrix.png and the split (split.json, train/test.parquet, scaler.json).
 """
 
@@ -14,9 +14,9 @@ from faultllm import plots
 from faultllm.distributed import is_main_process, world_size
 from faultllm.evaluation import evaluate_prompts
 from faultllm.modeling import ModelSpec
-from faultllm.prompts import Serializer
+from faultllm.prompts import Serializer, ordered_features
 from faultllm.reporting import print_summary
-from faultllm.rundir import save_split, start_run, write_json
+from faultllm.rundir import PROMPT_FEATURES, save_split, start_run, write_json
 from faultllm.splits import MinMaxScaler, Split, prepared_split
 from faultllm.training import FitResult, TrainOptions, fit
 
@@ -35,7 +35,10 @@ def run(cfg, run_dir) -> dict:
 def train_on_split(cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path) -> dict:
     """The train job after its split is made (also HPO's refit of the best parameters)."""
     split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else split.summary(scaler, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
+    features = ordered_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
+    if is_main_process():
+        write_json(run_dir / PROMPT_FEATURES, features)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, features, split.labels)
     sets = {"train": serializer.render(split.train), "test": serializer.render(split.test)}
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)

@@ -1,0 +1,252 @@
+"""Comparing models fairly across runs: pool repeated seeds, put intervals on them, test paired differences.
+
+`load_runs` reads finished train/baselines run directories (a Hydra multirun directory counts as
+its runs) and refuses to pool runs whose configs differ in anything but the seed and the
+training-set size. `aggregate` gives each model's mean, sd and 95% t-interval over seeds per
+training-set size; `paired_tests` compares each LLM with each baseline on the very same test
+rows (exact McNemar per split) and across seeds (paired t-test on per-seed accuracies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from faultllm.baselines import NAMES
+from faultllm.errors import FaultLLMError
+from faultllm.rundir import read_json
+
+# Keys that may differ between runs pooled into one row: the seed, and the training-set size (a curve).
+VARYING = ("seed", "data.train_size")
+# Keys that do not change a model's numbers (which baselines a run fitted, how it reported).
+IGNORED = (
+    "progress", "cache_dir", "data.cache_dir", "hpo.worker_index", "run_dir",
+    "baselines.models", "baselines.importances_for", "baselines.permutation_repeats",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model's result in one run directory."""
+
+    model: str
+    kind: str  # "llm" or "baseline"
+    run_dir: Path
+    seed: int
+    train_rows: int
+    fingerprint: str
+    train_accuracy: float
+    test_accuracy: float
+    test_macro_f1: float
+    seconds: float | None
+    correct: np.ndarray | None  # per test row, when the run kept its predictions
+
+
+def expand_run_dirs(paths: list) -> list[Path]:
+    """Run directories, with a Hydra multirun directory (multirun.yaml) replaced by its job directories."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "multirun.yaml").exists():
+            jobs = sorted((p for p in path.iterdir() if (p / "metrics.json").exists()), key=_job_number)
+            if not jobs:
+                raise FaultLLMError(f"{path}: a multirun directory without finished runs")
+            found += jobs
+        else:
+            found.append(path)
+    return found
+
+
+def _job_number(path: Path) -> tuple:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def load_runs(paths: list) -> list[ModelRun]:
+    """Every model result in the given runs, after checking they may be pooled and compared."""
+    run_dirs = expand_run_dirs(paths)
+    configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
+    check_comparable(configs)
+    results = [result for run_dir in run_dirs for result in _model_runs(run_dir, configs[run_dir])]
+    seen: dict[tuple, Path] = {}
+    for r in results:
+        if (r.model, r.fingerprint) in seen:
+            raise FaultLLMError(
+                f"{r.model} appears twice on one split ({seen[(r.model, r.fingerprint)]} and {r.run_dir}): "
+                "repeated runs are pooled over seeds, so give each split once"
+            )
+        seen[(r.model, r.fingerprint)] = r.run_dir
+    return results
+
+
+def _read_config(run_dir: Path) -> dict:
+    for name in ("metrics.json", "split.json", "config.yaml"):
+        if not (run_dir / name).exists():
+            raise FaultLLMError(f"{run_dir}: not a finished faultllm train/baselines run (no {name})")
+    return _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False))
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def _kind(config: dict) -> str:
+    return "baselines" if any(key.startswith("baselines.") for key in config) else "train"
+
+
+def check_comparable(configs: dict[Path, dict]) -> None:
+    """The data config agrees across all runs, and runs of one kind (and one LLM) agree on everything,
+    except for the seed and the training-set size."""
+    data_keys = lambda config: {k: v for k, v in config.items() if k.startswith("data.")}  # noqa: E731
+    _refuse_differences(configs, data_keys, "different data configs")
+    groups: dict[tuple, dict[Path, dict]] = {}
+    for run_dir, config in configs.items():
+        groups.setdefault((_kind(config), config.get("model.path"), config.get("model.build")), {})[run_dir] = config
+    for group in groups.values():
+        _refuse_differences(group, lambda config: config, "configs that differ in more than the seed")
+
+
+def _refuse_differences(configs: dict[Path, dict], view, what: str) -> None:
+    (first_dir, first), *rest = [(d, _comparable(view(c))) for d, c in configs.items()]
+    for run_dir, config in rest:
+        for key in sorted(set(first) | set(config)):
+            if first.get(key) != config.get(key):
+                raise FaultLLMError(
+                    f"cannot pool runs made with {what}: {key} is {first.get(key)!r} in {first_dir} and "
+                    f"{config.get(key)!r} in {run_dir} (only {' and '.join(VARYING)} may differ)"
+                )
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in VARYING + IGNORED and not k.startswith("hydra.")}
+
+
+def _model_runs(run_dir: Path, config: dict) -> list[ModelRun]:
+    metrics, split = read_json(run_dir / "metrics.json"), read_json(run_dir / "split.json")
+    common = {
+        "run_dir": run_dir,
+        "seed": int(split["seed"]),
+        "train_rows": sum(split["rows"]["train"].values()),
+        "fingerprint": split["split_fingerprint"],
+    }
+    predictions = pd.read_csv(run_dir / "predictions.csv") if (run_dir / "predictions.csv").exists() else None
+    correct = lambda column: (  # noqa: E731
+        None
+        if predictions is None
+        else (predictions[column].astype(str) == predictions["label"].astype(str)).to_numpy()
+    )
+    if _kind(config) == "train":
+        name = "LLM (" + Path(str(config.get("model.path") or "tiny")).name + ")"
+        test = metrics["test"]
+        return [ModelRun(name, "llm", train_accuracy=metrics["train"]["accuracy"], test_accuracy=test["accuracy"],
+                         test_macro_f1=test["macro_f1"], seconds=metrics.get("train_seconds"),
+                         correct=correct("predicted"), **common)]  # fmt: skip
+    return [
+        ModelRun(NAMES.get(key, key), "baseline", train_accuracy=m["train_accuracy"], test_accuracy=m["test_accuracy"],
+                 test_macro_f1=m["test_macro_f1"], seconds=m["fit_seconds"],
+                 correct=correct(key) if predictions is not None and key in predictions else None, **common)
+        for key, m in metrics.items()
+    ]  # fmt: skip
+
+
+def runs_table(results: list[ModelRun]) -> pd.DataFrame:
+    """One row per model per run (what `aggregate` summarizes)."""
+    return pd.DataFrame([{
+        "Model": r.model, "Train rows": r.train_rows, "Seed": r.seed, "Train Accuracy": r.train_accuracy,
+        "Test Accuracy": r.test_accuracy, "Test macro-F1": r.test_macro_f1, "Seconds": r.seconds,
+        "Split": r.fingerprint, "Run": str(r.run_dir),
+    } for r in results])  # fmt: skip
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high): the t-interval for the mean over seeds; sd and the interval are NaN for one run."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    sd = float(values.std(ddof=1))
+    low, high = (
+        stats.t.interval(level, len(values) - 1, loc=mean, scale=sd / np.sqrt(len(values))) if sd else (mean, mean)
+    )
+    return mean, sd, float(low), float(high)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and training-set size: runs, and mean / sd / 95% interval of test accuracy and macro-F1."""
+    rows = []
+    for (model, train_rows), group in runs.groupby(["Model", "Train rows"], sort=False):
+        row = {"Model": model, "Train rows": train_rows, "Runs": len(group)}
+        for column, key in (("Test Accuracy", "test_accuracy"), ("Test macro-F1", "test_macro_f1")):
+            mean, sd, low, high = interval(group[column].to_numpy())
+            row |= {f"{key}_mean": mean, f"{key}_sd": sd, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        row |= {"train_accuracy_mean": group["Train Accuracy"].mean(), "seconds_mean": group["Seconds"].mean()}
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["Train rows"], kind="stable").reset_index(drop=True)
+
+
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
+    """(rows only A gets right, rows only B gets right, exact McNemar p-value) on the same test rows."""
+    from statsmodels.stats.contingency_tables import mcnemar as statsmodels_mcnemar
+
+    only_a = int(np.sum(a_correct & ~b_correct))
+    only_b = int(np.sum(~a_correct & b_correct))
+    both = int(np.sum(a_correct & b_correct))
+    neither = int(np.sum(~a_correct & ~b_correct))
+    result = statsmodels_mcnemar([[both, only_a], [only_b, neither]], exact=True)
+    return only_a, only_b, float(result.pvalue)
+
+
+def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
+    """Each LLM against each baseline: exact McNemar on every shared split, and a paired t-test on
+    the per-seed accuracies (per training-set size) where two or more splits are shared."""
+    rows = []
+    llms = sorted({r.model for r in results if r.kind == "llm"})
+    baselines = [m for m in dict.fromkeys(r.model for r in results if r.kind == "baseline")]
+    by_key = {(r.model, r.fingerprint): r for r in results}
+    for llm in llms:
+        for baseline in baselines:
+            pairs = [
+                (r, by_key[(baseline, r.fingerprint)])
+                for r in results
+                if r.model == llm and (baseline, r.fingerprint) in by_key
+            ]
+            rows += [_mcnemar_row(a, b) for a, b in pairs if a.correct is not None and b.correct is not None]
+            rows += _seed_rows(pairs)
+    return pd.DataFrame(rows)
+
+
+def _mcnemar_row(a: ModelRun, b: ModelRun) -> dict:
+    if len(a.correct) != len(b.correct):
+        raise FaultLLMError(f"{a.run_dir} and {b.run_dir}: same split fingerprint but different test row counts")
+    only_a, only_b, p_value = mcnemar(a.correct, b.correct)
+    return {
+        "A": a.model, "B": b.model, "Train rows": a.train_rows, "Test": "McNemar (exact)", "Seeds": str(a.seed),
+        "n": len(a.correct), "A right only": only_a, "B right only": only_b,
+        "Accuracy A - B": a.test_accuracy - b.test_accuracy, "p-value": p_value,
+    }  # fmt: skip
+
+
+def _seed_rows(pairs: list[tuple[ModelRun, ModelRun]]) -> list[dict]:
+    from scipy import stats
+
+    rows = []
+    for train_rows in sorted({a.train_rows for a, _ in pairs}):
+        shared = [(a, b) for a, b in pairs if a.train_rows == train_rows]
+        if len(shared) < 2:
+            continue
+        a_acc = np.array([a.test_accuracy for a, _ in shared])
+        b_acc = np.array([b.test_accuracy for _, b in shared])
+        p_value = float(stats.ttest_rel(a_acc, b_acc).pvalue) if np.any(a_acc != b_acc) else 1.0
+        rows.append({
+            "A": shared[0][0].model, "B": shared[0][1].model, "Train rows": train_rows,
+            "Test": "paired t over seeds", "Seeds": ",".join(str(a.seed) for a, _ in shared), "n": len(shared),
+            "A right only": None, "B right only": None, "Accuracy A - B": float(np.mean(a_acc - b_acc)),
+            "p-value": p_value,
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,130 @@
+"""`faultllm report` across seeds and models: intervals, paired tests, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+
+from faultllm.comparison import mcnemar
+from faultllm.config import compose
+from faultllm.errors import FaultLLMError
+from faultllm.jobs.baselines import run as run_baselines
+from faultllm.jobs.report import run as report_job
+
+QUICK = ["baselines.models=[lr,knn]", "baselines.importances_for=[]"]
+
+
+def report(dirs, out):
+    return report_job(compose("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)
+
+
+def faultllm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faultllm", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """`faultllm baselines -m seed=1,2,3 data.train_size=40,400` through the CLI: six jobs."""
+    sweep = tmp_path_factory.mktemp("sweep")
+    cache = tmp_path_factory.mktemp("cache")
+    done = faultllm(
+        "baselines", "-m", "seed=1,2,3", "data.train_size=40,400", *QUICK, f"cache_dir={cache}",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return sweep
+
+
+def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp_path):
+    assert sorted(p.name for p in multirun.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4", "5"]
+    summary = report([multirun], tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 12 and set(runs["Seed"]) == {1, 2, 3} and set(runs["Train rows"]) == {40, 400}
+    row = summary[(summary["Model"] == "Logistic Regression") & (summary["Train rows"] == 400)].iloc[0]
+    accuracies = runs[(runs["Model"] == "Logistic Regression") & (runs["Train rows"] == 400)]["Test Accuracy"]
+    low, high = stats.t.interval(0.95, 2, loc=accuracies.mean(), scale=stats.sem(accuracies))
+    assert row["Runs"] == 3 and row["test_accuracy_mean"] == pytest.approx(accuracies.mean())
+    assert row["test_accuracy_sd"] == pytest.approx(accuracies.std(ddof=1))
+    assert (row["test_accuracy_ci_low"], row["test_accuracy_ci_high"]) == pytest.approx((low, high))
+    table = (tmp_path / "comparison.md").read_text()
+    assert f"{row['test_accuracy_mean']:.3f} ± {row['test_accuracy_sd']:.3f}" in table and "95% CI" in table
+    assert set(pd.read_csv(tmp_path / "comparison.csv")["Train rows"]) == {40, 400}
+    assert (tmp_path / "train_size_curve.png").stat().st_size > 0 and (tmp_path / "comparison.png").exists()
+    assert not (tmp_path / "paired_tests.csv").exists()  # no LLM among the runs
+
+
+def test_runs_with_different_data_configs_are_refused(multirun, tmp_path):
+    other = tmp_path / "other"
+    run_baselines(compose("baselines", [*QUICK, "data.labels=[0,1]", "data.train_size=40"]), other)
+    with pytest.raises(FaultLLMError, match=r"different data configs: data.labels is \[0, 1\]"):
+        report([other, multirun], tmp_path / "r")
+    cli = faultllm("report", str(multirun), str(other), "--out", str(tmp_path / "r2"))
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1
+    assert cli.stderr.startswith("faultllm report: error: cannot pool runs made with different data configs")
+
+
+def test_the_same_model_twice_on_one_split_is_refused(multirun, tmp_path):
+    with pytest.raises(FaultLLMError, match="Logistic Regression appears twice on one split"):
+        report([multirun / "0", multirun / "0"], tmp_path)
+
+
+def jobs_with_400_rows(sweep) -> list:
+    """The multirun's job directories with 400 training rows, by seed."""
+    split = lambda job: json.loads((job / "split.json").read_text())  # noqa: E731
+    jobs = [job for job in sweep.iterdir() if job.is_dir() and sum(split(job)["rows"]["train"].values()) == 400]
+    return sorted(jobs, key=lambda job: split(job)["seed"])
+
+
+def _fake_llm_run(baselines_dir, out, correct: np.ndarray):
+    """A finished `faultllm train` run on the baselines run's split whose rows are right where `correct` says."""
+    out.mkdir()
+    for name in ("split.json", "test.parquet"):
+        (out / name).write_bytes((baselines_dir / name).read_bytes())
+    cfg = compose("train", ["model=tiny", f"seed={json.loads((baselines_dir / 'split.json').read_text())['seed']}"])
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    truth = pd.read_csv(baselines_dir / "predictions.csv")["label"]
+    predicted = np.where(correct, truth, -1)
+    pd.DataFrame({"row": range(len(truth)), "label": truth, "predicted": predicted}).to_csv(out / "predictions.csv")
+    accuracy = float(correct.mean())
+    test = {"accuracy": accuracy, "macro_f1": accuracy}
+    (out / "metrics.json").write_text(json.dumps({"train": {"accuracy": 1.0}, "test": test, "train_seconds": 1.0}))
+
+
+def test_mcnemar_counts_and_p_value_equal_statsmodels_and_scipy(multirun, tmp_path):
+    baselines_dir = jobs_with_400_rows(multirun)[0]
+    lr_correct = pd.read_csv(baselines_dir / "predictions.csv").pipe(lambda p: (p["lr"] == p["label"]).to_numpy())
+    # The LLM gets 7 of the rows LR gets wrong, and misses 3 that LR gets right
+    llm_correct = lr_correct.copy()
+    llm_correct[np.flatnonzero(~lr_correct)[:7]] = True
+    llm_correct[np.flatnonzero(lr_correct)[:3]] = False
+    _fake_llm_run(baselines_dir, tmp_path / "llm", llm_correct)
+    report([tmp_path / "llm", baselines_dir], tmp_path / "report")
+    tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
+    row = tests[(tests["B"] == "Logistic Regression") & (tests["Test"] == "McNemar (exact)")].iloc[0]
+    assert (row["A"], row["A right only"], row["B right only"]) == ("LLM (tiny)", 7, 3)
+    assert row["p-value"] == pytest.approx(stats.binomtest(3, 10, 0.5).pvalue)  # exact McNemar is a binomial test
+    assert mcnemar(llm_correct, lr_correct) == (7, 3, pytest.approx(0.34375))
+
+
+def test_llm_and_baselines_over_seeds_get_a_paired_t_test(multirun, tmp_path):
+    llm_dirs, differences = [], []
+    jobs = jobs_with_400_rows(multirun)
+    for job, shift in zip(jobs, (2, 5, 1), strict=True):
+        truth = pd.read_csv(job / "predictions.csv")
+        correct = (truth["knn"] == truth["label"]).to_numpy().copy()
+        correct[np.flatnonzero(~correct)[:shift]] = True  # the LLM is right on `shift` more rows than kNN
+        _fake_llm_run(job, tmp_path / job.name, correct)
+        llm_dirs.append(tmp_path / job.name)
+        differences.append(shift / len(correct))
+    report([*llm_dirs, *jobs], tmp_path / "report")
+    tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
+    row = tests[(tests["B"] == "K-Nearest Neighbors") & (tests["Test"] == "paired t over seeds")].iloc[0]
+    assert row["n"] == 3 and row["Accuracy A - B"] == pytest.approx(np.mean(differences))
+    assert row["p-value"] == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
