@@ -23,10 +23,10 @@ def setup(cfg) -> Setup:
     from faultllm.splits import prepared_split
     from faultllm.training import TrainOptions
 
-    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, tokenizer)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     return Setup(spec, model, tokenizer, split, serializer, options)
 
@@ -37,6 +37,6 @@ def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
     from faultllm.training import plan_for_run
     from faultllm.training import sft_trainer as make_trainer
 
-    prompts = Prompts([row["prompt"] for row in rows], [], run.serializer.labels)
+    prompts = Prompts([row["prompt"] for row in rows], [], run.serializer.labels, {})
     run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, prompts, run.options)
     return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)

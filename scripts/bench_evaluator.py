@@ -26,7 +26,7 @@ def main(overrides: list[str]) -> None:
     tokenizer.padding_side = "left"
     test = run.serializer.render(run.split.test)
     texts, truth = test.texts, test.truth
-    space = answer_space(tokenizer, test.labels, texts[0])
+    space = answer_space(tokenizer, test)
 
     def timed(fn) -> float:
         fn(texts[:4])  # warm-up

@@ -159,7 +159,7 @@ def eval_rate(run, batch_size: int) -> tuple[float, int]:
     tokenizer.padding_side = "left"
     test = run.serializer.render(run.split.test)
     texts, truth = test.texts, test.truth
-    space = answer_space(tokenizer, test.labels, texts[0])
+    space = answer_space(tokenizer, test)
     score(run.model, tokenizer, texts[:8], truth[:8], space, batch_size)  # warm-up
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -39,10 +39,10 @@ def measure(naive: bool, n_prompts: int, batch_size: int) -> dict:
         forward = model.forward
         model.forward = lambda *args, **kwargs: forward(*args, **(kwargs | {"logits_to_keep": 0}))
     split, _ = prepared_split(cfg.data, cfg.seed)
-    prompts = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels).render(
+    prompts = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, tokenizer).render(
         split.test.head(n_prompts)
     )
-    space = answer_space(tokenizer, prompts.labels, prompts.texts[0])
+    space = answer_space(tokenizer, prompts)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size=batch_size)

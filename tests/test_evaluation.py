@@ -8,11 +8,18 @@ import torch
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import answer_space, parse_answer, score
 from faultllm.metrics import classification_metrics
-from faultllm.prompts import PromptFormat, Serializer
+from faultllm.prompts import PromptFormat, Prompts, Serializer
+from faultllm.templates import Llama2Layout
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
 
 FMT = PromptFormat(system="You are an expert.", name_features=False, decimals=2)
+LAYOUT = Llama2Layout(end="</s>")  # the tiny model's EOS
+
+
+def space_of(tokenizer, labels: list, prompt: str):
+    """The answer space after `prompt`, in the study's layout."""
+    return answer_space(tokenizer, Prompts([prompt], [], labels, {label: LAYOUT.completion(label) for label in labels}))
 
 
 def _prompts(n: int, labels: list, seed: int = 0) -> list[str]:
@@ -21,13 +28,13 @@ def _prompts(n: int, labels: list, seed: int = 0) -> list[str]:
     frame.columns = [f"f{i}" for i in range(frame.shape[1])]
     # rows of different lengths, so batches really are padded
     frame["label"] = labels[0]
-    short = Serializer(["f0"], labels, FMT).render(frame.iloc[:1])
-    return Serializer(list(frame.columns[:-1]), labels, FMT).render(frame).texts + short.texts
+    short = Serializer(["f0"], labels, FMT, LAYOUT).render(frame.iloc[:1])
+    return Serializer(list(frame.columns[:-1]), labels, FMT, LAYOUT).render(frame).texts + short.texts
 
 
 def brute_force_log_probs(model, tokenizer, prompt: str, labels: list, first_token_only: bool = False) -> np.ndarray:
     """log p(answer tokens after the shared prefix) per label, one unpadded sequence at a time."""
-    space = answer_space(tokenizer, labels, prompt)
+    space = space_of(tokenizer, labels, prompt)
     prompt_ids = tokenizer(prompt)["input_ids"] + space.shared
     out = []
     for suffix in space.suffixes:
@@ -44,7 +51,7 @@ def test_single_token_labels_take_one_pass_and_match_brute_force(tiny_model):
     model, tokenizer = tiny_model
     labels = [0, 1, 4, 5]
     texts = _prompts(5, labels)
-    space = answer_space(tokenizer, labels, texts[0])
+    space = space_of(tokenizer, labels, texts[0])
     assert space.single_pass and tokenizer.convert_ids_to_tokens(space.shared) == ["▁Y", "▁=", "▁"]
     scores = score(model, tokenizer, texts, [1] * len(texts), space, batch_size=4)
     for text, row in zip(texts, scores.log_probs, strict=True):
@@ -57,7 +64,7 @@ def test_multi_token_labels_are_scored_by_sequence_log_probability(tiny_model):
     model, tokenizer = tiny_model
     labels = [1, 12, 2, 20]  # 1 and 12 share their first token; EOS tells them apart
     texts = _prompts(6, labels, seed=1)
-    space = answer_space(tokenizer, labels, texts[0])
+    space = space_of(tokenizer, labels, texts[0])
     assert not space.single_pass
     scores = score(model, tokenizer, texts, [12] * len(texts), space, batch_size=3)
     for text, row in zip(texts, scores.log_probs, strict=True):
@@ -68,7 +75,7 @@ def test_multi_token_labels_are_scored_by_sequence_log_probability(tiny_model):
 def test_labels_of_mixed_token_lengths_are_scored_by_sequence_log_probability(tiny_model, labels):
     model, tokenizer = tiny_model
     texts = _prompts(5, labels, seed=3)
-    space = answer_space(tokenizer, labels, texts[0])
+    space = space_of(tokenizer, labels, texts[0])
     assert not space.single_pass  # answers of different lengths cannot share one aligned pass
     scores = score(model, tokenizer, texts, [labels[-1]] * len(texts), space, batch_size=4)
     for text, row in zip(texts, scores.log_probs, strict=True):
@@ -79,7 +86,7 @@ def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
     model, tokenizer = tiny_model
     labels = [0, 1, 4, 5]
     texts = _prompts(9, labels, seed=2)
-    space = answer_space(tokenizer, labels, texts[0])
+    space = space_of(tokenizer, labels, texts[0])
     truth = [0, 1, 4, 5, 0, 1, 4, 5, 0, 1]
     one = score(model, tokenizer, texts, truth, space, batch_size=1)
     many = score(model, tokenizer, texts, truth, space, batch_size=8)
@@ -91,7 +98,7 @@ def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):
     _, tokenizer = tiny_model
     with pytest.raises(FaultLLMError, match="cannot be told apart"):
-        answer_space(tokenizer, ["ä", "ö"], _prompts(1, [0, 1])[0])  # both unknown: <unk>
+        space_of(tokenizer, ["ä", "ö"], _prompts(1, [0, 1])[0])  # both unknown: <unk>
 
 
 def test_parse_answer_and_metrics():

@@ -33,7 +33,7 @@ def test_missing_rate_blanks_that_fraction_of_test_values_reproducibly_never_the
     assert not np.array_equal(other_seed.test[split.features].isna().to_numpy(), blanked)
     both = make_split(compose_cfg("prepare", ["data.missing_rate=0.2", "data.missing_in_train=true"]).data, 3)
     assert both.train[split.features].isna().to_numpy().mean() == pytest.approx(0.2, abs=1e-3)
-    scaled, scaler = prepared_split(cfg.data, 3)
+    scaled, _ = prepared_split(cfg.data, 3)
     assert scaled.test[split.features].isna().to_numpy().sum() == blanked.sum()  # the scaler keeps them missing
 
 

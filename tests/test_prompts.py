@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from faultllm.prompts import PromptFormat, Serializer, answer, chat_prompt, question
+from faultllm.modeling import load_tokenizer
+from faultllm.prompts import PromptFormat, Serializer, question
+from faultllm.templates import answer, chat_prompt
+from faultllm.tiny import SHIPPED
 
 STUDY_SYSTEM = (
     "You are an expert in fault diagnosis of chemical plants operation. You master the reaction process and "
@@ -29,7 +32,7 @@ def test_unnamed_fixed_decimals_and_multiclass_wording():
 
 def test_llama2_layout_without_literal_bos(compose_cfg):
     cfg = compose_cfg("prepare", ["experiment=hst_paper", "data.path=unused.csv"])
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, ["x"], [0, 1])
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, ["x"], [0, 1], load_tokenizer(str(SHIPPED)))
     assert serializer.fmt.system == STUDY_SYSTEM
     frame = pd.DataFrame({"x": [0.5], "label": [1]})
     rendered = serializer.render(frame)
@@ -39,5 +42,5 @@ def test_llama2_layout_without_literal_bos(compose_cfg):
         "Tell me if the value of Y is 0 or 1. If the features are: 0.5000. What should be Y? [/INST]"
     )
     assert "<s>" not in prompt and "</s>" not in prompt
-    assert rendered.sft_rows() == [{"prompt": prompt, "completion": " Y = 1"}]
+    assert rendered.sft_rows() == [{"prompt": prompt, "completion": " Y = 1</s>"}]  # TRL adds no second EOS
     assert chat_prompt("q", "s") + answer(4) == "[INST] <<SYS>>\ns\n<</SYS>>\n\nq [/INST] Y = 4"

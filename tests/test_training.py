@@ -119,11 +119,11 @@ def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     from faultllm.splits import prepared_split
     from faultllm.training import TrainOptions, sft_trainer
 
-    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     spec = replace(spec, plan=replace(spec.plan, **(plan_change or {})))
     model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, tokenizer)
     rows = serializer.render(split.train.head(n_rows)).sft_rows()
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     trainer = sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
@@ -141,7 +141,8 @@ def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, ea
         assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
         answer = [t for t, label in zip(ids, labels, strict=True) if label != -100]
         assert answer == ids[len(prompt_ids) :]
-        assert tokenizer.convert_ids_to_tokens(answer) == ["▁Y", "▁=", "▁", row["completion"][-1], "</s>"]
+        label = row["completion"].removesuffix("</s>")[-1]
+        assert tokenizer.convert_ids_to_tokens(answer) == ["▁Y", "▁=", "▁", label, "</s>"]  # one EOS: ours, not TRL's
 
 
 def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):

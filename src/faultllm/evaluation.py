@@ -1,6 +1,7 @@
 """Restricted-label evaluation: the model may only answer with a valid label.
 
-Every answer is ` Y = <label></s>`. After the prompt, all answers share a token prefix
+Every answer is `Y = <label>` and the template's end token (` Y = 1</s>` in the study's
+layout, `Y = 1<|eot_id|>` in Llama-3's chat template). After the prompt, all answers share a token prefix
 (`▁Y ▁= ▁`) and then differ. When every label's first differing token is unique (0, 1,
 4, 5), one forward pass over prompt + true answer gives both the label distribution (the
 logits at the first differing position, restricted to the label tokens) and the
@@ -23,7 +24,7 @@ from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
 from faultllm.modeling import hardware_plan, load_trained, resolve_model_path
-from faultllm.prompts import Prompts, Serializer, answer
+from faultllm.prompts import Prompts, Serializer
 from faultllm.rundir import SavedRun
 
 
@@ -41,11 +42,13 @@ class AnswerSpace:
         return len(set(firsts)) == len(firsts) and len({len(suffix) for suffix in self.suffixes}) == 1
 
 
-def answer_space(tokenizer, labels: list, probe_prompt: str) -> AnswerSpace:
+def answer_space(tokenizer, prompts: Prompts) -> AnswerSpace:
+    """Each label's answer tokens after a prompt (the first of `prompts`), through the end-of-turn token."""
+    labels, probe_prompt = prompts.labels, prompts.texts[0]
     prompt_ids = tokenizer(probe_prompt)["input_ids"]
     answers = []
     for label in labels:
-        ids = tokenizer(probe_prompt + answer(label) + tokenizer.eos_token)["input_ids"]
+        ids = tokenizer(probe_prompt + prompts.completions[label])["input_ids"]
         if ids[: len(prompt_ids)] != prompt_ids:
             raise FaultLLMError(
                 "the tokenizer merges the prompt's end with the answer; prompts must end on a token boundary"
@@ -211,8 +214,9 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
             out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,  # the answer's end: the template's end of turn, not the base's EOS
+            )  # fmt: skip
             texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return texts
 
@@ -233,11 +237,9 @@ class TrainedLLM:
         """The run's adapter on its base model, loaded as this machine's hardware plan says."""
         base_path = resolve_model_path(run.cfg.model, run.cfg.cache_dir)
         model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(run.cfg.model))
-        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, run.prompt_features(), run.split.labels)
+        features, labels = run.prompt_features(), run.split.labels
+        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, features, labels, tokenizer)
         return cls(model, tokenizer, serializer)
-
-    def answer_space(self, probe_prompt: str) -> AnswerSpace:
-        return answer_space(self.tokenizer, self.serializer.labels, probe_prompt)
 
 
 def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int):

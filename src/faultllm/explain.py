@@ -19,7 +19,7 @@ import pandas as pd
 
 from faultllm.baselines import load_importances
 from faultllm.errors import FaultLLMError
-from faultllm.evaluation import TrainedLLM, generate_answers, parse_answer, score
+from faultllm.evaluation import TrainedLLM, answer_space, generate_answers, parse_answer, score
 from faultllm.loaders import LABEL
 from faultllm.prompts import WHY_QUESTION
 from faultllm.reporting import markdown
@@ -59,7 +59,7 @@ def occlusion(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: n
     features, labels = llm.serializer.features, llm.serializer.labels
     test = test.iloc[rows].reset_index(drop=True)
     original_prompts = llm.serializer.render(test)
-    space = llm.answer_space(original_prompts.texts[0])
+    space = answer_space(llm.tokenizer, original_prompts)
     truth = original_prompts.truth
     original = score(llm.model, llm.tokenizer, original_prompts.texts, truth, space, batch_size).probabilities()
     predicted = original.argmax(axis=1)

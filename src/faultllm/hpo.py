@@ -278,9 +278,7 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
     spec = fold_model_spec(trial_cfg)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
-    whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]  # what an importance run saw
-    features = ordered_features(trial_cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
-    serializer = Serializer.from_config(trial_cfg.prompt, trial_cfg.data, features, raw.labels)
+    serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
     fold_results = []
     try:
@@ -300,10 +298,16 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     return means[cfg.hpo.objective]
 
 
+def _trial_serializer(cfg, trial_cfg, raw: Split, spec: ModelSpec) -> Serializer:
+    whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]  # what an importance run saw
+    features = ordered_features(trial_cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
+    return Serializer.from_config(trial_cfg.prompt, trial_cfg.data, features, raw.labels, spec.tokenizer())
+
+
 def fold_model_spec(trial_cfg) -> ModelSpec:
     """One base model per worker (`hpo.reuse_model`), fresh adapters per fold; never a paged optimizer,
     whose state bitsandbytes keeps for the life of the process (every fold would leak it)."""
-    spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir)
+    spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir, trial_cfg.prompt)
     plan = spec.plan
     if plan.optimizer.startswith("paged_"):
         log.warning("hpo: %s never frees its state between folds; using adamw_torch_fused", plan.optimizer)

@@ -16,6 +16,7 @@ from typing import Any
 
 from faultllm.distributed import local_rank, world_size
 from faultllm.errors import FaultLLMError
+from faultllm.templates import end_of_turn, use_chat_template
 from faultllm.tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,20 @@ def lora_config(lora_cfg):
         r=int(lora_cfg.r),
         lora_alpha=int(lora_cfg.alpha),
         lora_dropout=dropout,
-        target_modules="all-linear",  # every linear layer of every block (not lm_head), as in QLoRA
+        # "all-linear": every linear layer of every block (not lm_head), as in QLoRA; or a list of module names
+        target_modules=_target_modules(lora_cfg.get("target_modules", "all-linear")),
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def _target_modules(value) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    names = [str(name) for name in value]
+    if not names:
+        raise FaultLLMError("lora.target_modules is empty; expected all-linear or module names like [q_proj,v_proj]")
+    return names
 
 
 def resolve_model_path(model_cfg, cache_dir: str) -> str:
@@ -196,29 +207,75 @@ class ModelSpec:
 
     path: str
     plan: HardwarePlan
-    lora: Any  # the lora config slice: r, alpha, dropout
+    lora: Any  # the lora config slice: r, alpha, dropout, target_modules
     reuse_base: bool = False  # keep the loaded base model for the next build in this process (HPO folds)
+    chat: bool = False  # prompt.template=chat: answers end with the chat template's end-of-turn token
+    chat_template_file: str | None = None  # prompt.chat_template: a Jinja template replacing the tokenizer's
 
     @classmethod
-    def from_config(cls, model_cfg, lora_cfg, cache_dir: str) -> ModelSpec:
-        return cls(resolve_model_path(model_cfg, cache_dir), hardware_plan(model_cfg), lora_cfg)
+    def from_config(cls, model_cfg, lora_cfg, cache_dir: str, prompt_cfg) -> ModelSpec:
+        chat = prompt_cfg.get("template", "llama2") == "chat"
+        path = resolve_model_path(model_cfg, cache_dir)
+        return cls(
+            path, hardware_plan(model_cfg), lora_cfg, chat=chat, chat_template_file=prompt_cfg.get("chat_template")
+        )
+
+    def tokenizer(self, padding_side: str = "left"):
+        return load_tokenizer(self.path, padding_side, self.chat, self.chat_template_file)
 
 
-def load_tokenizer(path: str, padding_side: str = "left"):
-    """Pad token distinct from EOS (else EOS is masked as padding and never learned)."""
+PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>")
+
+
+def load_tokenizer(path: str, padding_side: str = "left", chat: bool = False, chat_template_file: str | None = None):
+    """The tokenizer as faultllm trains with it: with `chat`, EOS is the chat template's end-of-turn token
+    (what ends an answer); the pad token is never EOS (else EOS is masked as padding and never learned)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
         raise FaultLLMError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-            tokenizer.pad_token = tokenizer.unk_token  # Llama-2's usual choice: no new embedding row needed
-        else:
-            raise FaultLLMError(f"{path}: the tokenizer has no pad or unk token distinct from EOS")
+    if chat:
+        use_chat_template(tokenizer, path, chat_template_file)
+        tokenizer.eos_token = end_of_turn(tokenizer)
+    choose_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def choose_pad_token(tokenizer) -> None:
+    """Its own pad token if that is not EOS; else unk (Llama-2's usual choice); else a reserved special
+    token the vocabulary has; else a new `<|pad|>` (the model's embeddings then grow: `fit_embeddings`)."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+        return
+    added = [token for token in tokenizer.get_added_vocab() if token != tokenizer.eos_token]
+    named = [token for token in PAD_NAMES if token in added]
+    reserved = sorted((token for token in added if "reserved" in token), key=tokenizer.convert_tokens_to_ids)
+    if named or reserved:
+        tokenizer.pad_token = (named or reserved)[0]
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def fit_embeddings(model, tokenizer):
+    """Grow the embeddings to the tokenizer when faultllm added a pad token. The new rows are the mean of
+    the existing ones, in training and on reload alike, so a reloaded adapter sees the very same model
+    (the pad row's input is masked; its output row only joins the softmax's normaliser)."""
+    import torch
+
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old_rows:
+        return model
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+            layer.weight[old_rows:] = layer.weight[:old_rows].float().mean(dim=0).to(layer.weight.dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def load_base_model(path: str, plan: HardwarePlan):
@@ -284,8 +341,8 @@ def build_for_training(spec: ModelSpec, seed: int):
     from peft import get_peft_model
     from transformers import set_seed
 
-    tokenizer = load_tokenizer(spec.path, padding_side="right")
-    base = base_model(spec)
+    tokenizer = spec.tokenizer(padding_side="right")
+    base = fit_embeddings(base_model(spec), tokenizer)
     set_seed(seed)  # right before LoRA's random init, which would otherwise depend on whatever ran earlier
     return get_peft_model(base, lora_config(spec.lora)), tokenizer
 
@@ -313,6 +370,6 @@ def load_trained(adapter: Path, base_path: str, plan: HardwarePlan):
         raise FaultLLMError(
             f"{adapter.parent}: no adapter found (expected {adapter}/adapter_config.json); was training finished?"
         )
-    tokenizer = load_tokenizer(str(adapter), padding_side="left")
-    model = PeftModel.from_pretrained(load_base_model(base_path, plan), str(adapter))
+    tokenizer = load_tokenizer(str(adapter), padding_side="left")  # as trained: EOS, pad and template saved
+    model = PeftModel.from_pretrained(fit_embeddings(load_base_model(base_path, plan), tokenizer), str(adapter))
     return model.eval(), tokenizer

@@ -1,7 +1,8 @@
-"""Serialize a table row as a Llama-2 chat prompt, and the answer it should get.
+"""Serialize a table row as a question, and render it with the model's prompt template (templates.py).
 
-[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]   <- prompt (the tokenizer adds BOS)
- Y = {label}                                                  <- completion (EOS appended by the trainer)
+The study's question: "Tell me if the value of Y is 0 or 1. If the features are: 0.25, ... What
+should be Y?", its answer `Y = k`; `prompt.*` sets feature names, decimals, missing values and
+the feature order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from faultllm.baselines import load_importances
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
 from faultllm.rundir import read_json
+from faultllm.templates import ChatTemplate, Llama2Layout, template_for
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,6 @@ def question(values: Sequence[float], features: Sequence[str], labels: Sequence,
     return f"Tell me if the value of Y is {label_choices(labels)}. {body} What should be Y?"
 
 
-def chat_prompt(user_message: str, system: str) -> str:
-    """Llama-2 chat layout without BOS: the tokenizer adds it, a literal `<s>` would double it."""
-    return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_message} [/INST]"
-
-
 FEATURE_ORDERS = ("original", "importance", "random")
 
 
@@ -110,10 +107,6 @@ def by_importance(run_dir, model: str, features: Sequence[str], split_fingerprin
 WHY_QUESTION = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
 
 
-def answer(label) -> str:
-    return f" Y = {label}"
-
-
 @dataclass(frozen=True)
 class Prompts:
     """Rendered prompts and the true label of each row: evaluation sets and SFT rows come from one rendering."""
@@ -121,33 +114,39 @@ class Prompts:
     texts: list[str]
     truth: list  # the true label of each row
     labels: list  # every label the model may answer, in prompt order
+    completions: dict  # label -> the completion that answers it, end-of-turn token included
 
     def sft_rows(self) -> list[dict[str, str]]:
-        """prompt/completion rows: with `completion_only_loss` the loss covers only the answer (and EOS)."""
+        """prompt/completion rows: with `completion_only_loss` the loss covers only the answer and its end token."""
         return [
-            {"prompt": text, "completion": answer(label)} for text, label in zip(self.texts, self.truth, strict=True)
+            {"prompt": text, "completion": self.completions[label]}
+            for text, label in zip(self.texts, self.truth, strict=True)
         ]
 
 
 @dataclass(frozen=True)
 class Serializer:
-    """A data set's features and labels in a prompt format: table rows in, prompts out."""
+    """A data set's features and labels in a prompt format and template: table rows in, prompts out."""
 
-    features: list[str]
+    features: list[str]  # in the order the prompt writes them
     labels: list
     fmt: PromptFormat
+    template: Llama2Layout | ChatTemplate
 
     @classmethod
-    def from_config(cls, prompt_cfg, data_cfg, features: list[str], labels: list) -> Serializer:
-        return cls(list(features), list(labels), PromptFormat.from_config(prompt_cfg, data_cfg))
+    def from_config(cls, prompt_cfg, data_cfg, features: list[str], labels: list, tokenizer) -> Serializer:
+        """`tokenizer` as `modeling.load_tokenizer` prepared it for `prompt.template`."""
+        template = template_for(prompt_cfg.get("template", "llama2"), tokenizer)
+        return cls(list(features), list(labels), PromptFormat.from_config(prompt_cfg, data_cfg), template)
 
     def question(self, values: Sequence[float]) -> str:
         return question(values, self.features, self.labels, self.fmt)
 
     def chat(self, user_message: str) -> str:
-        return chat_prompt(user_message, self.fmt.system)
+        return self.template.prompt(self.fmt.system, user_message)
 
     def render(self, frame: pd.DataFrame) -> Prompts:
         values = frame[self.features].to_numpy(np.float64)
         texts = [self.chat(self.question(row)) for row in values]
-        return Prompts(texts=texts, truth=frame[LABEL].tolist(), labels=self.labels)
+        completions = {label: self.template.completion(label) for label in self.labels}
+        return Prompts(texts=texts, truth=frame[LABEL].tolist(), labels=self.labels, completions=completions)

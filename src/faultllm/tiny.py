@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
-from faultllm.prompts import WHY_QUESTION, PromptFormat, answer, chat_prompt, question
+from faultllm.prompts import WHY_QUESTION, PromptFormat, question
+from faultllm.templates import answer, chat_prompt
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 _SYSTEM_PROMPTS = [
@@ -69,24 +70,33 @@ def _random_prompt(rng: np.random.Generator) -> tuple[str, str]:
 
 
 def train_tokenizer(rng: np.random.Generator, vocab_size: int):
+    corpus = [prompt + completion for prompt, completion in (_random_prompt(rng) for _ in range(2000))]
+    return bpe_tokenizer(
+        corpus, vocab_size, SPECIAL_TOKENS, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def bpe_tokenizer(corpus: list[str], vocab_size: int, special_tokens: list[str], prepend_scheme="first", **roles):
+    """A Llama-2-like BPE tokenizer (Metaspace words, single digits) trained on `corpus`; `roles` name the
+    bos/eos/unk/pad tokens among `special_tokens` (any may be absent). BOS, if any, is added by the tokenizer.
+    `prepend_scheme="always"` puts `▁` after special tokens too, as sentencepiece's legacy mode does."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer = Tokenizer(models.BPE(unk_token=roles.get("unk_token")))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Digits(individual_digits=True)]
+        [pre_tokenizers.Metaspace(prepend_scheme=prepend_scheme), pre_tokenizers.Digits(individual_digits=True)]
     )
-    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
-    corpus = [prompt + completion for prompt, completion in (_random_prompt(rng) for _ in range(2000))]
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme=prepend_scheme)
     alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;=?!'\"-_()[]<>/\n")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet)
     tokenizer.train_from_iterator(corpus, trainer=trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    bos = roles.get("bos_token")
+    if bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
 
 
 def build_tiny_model(spec: dict, target: Path) -> None:

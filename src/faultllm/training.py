@@ -90,7 +90,7 @@ def fit(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_for_training(spec, options.seed)
-    space = answer_space(tokenizer, train.labels, train.texts[0])
+    space = answer_space(tokenizer, train)
     plan = plan_for_run(spec.plan, model, tokenizer, train, options)
     resume = checkpoints and options.resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
     history = EpochHistory(out_dir / "epochs.jsonl", keep=resume)

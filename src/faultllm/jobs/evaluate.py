@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faultllm import plots
-from faultllm.evaluation import TrainedLLM, evaluate_prompts
+from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.reporting import print_summary
 from faultllm.rundir import open_run, start_run, write_json
 
@@ -20,9 +20,8 @@ def run(cfg, out_dir) -> dict:
     else:
         frame, source = saved.split.test, "the run's test split"
     prompts = llm.serializer.render(frame)
-    metrics, predictions = evaluate_prompts(
-        llm.model, llm.tokenizer, prompts, llm.answer_space(prompts.texts[0]), cfg.eval
-    )
+    space = answer_space(llm.tokenizer, prompts)
+    metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval)
     metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)}
     write_json(out_dir / "metrics.json", metrics)
     predictions.to_csv(out_dir / "predictions.csv", index=False)

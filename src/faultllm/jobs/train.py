@@ -38,9 +38,9 @@ def train_on_split(cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path
     features = ordered_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, features, split.labels)
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, features, split.labels, spec.tokenizer())
     sets = {"train": serializer.render(split.train), "test": serializer.render(split.test)}
-    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     result = fit(spec, sets["train"], sets, options, run_dir)
     final = {

@@ -1,0 +1,138 @@
+"""How a system prompt and a question become a model's prompt, and a label its completion.
+
+`prompt.template=llama2` (the study's layout, default for the Llama-2 configs):
+    [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]    <- prompt (the tokenizer adds BOS)
+     Y = {label}</s>                                               <- completion
+`prompt.template=chat`: the tokenizer's own chat template (`apply_chat_template`): system and
+user turns, the generation prompt, and `Y = {label}` as the assistant turn up to and including
+its end-of-turn token (`<|eot_id|>`, `<|im_end|>`, `</s>`). A template without a system role
+(Mistral) gets the system text folded into the user turn. Prompts never hold a literal BOS: the
+tokenizer adds it where the model expects one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from faultllm.errors import FaultLLMError
+
+TEMPLATES = ("llama2", "chat")
+_PROBE_ANSWER = "Y = 0"
+
+
+def chat_prompt(user_message: str, system: str) -> str:
+    """Llama-2 chat layout without BOS: the tokenizer adds it, a literal `<s>` would double it."""
+    return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user_message} [/INST]"
+
+
+def answer(label) -> str:
+    """The answer in the study's layout (after `[/INST]`, hence the leading space)."""
+    return f" Y = {label}"
+
+
+@dataclass(frozen=True)
+class Llama2Layout:
+    end: str  # the tokenizer's EOS (`</s>`)
+
+    def prompt(self, system: str, user: str) -> str:
+        return chat_prompt(user, system)
+
+    def completion(self, label) -> str:
+        return answer(label) + self.end
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    tokenizer: object
+    system_role: bool  # False: the system text goes in front of the user turn
+    end: str  # the end-of-turn token that closes the assistant's answer
+
+    def messages(self, system: str, user: str) -> list[dict[str, str]]:
+        if self.system_role:
+            return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return [{"role": "user", "content": f"{system}\n\n{user}"}]
+
+    def prompt(self, system: str, user: str) -> str:
+        text = self.tokenizer.apply_chat_template(
+            self.messages(system, user), tokenize=False, add_generation_prompt=True
+        )
+        return strip_bos(self.tokenizer, text)
+
+    def completion(self, label) -> str:
+        return assistant_turn(self.tokenizer, self.messages("s", "u"), f"Y = {label}", self.end)
+
+
+def strip_bos(tokenizer, text: str) -> str:
+    """The template's literal BOS, dropped when the tokenizer adds one itself (else BOS would appear twice)."""
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+
+
+def assistant_turn(tokenizer, messages: list[dict], content: str, end: str) -> str:
+    """What the template writes after the generation prompt for an assistant answer, through `end`."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": content}], tokenize=False)
+    if not full.startswith(prompt) or end not in full[len(prompt) :]:
+        raise FaultLLMError("the chat template does not render an answer as generation prompt + answer + end of turn")
+    turn = full[len(prompt) :]
+    return turn[: turn.index(end) + len(end)]
+
+
+def check_rendering(template: ChatTemplate) -> None:
+    """Our prompt text, tokenized as everywhere in faultllm (BOS added by the tokenizer), must give the
+    very tokens the template's own tokenization gives: else training would drift from the model's format."""
+    tokenizer = template.tokenizer
+    messages = template.messages("s", "u")
+    own = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    own = list(own["input_ids"] if hasattr(own, "keys") else own)
+    if tokenizer(template.prompt("s", "u"))["input_ids"] != own:
+        raise FaultLLMError(
+            f"{tokenizer.name_or_path}: its chat template's text does not tokenize as the template does without the "
+            "literal BOS; use prompt.template=llama2 or a template file (prompt.chat_template=FILE.jinja)"
+        )
+
+
+def has_system_role(tokenizer) -> bool:
+    try:
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
+        )
+    except Exception:  # jinja2's TemplateError from raise_exception('... roles ...'), or the template's own
+        return False
+    return True
+
+
+def end_of_turn(tokenizer) -> str:
+    """The special token that closes an assistant turn in the tokenizer's chat template (EOS if none does)."""
+    messages = [{"role": "user", "content": "u"}]
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": _PROBE_ANSWER}], tokenize=False)
+    after = full[full.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER) :]
+    specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
+    return next((token for token in specials if after.startswith(token)), tokenizer.eos_token)
+
+
+def use_chat_template(tokenizer, path: str, template_file: str | None) -> None:
+    """Check the tokenizer has a chat template (or install the one from `template_file`)."""
+    if template_file:
+        file = Path(template_file).expanduser()
+        if not file.is_file():
+            raise FaultLLMError(f"prompt.chat_template={template_file}: no such file")
+        tokenizer.chat_template = file.read_text()
+    if not tokenizer.chat_template:
+        raise FaultLLMError(
+            f"{path}: the tokenizer has no chat template; use prompt.template=llama2 or give one with "
+            "prompt.chat_template=FILE.jinja"
+        )
+
+
+def template_for(kind: str, tokenizer) -> Llama2Layout | ChatTemplate:
+    """The prompt template of `prompt.template` over this (faultllm-prepared) tokenizer."""
+    if kind == "llama2":
+        return Llama2Layout(end=tokenizer.eos_token)
+    if kind == "chat":
+        template = ChatTemplate(tokenizer, system_role=has_system_role(tokenizer), end=tokenizer.eos_token)
+        check_rendering(template)
+        return template
+    raise FaultLLMError(f"prompt.template={kind!r}; expected one of {', '.join(TEMPLATES)}")
