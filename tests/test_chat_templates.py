@@ -54,7 +54,9 @@ def test_prompt_and_answer_are_the_templates_own_rendering_with_one_bos(chat_mod
     assert full == answered[: len(full)] and full[-1] == tokenizer.eos_token_id
     end = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "mistral": "</s>"}[style]
     assert tokenizer.eos_token == end and prompts.completions[1] == f"Y = 1{end}"
-    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, None)
+    pad = {"llama3": "<|reserved_special_token_0|>", "chatml": "<|pad|>", "mistral": "<unk>"}[style]
+    assert tokenizer.pad_token == pad and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert len(tokenizer) == len(own) + (style == "chatml")  # a pad token is added only where none exists
     if own.bos_token:
         assert full.count(own.bos_token_id) == 1 and not prompts.texts[0].startswith(own.bos_token)
 
