@@ -113,7 +113,7 @@ def check_comparable(configs: dict[Path, dict]) -> None:
 def _refuse_differences(configs: dict[Path, dict], view, what: str) -> None:
     (first_dir, first), *rest = [(d, _comparable(view(c))) for d, c in configs.items()]
     for run_dir, config in rest:
-        for key in sorted(set(first) | set(config)):
+        for key in sorted(set(first) & set(config)):  # a key only one run has came with a later faultllm
             if first.get(key) != config.get(key):
                 raise FaultLLMError(
                     f"cannot pool runs made with {what}: {key} is {first.get(key)!r} in {first_dir} and "
@@ -218,7 +218,11 @@ def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
             ]
             rows += [_mcnemar_row(a, b) for a, b in pairs if a.correct is not None and b.correct is not None]
             rows += _seed_rows(pairs)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.astype({"A right only": "Int64", "B right only": "Int64"})
+    return table.sort_values(["A", "Train rows"], kind="stable").reset_index(drop=True)
 
 
 def _mcnemar_row(a: ModelRun, b: ModelRun) -> dict:

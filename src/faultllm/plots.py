@@ -82,7 +82,10 @@ def train_size_curve(summary: pd.DataFrame, path: Path) -> None:
                     rows["Train rows"], rows["test_accuracy_ci_low"], rows["test_accuracy_ci_high"],
                     color=line.get_color(), alpha=0.15,
                 )  # fmt: skip
+        sizes = sorted(summary["Train rows"].unique())
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training rows")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from faultllm import plots
 from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
-from faultllm.reporting import markdown, print_table, summary_display, write_table
+from faultllm.reporting import markdown, print_table, summary_display, tests_display
 from faultllm.rundir import start_run
 
 
@@ -30,7 +30,8 @@ def run(cfg, out_dir):
     seeds = runs["Seed"].nunique()
     print_table(f"comparison over {seeds} seed{'s' * (seeds > 1)} ({len(runs)} model runs)", shown)
     if not tests.empty:
-        write_table(tests, out_dir / "paired_tests")
-        print_table("paired tests on the same test rows", tests)
+        tests.to_csv(out_dir / "paired_tests.csv", index=False)
+        (out_dir / "paired_tests.md").write_text(markdown(tests_display(tests)))
+        print_table("paired tests on the same test rows", tests_display(tests))
     print(f"written to {out_dir}")
     return summary
