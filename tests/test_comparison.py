@@ -82,12 +82,13 @@ def jobs_with_400_rows(sweep) -> list:
     return sorted(jobs, key=lambda job: split(job)["seed"])
 
 
-def _fake_llm_run(baselines_dir, out, correct: np.ndarray):
+def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()):
     """A finished `faultllm train` run on the baselines run's split whose rows are right where `correct` says."""
     out.mkdir()
     for name in ("split.json", "test.parquet"):
         (out / name).write_bytes((baselines_dir / name).read_bytes())
-    cfg = compose("train", ["model=tiny", f"seed={json.loads((baselines_dir / 'split.json').read_text())['seed']}"])
+    seed = json.loads((baselines_dir / "split.json").read_text())["seed"]
+    cfg = compose("train", ["model=tiny", f"seed={seed}", *overrides])
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     truth = pd.read_csv(baselines_dir / "predictions.csv")["label"]
     predicted = np.where(correct, truth, -1)
@@ -128,3 +129,16 @@ def test_llm_and_baselines_over_seeds_get_a_paired_t_test(multirun, tmp_path):
     row = tests[(tests["B"] == "K-Nearest Neighbors") & (tests["Test"] == "paired t over seeds")].iloc[0]
     assert row["n"] == 3 and row["Accuracy A - B"] == pytest.approx(np.mean(differences))
     assert row["p-value"] == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
+
+
+def test_llm_runs_that_differ_become_rows_named_by_the_difference(multirun, tmp_path):
+    job = jobs_with_400_rows(multirun)[0]
+    correct = pd.read_csv(job / "predictions.csv").pipe(lambda p: (p["lr"] == p["label"]).to_numpy())
+    _fake_llm_run(job, tmp_path / "original", correct)
+    _fake_llm_run(job, tmp_path / "random", ~correct, ("prompt.feature_order=random",))
+    summary = report([tmp_path / "original", tmp_path / "random", job], tmp_path / "report")
+    assert {"LLM (tiny, prompt.feature_order=original)", "LLM (tiny, prompt.feature_order=random)"} <= set(
+        summary["Model"]
+    )
+    tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
+    assert set(tests["A"]) == {"LLM (tiny, prompt.feature_order=original)", "LLM (tiny, prompt.feature_order=random)"}

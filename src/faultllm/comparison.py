@@ -1,8 +1,8 @@
 """Comparing models fairly across runs: pool repeated seeds, put intervals on them, test paired differences.
 
 `load_runs` reads finished train/baselines run directories (a Hydra multirun directory counts as
-its runs) and refuses to pool runs whose configs differ in anything but the seed and the
-training-set size. `aggregate` gives each model's mean, sd and 95% t-interval over seeds per
+its runs), refuses runs made on different data configs, and pools only runs whose configs differ
+in nothing but the seed and the training-set size (differing LLM runs become rows of their own). `aggregate` gives each model's mean, sd and 95% t-interval over seeds per
 training-set size; `paired_tests` compares each LLM with each baseline on the very same test
 rows (exact McNemar per split) and across seeds (paired t-test on per-seed accuracies).
 """
@@ -69,7 +69,8 @@ def load_runs(paths: list) -> list[ModelRun]:
     run_dirs = expand_run_dirs(paths)
     configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
     check_comparable(configs)
-    results = [result for run_dir in run_dirs for result in _model_runs(run_dir, configs[run_dir])]
+    names = llm_names({d: c for d, c in configs.items() if _kind(c) == "train"})
+    results = [r for run_dir in run_dirs for r in _model_runs(run_dir, configs[run_dir], names.get(run_dir))]
     seen: dict[tuple, Path] = {}
     for r in results:
         if (r.model, r.fingerprint) in seen:
@@ -99,15 +100,29 @@ def _kind(config: dict) -> str:
 
 
 def check_comparable(configs: dict[Path, dict]) -> None:
-    """The data config agrees across all runs, and runs of one kind (and one LLM) agree on everything,
-    except for the seed and the training-set size."""
+    """The data config agrees across all runs, and the baselines runs agree on everything, except for
+    the seed and the training-set size. (LLM runs that differ become separate rows: `llm_names`.)"""
     data_keys = lambda config: {k: v for k, v in config.items() if k.startswith("data.")}  # noqa: E731
     _refuse_differences(configs, data_keys, "different data configs")
-    groups: dict[tuple, dict[Path, dict]] = {}
-    for run_dir, config in configs.items():
-        groups.setdefault((_kind(config), config.get("model.path"), config.get("model.build")), {})[run_dir] = config
-    for group in groups.values():
-        _refuse_differences(group, lambda config: config, "configs that differ in more than the seed")
+    baselines = {d: c for d, c in configs.items() if _kind(c) == "baselines"}
+    if baselines:
+        _refuse_differences(baselines, lambda config: config, "configs that differ in more than the seed")
+
+
+def llm_names(configs: dict[Path, dict]) -> dict[Path, str]:
+    """Train runs are pooled when their configs agree but for the seed and training-set size; runs that
+    differ (another model, prompt.feature_order, learning rate) are named by what sets them apart."""
+    settings = {d: _comparable(c) for d, c in configs.items()}
+    differing = sorted(
+        {k for a in settings.values() for b in settings.values() for k in set(a) & set(b) if a[k] != b[k]}
+        - {"model.path", "model.build"}
+    )
+    names = {}
+    for run_dir, config in settings.items():
+        shown = [Path(str(config.get("model.path") or "tiny")).name]
+        shown += [f"{key}={config[key]}" for key in differing[:3] if key in config]
+        names[run_dir] = f"LLM ({', '.join(shown)}{', ...' if len(differing) > 3 else ''})"
+    return names
 
 
 def _refuse_differences(configs: dict[Path, dict], view, what: str) -> None:
@@ -125,7 +140,7 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VARYING + IGNORED and not k.startswith("hydra.")}
 
 
-def _model_runs(run_dir: Path, config: dict) -> list[ModelRun]:
+def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[ModelRun]:
     metrics, split = read_json(run_dir / "metrics.json"), read_json(run_dir / "split.json")
     common = {
         "run_dir": run_dir,
@@ -140,9 +155,8 @@ def _model_runs(run_dir: Path, config: dict) -> list[ModelRun]:
         else (predictions[column].astype(str) == predictions["label"].astype(str)).to_numpy()
     )
     if _kind(config) == "train":
-        name = "LLM (" + Path(str(config.get("model.path") or "tiny")).name + ")"
         test = metrics["test"]
-        return [ModelRun(name, "llm", train_accuracy=metrics["train"]["accuracy"], test_accuracy=test["accuracy"],
+        return [ModelRun(llm_name, "llm", train_accuracy=metrics["train"]["accuracy"], test_accuracy=test["accuracy"],
                          test_macro_f1=test["macro_f1"], seconds=metrics.get("train_seconds"),
                          correct=correct("predicted"), **common)]  # fmt: skip
     return [
