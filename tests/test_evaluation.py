@@ -109,3 +109,12 @@ def test_parse_answer_and_metrics():
     metrics = classification_metrics([0, 0, 1, 1], [0, None, 1, 0], [0, 1])
     assert metrics["accuracy"] == 0.5 and metrics["confusion_matrix"] == [[1, 0], [1, 1]]
     assert metrics["per_class_recall"] == {"0": 0.5, "1": 0.5}
+
+
+def test_metrics_are_over_the_classes_present():
+    metrics = classification_metrics([1, 4, 1], [1, 4, 1], [0, 1, 4, 5])
+    assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0  # not 0.5 from absent classes 0 and 5
+    assert metrics["classes_scored"] == ["1", "4"] and metrics["per_class_recall"] == {"1": 1.0, "4": 1.0}
+    assert len(metrics["confusion_matrix"]) == 4
+    wrong = classification_metrics([1, 1], [5, 1], [0, 1, 4, 5])  # a predicted class counts though absent in truth
+    assert wrong["classes_scored"] == ["1", "5"] and wrong["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
