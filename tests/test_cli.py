@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pandas as pd
+import pytest
 
 
 def faultllm(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -54,3 +56,54 @@ def test_config_typo_and_cfg_job_are_hydras():
 def test_unknown_command():
     result = faultllm("trian")
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+
+
+def test_version_module_entry_and_command_help():
+    from faultllm import __version__
+
+    assert faultllm("--version").stdout.strip() == f"faultllm {__version__}"
+    as_module = subprocess.run([sys.executable, "-m", "faultllm", "--version"], capture_output=True, text=True)
+    assert as_module.returncode == 0 and as_module.stdout.strip() == f"faultllm {__version__}"
+    shown = faultllm("train", "--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("faultllm train: QLoRA fine-tune")
+    assert "trainer.*" in shown.stdout and "lora.*" in shown.stdout and "configs/train.yaml" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate"], "faultllm evaluate: error: run_dir is required: pass run_dir=..."),
+        (["explain"], "faultllm explain: error: run_dir is required: pass run_dir=..."),
+        (["data", "prepare", "data.train_size=abc"], "faultllm data prepare: error: data.train_size='abc': expected an integer"),
+        (["train", "model=tiny", "lora.dropout=high"], "faultllm train: error: lora.dropout='high': expected a number"),
+        (["train", "model=nope"], "faultllm train: error: In 'train': Could not find 'model/nope' Available options"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, args, message):
+    result = faultllm(*args, cwd=tmp_path)
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and line.startswith(message)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_a_job_that_fails_leaves_no_empty_run_directory(tmp_path):
+    result = faultllm("data", "prepare", "data=hst", f"data.path={tmp_path / 'missing.csv'}", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_without_hub_access_the_default_model_fails_fast_with_a_hint(tmp_path):
+    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "faultllm", "train", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "not cached and the hub cannot be reached" in line and "model=tiny" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_multirun_runs_one_job_per_value(tmp_path):
+    result = faultllm("data", "prepare", "-m", "seed=1,2", f"hydra.sweep.dir={tmp_path}", f"cache_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads((tmp_path / job / "summary.json").read_text())["seed"] for job in ("0", "1")) == [1, 2]

@@ -7,7 +7,10 @@ command runs, so `faultllm --help` answers at once.
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 import sys
+from pathlib import Path
 
 # command -> (config name in configs/, job module in faultllm.jobs, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -39,14 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from faultllm import __version__
+
+        print(f"faultllm {__version__}")
+        return 0
     command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
     if command not in COMMANDS:
         print(f"faultllm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     overrides = argv[len(command.split()) :]
+    config_name, module, _ = COMMANDS[command]
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(command_help(command, config_name))
+        return 0
     if command == "report":
         overrides = report_overrides(overrides)
-    config_name, module, _ = COMMANDS[command]
+    if not any(arg.startswith("-") for arg in overrides):  # multiruns and Hydra's flags: checked per job
+        error = config_error(config_name, overrides)
+        if error:
+            print(f"faultllm {command}: error: {error}", file=sys.stderr)
+            return 2
     from faultllm.distributed import pin_first_gpu, world_size
 
     if world_size() > 1:
@@ -69,6 +85,43 @@ def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
     if not is_main_process():
         overrides = [*overrides, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return overrides
+
+
+def command_help(command: str, config_name: str) -> str:
+    """What the command does (the opening comment of its config) and its config's top-level keys."""
+    from faultllm.config import CONFIG_DIR, compose
+
+    path = CONFIG_DIR / f"{config_name}.yaml"
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("# ").rstrip())
+    cfg = compose(config_name, ["run_dir=RUN_DIR"] if config_name in ("evaluate", "explain") else [])
+    keys = ", ".join(f"{key}.*" if hasattr(value, "keys") else key for key, value in cfg.items())
+    return "\n".join([
+        f"faultllm {command}: {COMMANDS[command][2]}", "", *header, "",
+        f"config: configs/{config_name}.yaml   keys: {keys}",
+        f"faultllm {command} --cfg job [key=value ...] prints the whole composed config; see README.md.",
+    ])  # fmt: skip
+
+
+def config_error(config_name: str, overrides: list[str]) -> str | None:
+    """The one-line reason the config cannot be composed or fails validation, else None."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from faultllm.config import compose, validate
+    from faultllm.errors import FaultLLMError
+
+    try:
+        validate(compose(config_name, [o for o in overrides if not o.startswith("hydra.")]))
+    except FaultLLMError as err:
+        return str(err)
+    except (HydraException, OmegaConfBaseException, ValueError, KeyError) as err:  # override and composition errors
+        lines = str(err).strip().split("Config search path")[0].splitlines()
+        return " ".join(line.strip() for line in lines if line.strip())
+    return None
 
 
 def report_overrides(args: list[str]) -> list[str]:
@@ -104,24 +157,42 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from faultllm.config import CONFIG_DIR
+    from faultllm.config import CONFIG_DIR, validate
     from faultllm.errors import FaultLLMError
 
     def task(cfg) -> None:
         _quiet_known_noise()
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
+            validate(cfg)
             job = importlib.import_module(f"faultllm.jobs.{module}")
-            job.run(cfg, HydraConfig.get().runtime.output_dir)
+            job.run(cfg, run_dir)
         except FaultLLMError as err:
-            print(f"faultllm {command}: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            _fail(command, str(err), run_dir, 2)
         except KeyboardInterrupt:
             print(f"faultllm {command}: interrupted; finished work is kept in the run directory", file=sys.stderr)
             sys.exit(130)
+        except Exception as err:
+            if os.environ.get("FAULTLLM_DEBUG"):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            _fail(command, f"{type(err).__name__}: {first} (FAULTLLM_DEBUG=1 shows the full trace)", run_dir, 1)
 
     sys.argv = [f"faultllm {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base=None)(task)()
     return 0
+
+
+# What every run directory holds before its job has written anything of its own.
+_BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
+
+
+def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
+    """One line on stderr; a run directory the failed job wrote nothing into is removed."""
+    print(f"faultllm {command}: error: {message}", file=sys.stderr)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ def classification_metrics(true: list, predicted: list, labels: list) -> dict:
         "accuracy": float(accuracy_score(true_s, pred_s)),
         "macro_f1": float(f1_score(true_s, pred_s, labels=present, average="macro", zero_division=0)),
         "per_class_recall": dict(
-            zip(present, recall_score(true_s, pred_s, labels=present, average=None, zero_division=0).tolist(), strict=True)
+            zip(
+                present,
+                recall_score(true_s, pred_s, labels=present, average=None, zero_division=0).tolist(),
+                strict=True,
+            )
         ),
         "classes_scored": present,
         "confusion_matrix": confusion_matrix(true_s, pred_s, labels=keys).tolist(),

@@ -198,7 +198,39 @@ def resolve_model_path(model_cfg, cache_dir: str) -> str:
     looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
     if looks_local and not Path(path).expanduser().is_dir():
         raise FaultLLMError(f"model.path={path}: no such model directory")
-    return str(Path(path).expanduser()) if looks_local else path
+    if looks_local:
+        return str(Path(path).expanduser())
+    check_hub_access(path)
+    return path
+
+
+def check_hub_access(repo_id: str) -> None:
+    """A hub model not in the local cache needs the hub: fail in seconds with what to do instead of
+    transformers' minute of retries (the token, if any, is never shown)."""
+    import os
+
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    hint = "use model=tiny, or a local model directory: model.path=DIR"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise FaultLLMError(f"model.path={repo_id}: not in the local cache and HF_HUB_OFFLINE is set; {hint}")
+    try:
+        model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        raise FaultLLMError(
+            f"model.path={repo_id}: a gated model; accept its licence on huggingface.co, then "
+            "`huggingface-cli login` (or set HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FaultLLMError(f"model.path={repo_id}: no such model on the hub (or no access to it); {hint}") from None
+    except Exception as err:  # connection refused, DNS, proxy, timeout: httpx/requests errors alike
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FaultLLMError(
+            f"model.path={repo_id}: not cached and the hub cannot be reached ({reason}); {hint}"
+        ) from None
 
 
 @dataclass(frozen=True)

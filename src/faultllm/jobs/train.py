@@ -34,11 +34,11 @@ def run(cfg, run_dir) -> dict:
 
 def train_on_split(cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path) -> dict:
     """The train job after its split is made (also HPO's refit of the best parameters)."""
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)  # first: fails fast off the hub
     split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else split.summary(scaler, cfg.seed)
     features = ordered_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
-    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     serializer = Serializer.from_config(cfg.prompt, cfg.data, features, split.labels, spec.tokenizer())
     sets = {"train": serializer.render(split.train), "test": serializer.render(split.test)}
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
