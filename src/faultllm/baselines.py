@@ -54,7 +54,8 @@ def _estimator(name: str, seed: int, **params):
     factories: dict[str, Callable] = {
         "rf": lambda: RandomForestClassifier(**({"n_estimators": 100} | params), random_state=seed, n_jobs=-1),
         "lr": lambda: LogisticRegression(**({"max_iter": 1000} | params)),
-        "svm": lambda: SVC(**({"kernel": "rbf"} | params), random_state=seed),
+        # probability=True: `predict` gives per-class probabilities (SVC.predict itself is unchanged by it)
+        "svm": lambda: SVC(**({"kernel": "rbf"} | params), probability=True, random_state=seed),
         "knn": lambda: KNeighborsClassifier(**({"n_neighbors": 5} | params)),
         "gbm": lambda: GradientBoostingClassifier(**({"n_estimators": 100} | params), random_state=seed),
         "hgb": lambda: HistGradientBoostingClassifier(**params, random_state=seed),
@@ -182,6 +183,24 @@ def table_4_2(results: dict[str, dict]) -> pd.DataFrame:
             for name, r in results.items()
         ]
     )
+
+
+def save_model(model, run_dir: Path, name: str) -> None:
+    """models/<name>.joblib: what `faultllm predict` loads (joblib: load only files you trust)."""
+    import joblib
+
+    (run_dir / "models").mkdir(exist_ok=True)
+    joblib.dump(model, run_dir / "models" / f"{name}.joblib")
+
+
+def load_model(run_dir: Path, name: str):
+    import joblib
+
+    path = Path(run_dir) / "models" / f"{name}.joblib"
+    if not path.exists():
+        saved = sorted(p.stem for p in (Path(run_dir) / "models").glob("*.joblib"))
+        raise FaultLLMError(f"predict.model={name!r}: {run_dir} saved the models {', '.join(saved)}")
+    return joblib.load(path)
 
 
 def load_importances(run_dir: Path) -> pd.DataFrame:

@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hpo": ("hpo", "hpo", "Optuna TPE search over stratified K folds"),
     "baselines": ("baselines", "baselines", "classical models on the very same split"),
     "explain": ("explain", "explain", "free-text probe and measured feature attributions"),
-    "report": ("report", "report", "RUN_DIR... [--out DIR]: one comparison table of train and baselines runs"),
+    "predict": ("predict", "predict", "diagnose new rows with a train run's LLM or a baselines run's model"),
+    "report": ("report", "report", "RUN_DIR... [--out DIR]: compare train and baselines runs over seeds"),
 }
 
 USAGE = """usage: faultllm <command> [key=value ...]   (Hydra overrides, e.g. data=tep data.path=DIR seed=1)
@@ -97,8 +98,10 @@ def command_help(command: str, config_name: str) -> str:
         if not line.startswith("#"):
             break
         header.append(line.lstrip("# ").rstrip())
-    cfg = compose(config_name, ["run_dir=RUN_DIR"] if config_name in ("evaluate", "explain") else [])
-    keys = ", ".join(f"{key}.*" if hasattr(value, "keys") else key for key, value in cfg.items())
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(compose(config_name), resolve=False, throw_on_missing=False)
+    keys = ", ".join(f"{key}.*" if isinstance(value, dict) else key for key, value in tree.items())
     return "\n".join([
         f"faultllm {command}: {COMMANDS[command][2]}", "", *header, "",
         f"config: configs/{config_name}.yaml   keys: {keys}",

@@ -93,14 +93,20 @@ class SavedRun:
         path = self.run_dir / PROMPT_FEATURES
         return read_json(path) if path.exists() else self.split.features  # runs made before feature_order
 
-    def read_rows(self, path: Path, key: str) -> pd.DataFrame:
-        """Raw rows from a table (`key`=path), checked against this run's features and labels, scaled like its rows."""
+    def read_rows(self, path: Path, key: str, require_label: bool = True) -> pd.DataFrame:
+        """Raw rows from a table (`key`=path), checked against this run's features and labels, scaled like its rows.
+        Without `require_label` the label column may be absent (rows to diagnose)."""
         if not path.exists():
             raise FaultLLMError(f"{key}={path}: no such file")
         features, labels = self.split.features, self.split.labels
         frame = read_table(path)
-        require_columns(frame, [*features, LABEL], path, f"the run's features and a {LABEL!r} column")
+        needed, what = [*features, LABEL], f"the run's features and a {LABEL!r} column"
+        if not require_label:
+            needed, what = features, "the run's features (a label column is optional)"
+        require_columns(frame, needed, path, what)
         validate_features(frame, features, path, allow_missing=self.cfg.data.get("allow_missing", False))
+        if LABEL not in frame:
+            return self.scaler.transform(frame, features) if self.scaler is not None else frame
         frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
         unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
         if unknown:

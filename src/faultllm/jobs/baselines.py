@@ -1,14 +1,14 @@
 """`faultllm baselines` (configs/baselines.yaml): classical models on the very same split as the LLM.
 
-Writes metrics.json, predictions.csv (each model's test predictions), table_4_2.{md,csv},
-feature_importances.csv and the split.
+Writes metrics.json, predictions.csv (each model's test predictions), models/ (for `faultllm predict`),
+table_4_2.{md,csv}, feature_importances.csv and the split.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from faultllm.baselines import check_models, fit_and_score, importances, table_4_2, tune
+from faultllm.baselines import check_models, fit_and_score, importances, save_model, table_4_2, tune
 from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.rundir import save_split, start_run, write_json
@@ -30,6 +30,7 @@ def run(cfg, run_dir) -> dict[str, dict]:
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
         cv_accuracy = params.pop("cv_accuracy", None)
         model, predictions[name], results[name] = fit_and_score(name, split, cfg.seed, params)
+        save_model(model, run_dir, name)
         if folds:
             results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
         if name in cfg.baselines.importances_for:

@@ -1,0 +1,41 @@
+"""`faultllm predict run_dir=DIR input=TABLE` (configs/predict.yaml): diagnose new rows with a train run's
+fine-tuned LLM or a baselines run's saved model. Writes predictions.csv (the input's non-feature
+columns, the row index, the predicted label, per-class probabilities) and, when the rows carry
+labels, metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faultllm.predict import (
+    metrics_if_labelled,
+    predict_baseline,
+    predict_llm,
+    prediction_table,
+    run_kind,
+)
+from faultllm.reporting import print_summary
+from faultllm.rundir import open_run, start_run, write_json
+
+
+def run(cfg, out_dir) -> dict:
+    saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
+    kind = run_kind(saved)
+    rows = saved.read_rows(Path(cfg.input), "input", require_label=False)
+    if kind == "llm":
+        model, predictions = (
+            f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",
+            predict_llm(saved, rows, cfg.eval.batch_size),
+        )
+    else:
+        model, predictions = predict_baseline(saved, rows, cfg.predict.model)
+    out_dir = start_run(cfg, out_dir)
+    table = prediction_table(rows, saved.split.features, predictions)
+    table.to_csv(out_dir / "predictions.csv", index=False)
+    metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)
+    summary = {"model": model, "rows": len(table), "input": str(cfg.input)}
+    if metrics:
+        write_json(out_dir / "metrics.json", metrics | {"model": model, "input": str(cfg.input)})
+        summary["accuracy / macro-F1"] = f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}"
+    print_summary(f"predicted: {saved.run_dir}", summary | {"written to": str(out_dir / "predictions.csv")})
+    return {"model": model, "predictions": table, "metrics": metrics}

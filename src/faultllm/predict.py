@@ -1,0 +1,62 @@
+"""Diagnose new rows with a finished run: a fine-tuned LLM (train run) or a saved classical model
+(baselines run). Labels are optional; where present, the usual metrics come with the predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from faultllm.baselines import NAMES, load_model
+from faultllm.errors import FaultLLMError
+from faultllm.evaluation import TrainedLLM, answer_space, evaluate_restricted
+from faultllm.loaders import LABEL
+from faultllm.metrics import classification_metrics
+from faultllm.rundir import SavedRun, read_json
+
+
+def run_kind(run: SavedRun) -> str:
+    if (run.run_dir / "adapter").is_dir():
+        return "llm"
+    if (run.run_dir / "models").is_dir():
+        return "baselines"
+    raise FaultLLMError(
+        f"run_dir={run.run_dir}: neither a train run (adapter/) nor a baselines run with saved models (models/)"
+    )
+
+
+def predict_llm(run: SavedRun, rows: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Restricted-label predictions and per-label probabilities of the run's fine-tuned model."""
+    llm = TrainedLLM.from_run(run)
+    placeholder = rows if LABEL in rows else rows.assign(**{LABEL: run.split.labels[0]})  # scoring needs a label
+    prompts = llm.serializer.render(placeholder)
+    _, predictions = evaluate_restricted(
+        llm.model, llm.tokenizer, prompts, answer_space(llm.tokenizer, prompts), batch_size
+    )
+    return predictions.drop(columns=["row", "label", "loss"])
+
+
+def predict_baseline(run: SavedRun, rows: pd.DataFrame, name: str | None) -> tuple[str, pd.DataFrame]:
+    """(model name, predictions and per-label probabilities) of one saved baseline; by default the one most
+    accurate on the run's own test split."""
+    if name is None:
+        metrics = read_json(run.run_dir / "metrics.json")
+        name = max(metrics, key=lambda key: metrics[key]["test_accuracy"])
+    model = load_model(run.run_dir, name)
+    features = rows[run.split.features].to_numpy(np.float64)
+    probabilities = model.predict_proba(features)
+    label_of = {str(label): label for label in run.split.labels}
+    predictions = pd.DataFrame({"predicted": [label_of[str(p)] for p in model.predict(features)]})
+    for i, label in enumerate(model.classes_):
+        predictions[f"prob_{label}"] = probabilities[:, i]
+    return NAMES.get(name, name), predictions
+
+
+def prediction_table(rows: pd.DataFrame, features: list[str], predictions: pd.DataFrame) -> pd.DataFrame:
+    """The input's own columns that are not features (ids, timestamps, the label), the row index, then
+    the predictions."""
+    kept = rows[[c for c in rows.columns if c not in features]].reset_index(drop=True)
+    return pd.concat([pd.DataFrame({"row": np.arange(len(rows))}), kept, predictions.reset_index(drop=True)], axis=1)
+
+
+def metrics_if_labelled(rows: pd.DataFrame, predicted: pd.Series, labels: list) -> dict | None:
+    return classification_metrics(rows[LABEL].tolist(), predicted.tolist(), labels) if LABEL in rows else None

@@ -1,0 +1,65 @@
+"""`faultllm predict` on new rows, unlabelled or labelled, with a train run and with a baselines run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from faultllm.config import compose
+from faultllm.errors import FaultLLMError
+from faultllm.jobs.baselines import run as run_baselines
+from faultllm.jobs.predict import run as predict
+from tests.conftest import easy_frame
+
+
+@pytest.fixture()
+def new_rows(tmp_path):
+    """Unlabelled rows with an id column, and the same rows labelled."""
+    frame = easy_frame(rows=30, seed=9)
+    unlabelled = frame.drop(columns="label").assign(sensor_id=[f"s{i}" for i in range(30)])
+    unlabelled.to_csv(tmp_path / "new.csv", index=False)
+    frame.to_csv(tmp_path / "labelled.csv", index=False)
+    return tmp_path / "new.csv", tmp_path / "labelled.csv", frame
+
+
+def _check(table: pd.DataFrame, n: int, labels: list) -> None:
+    probabilities = table[[f"prob_{label}" for label in labels]].to_numpy()
+    assert len(table) == n and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert set(table["predicted"]) <= set(labels)
+
+
+@pytest.mark.slow
+def test_predict_with_a_trained_llm(trained_run, new_rows, tmp_path):
+    run_dir, _ = trained_run
+    unlabelled, labelled, _ = new_rows
+    result = predict(compose("predict", [f"run_dir={run_dir}", f"input={unlabelled}"]), tmp_path / "p")
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    _check(table, 30, [0, 1])
+    assert list(table["sensor_id"]) == [f"s{i}" for i in range(30)] and result["metrics"] is None
+    scored = predict(compose("predict", [f"run_dir={run_dir}", f"input={labelled}"]), tmp_path / "q")
+    assert scored["metrics"]["n"] == 30 and (tmp_path / "q" / "metrics.json").exists()
+    assert (scored["predictions"]["predicted"] == result["predictions"]["predicted"]).all()
+
+
+def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path):
+    unlabelled, labelled, frame = new_rows
+    data = ["data=csv", f"data.path={easy_csv}", "data.train_size=160", "data.test_size=80", "data.normalize=false"]
+    run_baselines(compose_cfg("baselines", [*data, "baselines.models=[lr,svm]", "baselines.importances_for=[]"]),
+                  tmp_path / "b")  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "b" / "models").iterdir()) == ["lr.joblib", "svm.joblib"]
+    best = max(json.loads((tmp_path / "b" / "metrics.json").read_text()).items(), key=lambda m: m[1]["test_accuracy"])
+    result = predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")
+    _check(pd.read_csv(tmp_path / "p" / "predictions.csv"), 30, [0, 1])
+    assert result["model"] == {"lr": "Logistic Regression", "svm": "Support Vector Machine"}[best[0]]
+    svm = predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={labelled}", "predict.model=svm"]),
+                  tmp_path / "q")  # fmt: skip
+    assert svm["metrics"]["accuracy"] > 0.8 and list(svm["predictions"]["label"]) == list(frame["label"])
+    with pytest.raises(FaultLLMError, match=r"predict.model='rf': .* saved the models lr, svm"):
+        predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}", "predict.model=rf"]),
+                tmp_path / "r")  # fmt: skip
+    frame.drop(columns="a").to_csv(tmp_path / "wrong.csv", index=False)
+    with pytest.raises(FaultLLMError, match="missing column\\(s\\) a; expected the run's features"):
+        predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s")
