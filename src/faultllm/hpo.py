@@ -27,7 +27,7 @@ from faultllm.errors import FaultLLMError
 from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer, ordered_features
 from faultllm.splits import Split, fold_splits, scale_split
-from faultllm.training import NonFiniteLoss, TrainOptions, fit
+from faultllm.training import NonFiniteLoss, TrainOptions, fit, trackers
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,7 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
     spec = fold_model_spec(trial_cfg)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
+    options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
     serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
     fold_results = []
@@ -296,6 +297,26 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     for key, value in means.items():
         trial.set_user_attr(key, value)
     return means[cfg.hpo.objective]
+
+
+def mlflow_trial_logger(trainer_cfg) -> list:
+    """With `trainer.report_to` naming mlflow: an Optuna callback logging each finished trial as one MLflow
+    run (parameters, value, fold means). The folds' own training is not tracked: one run per trial."""
+    if "mlflow" not in trackers(trainer_cfg.get("report_to", "none")):
+        return []
+    import mlflow
+    from optuna.trial import TrialState
+
+    def log_trial(study, trial) -> None:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return
+        numbers = {k: v for k, v in trial.user_attrs.items() if isinstance(v, int | float) and math.isfinite(v)}
+        with mlflow.start_run(run_name=f"{study.study_name}-trial-{trial.number}"):
+            mlflow.log_params(trial.params)
+            mlflow.set_tags({"optuna_study": study.study_name, "state": trial.state.name})
+            mlflow.log_metrics(numbers | ({"value": trial.value} if trial.value is not None else {}))
+
+    return [log_trial]
 
 
 def _trial_serializer(cfg, trial_cfg, raw: Split, spec: ModelSpec) -> Serializer:

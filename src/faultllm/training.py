@@ -49,6 +49,7 @@ class TrainOptions:
     seed: int
     eval_batch_size: int
     progress: bool
+    report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
 
     @classmethod
     def from_config(cls, trainer_cfg, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
@@ -61,7 +62,23 @@ class TrainOptions:
             seed=int(seed),
             eval_batch_size=int(eval_batch_size),
             progress=bool(progress),
+            report_to=trackers(trainer_cfg.get("report_to", "none")),
         )
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab")
+
+
+def trackers(value) -> tuple[str, ...]:
+    """`trainer.report_to`: none, one tracker, or a list of them."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    names = [str(name) for name in names if str(name) != "none"]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise FaultLLMError(
+            f"trainer.report_to: unknown tracker {unknown[0]!r}; expected none or {', '.join(TRACKERS)}"
+        )
+    return tuple(names)
 
 
 @dataclass
@@ -96,6 +113,7 @@ def fit(
     history = EpochHistory(out_dir / "epochs.jsonl", keep=resume)
     callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
     trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, plan, out_dir, callbacks, checkpoints)
+    callbacks[0].trainer = trainer
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)
@@ -142,6 +160,7 @@ class _EpochCallback(TrainerCallback):
         self.history, self.eval_sets, self.space, self.tokenizer = history, eval_sets, space, tokenizer
         self.options, self.on_epoch = options, on_epoch
         self.started = time.perf_counter()
+        self.trainer = None  # set once the trainer exists (`fit`)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
@@ -164,6 +183,8 @@ class _EpochCallback(TrainerCallback):
                 row |= {f"{name}_{key}": metrics[key] for key in ("loss", "accuracy", "macro_f1")}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.history.append(row)
+        if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
+            self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -182,12 +203,22 @@ def sft_trainer(
         args=sft_config(options, plan, len(rows), out_dir, checkpoints),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *tensorboard_callback(options, out_dir)],
     )
     if not options.progress:  # without progress bars transformers prints every log dict instead
         trainer.remove_callback(PrinterCallback)
     keep_adapters_in_fp32(trainer.model)  # the optimizer is created at train(): it sees fp32 weights
     return trainer
+
+
+def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:
+    """TensorBoard events in the run directory (out_dir/tensorboard), not under the checkpoints."""
+    if "tensorboard" not in options.report_to or not is_main_process():
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
 
 
 def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: Path, checkpoints: bool):
@@ -215,7 +246,7 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback that stops the run
         save_strategy="epoch" if checkpoints else "no",
         save_total_limit=1,
-        report_to="none",
+        report_to=[name for name in options.report_to if name != "tensorboard"] or "none",  # tensorboard: ours
         seed=options.seed,
         data_seed=options.seed,
         use_cpu=plan.device == "cpu",

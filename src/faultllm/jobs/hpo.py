@@ -6,6 +6,7 @@ Rerun with hydra.run.dir=DIR (or the same hpo.storage) to resume an interrupted 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from faultllm.hpo import (
     check_space,
     claim_within_budget,
     fail_interrupted,
+    mlflow_trial_logger,
     open_study,
     plot_study,
     refit_claim,
@@ -85,7 +87,11 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
             raise OverBudget
         return run_trial(trial, cfg, raw, folds, run_dir)
 
-    callbacks = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), _report]
+    callbacks = [
+        MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+        functools.partial(_report, n_trials=n_trials),
+        *mlflow_trial_logger(cfg.trainer),
+    ]
     patience, waited = cfg.hpo.grace_period + 2 * cfg.hpo.heartbeat_interval, 0
     while (taken := slots_taken(study))[0] < n_trials:
         if sum(taken) < n_trials:
@@ -100,7 +106,7 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
             fail_stale_trials(study)
 
 
-def _report(study, trial) -> None:
+def _report(study, trial, n_trials: int) -> None:
     """One line per trial this worker ran."""
     if trial.state == TrialState.FAIL:
         return
@@ -110,7 +116,7 @@ def _report(study, trial) -> None:
         else f"pruned ({trial.user_attrs.get('pruned_because')})"
     )
     best = best_trial(study)
-    line = f"trial {trial.number}: {status}, {trial.duration.total_seconds():.1f} s"
+    line = f"trial {trial.number} (of {n_trials}): {status}, {trial.duration.total_seconds():.1f} s"
     print(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line, flush=True)
 
 
