@@ -34,6 +34,7 @@ def test_data_prepare_writes_the_run_directory(tmp_path):
     train = pd.read_parquet(run_dir / "train.parquet")
     assert list(train.columns) == summary["features"] + ["label"]
     assert (run_dir / "config.yaml").exists() and (run_dir / "run_info.json").exists()
+    assert "train rows per label  0: 100, 1: 100, 4: 100, 5: 100" in (run_dir / "faultllm.log").read_text()
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

@@ -156,6 +156,15 @@ def _quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's heartbeat API
 
 
+def _no_progress_bars() -> None:
+    """progress=false (logs, CI): no bars from datasets' preparation or transformers' weight loading."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def run_job(command: str, config_name: str, module: str, overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -165,6 +174,8 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
 
     def task(cfg) -> None:
         _quiet_known_noise()
+        if cfg.get("progress") is False:
+            _no_progress_bars()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             validate(cfg)

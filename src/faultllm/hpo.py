@@ -170,7 +170,7 @@ def fail_interrupted(study) -> None:
     """
     for trial in _fail_running(study):
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        print(f"trial {trial.number} was interrupted: marked failed, queued again", flush=True)
+        log.info(f"trial {trial.number} was interrupted: marked failed, queued again")
     _fail_running(_claims(study))
 
 

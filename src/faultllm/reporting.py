@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
 
 def print_summary(title: str, items: Mapping[str, object]) -> None:
     width = max(len(key) for key in items)
     lines = [title, "-" * len(title)] + [f"{key:<{width}}  {value}" for key, value in items.items()]
-    print("\n".join(lines), flush=True)
+    log.info("\n".join(lines))
 
 
 def print_table(title: str, table: pd.DataFrame) -> None:
-    print(f"{title}\n{'-' * len(title)}\n{table.to_string(index=False)}", flush=True)
+    log.info(f"{title}\n{'-' * len(title)}\n{table.to_string(index=False)}")
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from faultllm.modeling import (
     release_adapters,
 )
 from faultllm.prompts import Prompts
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(FaultLLMError):
@@ -185,6 +188,9 @@ class _EpochCallback(TrainerCallback):
         self.history.append(row)
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
             self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
+        if not self.options.progress:  # no progress bars: one line per epoch instead
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
+            log.info(f"epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(row)
 

@@ -6,6 +6,8 @@ table_4_2.{md,csv}, feature_importances.csv and the split.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from faultllm.baselines import check_models, fit_and_score, importances, save_model, table_4_2, tune
@@ -13,6 +15,8 @@ from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg, run_dir) -> dict[str, dict]:
@@ -43,7 +47,7 @@ def run(cfg, run_dir) -> dict[str, dict]:
     if tables:
         pd.concat(tables).to_csv(run_dir / "feature_importances.csv", index=False)
     print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
-    print(f"written to {run_dir}")
+    log.info(f"written to {run_dir}")
     return results
 
 

@@ -7,6 +7,7 @@ Rerun with hydra.run.dir=DIR (or the same hpo.storage) to resume an interrupted 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -44,6 +45,8 @@ from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import read_json, start_run, write_json
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg, run_dir) -> dict:
     check_space(cfg.hpo.space)
@@ -67,7 +70,7 @@ def run(cfg, run_dir) -> dict:
         with refit_claim(study) as mine:
             if mine:
                 return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
-    print(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's", flush=True)
+    log.info(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's")
     return {}
 
 
@@ -98,7 +101,7 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
             study.optimize(objective, callbacks=callbacks, catch=(OverBudget,), gc_after_trial=True)
             waited = 0
         elif waited > patience:  # the running trials are alive (or were never heartbeaten): theirs to finish
-            print(f"worker {cfg.hpo.worker_index}: the last trials run in other workers", flush=True)
+            log.info(f"worker {cfg.hpo.worker_index}: the last trials run in other workers")
             return
         else:
             time.sleep(cfg.hpo.heartbeat_interval)
@@ -117,7 +120,7 @@ def _report(study, trial, n_trials: int) -> None:
     )
     best = best_trial(study)
     line = f"trial {trial.number} (of {n_trials}): {status}, {trial.duration.total_seconds():.1f} s"
-    print(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line, flush=True)
+    log.info(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line)
 
 
 def finish_study(study, cfg, raw: Split, run_dir: Path, seconds: float) -> dict:

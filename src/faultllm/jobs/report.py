@@ -9,10 +9,14 @@ Runs whose configs differ in anything but the seed and data.train_size are refus
 
 from __future__ import annotations
 
+import logging
+
 from faultllm import plots
 from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
 from faultllm.reporting import markdown, print_table, summary_display, tests_display
 from faultllm.rundir import start_run
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg, out_dir):
@@ -33,5 +37,5 @@ def run(cfg, out_dir):
         tests.to_csv(out_dir / "paired_tests.csv", index=False)
         (out_dir / "paired_tests.md").write_text(markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
-    print(f"written to {out_dir}")
+    log.info(f"written to {out_dir}")
     return summary
