@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
@@ -73,10 +74,13 @@ class Scores:
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def score(model, tokenizer, prompts: list[str], true_labels: list, space: AnswerSpace, batch_size: int = 16) -> Scores:
+def score(
+    model, tokenizer, prompts: list[str], true_labels: list, space: AnswerSpace, batch_size: int = 16,
+    progress: str | None = None,
+) -> Scores:  # fmt: skip
     """Restricted label log-probabilities and true-answer loss for each prompt, batched.
 
-    Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
+    `progress`: a progress bar with that title. Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
     rank gets every score, each batch computed once.
     """
     import torch
@@ -90,7 +94,7 @@ def score(model, tokenizer, prompts: list[str], true_labels: list, space: Answer
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for index in shard(len(batches)):
+        for index in tqdm(shard(len(batches)), desc=progress, disable=progress is None, unit="batch"):
             rows = batches[index]
             truth = [label_index[true_labels[i]] for i in rows]
             scored.append(

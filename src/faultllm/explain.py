@@ -54,7 +54,9 @@ def reference_values(run: SavedRun, how: str) -> np.ndarray:
     raise FaultLLMError(f"explain.reference={how!r}; expected median or midpoint")
 
 
-def occlusion(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: np.ndarray, batch_size: int):
+def occlusion(
+    llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: np.ndarray, batch_size: int, progress: bool = False
+):  # fmt: skip
     """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference)."""
     features, labels = llm.serializer.features, llm.serializer.labels
     test = test.iloc[rows].reset_index(drop=True)
@@ -69,7 +71,10 @@ def occlusion(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: n
         [test.assign(**{feature: reference[j]}) for j, feature in enumerate(features)], ignore_index=True
     )
     texts = llm.serializer.render(occluded).texts
-    probabilities = score(llm.model, llm.tokenizer, texts, truth * len(features), space, batch_size).probabilities()
+    title = f"occluding {len(features)} features x {len(rows)} rows" if progress else None
+    probabilities = score(
+        llm.model, llm.tokenizer, texts, truth * len(features), space, batch_size, title
+    ).probabilities()
     probabilities = probabilities.reshape(len(features), len(rows), len(labels))
     index = np.arange(len(rows))
     effect = original[index, predicted][None, :] - probabilities[:, index, predicted]  # (features, rows)

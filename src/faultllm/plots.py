@@ -94,9 +94,13 @@ def train_size_curve(summary: pd.DataFrame, path: Path) -> None:
 
 def attribution(table: pd.DataFrame, path: Path, top: int = 20) -> None:
     shown = table.head(top).iloc[::-1]
+    effects = shown["mean_abs_effect"].to_numpy()
+    positive = effects[effects > 0]
     with figure(path, (6.5, 0.3 * len(shown) + 1.2)) as (_, ax):
-        ax.barh(shown["feature"].astype(str), shown["mean_abs_effect"])
-        ax.set_xlabel("mean |change in p(predicted label)| when the feature is occluded")
+        ax.barh(shown["feature"].astype(str), effects)
+        if len(positive) > 1 and positive.max() > 100 * positive.min():  # one feature dominating: log scale
+            ax.set_xscale("log")
+        ax.set_xlabel(f"mean |change in p(predicted label)| when occluded (top {len(shown)})")
         ax.set_title("LLM feature attribution (occlusion)")
 
 

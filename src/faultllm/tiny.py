@@ -129,11 +129,12 @@ def build_tiny_model(spec: dict, target: Path) -> None:
 def _warm_up(model, tokenizer, rng: np.random.Generator, steps: int, batch_size: int = 8) -> None:
     """Full-parameter LM training on prompt-format text with random answers."""
     import torch
+    from tqdm.auto import tqdm
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     tokenizer.padding_side = "right"
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="building the tiny model (once)", unit="step"):
         texts = [p + c + tokenizer.eos_token for p, c in (_random_prompt(rng) for _ in range(batch_size))]
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)

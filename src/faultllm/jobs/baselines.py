@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from faultllm.baselines import check_models, fit_and_score, importances, save_model, table_4_2, tune
 from faultllm.loaders import LABEL
@@ -30,7 +31,7 @@ def run(cfg, run_dir) -> dict[str, dict]:
 
     results, tables = {}, []
     predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
-    for name in names:
+    for name in tqdm(names, desc="baselines", disable=not cfg.progress):
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
         cv_accuracy = params.pop("cv_accuracy", None)
         model, predictions[name], results[name] = fit_and_score(name, split, cfg.seed, params)

@@ -31,7 +31,7 @@ def run(cfg, out_dir) -> dict:
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
     transcripts.to_csv(out_dir / "transcripts.csv", index=False)
     reference = reference_values(saved, cfg.explain.reference)
-    effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size)
+    effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size, cfg.progress)
     effects.to_csv(out_dir / "attribution_rows.csv", index=False)
     table = aggregate(effects, saved.split.features)
     table.to_csv(out_dir / "attribution.csv", index=False)
