@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from faultllm.errors import FaultLLMError
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries configs/ and data/ inside the package; a source checkout has them at the top.
 PROJECT_ROOT = _PACKAGE_DIR if (_PACKAGE_DIR / "configs").is_dir() else _PACKAGE_DIR.parents[1]
@@ -51,8 +53,6 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", type
 
 def validate(cfg: DictConfig) -> None:
     """Required keys set and the SCHEMA keys of the right type, else FaultLLMError naming the key."""
-    from faultllm.errors import FaultLLMError
-
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise FaultLLMError(f"{missing[0]} is required: pass {missing[0]}=...")
