@@ -29,6 +29,16 @@ MISTRAL = (
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
 )
 
+# Mistral-7B-Instruct-v0.3's way: the system text goes into the last user turn only
+MISTRAL_V3 = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\n\n' + message['content']"
+    " + '[/INST]' }}{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}"
+)
+
 # style -> (template, special tokens, token roles, transformers config class): no style has a pad token
 STYLES = {
     "llama3": (LLAMA3, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -40,6 +50,7 @@ STYLES = {
                 {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "prepend_scheme": "always"},
                 "MistralConfig"),
 }  # fmt: skip
+TEMPLATE_ONLY = {"mistral_v3": ("mistral", MISTRAL_V3)}  # the mistral model and tokenizer with another template
 
 
 def _corpus(rng: np.random.Generator, n: int = 400) -> list[str]:
@@ -52,7 +63,9 @@ def build_chat_model(style: str, target: Path, seed: int = 0) -> Path:
     import torch
     import transformers
 
-    template, specials, roles, config_class = STYLES[style]
+    base, template = TEMPLATE_ONLY.get(style, (style, None))
+    default_template, specials, roles, config_class = STYLES[base]
+    template = template or default_template
     tokenizer = bpe_tokenizer(_corpus(np.random.default_rng(seed)), 300, specials, **roles)
     tokenizer.chat_template = template
     torch.manual_seed(seed)

@@ -10,7 +10,7 @@ from faultllm.errors import FaultLLMError
 from faultllm.modeling import load_tokenizer
 from faultllm.prompts import Serializer
 from faultllm.tiny import SHIPPED
-from tests.chat_models import STYLES, build_chat_model
+from tests.chat_models import STYLES, TEMPLATE_ONLY, build_chat_model
 from tests.conftest import easy_overrides
 
 pytestmark = pytest.mark.slow  # trains tiny models
@@ -21,7 +21,7 @@ SYSTEM = "You are an expert in fault diagnosis."
 @pytest.fixture(scope="module")
 def chat_models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("chat_models")
-    return {style: build_chat_model(style, root / style) for style in STYLES}
+    return {style: build_chat_model(style, root / style) for style in [*STYLES, *TEMPLATE_ONLY]}
 
 
 def _serializer(path, tokenizer) -> Serializer:
@@ -34,7 +34,7 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize("style", [*STYLES, *TEMPLATE_ONLY])
 def test_prompt_and_answer_are_the_templates_own_rendering_with_one_bos(chat_models, style):
     from transformers import AutoTokenizer
 
@@ -45,16 +45,18 @@ def test_prompt_and_answer_are_the_templates_own_rendering_with_one_bos(chat_mod
     prompts = serializer.render(pd.DataFrame({"a": [0.25], "b": [0.5], "label": [1]}))
     user = serializer.question([0.25, 0.5])
     messages = serializer.template.messages(SYSTEM, user)
-    if style == "mistral":  # no system role: the system text opens the user turn
+    if style.startswith("mistral"):  # no system role (v0.3: one that moves): the system text opens the user turn
         assert messages == [{"role": "user", "content": f"{SYSTEM}\n\n{user}"}]
     rendered = _ids(own.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     assert tokenizer(prompts.texts[0])["input_ids"] == rendered
     answered = _ids(own.apply_chat_template([*messages, {"role": "assistant", "content": "Y = 1"}], tokenize=True))
     full = tokenizer(prompts.texts[0] + prompts.completions[1])["input_ids"]
     assert full == answered[: len(full)] and full[-1] == tokenizer.eos_token_id
-    end = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "mistral": "</s>"}[style]
-    assert tokenizer.eos_token == end and prompts.completions[1] == f"Y = 1{end}"
-    pad = {"llama3": "<|reserved_special_token_0|>", "chatml": "<|pad|>", "mistral": "<unk>"}[style]
+    end = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "mistral": "</s>", "mistral_v3": "</s>"}[style]
+    assert tokenizer.eos_token == end and prompts.completions[1].lstrip() == f"Y = 1{end}"  # v0.3: " Y = 1</s>"
+    pad = {"llama3": "<|reserved_special_token_0|>", "chatml": "<|pad|>", "mistral": "<unk>", "mistral_v3": "<unk>"}[
+        style
+    ]
     assert tokenizer.pad_token == pad and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert len(tokenizer) == len(own) + (style == "chatml")  # a pad token is added only where none exists
     if own.bos_token:

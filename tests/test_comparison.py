@@ -91,7 +91,7 @@ def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()
     cfg = compose("train", ["model=tiny", f"seed={seed}", *overrides])
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     truth = pd.read_csv(baselines_dir / "predictions.csv")["label"]
-    predicted = np.where(correct, truth, -1)
+    predicted = np.where(correct, truth.astype(str), "")  # "" as an unparsed generation is written
     pd.DataFrame({"row": range(len(truth)), "label": truth, "predicted": predicted}).to_csv(out / "predictions.csv")
     accuracy = float(correct.mean())
     test = {"accuracy": accuracy, "macro_f1": accuracy}

@@ -93,7 +93,7 @@ def test_feature_order_importance_follows_the_given_runs_impurity_importances(co
     prompt = compose_cfg("train", ["model=tiny", "prompt.feature_order=importance", f"prompt.importance_from={rf_run}"])
     order = ordered_features(prompt.prompt, split.features, 42, split.fingerprint())
     assert order == expected and sorted(order) == sorted(split.features) and order != split.features
-    with pytest.raises(FaultLLMError, match="made on a different split"):
+    with pytest.raises(FaultLLMError, match="no baselines run there was made on this split"):
         ordered_features(prompt.prompt, split.features, 42, "0" * 16)
     prompt.prompt.importance_model = "lr"
     with pytest.raises(FaultLLMError, match="has impurity importances for: rf"):

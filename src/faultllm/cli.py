@@ -203,8 +203,10 @@ _BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
 
 def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
     """One line on stderr; a run directory the failed job wrote nothing into is removed."""
+    from faultllm.distributed import is_main_process
+
     print(f"faultllm {command}: error: {message}", file=sys.stderr)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
+    if is_main_process() and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
         shutil.rmtree(run_dir, ignore_errors=True)
     sys.exit(code)
 

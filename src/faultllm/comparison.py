@@ -18,14 +18,15 @@ from omegaconf import OmegaConf
 
 from faultllm.baselines import NAMES
 from faultllm.errors import FaultLLMError
-from faultllm.rundir import read_json
+from faultllm.rundir import expand_run_dirs, read_json
 
 # Keys that may differ between runs pooled into one row: the seed, and the training-set size (a curve).
 VARYING = ("seed", "data.train_size")
 # Keys that do not change a model's numbers (which baselines a run fitted, how it reported).
 IGNORED = (
-    "progress", "cache_dir", "data.cache_dir", "hpo.worker_index", "run_dir",
-    "baselines.models", "baselines.importances_for", "baselines.permutation_repeats",
+    "progress", "cache_dir", "data.cache_dir", "hpo.worker_index", "run_dir", "trainer.report_to", "trainer.resume",
+    "eval.batch_size", "eval.generate_batch_size", "baselines.models", "baselines.importances_for",
+    "baselines.permutation_repeats",
 )  # fmt: skip
 
 
@@ -44,24 +45,6 @@ class ModelRun:
     test_macro_f1: float
     seconds: float | None
     correct: np.ndarray | None  # per test row, when the run kept its predictions
-
-
-def expand_run_dirs(paths: list) -> list[Path]:
-    """Run directories, with a Hydra multirun directory (multirun.yaml) replaced by its job directories."""
-    found = []
-    for path in map(Path, paths):
-        if (path / "multirun.yaml").exists():
-            jobs = sorted((p for p in path.iterdir() if (p / "metrics.json").exists()), key=_job_number)
-            if not jobs:
-                raise FaultLLMError(f"{path}: a multirun directory without finished runs")
-            found += jobs
-        else:
-            found.append(path)
-    return found
-
-
-def _job_number(path: Path) -> tuple:
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
 def load_runs(paths: list) -> list[ModelRun]:
@@ -120,8 +103,8 @@ def llm_names(configs: dict[Path, dict]) -> dict[Path, str]:
     names = {}
     for run_dir, config in settings.items():
         shown = [Path(str(config.get("model.path") or "tiny")).name]
-        shown += [f"{key}={config[key]}" for key in differing[:3] if key in config]
-        names[run_dir] = f"LLM ({', '.join(shown)}{', ...' if len(differing) > 3 else ''})"
+        shown += [f"{key}={config[key]}" for key in differing if key in config]
+        names[run_dir] = f"LLM ({', '.join(shown)})"
     return names
 
 
@@ -148,11 +131,11 @@ def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[Model
         "train_rows": sum(split["rows"]["train"].values()),
         "fingerprint": split["split_fingerprint"],
     }
-    predictions = pd.read_csv(run_dir / "predictions.csv") if (run_dir / "predictions.csv").exists() else None
+    predictions = None
+    if (run_dir / "predictions.csv").exists():  # as text: an unparsed generation ("") must not turn 1 into 1.0
+        predictions = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
     correct = lambda column: (  # noqa: E731
-        None
-        if predictions is None
-        else (predictions[column].astype(str) == predictions["label"].astype(str)).to_numpy()
+        None if predictions is None else (predictions[column] == predictions["label"]).to_numpy()
     )
     if _kind(config) == "train":
         test = metrics["test"]

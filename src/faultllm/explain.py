@@ -42,20 +42,21 @@ def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], toke
     return pd.DataFrame(records)
 
 
-def reference_values(run: SavedRun, how: str) -> np.ndarray:
+def reference_values(run: SavedRun, how: str) -> pd.Series:
+    """Each feature's occlusion value, by feature name (prompts may write features in another order)."""
     features = run.split.features
     if how == "median":
-        return run.split.train[features].median().to_numpy(np.float64)
+        return run.split.train[features].median().astype(np.float64)
     if how == "midpoint":  # the middle of the scaled range, or of the raw training range when unscaled
         if run.scaler is not None:
-            return np.full(len(features), sum(run.scaler.feature_range) / 2)
+            return pd.Series(sum(run.scaler.feature_range) / 2, index=features, dtype=np.float64)
         values = run.split.train[features]
-        return ((values.min() + values.max()) / 2).to_numpy(np.float64)
+        return ((values.min() + values.max()) / 2).astype(np.float64)
     raise FaultLLMError(f"explain.reference={how!r}; expected median or midpoint")
 
 
 def occlusion(
-    llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: np.ndarray, batch_size: int, progress: bool = False
+    llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: pd.Series, batch_size: int, progress: bool = False
 ):  # fmt: skip
     """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference)."""
     features, labels = llm.serializer.features, llm.serializer.labels
@@ -67,9 +68,7 @@ def occlusion(
     predicted = original.argmax(axis=1)
 
     # feature-major: block j holds every row with feature j occluded
-    occluded = pd.concat(
-        [test.assign(**{feature: reference[j]}) for j, feature in enumerate(features)], ignore_index=True
-    )
+    occluded = pd.concat([test.assign(**{feature: reference[feature]}) for feature in features], ignore_index=True)
     texts = llm.serializer.render(occluded).texts
     title = f"occluding {len(features)} features x {len(rows)} rows" if progress else None
     probabilities = score(

@@ -319,9 +319,15 @@ def mlflow_trial_logger(trainer_cfg) -> list:
     return [log_trial]
 
 
+def search_features(cfg, raw: Split) -> list[str]:
+    """The prompt's feature order for every trial and the refit: from the split as the job's own data config
+    scales it (what a baselines run on the same data saw), whatever data.normalize a trial draws."""
+    whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]
+    return ordered_features(cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
+
+
 def _trial_serializer(cfg, trial_cfg, raw: Split, spec: ModelSpec) -> Serializer:
-    whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]  # what an importance run saw
-    features = ordered_features(trial_cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
+    features = search_features(cfg, raw)
     return Serializer.from_config(trial_cfg.prompt, trial_cfg.data, features, raw.labels, spec.tokenizer())
 
 

@@ -209,7 +209,7 @@ def check_hub_access(repo_id: str) -> None:
     transformers' minute of retries (the token, if any, is never shown)."""
     import os
 
-    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub import auth_check, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
@@ -218,7 +218,7 @@ def check_hub_access(repo_id: str) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise FaultLLMError(f"model.path={repo_id}: not in the local cache and HF_HUB_OFFLINE is set; {hint}")
     try:
-        model_info(repo_id, timeout=10)
+        auth_check(repo_id)  # raises for a gated or private model this token cannot read
     except GatedRepoError:
         raise FaultLLMError(
             f"model.path={repo_id}: a gated model; accept its licence on huggingface.co, then "

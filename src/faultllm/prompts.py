@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ import pandas as pd
 from faultllm.baselines import load_importances
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
-from faultllm.rundir import read_json
+from faultllm.rundir import expand_run_dirs, read_json
 from faultllm.templates import ChatTemplate, Llama2Layout, template_for
 
 
@@ -33,6 +32,8 @@ class PromptFormat:
         missing = prompt_cfg.get("missing", "unknown")
         if missing not in MISSING_STYLES:
             raise FaultLLMError(f"prompt.missing={missing!r}; expected one of {', '.join(MISSING_STYLES)}")
+        if missing == "omit" and not prompt_cfg.name_features:
+            raise FaultLLMError("prompt.missing=omit needs prompt.name_features=true: unnamed values would shift place")
         return cls(data_cfg.system_prompt, prompt_cfg.name_features, prompt_cfg.decimals, missing)
 
 
@@ -84,14 +85,20 @@ def ordered_features(prompt_cfg, features: Sequence[str], seed: int, split_finge
 
 def by_importance(run_dir, model: str, features: Sequence[str], split_fingerprint: str) -> list[str]:
     """Features by a baselines run's impurity importances (fitted on training rows only: test rows never
-    shape the prompt), which must come from the same split."""
+    shape the prompt), which must come from the same split; `run_dir` may be a multirun over seeds."""
     if not run_dir:
         raise FaultLLMError("prompt.feature_order=importance needs prompt.importance_from=DIR (a baselines run)")
-    run_dir = Path(run_dir)
-    if not (run_dir / "split.json").exists():
-        raise FaultLLMError(f"prompt.importance_from={run_dir}: not a faultllm baselines run (no split.json)")
-    if read_json(run_dir / "split.json")["split_fingerprint"] != split_fingerprint:
-        raise FaultLLMError(f"prompt.importance_from={run_dir}: that run was made on a different split (data or seed)")
+    matching = [
+        candidate
+        for candidate in expand_run_dirs([run_dir])  # a multirun: the job on this split (seed)
+        if (candidate / "split.json").exists()
+        and read_json(candidate / "split.json")["split_fingerprint"] == split_fingerprint
+    ]
+    if not matching:
+        raise FaultLLMError(
+            f"prompt.importance_from={run_dir}: no baselines run there was made on this split (same data and seed)"
+        )
+    run_dir = matching[0]
     table = load_importances(run_dir)
     rows = table[table["model"] == model]
     if rows.empty or rows["impurity"].isna().all():

@@ -136,3 +136,22 @@ def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | Non
     scaler_path = run_dir / "scaler.json"
     scaler = MinMaxScaler.from_dict(read_json(scaler_path)) if scaler_path.exists() else None
     return Split(train=train, test=test, features=list(summary["features"]), labels=labels), scaler
+
+
+def expand_run_dirs(paths: list) -> list[Path]:
+    """Run directories, with a Hydra multirun directory (multirun.yaml) replaced by its finished jobs'
+    directories (those with a metrics.json)."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "multirun.yaml").exists():
+            jobs = sorted((p for p in path.iterdir() if (p / "metrics.json").exists()), key=_job_number)
+            if not jobs:
+                raise FaultLLMError(f"{path}: a multirun directory without finished runs")
+            found += jobs
+        else:
+            found.append(path)
+    return found
+
+
+def _job_number(path: Path) -> tuple:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)

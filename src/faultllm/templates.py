@@ -19,6 +19,16 @@ from faultllm.errors import FaultLLMError
 
 TEMPLATES = ("llama2", "chat")
 _PROBE_ANSWER = "Y = 0"
+# Templates that print today's date (Llama-3.1 and later) get a fixed one: the prompts of a run must not
+# change between training and a later reload.
+_FIXED_DATE = {"date_string": "26 Jul 2024"}
+
+
+def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    """The chat template's text for `messages` (never tokenized here: callers tokenize as faultllm does)."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **_FIXED_DATE
+    )
 
 
 def chat_prompt(user_message: str, system: str) -> str:
@@ -54,10 +64,7 @@ class ChatTemplate:
         return [{"role": "user", "content": f"{system}\n\n{user}"}]
 
     def prompt(self, system: str, user: str) -> str:
-        text = self.tokenizer.apply_chat_template(
-            self.messages(system, user), tokenize=False, add_generation_prompt=True
-        )
-        return strip_bos(self.tokenizer, text)
+        return strip_bos(self.tokenizer, render(self.tokenizer, self.messages(system, user), True))
 
     def completion(self, label) -> str:
         return assistant_turn(self.tokenizer, self.messages("s", "u"), f"Y = {label}", self.end)
@@ -72,8 +79,8 @@ def strip_bos(tokenizer, text: str) -> str:
 
 def assistant_turn(tokenizer, messages: list[dict], content: str, end: str) -> str:
     """What the template writes after the generation prompt for an assistant answer, through `end`."""
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": content}], tokenize=False)
+    prompt = render(tokenizer, messages, True)
+    full = render(tokenizer, [*messages, {"role": "assistant", "content": content}], False)
     if not full.startswith(prompt) or end not in full[len(prompt) :]:
         raise FaultLLMError("the chat template does not render an answer as generation prompt + answer + end of turn")
     turn = full[len(prompt) :]
@@ -85,7 +92,7 @@ def check_rendering(template: ChatTemplate) -> None:
     very tokens the template's own tokenization gives: else training would drift from the model's format."""
     tokenizer = template.tokenizer
     messages = template.messages("s", "u")
-    own = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    own = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **_FIXED_DATE)
     own = list(own["input_ids"] if hasattr(own, "keys") else own)
     if tokenizer(template.prompt("s", "u"))["input_ids"] != own:
         raise FaultLLMError(
@@ -95,19 +102,21 @@ def check_rendering(template: ChatTemplate) -> None:
 
 
 def has_system_role(tokenizer) -> bool:
+    """A system turn the template renders, and keeps once the answer follows (Mistral v0.3 puts the system
+    text into the last user turn only, so it would move when the answer is appended)."""
+    messages = [{"role": "system", "content": "system-probe"}, {"role": "user", "content": "u"}]
     try:
-        tokenizer.apply_chat_template(
-            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
-        )
+        prompt = render(tokenizer, messages, True)
+        full = render(tokenizer, [*messages, {"role": "assistant", "content": _PROBE_ANSWER}], False)
     except Exception:  # jinja2's TemplateError from raise_exception('... roles ...'), or the template's own
         return False
-    return True
+    return full.startswith(prompt) and "system-probe" in prompt  # kept in place, not silently dropped
 
 
 def end_of_turn(tokenizer) -> str:
     """The special token that closes an assistant turn in the tokenizer's chat template (EOS if none does)."""
     messages = [{"role": "user", "content": "u"}]
-    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": _PROBE_ANSWER}], tokenize=False)
+    full = render(tokenizer, [*messages, {"role": "assistant", "content": _PROBE_ANSWER}], False)
     after = full[full.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER) :]
     specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
     return next((token for token in specials if after.startswith(token)), tokenizer.eos_token)

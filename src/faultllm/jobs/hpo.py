@@ -33,6 +33,7 @@ from faultllm.hpo import (
     plot_study,
     refit_claim,
     run_trial,
+    search_features,
     search_summary,
     slots_taken,
     study_url,
@@ -167,7 +168,7 @@ def _refit(cfg, best, raw: Split, run_dir: Path) -> dict:
     forget_reused_base()  # the refit loads its own
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
-    return train_on_split(refit_cfg, split, scaler, start_run(refit_cfg, run_dir))
+    return train_on_split(refit_cfg, split, scaler, start_run(refit_cfg, run_dir), search_features(cfg, raw))
 
 
 def _print_summary(cfg, best, summary: dict, run_dir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faultllm.predict import (
+    check_rows,
     metrics_if_labelled,
     predict_baseline,
     predict_llm,
@@ -22,6 +23,7 @@ def run(cfg, out_dir) -> dict:
     saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
     kind = run_kind(saved)
     rows = saved.read_rows(Path(cfg.input), "input", require_label=False)
+    check_rows(rows, cfg.input)
     if kind == "llm":
         model, predictions = (
             f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",

@@ -4,7 +4,8 @@ A multirun directory counts as its runs. Per model (and training-set size): mean
 interval over seeds (comparison.{md,csv,png}, runs.csv); each LLM against each baseline on the
 same test rows: exact McNemar per split and a paired t-test over seeds (paired_tests.{md,csv});
 accuracy against training rows when the runs vary data.train_size (train_size_curve.png).
-Runs whose configs differ in anything but the seed and data.train_size are refused.
+Runs on different data configs, and baselines runs that differ in more than the seed and
+data.train_size, are refused; LLM runs that differ become rows of their own.
 """
 
 from __future__ import annotations

@@ -32,11 +32,14 @@ def run(cfg, run_dir) -> dict:
     return train_on_split(cfg, split, scaler, run_dir)
 
 
-def train_on_split(cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path) -> dict:
-    """The train job after its split is made (also HPO's refit of the best parameters)."""
+def train_on_split(
+    cfg, split: Split, scaler: MinMaxScaler | None, run_dir: Path, features: list[str] | None = None
+) -> dict:
+    """The train job after its split is made (also HPO's refit of the best parameters, which passes the
+    prompt's feature order its trials used)."""
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)  # first: fails fast off the hub
     split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else split.summary(scaler, cfg.seed)
-    features = ordered_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
+    features = features or ordered_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
     serializer = Serializer.from_config(cfg.prompt, cfg.data, features, split.labels, spec.tokenizer())
