@@ -56,7 +56,7 @@ def test_bad_space_and_storage(compose_cfg, tmp_path):
     with pytest.raises(FaultLLMError, match=r"hpo\.storage=sqlite:////no/such/dir/x\.db: cannot open"):
         open_study(compose_cfg("hpo", ["hpo.storage=sqlite:////no/such/dir/x.db"]).hpo, 0, tmp_path)
     with pytest.raises(FaultLLMError, match="the rarest label has 2"):
-        search(compose_cfg("hpo", ["data.train_size=8", "data.test_size=8", "hpo.folds=3"]), tmp_path)
+        search(compose_cfg("hpo", ["model=tiny", "data.train_size=8", "data.test_size=8", "hpo.folds=3"]), tmp_path)
 
 
 @pytest.mark.slow

@@ -67,9 +67,9 @@ def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_pat
     with pytest.raises(FaultLLMError, match=r"hpo.workers=0: expected at least 1 worker process"):
         search(compose_cfg("hpo", ["hpo.workers=0"]), tmp_path / "a")
     with pytest.raises(FaultLLMError, match=r"hpo.storage=redis://x/0: unknown scheme 'redis'"):
-        search(compose_cfg("hpo", ["hpo.storage=redis://x/0"]), tmp_path / "b")
+        search(compose_cfg("hpo", ["model=tiny", "hpo.storage=redis://x/0"]), tmp_path / "b")
     with pytest.raises(FaultLLMError, match=r"postgresql://postgres@127.0.0.1:1/x: cannot open \(OperationalError"):
-        search(compose_cfg("hpo", ["hpo.storage=postgresql://postgres@127.0.0.1:1/x"]), tmp_path / "c")
+        search(compose_cfg("hpo", ["model=tiny", "hpo.storage=postgresql://postgres@127.0.0.1:1/x"]), tmp_path / "c")
     import importlib.util
 
     find_spec = importlib.util.find_spec
@@ -77,7 +77,7 @@ def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_pat
         importlib.util, "find_spec", lambda name, *a: None if "psycopg" in name else find_spec(name, *a)
     )
     with pytest.raises(FaultLLMError, match=r"no PostgreSQL driver; pip install -e '.\[postgres\]'"):
-        search(compose_cfg("hpo", ["hpo.storage=postgresql://postgres@127.0.0.1:1/x"]), tmp_path / "d")
+        search(compose_cfg("hpo", ["model=tiny", "hpo.storage=postgresql://postgres@127.0.0.1:1/x"]), tmp_path / "d")
 
 
 def _heartbeats(db: Path) -> list:

@@ -9,6 +9,7 @@ each side saw (`train.parquet`, `test.parquet`, scaled as the model saw them) an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -23,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.splits import MinMaxScaler, Split, prepared_split
+
+log = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = (
     "faultllm", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets",
@@ -144,10 +147,15 @@ def expand_run_dirs(paths: list) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if (path / "multirun.yaml").exists():
-            jobs = sorted((p for p in path.iterdir() if (p / "metrics.json").exists()), key=_job_number)
-            if not jobs:
+            jobs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_number)
+            finished = [job for job in jobs if (job / "metrics.json").exists()]
+            if not finished:
                 raise FaultLLMError(f"{path}: a multirun directory without finished runs")
-            found += jobs
+            if len(finished) < len(jobs):
+                log.warning(
+                    "%s: %d of %d jobs have not finished; using the others", path, len(jobs) - len(finished), len(jobs)
+                )
+            found += finished
         else:
             found.append(path)
     return found

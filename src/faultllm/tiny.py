@@ -134,7 +134,9 @@ def _warm_up(model, tokenizer, rng: np.random.Generator, steps: int, batch_size:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     tokenizer.padding_side = "right"
-    for _ in tqdm(range(steps), desc="building the tiny model (once)", unit="step"):
+    for _ in tqdm(
+        range(steps), desc="building the tiny model (once)", unit="step", disable=None
+    ):  # None: no bar off a terminal
         texts = [p + c + tokenizer.eos_token for p, c in (_random_prompt(rng) for _ in range(batch_size))]
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)

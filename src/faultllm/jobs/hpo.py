@@ -41,7 +41,7 @@ from faultllm.hpo import (
     with_params,
 )
 from faultllm.jobs.train import train_on_split
-from faultllm.modeling import forget_reused_base
+from faultllm.modeling import forget_reused_base, resolve_model_path
 from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import read_json, start_run, write_json
 from faultllm.splits import Split, cv_folds, make_split, scale_split
@@ -55,6 +55,7 @@ def run(cfg, run_dir) -> dict:
         raise FaultLLMError(f"hpo.objective={cfg.hpo.objective!r}; expected one of {sorted(DIRECTIONS)}")
     if cfg.hpo.workers < 1:
         raise FaultLLMError(f"hpo.workers={cfg.hpo.workers}: expected at least 1 worker process")
+    resolve_model_path(cfg.model, cfg.cache_dir)  # a hub model off the hub fails here, not in the first trial
     run_dir = start_run(cfg, run_dir)
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
