@@ -108,12 +108,11 @@ class SavedRun:
             needed, what = features, "the run's features (a label column is optional)"
         require_columns(frame, needed, path, what)
         validate_features(frame, features, path, allow_missing=self.cfg.data.get("allow_missing", False))
-        if LABEL not in frame:
-            return self.scaler.transform(frame, features) if self.scaler is not None else frame
-        frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
-        unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
-        if unknown:
-            raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
+        if LABEL in frame:
+            frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
+            unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
+            if unknown:
+                raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
         return self.scaler.transform(frame, features) if self.scaler is not None else frame
 
 

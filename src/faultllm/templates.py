@@ -57,6 +57,7 @@ class ChatTemplate:
     tokenizer: object
     system_role: bool  # False: the system text goes in front of the user turn
     end: str  # the end-of-turn token that closes the assistant's answer
+    bos: str  # the template's literal BOS, dropped because the tokenizer adds it ("" when it does not)
 
     def messages(self, system: str, user: str) -> list[dict[str, str]]:
         if self.system_role:
@@ -64,23 +65,31 @@ class ChatTemplate:
         return [{"role": "user", "content": f"{system}\n\n{user}"}]
 
     def prompt(self, system: str, user: str) -> str:
-        return strip_bos(self.tokenizer, render(self.tokenizer, self.messages(system, user), True))
+        text = render(self.tokenizer, self.messages(system, user), True)
+        return text.removeprefix(self.bos) if self.bos else text
 
     def completion(self, label) -> str:
         return assistant_turn(self.tokenizer, self.messages("s", "u"), f"Y = {label}", self.end)
 
 
-def strip_bos(tokenizer, text: str) -> str:
-    """The template's literal BOS, dropped when the tokenizer adds one itself (else BOS would appear twice)."""
+def bos_to_strip(tokenizer) -> str:
+    """The BOS text a template writes that must go because the tokenizer adds BOS itself (else it would
+    appear twice); "" for a tokenizer that adds none."""
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+    return bos if adds_bos else ""
+
+
+def answered(tokenizer, messages: list[dict], content: str) -> tuple[str, str]:
+    """(the text up to the generation prompt, the text once `content` is the assistant's answer)."""
+    return render(tokenizer, messages, True), render(
+        tokenizer, [*messages, {"role": "assistant", "content": content}], False
+    )
 
 
 def assistant_turn(tokenizer, messages: list[dict], content: str, end: str) -> str:
     """What the template writes after the generation prompt for an assistant answer, through `end`."""
-    prompt = render(tokenizer, messages, True)
-    full = render(tokenizer, [*messages, {"role": "assistant", "content": content}], False)
+    prompt, full = answered(tokenizer, messages, content)
     if not full.startswith(prompt) or end not in full[len(prompt) :]:
         raise FaultLLMError("the chat template does not render an answer as generation prompt + answer + end of turn")
     turn = full[len(prompt) :]
@@ -106,8 +115,7 @@ def has_system_role(tokenizer) -> bool:
     text into the last user turn only, so it would move when the answer is appended)."""
     messages = [{"role": "system", "content": "system-probe"}, {"role": "user", "content": "u"}]
     try:
-        prompt = render(tokenizer, messages, True)
-        full = render(tokenizer, [*messages, {"role": "assistant", "content": _PROBE_ANSWER}], False)
+        prompt, full = answered(tokenizer, messages, _PROBE_ANSWER)
     except Exception:  # jinja2's TemplateError from raise_exception('... roles ...'), or the template's own
         return False
     return full.startswith(prompt) and "system-probe" in prompt  # kept in place, not silently dropped
@@ -115,8 +123,7 @@ def has_system_role(tokenizer) -> bool:
 
 def end_of_turn(tokenizer) -> str:
     """The special token that closes an assistant turn in the tokenizer's chat template (EOS if none does)."""
-    messages = [{"role": "user", "content": "u"}]
-    full = render(tokenizer, [*messages, {"role": "assistant", "content": _PROBE_ANSWER}], False)
+    _, full = answered(tokenizer, [{"role": "user", "content": "u"}], _PROBE_ANSWER)
     after = full[full.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER) :]
     specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
     return next((token for token in specials if after.startswith(token)), tokenizer.eos_token)
@@ -141,7 +148,7 @@ def template_for(kind: str, tokenizer) -> Llama2Layout | ChatTemplate:
     if kind == "llama2":
         return Llama2Layout(end=tokenizer.eos_token)
     if kind == "chat":
-        template = ChatTemplate(tokenizer, system_role=has_system_role(tokenizer), end=tokenizer.eos_token)
+        template = ChatTemplate(tokenizer, has_system_role(tokenizer), tokenizer.eos_token, bos_to_strip(tokenizer))
         check_rendering(template)
         return template
     raise FaultLLMError(f"prompt.template={kind!r}; expected one of {', '.join(TEMPLATES)}")
