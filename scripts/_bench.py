@@ -26,7 +26,7 @@ def setup(cfg) -> Setup:
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, tokenizer)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, split.labels, tokenizer)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     return Setup(spec, model, tokenizer, split, serializer, options)
 

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 def main(overrides: list[str]) -> None:
     from _bench import setup
-    from faultllm.config import compose
+    from faultllm.config import load_config
     from faultllm.evaluation import answer_space, generate_answers, score
 
-    cfg = compose("train", ["model=tiny", "data.test_size=64", *overrides])
+    cfg = load_config("train", ["model=tiny", "data.test_size=64", *overrides])
     run = setup(cfg)
     model, tokenizer = run.model.eval(), run.tokenizer
     tokenizer.padding_side = "left"

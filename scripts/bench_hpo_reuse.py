@@ -21,7 +21,7 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
     import optuna
 
     from faultllm import modeling
-    from faultllm.config import compose
+    from faultllm.config import load_config
     from faultllm.jobs.hpo import run
 
     spent, load = [0.0, 0], modeling.load_base_model
@@ -34,8 +34,7 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
             spent[0], spent[1] = spent[0] + time.perf_counter() - start, spent[1] + 1
 
     modeling.load_base_model = timed_load
-    modeling.forget_reused_base()
-    cfg = compose("hpo", [*overrides, f"hpo.reuse_model={reuse}"])
+    cfg = load_config("hpo", [*overrides, f"hpo.reuse_model={reuse}"])
     try:
         with TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             summary = run(cfg, tmp)

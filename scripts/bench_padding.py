@@ -38,9 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-length", type=int, default=512, help="the fixed length of the naive way")
     args, overrides = parser.parse_known_args()
-    from faultllm.config import compose
+    from faultllm.config import load_config
 
-    cfg = compose(
+    cfg = load_config(
         "train", ["model=tiny", "trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides]
     )
     dynamic, n_tokens, dynamic_overhead = tokens_per_second(cfg, None)

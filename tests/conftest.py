@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
 
 FAULTS = [0, 1, 4, 5]
@@ -91,7 +91,7 @@ def compose_cfg(tmp_path):
     """compose_cfg("train", [...]) with the cache inside the test's tmp dir."""
 
     def _compose(config_name: str, overrides: list[str] | None = None):
-        return compose(config_name, [f"cache_dir={tmp_path / 'cache'}", *(overrides or [])])
+        return load_config(config_name, [f"cache_dir={tmp_path / 'cache'}", *(overrides or [])])
 
     return _compose
 
@@ -109,7 +109,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 def tiny_model(tiny_cache):
     from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 
-    cfg = compose("train", [f"cache_dir={tiny_cache}", *TINY])
+    cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY])
     path = resolve_model_path(cfg.model, cfg.cache_dir)
     return load_base_model(path, hardware_plan(cfg.model)).eval(), load_tokenizer(path)
 
@@ -142,5 +142,5 @@ def trained_run(tiny_cache, easy_csv, tmp_path_factory) -> tuple[Path, dict]:
     from faultllm.jobs.train import run as train
 
     run_dir = tmp_path_factory.mktemp("trained")
-    metrics = train(compose("train", easy_overrides(tiny_cache, easy_csv)), run_dir)
+    metrics = train(load_config("train", easy_overrides(tiny_cache, easy_csv)), run_dir)
     return run_dir, metrics

@@ -60,6 +60,56 @@ def test_no_import_cycles_counting_function_level_imports():
         visit(module)
 
 
+# The library's layers, lowest first: a module imports only modules of lower layers (the jobs, one per
+# command, sit above the library; the CLI above the jobs).
+LAYERS = [
+    {"errors", "paths", "distributed", "metrics", "plots", "reporting"},  # no faultllm imports
+    {"schema"},  # what every config key is
+    {"config"},  # Hydra's DictConfig -> the typed schema
+    {"loaders", "templates"},
+    {"splits", "tiny"},
+    {"rundir"},
+    {"prompts"},
+    {"modeling"},
+    {"evaluation"},
+    {"training"},
+    {"finetune", "baselines"},
+    {"hpo", "explain", "comparison", "predict"},
+    {"jobs"},  # faultllm.jobs.*
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("faultllm.")
+    name = "jobs" if name.startswith("jobs") else name
+    (index,) = [i for i, layer in enumerate(LAYERS) if name in layer]
+    return index
+
+
+def test_every_module_imports_only_lower_layers_and_no_job_imports_another():
+    graph = _graph()
+    for module, targets in graph.items():
+        if module == "faultllm":
+            continue
+        for target in targets:
+            if module.startswith("faultllm.jobs") and target == "faultllm.jobs":
+                continue
+            assert _layer(target) < _layer(module) or module == "faultllm.jobs", f"{module} imports {target}"
+        if module.startswith("faultllm.jobs."):
+            assert not {t for t in targets if t.startswith("faultllm.jobs.")}, f"{module} imports another job"
+
+
+def test_only_the_jobs_the_config_and_the_run_directory_see_hydras_config():
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(PACKAGE).as_posix()
+        if module.startswith("jobs/") or module in ("config.py", "rundir.py", "cli.py"):
+            continue
+        text = path.read_text()
+        assert "DictConfig" not in text and "OmegaConf" not in text, module
+
+
 def test_the_library_never_imports_the_jobs_and_jobs_import_no_cli():
     for module, targets in _graph().items():
         if not module.startswith(("faultllm.jobs", "faultllm.cli", "faultllm.__main__")):

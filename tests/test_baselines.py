@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
@@ -75,7 +75,7 @@ def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
 def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg, tmp_path):
     run_baselines(compose_cfg("baselines", ["baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "a")
     run_baselines(compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"]), tmp_path / "b")
-    report = lambda dirs, out: report_job(compose("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)  # noqa: E731
+    report = lambda dirs, out: report_job(load_config("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)  # noqa: E731
     table = report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
     assert list(table["Model"]) == ["Logistic Regression", "K-Nearest Neighbors"] and set(table["Runs"]) == {1}
     assert (tmp_path / "report" / "comparison.md").exists() and (tmp_path / "report" / "comparison.png").exists()

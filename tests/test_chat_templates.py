@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.modeling import load_tokenizer
 from faultllm.prompts import Serializer
@@ -25,9 +25,9 @@ def chat_models(tmp_path_factory) -> dict:
 
 
 def _serializer(path, tokenizer) -> Serializer:
-    cfg = compose("train", ["model=tiny", "prompt.template=chat", "data=csv", "data.path=unused.csv"])
+    cfg = load_config("train", ["model=tiny", "prompt.template=chat", "data=csv", "data.path=unused.csv"])
     cfg.data.system_prompt = SYSTEM
-    return Serializer.from_config(cfg.prompt, cfg.data, ["a", "b"], [0, 1], tokenizer)
+    return Serializer.from_config(cfg.prompt, cfg.data.system_prompt, ["a", "b"], [0, 1], tokenizer)
 
 
 def _ids(encoded) -> list[int]:
@@ -78,18 +78,18 @@ def test_train_evaluate_reload_and_explain(chat_models, style, tiny_cache, easy_
         *easy_overrides(tiny_cache, easy_csv), "model.build=null", f"model.path={chat_models[style]}",
         "prompt.template=chat", "data.train_size=40", "data.test_size=20", "trainer.epochs=1",
     ]  # fmt: skip
-    metrics = train(compose("train", overrides), tmp_path / "run")
+    metrics = train(load_config("train", overrides), tmp_path / "run")
     assert metrics["test"]["n"] == 20 and metrics["epochs"]
-    reloaded = evaluate(compose("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
+    reloaded = evaluate(load_config("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
     assert reloaded["accuracy"] == metrics["test"]["accuracy"]
     assert reloaded["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
     generated = evaluate(
-        compose("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate", "eval.max_new_tokens=4"]),
+        load_config("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate", "eval.max_new_tokens=4"]),
         tmp_path / "generate",
     )
     assert generated["n"] == 20 and 0 <= generated["invalid_outputs"] <= 20
     explained = explain(
-        compose(
+        load_config(
             "explain",
             [
                 f"run_dir={tmp_path / 'run'}",

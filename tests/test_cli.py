@@ -49,14 +49,14 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
 
 def test_config_typo_and_cfg_job_are_hydras():
     typo = faultllm("data", "prepare", "data.pth=x")
-    assert typo.returncode != 0 and "Could not override 'data.pth'" in typo.stderr and "Traceback" not in typo.stderr
+    assert typo.returncode == 2 and "data.pth: no such config key (did you mean data.path?)" in typo.stderr
     shown = faultllm("data", "prepare", "--cfg", "job", "data.train_size=80")
     assert shown.returncode == 0 and "train_size: 80" in shown.stdout
 
 
 def test_unknown_command():
     result = faultllm("trian")
-    assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+    assert result.returncode == 2 and "unknown command 'trian'; did you mean train?" in result.stderr
 
 
 def test_version_module_entry_and_command_help():
@@ -77,7 +77,7 @@ def test_version_module_entry_and_command_help():
         (["explain"], "faultllm explain: error: run_dir is required: pass run_dir=..."),
         (["data", "prepare", "data.train_size=abc"], "faultllm data prepare: error: data.train_size='abc': expected an integer"),
         (["train", "model=tiny", "lora.dropout=high"], "faultllm train: error: lora.dropout='high': expected a number"),
-        (["train", "model=nope"], "faultllm train: error: In 'train': Could not find 'model/nope' Available options"),
+        (["train", "model=nope"], "faultllm train: error: model=nope: no such option; expected one of llama2_13b_chat"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, args, message):

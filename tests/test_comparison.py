@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from faultllm.comparison import mcnemar
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
@@ -22,7 +22,7 @@ QUICK = ["baselines.models=[lr,knn]", "baselines.importances_for=[]"]
 
 
 def report(dirs, out):
-    return report_job(compose("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)
+    return report_job(load_config("report", [f"run_dirs={[str(d) for d in dirs]}"]), out)
 
 
 def faultllm(*args: str) -> subprocess.CompletedProcess:
@@ -62,7 +62,7 @@ def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp
 
 def test_runs_with_different_data_configs_are_refused(multirun, tmp_path):
     other = tmp_path / "other"
-    run_baselines(compose("baselines", [*QUICK, "data.labels=[0,1]", "data.train_size=40"]), other)
+    run_baselines(load_config("baselines", [*QUICK, "data.labels=[0,1]", "data.train_size=40"]), other)
     with pytest.raises(FaultLLMError, match=r"different data configs: data.labels is \[0, 1\]"):
         report([other, multirun], tmp_path / "r")
     cli = faultllm("report", str(multirun), str(other), "--out", str(tmp_path / "r2"))
@@ -88,7 +88,7 @@ def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()
     for name in ("split.json", "test.parquet"):
         (out / name).write_bytes((baselines_dir / name).read_bytes())
     seed = json.loads((baselines_dir / "split.json").read_text())["seed"]
-    cfg = compose("train", ["model=tiny", f"seed={seed}", *overrides])
+    cfg = load_config("train", ["model=tiny", f"seed={seed}", *overrides])
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     truth = pd.read_csv(baselines_dir / "predictions.csv")["label"]
     predicted = np.where(correct, truth.astype(str), "")  # "" as an unparsed generation is written

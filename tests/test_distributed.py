@@ -9,10 +9,10 @@ from unittest.mock import MagicMock
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from faultllm.distributed import pin_first_gpu
 from faultllm.modeling import Gpu, hardware_plan, load_base_model
+from faultllm.schema import ModelConfig
 from tests.conftest import easy_overrides
 
 AUTO = {"quantization": "none", "attn_implementation": "sdpa", "optimizer": "auto", "gradient_checkpointing": "auto"}
@@ -31,7 +31,7 @@ def test_a_single_process_on_a_4_gpu_box_uses_only_the_first_visible_gpu(monkeyp
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     loaded = []
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kw: loaded.append(kw) or MagicMock())
-    plan = hardware_plan(OmegaConf.create(AUTO), gpu=Gpu("NVIDIA H100 80GB HBM3", 79.2, True))
+    plan = hardware_plan(ModelConfig(**AUTO), gpu=Gpu("NVIDIA H100 80GB HBM3", 79.2, True))
     load_base_model("some/model", plan)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "2")
@@ -61,9 +61,9 @@ def test_torchrun_with_two_ranks_trains_once_into_one_run_directory(tiny_cache, 
     assert (run_dir / "adapter" / "adapter_config.json").exists() and result.stdout.count("trained:") == 1
     assert metrics["test"]["n"] == 16  # every test row scored once: the ranks' shares gathered
 
-    from faultllm.config import compose
+    from faultllm.config import load_config
     from faultllm.jobs.evaluate import run as evaluate
 
-    alone = evaluate(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "eval")  # one process, all rows
+    alone = evaluate(load_config("evaluate", [f"run_dir={run_dir}"]), tmp_path / "eval")  # one process, all rows
     assert alone["accuracy"] == metrics["test"]["accuracy"]
     assert alone["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.explain import run as explain
@@ -25,7 +25,7 @@ def easy_baselines(trained_run, tiny_cache, easy_csv, tmp_path_factory):
         "data.normalize=false",
     ]
     run_baselines(
-        compose(
+        load_config(
             "baselines",
             [
                 *data,
@@ -46,7 +46,7 @@ def easy_baselines(trained_run, tiny_cache, easy_csv, tmp_path_factory):
 
 def test_the_deciding_feature_is_ranked_first(trained_run, easy_baselines, tmp_path):
     run_dir, _ = trained_run
-    cfg = compose(
+    cfg = load_config(
         "explain",
         [
             f"run_dir={run_dir}",
@@ -77,9 +77,9 @@ def test_bad_rows_and_missing_adapter(trained_run, tmp_path):
     with pytest.raises(
         FaultLLMError, match=r"explain.rows: row 80 is out of range; the test split has 80 rows \(0..79\)"
     ):
-        explain(compose("explain", [f"run_dir={run_dir}", "explain.rows=[3,80]"]), tmp_path / "x")
+        explain(load_config("explain", [f"run_dir={run_dir}", "explain.rows=[3,80]"]), tmp_path / "x")
     (tmp_path / "copy").mkdir()
     for name in ("config.yaml", "split.json"):
         (tmp_path / "copy" / name).write_text((run_dir / name).read_text())
     with pytest.raises(FaultLLMError, match="no adapter found"):
-        explain(compose("explain", [f"run_dir={tmp_path / 'copy'}"]), tmp_path / "y")
+        explain(load_config("explain", [f"run_dir={tmp_path / 'copy'}"]), tmp_path / "y")

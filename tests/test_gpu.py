@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from tests.conftest import easy_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -21,13 +21,13 @@ def test_4bit_training_scoring_and_adapter_reload_on_the_gpu(tiny_cache, easy_cs
         "model.optimizer=auto", "model.gradient_checkpointing=auto", "data.train_size=16", "data.test_size=8",
         "trainer.epochs=1", "trainer.batch_size=8",
     ]  # fmt: skip
-    metrics = train(compose("train", overrides), tmp_path / "run")
+    metrics = train(load_config("train", overrides), tmp_path / "run")
     plan = metrics["hardware"]
     assert (plan["device"], plan["quantization"], plan["optimizer"]) == ("cuda", "nf4", "adamw_torch_fused")
     assert plan["dtype"] == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16")
     assert plan["attn_implementation"] == ("flash_attention_2" if flash_attention_available() else "sdpa")
     assert plan["gradient_checkpointing"] is False  # a tiny model fits any GPU
     assert [row["step"] for row in metrics["epochs"]] == [2]  # two optimizer steps
-    reloaded = evaluate(compose("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
+    reloaded = evaluate(load_config("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
     assert reloaded["accuracy"] == metrics["test"]["accuracy"]
     assert reloaded["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-3)

@@ -85,19 +85,19 @@ def rf_run(compose_cfg, tmp_path):
 
 
 def test_feature_order_importance_follows_the_given_runs_impurity_importances(compose_cfg, rf_run):
-    from faultllm.prompts import ordered_features
+    from faultllm.finetune import prompt_features
 
     split, _ = prepared_split(compose_cfg("prepare").data, 42)
     importances = pd.read_csv(rf_run / "feature_importances.csv").query("model == 'rf'")
     expected = importances.sort_values("impurity", ascending=False, kind="stable")["feature"].tolist()
     prompt = compose_cfg("train", ["model=tiny", "prompt.feature_order=importance", f"prompt.importance_from={rf_run}"])
-    order = ordered_features(prompt.prompt, split.features, 42, split.fingerprint())
+    order = prompt_features(prompt.prompt, split.features, 42, split.fingerprint())
     assert order == expected and sorted(order) == sorted(split.features) and order != split.features
     with pytest.raises(FaultLLMError, match="no baselines run there was made on this split"):
-        ordered_features(prompt.prompt, split.features, 42, "0" * 16)
+        prompt_features(prompt.prompt, split.features, 42, "0" * 16)
     prompt.prompt.importance_model = "lr"
     with pytest.raises(FaultLLMError, match="has impurity importances for: rf"):
-        ordered_features(prompt.prompt, split.features, 42, split.fingerprint())
+        prompt_features(prompt.prompt, split.features, 42, split.fingerprint())
 
 
 def test_feature_order_random_is_a_seeded_permutation(compose_cfg):
@@ -105,6 +105,6 @@ def test_feature_order_random_is_a_seeded_permutation(compose_cfg):
 
     prompt = compose_cfg("train", ["model=tiny", "prompt.feature_order=random"]).prompt
     features = [f"f{i}" for i in range(20)]
-    first = ordered_features(prompt, features, 1, "unused")
-    assert first == ordered_features(prompt, features, 1, "unused") != ordered_features(prompt, features, 2, "unused")
+    first = ordered_features(prompt.feature_order, features, 1)
+    assert first == ordered_features(prompt.feature_order, features, 1) != ordered_features(prompt.feature_order, features, 2)
     assert sorted(first) == sorted(features) and first != features

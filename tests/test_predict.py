@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.predict import run as predict
@@ -35,11 +35,11 @@ def _check(table: pd.DataFrame, n: int, labels: list) -> None:
 def test_predict_with_a_trained_llm(trained_run, new_rows, tmp_path):
     run_dir, _ = trained_run
     unlabelled, labelled, _ = new_rows
-    result = predict(compose("predict", [f"run_dir={run_dir}", f"input={unlabelled}"]), tmp_path / "p")
+    result = predict(load_config("predict", [f"run_dir={run_dir}", f"input={unlabelled}"]), tmp_path / "p")
     table = pd.read_csv(tmp_path / "p" / "predictions.csv")
     _check(table, 30, [0, 1])
     assert list(table["sensor_id"]) == [f"s{i}" for i in range(30)] and result["metrics"] is None
-    scored = predict(compose("predict", [f"run_dir={run_dir}", f"input={labelled}"]), tmp_path / "q")
+    scored = predict(load_config("predict", [f"run_dir={run_dir}", f"input={labelled}"]), tmp_path / "q")
     assert scored["metrics"]["n"] == 30 and (tmp_path / "q" / "metrics.json").exists()
     assert (scored["predictions"]["predicted"] == result["predictions"]["predicted"]).all()
 
@@ -51,15 +51,15 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
                   tmp_path / "b")  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "b" / "models").iterdir()) == ["lr.joblib", "svm.joblib"]
     best = max(json.loads((tmp_path / "b" / "metrics.json").read_text()).items(), key=lambda m: m[1]["test_accuracy"])
-    result = predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")
+    result = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")
     _check(pd.read_csv(tmp_path / "p" / "predictions.csv"), 30, [0, 1])
     assert result["model"] == {"lr": "Logistic Regression", "svm": "Support Vector Machine"}[best[0]]
-    svm = predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={labelled}", "predict.model=svm"]),
+    svm = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={labelled}", "predict.model=svm"]),
                   tmp_path / "q")  # fmt: skip
     assert svm["metrics"]["accuracy"] > 0.8 and list(svm["predictions"]["label"]) == list(frame["label"])
     with pytest.raises(FaultLLMError, match=r"predict.model='rf': .* saved the models lr, svm"):
-        predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}", "predict.model=rf"]),
+        predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}", "predict.model=rf"]),
                 tmp_path / "r")  # fmt: skip
     frame.drop(columns="a").to_csv(tmp_path / "wrong.csv", index=False)
     with pytest.raises(FaultLLMError, match="missing column\\(s\\) a; expected the run's features"):
-        predict(compose("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s")
+        predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s")

@@ -32,7 +32,7 @@ def test_unnamed_fixed_decimals_and_multiclass_wording():
 
 def test_llama2_layout_without_literal_bos(compose_cfg):
     cfg = compose_cfg("prepare", ["experiment=hst_paper", "data.path=unused.csv"])
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, ["x"], [0, 1], load_tokenizer(str(SHIPPED)))
+    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, ["x"], [0, 1], load_tokenizer(str(SHIPPED)))
     assert serializer.fmt.system == STUDY_SYSTEM
     frame = pd.DataFrame({"x": [0.5], "label": [1]})
     rendered = serializer.render(frame)

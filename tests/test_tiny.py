@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.modeling import resolve_model_path
 from faultllm.tiny import SHIPPED, spec_of
 
@@ -16,7 +16,7 @@ def _sha256(path) -> str:
 
 def test_a_build_is_a_pure_function_of_its_spec_across_processes_and_thread_counts(tmp_path):
     # A short warm-up keeps this quick; the full build runs the same code for more steps.
-    spec = spec_of(compose("train", ["model=tiny"]).model) | {"warmup_steps": 20}
+    spec = spec_of(load_config("train", ["model=tiny"]).model) | {"warmup_steps": 20}
     for name, threads in (("a", 1), ("b", 2)):
         code = (
             f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "

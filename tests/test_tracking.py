@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
-from faultllm.training import trackers
+from faultllm.schema import trackers
 from tests.conftest import easy_overrides
 
 pytestmark = pytest.mark.slow  # trains the tiny model
@@ -26,7 +26,7 @@ def test_tensorboard_and_mlflow_get_the_per_epoch_test_accuracy(tiny_cache, easy
         *easy_overrides(tiny_cache, easy_csv), "trainer.epochs=2", "data.train_size=40", "data.test_size=20",
         "trainer.report_to=[tensorboard,mlflow]",
     ]  # fmt: skip
-    train(compose("train", overrides), tmp_path / "run")
+    train(load_config("train", overrides), tmp_path / "run")
     epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     expected = [row["test_accuracy"] for row in epochs]
     assert len(expected) == 2
@@ -42,8 +42,8 @@ def test_tensorboard_and_mlflow_get_the_per_epoch_test_accuracy(tiny_cache, easy
 def test_report_to_accepts_none_one_or_a_list():
     assert trackers("none") == () and trackers("tensorboard") == ("tensorboard",)
     assert trackers(["tensorboard", "mlflow"]) == ("tensorboard", "mlflow")
-    with pytest.raises(FaultLLMError, match="unknown tracker 'tensorbord'"):
-        trackers(["tensorbord"])
+    with pytest.raises(FaultLLMError, match=r"trainer.report_to: unknown 'tensorbord'.*did you mean tensorboard"):
+        load_config("train", ["model=tiny", "trainer.report_to=[tensorbord]"])
 
 
 def test_hpo_logs_each_trial_as_one_mlflow_run(tiny_cache, easy_csv, tmp_path, monkeypatch):
@@ -54,7 +54,7 @@ def test_hpo_logs_each_trial_as_one_mlflow_run(tiny_cache, easy_csv, tmp_path, m
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    search(compose("hpo", [*hpo_overrides(tiny_cache, easy_csv, 2), "trainer.report_to=mlflow", "hpo.refit=false"]),
+    search(load_config("hpo", [*hpo_overrides(tiny_cache, easy_csv, 2), "trainer.report_to=mlflow", "hpo.refit=false"]),
            tmp_path / "hpo")  # fmt: skip
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     trials = sorted((r for r in runs if "-trial-" in r.info.run_name), key=lambda r: r.info.run_name)

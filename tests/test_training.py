@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
@@ -46,12 +46,12 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate_run
 
     run_dir, metrics = trained_run
-    restricted = evaluate_run(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "r")
+    restricted = evaluate_run(load_config("evaluate", [f"run_dir={run_dir}"]), tmp_path / "r")
     for key in ("accuracy", "macro_f1", "per_class_recall", "confusion_matrix", "n"):
         assert restricted[key] == metrics["test"][key], key  # a reloaded adapter runs as it did in training
     assert restricted["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
     generated = evaluate_run(
-        compose("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]), tmp_path / "g"
+        load_config("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]), tmp_path / "g"
     )
     assert generated["invalid_outputs"] <= 2
     by_restricted = pd.read_csv(tmp_path / "r" / "predictions.csv")["predicted"]
@@ -67,7 +67,7 @@ def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
     run_dir, _ = trained_run
     easy_frame(60, seed=9).to_csv(tmp_path / "new.csv", index=False)
     metrics = evaluate_run(
-        compose("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'new.csv'}"]), tmp_path / "e"
+        load_config("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'new.csv'}"]), tmp_path / "e"
     )
     assert metrics["n"] == 60 and metrics["accuracy"] >= 0.7
 
@@ -85,10 +85,10 @@ def test_label_sets_of_mixed_token_lengths_train_and_evaluate(tiny_cache, tmp_pa
         *easy_overrides(tiny_cache, tmp_path / "three.csv"), "data.train_size=60", "data.test_size=30",
         "trainer.epochs=1",
     ]  # fmt: skip
-    metrics = train(compose("train", overrides), tmp_path / "run")
+    metrics = train(load_config("train", overrides), tmp_path / "run")
     assert [row["epoch"] for row in metrics["epochs"]] == [1] and metrics["test"]["n"] == 30
     assert set(pd.read_csv(tmp_path / "run" / "predictions.csv")["predicted"].astype(str)) <= {str(x) for x in labels}
-    generated = evaluate_run(compose("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate"]), tmp_path / "g")
+    generated = evaluate_run(load_config("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate"]), tmp_path / "g")
     assert generated["n"] == 30 and 0 <= generated["invalid_outputs"] <= 30
 
 
@@ -104,10 +104,10 @@ def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path)
     cfg = OmegaConf.load(moved / "config.yaml")
     cfg.data.path = str(tmp_path / "moved-away.csv")  # the data file the run was made from is gone
     OmegaConf.save(cfg, moved / "config.yaml")
-    evaluated = evaluate_run(compose("evaluate", [f"run_dir={moved}"]), tmp_path / "e")
+    evaluated = evaluate_run(load_config("evaluate", [f"run_dir={moved}"]), tmp_path / "e")
     assert evaluated["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     overrides = [f"run_dir={moved}", "explain.n_probe_rows=1", "explain.n_attribution_rows=4", "explain.new_tokens=[5]"]
-    assert explain_run(compose("explain", overrides), tmp_path / "x")["top_features"]
+    assert explain_run(load_config("explain", overrides), tmp_path / "x")["top_features"]
 
 
 def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
@@ -123,7 +123,7 @@ def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     spec = replace(spec, plan=replace(spec.plan, **(plan_change or {})))
     model, tokenizer = build_for_training(spec, cfg.seed)
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, tokenizer)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, split.labels, tokenizer)
     rows = serializer.render(split.train.head(n_rows)).sft_rows()
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     trainer = sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
@@ -132,7 +132,7 @@ def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
 
 
 def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, easy_csv, tmp_path):
-    cfg = compose("train", easy_overrides(tiny_cache, easy_csv))
+    cfg = load_config("train", easy_overrides(tiny_cache, easy_csv))
     _, tokenizer, rows, trainer = _sft_trainer(cfg, 6, tmp_path)
     for row, example in zip(rows, trainer.train_dataset, strict=True):
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
@@ -150,7 +150,7 @@ def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tm
 
     from faultllm.modeling import hardware_plan
 
-    cfg = compose(
+    cfg = load_config(
         "train",
         [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.epochs=1", "trainer.batch_size=4"],
     )
@@ -175,8 +175,8 @@ def test_resume_continues_from_the_last_checkpoint(tiny_cache, easy_csv, tmp_pat
         "data.test_size=16",
         "trainer.batch_size=8",
     ]
-    train(compose("train", [*overrides, "trainer.epochs=1"]), tmp_path)
-    metrics = train(compose("train", [*overrides, "trainer.epochs=2"]), tmp_path)  # same run dir: resumes
+    train(load_config("train", [*overrides, "trainer.epochs=1"]), tmp_path)
+    metrics = train(load_config("train", [*overrides, "trainer.epochs=2"]), tmp_path)  # same run dir: resumes
     assert [(row["epoch"], row["step"]) for row in metrics["epochs"]] == [(1, 4), (2, 8)]
     lines = (tmp_path / "epochs.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
@@ -187,14 +187,14 @@ def test_nan_loss_stops_with_a_clear_message(tiny_cache, easy_csv, tmp_path):
 
     overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=2"]
     with pytest.raises(FaultLLMError, match=r"training (loss|grad_norm).* became nan"):
-        train(compose("train", [*overrides, "trainer.learning_rate=1e30", "trainer.max_grad_norm=1e30"]), tmp_path)
+        train(load_config("train", [*overrides, "trainer.learning_rate=1e30", "trainer.max_grad_norm=1e30"]), tmp_path)
 
 
 def test_evaluate_without_adapter_is_a_clear_error(tmp_path):
     from faultllm.jobs.evaluate import run as evaluate_run
 
     with pytest.raises(FaultLLMError, match="not a finished `faultllm train` run"):
-        evaluate_run(compose("evaluate", [f"run_dir={tmp_path}"]), tmp_path / "out")
+        evaluate_run(load_config("evaluate", [f"run_dir={tmp_path}"]), tmp_path / "out")
 
 
 def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cache, easy_csv, tmp_path):
@@ -203,7 +203,7 @@ def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cac
 
     from faultllm.modeling import load_trained
 
-    cfg = compose("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
+    cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
     model, tokenizer, _, trainer = _sft_trainer(cfg, 8, tmp_path, plan_change={"dtype": "bfloat16"})
     trained = {name: p.dtype for name, p in model.named_parameters()}
     assert {trained[n] for n in trained if "lora_" in n} == {torch.float32}  # TRL had cast them to bf16

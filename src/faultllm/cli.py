@@ -6,10 +6,14 @@ command runs, so `faultllm --help` answers at once.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import logging
 import os
 import shutil
 import sys
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 # command -> (config name in configs/, job module in faultllm.jobs, one-line help)
@@ -29,13 +33,16 @@ USAGE = """usage: faultllm <command> [key=value ...]   (Hydra overrides, e.g. da
 commands:
 {commands}
 
-Every command takes Hydra's flags too: --cfg job (print the config), --help, hydra.run.dir=DIR.
-Configs live in configs/; see README.md."""
+Every command takes Hydra's flags too: --cfg job (print the config), --help, hydra.run.dir=DIR, -m (multirun).
+Configs: {config_dir} (what each key means: faultllm COMMAND --help); see README.md."""
 
 
 def _usage() -> str:
+    from faultllm.paths import CONFIG_DIR
+
     width = max(len(name) for name in COMMANDS)
-    return USAGE.format(commands="\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()))
+    commands = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items())
+    return USAGE.format(commands=commands, config_dir=CONFIG_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
     if command not in COMMANDS:
-        print(f"faultllm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(command, list(COMMANDS), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
     overrides = argv[len(command.split()) :]
     config_name, module, _ = COMMANDS[command]
@@ -59,11 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "report":
         overrides = report_overrides(overrides)
-    if not any(arg.startswith("-") for arg in overrides):  # multiruns and Hydra's flags: checked per job
-        error = config_error(config_name, overrides)
-        if error:
-            print(f"faultllm {command}: error: {error}", file=sys.stderr)
-            return 2
+    error = config_error(config_name, overrides)
+    if error:
+        print(f"faultllm {command}: error: {error}", file=sys.stderr)
+        return 2
     from faultllm.distributed import pin_first_gpu, world_size
 
     if world_size() > 1:
@@ -90,7 +98,7 @@ def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
 
 def command_help(command: str, config_name: str) -> str:
     """What the command does (the opening comment of its config) and its config's top-level keys."""
-    from faultllm.config import CONFIG_DIR, compose
+    from faultllm.config import CONFIG_DIR, config_keys
 
     path = CONFIG_DIR / f"{config_name}.yaml"
     header = []
@@ -98,33 +106,95 @@ def command_help(command: str, config_name: str) -> str:
         if not line.startswith("#"):
             break
         header.append(line.lstrip("# ").rstrip())
-    from omegaconf import OmegaConf
-
-    tree = OmegaConf.to_container(compose(config_name), resolve=False, throw_on_missing=False)
-    keys = ", ".join(f"{key}.*" if isinstance(value, dict) else key for key, value in tree.items())
+    keys = ", ".join(f"{key}.*" if is_group else key for key, is_group in config_keys(config_name).items())
     return "\n".join([
         f"faultllm {command}: {COMMANDS[command][2]}", "", *header, "",
-        f"config: configs/{config_name}.yaml   keys: {keys}",
+        f"config: {path}   keys: {keys}   (each key's type, default and meaning: faultllm/schema.py)",
         f"faultllm {command} --cfg job [key=value ...] prints the whole composed config; see README.md.",
     ])  # fmt: skip
 
 
-def config_error(config_name: str, overrides: list[str]) -> str | None:
-    """The one-line reason the config cannot be composed or fails validation, else None."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+# Hydra flags that only print: their config is not checked first.
+_PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p", "--shell-completion", "-sc")
 
+
+def config_error(config_name: str, overrides: list[str]) -> str | None:
+    """The one-line reason the config of some job cannot be composed or does not validate, else None.
+    A multirun (-m) checks every job of its sweep before the first one runs."""
+    if any(arg.split("=")[0] in _PRINT_FLAGS for arg in overrides):
+        return None
+    multirun = any(arg in ("-m", "--multirun") for arg in overrides)
+    keys = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra.")]
+    try:
+        jobs = sweep_jobs(keys) if multirun else [keys]
+    except Exception as err:  # Hydra's override grammar
+        return _one_line(err)
+    for job in jobs:
+        error = _job_error(config_name, job)
+        if error:
+            return f"{error} (in the sweep job {' '.join(job)})" if multirun and len(jobs) > 1 else error
+    return None
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job of a basic multirun sweep (`a=1,2 b=x,y`: four jobs)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the sweeper Hydra runs with -m
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _job_error(config_name: str, overrides: list[str]) -> str | None:
     from faultllm.config import compose, validate
     from faultllm.errors import FaultLLMError
 
     try:
-        validate(compose(config_name, [o for o in overrides if not o.startswith("hydra.")]))
+        validate(compose(config_name, overrides), config_name)
     except FaultLLMError as err:
         return str(err)
-    except (HydraException, OmegaConfBaseException, ValueError, KeyError) as err:  # override and composition errors
-        lines = str(err).strip().split("Config search path")[0].splitlines()
-        return " ".join(line.strip() for line in lines if line.strip())
+    except Exception as err:  # Hydra's override and composition errors
+        return composition_error(config_name, overrides, err)
     return None
+
+
+def composition_error(config_name: str, overrides: list[str], err: Exception) -> str:
+    """Hydra's error as one line, with the closest valid names for a misspelled key or option."""
+    import re
+
+    from faultllm.config import CONFIG_DIR, config_keys
+    from faultllm.schema import suggestion
+
+    missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", str(err))
+    if missing_option:
+        group, option = missing_option.groups()
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        return f"{group}={option}: no such option; expected one of {', '.join(options)}{suggestion(option, options)}"
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and " not in " in str(cause):  # a key the command's schema does not have
+        parent = key.rpartition(".")[0]
+        keys = [f"{parent}.{name}" if parent else name for name in config_keys(config_name, parent)]
+        return f"{key}: no such config key{suggestion(key, keys)}"
+    if key:  # a value of the wrong type
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+        reason = str(cause).splitlines()[0]
+        for found, expected in _TYPE_ERRORS.items():
+            if found in reason:
+                reason = expected
+        return f"{key}={value!r}: {reason}"
+    return _one_line(err)
+
+
+_TYPE_ERRORS = {
+    "converted to Integer": "expected an integer", "converted to Float": "expected a number",
+    "is not a valid bool": "expected true or false",
+}  # fmt: skip
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().split("Config search path")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
 
 
 def report_overrides(args: list[str]) -> list[str]:
@@ -144,25 +214,21 @@ def report_overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def _quiet_known_noise() -> None:
+def _quiet_known_noise(progress: bool) -> None:
     """Harmless messages every run would print: bitsandbytes looks for an optional CPU kernel package,
-    transformers' Trainer still calls its own renamed `is_gradient_checkpointing` under DDP, and
-    Optuna calls the heartbeat features it ships experimental."""
-    import logging
-    import warnings
+    transformers' Trainer still calls its own renamed `is_gradient_checkpointing` under DDP, Optuna calls
+    the heartbeat features it ships experimental, scikit-learn announces a change to SVC's probabilities;
+    datasets draws a bar per tokenization pass. Without `progress` no library draws bars at all."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's heartbeat API
-
-
-def _no_progress_bars() -> None:
-    """progress=false (logs, CI): no bars from datasets' preparation or transformers' weight loading."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
+    warnings.filterwarnings("ignore", message=r".*probability.*", module=r"sklearn\.svm.*")
     datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
+    if not progress:
+        transformers_logging.disable_progress_bar()
 
 
 def run_job(command: str, config_name: str, module: str, overrides: list[str]) -> int:
@@ -173,14 +239,14 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
     from faultllm.errors import FaultLLMError
 
     def task(cfg) -> None:
-        _quiet_known_noise()
-        if cfg.get("progress") is False:
-            _no_progress_bars()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            validate(cfg)
+            config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.schema)
+            if config.progress is None:  # bars on a terminal; one line per epoch in logs and CI
+                config.progress = sys.stdout.isatty()
+            _quiet_known_noise(config.progress)
             job = importlib.import_module(f"faultllm.jobs.{module}")
-            job.run(cfg, run_dir)
+            job.run(config, run_dir)
         except FaultLLMError as err:
             _fail(command, str(err), run_dir, 2)
         except KeyboardInterrupt:
@@ -206,8 +272,12 @@ def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
     from faultllm.distributed import is_main_process
 
     print(f"faultllm {command}: error: {message}", file=sys.stderr)
-    if is_main_process() and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if is_main_process() and run_dir.is_dir():
+        if {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:  # the log of the work that was done ends with why it stopped
+            with (run_dir / "faultllm.log").open("a") as log_file:
+                log_file.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S},000][faultllm][ERROR] {message}\n")
     sys.exit(code)
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from faultllm.baselines import NAMES
 from faultllm.errors import FaultLLMError
-from faultllm.rundir import expand_run_dirs, read_json
+from faultllm.rundir import expand_run_dirs, read_config_tree, read_json, run_job
 
 # Keys that may differ between runs pooled into one row: the seed, and the training-set size (a curve).
 VARYING = ("seed", "data.train_size")
@@ -52,7 +51,7 @@ def load_runs(paths: list) -> list[ModelRun]:
     run_dirs = expand_run_dirs(paths)
     configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
     check_comparable(configs)
-    names = llm_names({d: c for d, c in configs.items() if _kind(c) == "train"})
+    names = llm_names({d: c for d, c in configs.items() if _kind(d) == "train"})
     results = [r for run_dir in run_dirs for r in _model_runs(run_dir, configs[run_dir], names.get(run_dir))]
     seen: dict[tuple, Path] = {}
     for r in results:
@@ -69,7 +68,7 @@ def _read_config(run_dir: Path) -> dict:
     for name in ("metrics.json", "split.json", "config.yaml"):
         if not (run_dir / name).exists():
             raise FaultLLMError(f"{run_dir}: not a finished faultllm train/baselines run (no {name})")
-    return _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False))
+    return _flatten(read_config_tree(run_dir))
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -78,8 +77,9 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
-def _kind(config: dict) -> str:
-    return "baselines" if any(key.startswith("baselines.") for key in config) else "train"
+def _kind(run_dir: Path) -> str:
+    """baselines, or train for an LLM run (a train run or an HPO refit)."""
+    return "baselines" if run_job(run_dir) == "baselines" else "train"
 
 
 def check_comparable(configs: dict[Path, dict]) -> None:
@@ -87,7 +87,7 @@ def check_comparable(configs: dict[Path, dict]) -> None:
     the seed and the training-set size. (LLM runs that differ become separate rows: `llm_names`.)"""
     data_keys = lambda config: {k: v for k, v in config.items() if k.startswith("data.")}  # noqa: E731
     _refuse_differences(configs, data_keys, "different data configs")
-    baselines = {d: c for d, c in configs.items() if _kind(c) == "baselines"}
+    baselines = {d: c for d, c in configs.items() if _kind(d) == "baselines"}
     if baselines:
         _refuse_differences(baselines, lambda config: config, "configs that differ in more than the seed")
 
@@ -137,7 +137,7 @@ def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[Model
     correct = lambda column: (  # noqa: E731
         None if predictions is None else (predictions[column] == predictions["label"]).to_numpy()
     )
-    if _kind(config) == "train":
+    if _kind(run_dir) == "train":
         test = metrics["test"]
         return [ModelRun(llm_name, "llm", train_accuracy=metrics["train"]["accuracy"], test_accuracy=test["accuracy"],
                          test_macro_f1=test["macro_f1"], seconds=metrics.get("train_seconds"),

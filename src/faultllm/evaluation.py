@@ -27,6 +27,7 @@ from faultllm.metrics import classification_metrics
 from faultllm.modeling import hardware_plan, load_trained, resolve_model_path
 from faultllm.prompts import Prompts, Serializer
 from faultllm.rundir import SavedRun
+from faultllm.schema import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ class TrainedLLM:
         base_path = resolve_model_path(run.cfg.model, run.cfg.cache_dir)
         model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(run.cfg.model))
         features, labels = run.prompt_features(), run.split.labels
-        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data, features, labels, tokenizer)
+        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data.system_prompt, features, labels, tokenizer)
         return cls(model, tokenizer, serializer)
 
 
@@ -269,15 +270,15 @@ def evaluate_generated(model, tokenizer, prompts: Prompts, labels: list, max_new
     return classification_metrics(prompts.truth, predicted, labels) | {"invalid_outputs": invalid}, predictions
 
 
-def evaluate_prompts(model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg) -> tuple[dict, pd.DataFrame]:
-    """Metrics and a predictions table for one split, by `eval.mode`."""
-    if eval_cfg.mode == "restricted":
-        return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size)
+def evaluate_prompts(
+    model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg: EvalConfig
+) -> tuple[dict, pd.DataFrame]:
+    """Metrics and a predictions table for one split, by `eval.mode` (restricted or generate)."""
     if eval_cfg.mode == "generate":
         return evaluate_generated(
             model, tokenizer, prompts, space.labels, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size
         )
-    raise FaultLLMError(f"eval.mode={eval_cfg.mode!r}; expected restricted or generate")
+    return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size)
 
 
 def _predictions(prompts: Prompts, predicted: list) -> pd.DataFrame:

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.baselines import load_importances
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import TrainedLLM, answer_space, generate_answers, parse_answer, score
 from faultllm.loaders import LABEL
 from faultllm.prompts import WHY_QUESTION
 from faultllm.reporting import markdown
-from faultllm.rundir import SavedRun
+from faultllm.rundir import SavedRun, load_importances
 
 
 def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:

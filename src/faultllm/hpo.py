@@ -20,63 +20,48 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from faultllm import plots
+from faultllm.config import with_values
+from faultllm.paths import install_hint
 from faultllm.errors import FaultLLMError
-from faultllm.modeling import ModelSpec
-from faultllm.prompts import Serializer, ordered_features
+from faultllm.finetune import prompt_features
+from faultllm.modeling import BaseModelCache, ModelSpec
+from faultllm.prompts import Serializer
+from faultllm.schema import ACCURACY, LOSS, OBJECTIVES, HpoConfig, HpoJob, SearchParam, trackers
 from faultllm.splits import Split, fold_splits, scale_split
-from faultllm.training import NonFiniteLoss, TrainOptions, fit, trackers
+from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"}
 FINISHED = ("COMPLETE", "PRUNED")
 
 
-def check_space(space) -> None:
-    for name, spec in space.items():
-        kind = spec.get("type")
-        if kind == "categorical":
-            if not spec.get("choices"):
-                raise FaultLLMError(f"hpo.space.{name}: categorical with no choices")
-        elif kind in ("int", "float"):
-            low, high = spec.get("low"), spec.get("high")
-            if low is None or high is None or not low < high:
-                raise FaultLLMError(f"hpo.space.{name}: empty or inverted range [{low}, {high}]; expected low < high")
-            if spec.get("log") and low <= 0:
-                raise FaultLLMError(f"hpo.space.{name}: a log range needs low > 0, got {low}")
-        else:
-            raise FaultLLMError(f"hpo.space.{name}: type {kind!r}; expected int, float or categorical")
-
-
-def suggest(trial, space) -> dict:
+def suggest(trial, space: dict[str, SearchParam]) -> dict:
     """Parameters of one trial, keyed by the config key each one sets (e.g. lora.r)."""
     params = {}
     for name, spec in space.items():
         if spec.type == "categorical":
             value = trial.suggest_categorical(name, list(spec.choices))
         elif spec.type == "int":
-            value = trial.suggest_int(name, spec.low, spec.high, step=spec.get("step") or 1, log=bool(spec.get("log")))
+            value = trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
         else:
-            value = trial.suggest_float(name, spec.low, spec.high, step=spec.get("step"), log=bool(spec.get("log")))
+            value = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
         params[spec.key] = value
     return params
 
 
-def with_params(cfg, params: dict):
-    trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key, value in params.items():
-        OmegaConf.update(trial_cfg, key, value, merge=False)
-    return trial_cfg
+def with_params(cfg: HpoJob, params: dict) -> HpoJob:
+    """The job's config with a trial's parameters set (checked like any config)."""
+    return with_values(cfg, params)
 
 
-def study_rule(row: dict, hpo_cfg) -> str | None:
+def study_rule(row: dict, prune_early_epochs: int) -> str | None:
     """The study's pruning rule: a NaN loss, or accuracy 0 in the early epochs, never recovers."""
-    if not math.isfinite(row.get("val_loss", 0.0)) or not math.isfinite(row.get("train_loss", 0.0)):
+    losses = [row[key] for key in (f"val_{LOSS}", f"train_{LOSS}") if key in row]
+    if not all(math.isfinite(loss) for loss in losses):
         return "loss is NaN"
-    if row["epoch"] <= hpo_cfg.prune_early_epochs and row.get("val_accuracy", 1.0) == 0.0:
+    if row["epoch"] <= prune_early_epochs and row.get(f"val_{ACCURACY}") == 0.0:
         return f"validation accuracy 0 at epoch {row['epoch']}"
     return None
 
@@ -89,12 +74,10 @@ def make_pruner(name: str):
         "hyperband": lambda: optuna.pruners.HyperbandPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    if name not in pruners:
-        raise FaultLLMError(f"hpo.pruner={name!r}; expected one of {sorted(pruners)}")
     return pruners[name]()
 
 
-def open_study(hpo_cfg, seed: int, run_dir: Path, worker_index: int = 0, attempts: int = 5):
+def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int = 0, attempts: int = 5):
     """Create or load the study, its sampler seeded per worker. Workers starting together may race
     to create the schema: retry."""
     import optuna
@@ -108,7 +91,7 @@ def open_study(hpo_cfg, seed: int, run_dir: Path, worker_index: int = 0, attempt
                 # seed + worker index: reproducible, and no two workers draw the same start-up trials
                 sampler=optuna.samplers.TPESampler(seed=seed + worker_index),
                 pruner=make_pruner(hpo_cfg.pruner),
-                direction=DIRECTIONS[hpo_cfg.objective],
+                direction=OBJECTIVES[hpo_cfg.objective],
                 load_if_exists=True,
             )
         except FaultLLMError:
@@ -123,12 +106,12 @@ def open_study(hpo_cfg, seed: int, run_dir: Path, worker_index: int = 0, attempt
     raise AssertionError("unreachable")
 
 
-def study_url(hpo_cfg, run_dir: Path) -> str:
+def study_url(hpo_cfg: HpoConfig, run_dir: Path) -> str:
     """hpo.storage, or SQLite in the run directory."""
     return hpo_cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
-def _storage(url: str, hpo_cfg):
+def _storage(url: str, hpo_cfg: HpoConfig):
     if "://" not in url:
         if url.endswith((".log", ".jsonl")):  # a journal file, for workers sharing NFS
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -157,7 +140,7 @@ def _with_driver(url: str) -> str:
     if scheme != "postgresql" or importlib.util.find_spec("psycopg2"):
         return url
     if importlib.util.find_spec("psycopg") is None:
-        raise FaultLLMError(f"hpo.storage={url}: no PostgreSQL driver; pip install -e '.[postgres]'")
+        raise FaultLLMError(f"hpo.storage={url}: no PostgreSQL driver; {install_hint('postgres')}")
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
@@ -247,7 +230,7 @@ def _claims(study):
 class _PruningReporter:
     """Per epoch: the study's rule, then the pruner, at step fold * epochs + epoch; counts fold-epochs trained."""
 
-    def __init__(self, trial, hpo_cfg, epochs: int) -> None:
+    def __init__(self, trial, hpo_cfg: HpoConfig, epochs: int) -> None:
         self.trial, self.hpo_cfg, self.epochs, self.trained = trial, hpo_cfg, epochs, 0
 
     def for_fold(self, fold_index: int):
@@ -256,7 +239,7 @@ class _PruningReporter:
         def on_epoch(row: dict) -> None:
             self.trained += 1
             self.trial.set_user_attr("fold_epochs_trained", self.trained)
-            reason = study_rule(row, self.hpo_cfg)
+            reason = study_rule(row, self.hpo_cfg.prune_early_epochs)
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
@@ -268,15 +251,18 @@ class _PruningReporter:
         return on_epoch
 
 
-def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
+def run_trial(
+    trial, cfg: HpoJob, raw: Split, folds: list, run_dir: Path, base_cache: BaseModelCache | None = None
+) -> float:
     """Train and validate every fold; report per-epoch values to the pruner; free each fold's model.
 
     `cfg` is the whole config: a trial's parameters may set any key (lora.r, data.normalize, ...).
+    `base_cache`: the worker's base model, reused by every fold (`hpo.reuse_model`).
     """
     import optuna
 
     trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
-    spec = fold_model_spec(trial_cfg)
+    spec = fold_model_spec(trial_cfg, base_cache)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
     options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
     serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
@@ -299,10 +285,10 @@ def run_trial(trial, cfg, raw: Split, folds: list, run_dir: Path) -> float:
     return means[cfg.hpo.objective]
 
 
-def mlflow_trial_logger(trainer_cfg) -> list:
+def mlflow_trial_logger(report_to: str | list) -> list:
     """With `trainer.report_to` naming mlflow: an Optuna callback logging each finished trial as one MLflow
     run (parameters, value, fold means). The folds' own training is not tracked: one run per trial."""
-    if "mlflow" not in trackers(trainer_cfg.get("report_to", "none")):
+    if "mlflow" not in trackers(report_to):
         return []
     import mlflow
     from optuna.trial import TrialState
@@ -319,19 +305,20 @@ def mlflow_trial_logger(trainer_cfg) -> list:
     return [log_trial]
 
 
-def search_features(cfg, raw: Split) -> list[str]:
+def search_features(cfg: HpoJob, raw: Split) -> list[str]:
     """The prompt's feature order for every trial and the refit: from the split as the job's own data config
     scales it (what a baselines run on the same data saw), whatever data.normalize a trial draws."""
     whole_split = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)[0]
-    return ordered_features(cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
+    return prompt_features(cfg.prompt, raw.features, cfg.seed, whole_split.fingerprint())
 
 
-def _trial_serializer(cfg, trial_cfg, raw: Split, spec: ModelSpec) -> Serializer:
+def _trial_serializer(cfg: HpoJob, trial_cfg: HpoJob, raw: Split, spec: ModelSpec) -> Serializer:
     features = search_features(cfg, raw)
-    return Serializer.from_config(trial_cfg.prompt, trial_cfg.data, features, raw.labels, spec.tokenizer())
+    system = trial_cfg.data.system_prompt
+    return Serializer.from_config(trial_cfg.prompt, system, features, raw.labels, spec.tokenizer())
 
 
-def fold_model_spec(trial_cfg) -> ModelSpec:
+def fold_model_spec(trial_cfg: HpoJob, base_cache: BaseModelCache | None = None) -> ModelSpec:
     """One base model per worker (`hpo.reuse_model`), fresh adapters per fold; never a paged optimizer,
     whose state bitsandbytes keeps for the life of the process (every fold would leak it)."""
     spec = ModelSpec.from_config(trial_cfg.model, trial_cfg.lora, trial_cfg.cache_dir, trial_cfg.prompt)
@@ -339,7 +326,7 @@ def fold_model_spec(trial_cfg) -> ModelSpec:
     if plan.optimizer.startswith("paged_"):
         log.warning("hpo: %s never frees its state between folds; using adamw_torch_fused", plan.optimizer)
         plan = replace(plan, optimizer="adamw_torch_fused")
-    return replace(spec, plan=plan, reuse_base=bool(trial_cfg.hpo.reuse_model))
+    return replace(spec, plan=plan, base_cache=base_cache)
 
 
 def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: TrainOptions, out_dir: Path, on_epoch):
@@ -391,7 +378,9 @@ def table_4_1(best, final: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "value"])
 
 
-def search_summary(trials: pd.DataFrame, best, final: dict | None, hpo_cfg, epochs: int, seconds: float) -> dict:
+def search_summary(
+    trials: pd.DataFrame, best, final: dict | None, hpo_cfg: HpoConfig, epochs: int, seconds: float
+) -> dict:
     """table_4_1.json: the best trial, the refit's metrics, and how much of the protocol pruning saved."""
     trained = trials.get("user_attrs_fold_epochs_trained", trials["number"] * 0).fillna(0)
     finished = trials["state"].isin(FINISHED)

@@ -2,7 +2,7 @@
 
 Loaders only read and validate; leakage guards that need the data set's semantics
 (TEP's pre-fault rows) are applied here because only the loader knows them, and
-everything generic (sampling, splitting, scaling) lives in `prepare.py`.
+everything generic (sampling, splitting, scaling) lives in `splits.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError
+from faultllm.schema import DataConfig
 
 LABEL = "label"
 GROUP = "group"
@@ -44,10 +45,8 @@ class RawData:
     source: str
 
 
-def load(data_cfg) -> RawData:
-    loaders: dict[str, Callable[..., RawData]] = {"hst": load_hst, "tep": load_tep, "table": load_table}
-    if data_cfg.loader not in loaders:
-        raise FaultLLMError(f"data.loader={data_cfg.loader!r} is unknown; expected one of {sorted(loaders)}")
+def load(data_cfg: DataConfig) -> RawData:
+    loaders: dict[str, Callable[[DataConfig], RawData]] = {"hst": load_hst, "tep": load_tep, "table": load_table}
     return loaders[data_cfg.loader](data_cfg)
 
 
@@ -146,13 +145,13 @@ def cached_parquet(path: Path, read: Callable[[Path], pd.DataFrame], cache_dir: 
 # ---------------------------------------------------------------- HST
 
 
-def load_hst(data_cfg) -> RawData:
+def load_hst(data_cfg: DataConfig) -> RawData:
     path = _existing(data_cfg.path, "data.path")
     frame = read_table(path)
     if list(frame.columns) != HST_FEATURES + [LABEL]:
         shown = ",".join(map(str, frame.columns[:4])) + ",...," + ",".join(map(str, frame.columns[-2:]))
         raise FaultLLMError(f"{path}: header is {shown}; expected the HST header 0,1,...,45,label")
-    validate_features(frame, HST_FEATURES, path, data_cfg.get("allow_missing", False))
+    validate_features(frame, HST_FEATURES, path, data_cfg.allow_missing)
     frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
     return RawData(pool=frame, test_pool=None, features=list(HST_FEATURES), source=str(path))
 
@@ -160,19 +159,19 @@ def load_hst(data_cfg) -> RawData:
 # ---------------------------------------------------------------- generic table
 
 
-def load_table(data_cfg) -> RawData:
+def load_table(data_cfg: DataConfig) -> RawData:
     path = _existing(data_cfg.path, "data.path")
-    label_column, group_column = data_cfg.label_column, data_cfg.get("group_column")
+    label_column, group_column = data_cfg.label_column, data_cfg.group_column
 
     def read(file: Path) -> pd.DataFrame:
         frame = read_table(file)
         require_columns(frame, [label_column], file, f"a label column {label_column!r} (data.label_column)")
         features = list(data_cfg.feature_columns or [])
         if not features:
-            excluded = {label_column, group_column, *(data_cfg.get("drop_columns") or [])}
+            excluded = {label_column, group_column, *data_cfg.drop_columns}
             features = [c for c in frame.columns if c not in excluded]
         require_columns(frame, features, file, "the columns in data.feature_columns")
-        validate_features(frame, features, file, data_cfg.get("allow_missing", False))
+        validate_features(frame, features, file, data_cfg.allow_missing)
         out = frame[features].copy()
         out[LABEL] = normalize_labels(frame[label_column], file, label_column)
         if group_column:
@@ -181,7 +180,7 @@ def load_table(data_cfg) -> RawData:
         return out
 
     pool = read(path)
-    test_pool = read(_existing(data_cfg.test_path, "data.test_path")) if data_cfg.get("test_path") else None
+    test_pool = read(_existing(data_cfg.test_path, "data.test_path")) if data_cfg.test_path else None
     features = [c for c in pool.columns if c not in (LABEL, GROUP)]
     if test_pool is not None and [c for c in test_pool.columns if c not in (LABEL, GROUP)] != features:
         raise FaultLLMError(f"{data_cfg.test_path}: feature columns differ from {path}")
@@ -191,7 +190,7 @@ def load_table(data_cfg) -> RawData:
 # ---------------------------------------------------------------- TEP
 
 
-def load_tep(data_cfg) -> RawData:
+def load_tep(data_cfg: DataConfig) -> RawData:
     """Rieth et al. 2017 tables (.RData, .csv or .parquet) or the Braatz d*.dat files in one directory."""
     directory = _existing(data_cfg.path, "data.path")
     if not directory.is_dir():
@@ -251,7 +250,7 @@ def _read_rdata(path: Path, object_name: str) -> pd.DataFrame:
     return objects[object_name]
 
 
-def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[pd.DataFrame, set[int]]:
+def _read_rieth(path: Path, object_name: str, data_cfg: DataConfig, part: str) -> tuple[pd.DataFrame, set[int]]:
     """The requested labels' rows of one Rieth table, and every label the table holds."""
     import pyarrow.parquet as pq
 
@@ -270,7 +269,7 @@ def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[pd.D
     wanted = [[("faultNumber", "==", as_stored(label))] for label in data_cfg.labels or []]
     table = pq.read_table(columnar, columns=TEP_ID_COLUMNS + TEP_FEATURES, filters=wanted or None)
     frame = table.to_pandas()
-    validate_features(frame, TEP_FEATURES, path, data_cfg.get("allow_missing", False))
+    validate_features(frame, TEP_FEATURES, path, data_cfg.allow_missing)
     present = {int(v) for v in pq.read_table(columnar, columns=["faultNumber"]).column(0).unique().to_pylist()}
     return _tep_rows(frame, data_cfg.fault_onset[part], data_cfg.prefault, path), present
 
@@ -288,13 +287,11 @@ def _tep_rows(frame: pd.DataFrame, onset: int, prefault: str, source: object) ->
     out[GROUP] = frame["simulationRun"].astype(np.int64).to_numpy()
     if prefault == "drop":
         return out[~prefault_rows].reset_index(drop=True)
-    if prefault == "relabel":
-        out.loc[prefault_rows, LABEL] = 0
-        return out
-    raise FaultLLMError(f"data.prefault={prefault!r}; expected 'drop' or 'relabel'")
+    out.loc[prefault_rows, LABEL] = 0  # prefault=relabel
+    return out
 
 
-def _read_braatz(directory: Path, data_cfg) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _read_braatz(directory: Path, data_cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """d00.dat ... d21.dat (training) and d00_te.dat ... d21_te.dat (testing), whitespace separated.
 
     Each file is a single run, so there is no run id to group by. `d00.dat` is stored

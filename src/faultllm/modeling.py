@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from faultllm.distributed import local_rank, world_size
 from faultllm.errors import FaultLLMError
+from faultllm.schema import LoraConfig, ModelConfig, PromptConfig
 from faultllm.templates import end_of_turn, use_chat_template
 from faultllm.tiny import ensure_tiny_model
 
@@ -63,7 +63,9 @@ class HardwarePlan:
 DETECT = "detect"
 
 
-def hardware_plan(model_cfg, gpu: Gpu | str | None = DETECT, flash_attn_available: bool | None = None) -> HardwarePlan:
+def hardware_plan(
+    model_cfg: ModelConfig, gpu: Gpu | str | None = DETECT, flash_attn_available: bool | None = None
+) -> HardwarePlan:
     """The machine's plan for this model config; `gpu` is detected unless given (None: no CUDA)."""
     if gpu == DETECT:
         gpu = detect_gpu()
@@ -73,8 +75,6 @@ def hardware_plan(model_cfg, gpu: Gpu | str | None = DETECT, flash_attn_availabl
     quantization = model_cfg.quantization
     if quantization == "auto":
         quantization = "nf4" if cuda else "none"
-    if quantization not in ("nf4", "none"):
-        raise FaultLLMError(f"model.quantization={quantization!r}; expected auto, nf4 or none")
     optimizer = model_cfg.optimizer
     if optimizer == "auto":  # fused AdamW; bitsandbytes' paged optimizers never free their state (ask for them by name)
         optimizer = "adamw_torch_fused" if cuda else "adamw_torch"
@@ -164,35 +164,24 @@ def quantization_config(plan: HardwarePlan):
     )
 
 
-def lora_config(lora_cfg):
-    from peft import LoraConfig
+def peft_lora_config(lora: LoraConfig):
+    """PEFT's LoraConfig from faultllm's lora slice."""
+    from peft import LoraConfig as PeftLoraConfig
 
-    dropout = float(lora_cfg.dropout)
-    if not 0 <= dropout < 1:
-        raise FaultLLMError(f"lora.dropout={dropout}: expected 0 <= dropout < 1 (at 1 LoRA sees only zeros)")
-    return LoraConfig(
-        r=int(lora_cfg.r),
-        lora_alpha=int(lora_cfg.alpha),
-        lora_dropout=dropout,
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         # "all-linear": every linear layer of every block (not lm_head), as in QLoRA; or a list of module names
-        target_modules=_target_modules(lora_cfg.get("target_modules", "all-linear")),
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def _target_modules(value) -> str | list[str]:
-    if isinstance(value, str):
-        return value
-    names = [str(name) for name in value]
-    if not names:
-        raise FaultLLMError("lora.target_modules is empty; expected all-linear or module names like [q_proj,v_proj]")
-    return names
-
-
-def resolve_model_path(model_cfg, cache_dir: str) -> str:
+def resolve_model_path(model_cfg: ModelConfig, cache_dir: str) -> str:
     """The base model to load: a hub id, a local directory, or the tiny model (shipped or built on first use)."""
-    if model_cfg.get("build") == "tiny":
+    if model_cfg.build == "tiny":
         return str(ensure_tiny_model(model_cfg, cache_dir))
     path = str(model_cfg.path)
     looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
@@ -233,24 +222,39 @@ def check_hub_access(repo_id: str) -> None:
         ) from None
 
 
+class BaseModelCache:
+    """One loaded base model kept between builds in this process (the folds of an HPO worker, which owns
+    it): every fold gets fresh adapters on the same frozen base instead of loading it again."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.model = None
+
+    def get(self, path: str, plan: HardwarePlan):
+        if self.key != (path, plan):
+            self.clear()
+            self.model, self.key = load_base_model(path, plan), (path, plan)
+        return self.model
+
+    def clear(self) -> None:
+        self.key = self.model = None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What `build_for_training` needs: the base model, how to load it here, and the adapters to add."""
 
     path: str
     plan: HardwarePlan
-    lora: Any  # the lora config slice: r, alpha, dropout, target_modules
-    reuse_base: bool = False  # keep the loaded base model for the next build in this process (HPO folds)
+    lora: LoraConfig
+    base_cache: BaseModelCache | None = None  # keep the loaded base model for the next build (HPO folds)
     chat: bool = False  # prompt.template=chat: answers end with the chat template's end-of-turn token
     chat_template_file: str | None = None  # prompt.chat_template: a Jinja template replacing the tokenizer's
 
     @classmethod
-    def from_config(cls, model_cfg, lora_cfg, cache_dir: str, prompt_cfg) -> ModelSpec:
-        chat = prompt_cfg.get("template", "llama2") == "chat"
+    def from_config(cls, model_cfg: ModelConfig, lora: LoraConfig, cache_dir: str, prompt: PromptConfig) -> ModelSpec:
         path = resolve_model_path(model_cfg, cache_dir)
-        return cls(
-            path, hardware_plan(model_cfg), lora_cfg, chat=chat, chat_template_file=prompt_cfg.get("chat_template")
-        )
+        return cls(path, hardware_plan(model_cfg), lora, chat=prompt.template == "chat", chat_template_file=prompt.chat_template)
 
     def tokenizer(self, padding_side: str = "left"):
         return load_tokenizer(self.path, padding_side, self.chat, self.chat_template_file)
@@ -349,23 +353,11 @@ def prepare_base(model, plan: HardwarePlan):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-_reused_base: dict[tuple, Any] = {}  # (path, plan) -> the base model kept by `reuse_base` (one per process)
-
-
 def base_model(spec: ModelSpec):
-    """A freshly loaded base model, or with `spec.reuse_base` the one this process loaded before."""
-    key = (spec.path, spec.plan)
-    if not spec.reuse_base:
+    """A freshly loaded base model, or the one `spec.base_cache` holds."""
+    if spec.base_cache is None:
         return load_base_model(spec.path, spec.plan)
-    if key not in _reused_base:
-        _reused_base.clear()
-        _reused_base[key] = load_base_model(spec.path, spec.plan)
-    return _reused_base[key]
-
-
-def forget_reused_base() -> None:
-    """Drop the base model kept by `reuse_base` (before loading another one)."""
-    _reused_base.clear()
+    return spec.base_cache.get(spec.path, spec.plan)
 
 
 def build_for_training(spec: ModelSpec, seed: int):
@@ -376,7 +368,7 @@ def build_for_training(spec: ModelSpec, seed: int):
     tokenizer = spec.tokenizer(padding_side="right")
     base = fit_embeddings(base_model(spec), tokenizer)
     set_seed(seed)  # right before LoRA's random init, which would otherwise depend on whatever ran earlier
-    return get_peft_model(base, lora_config(spec.lora)), tokenizer
+    return get_peft_model(base, peft_lora_config(spec.lora)), tokenizer
 
 
 def release_adapters(peft_model) -> None:

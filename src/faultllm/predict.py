@@ -20,9 +20,10 @@ def check_rows(rows: pd.DataFrame, source: str) -> None:
 
 
 def run_kind(run: SavedRun) -> str:
-    if (run.run_dir / "adapter").is_dir():
+    """llm (a train run, or an HPO refit) or baselines, from the job that wrote the run."""
+    if run.job in ("train", "hpo") and (run.run_dir / "adapter").is_dir():
         return "llm"
-    if (run.run_dir / "models").is_dir():
+    if run.job == "baselines" and (run.run_dir / "models").is_dir():
         return "baselines"
     raise FaultLLMError(
         f"run_dir={run.run_dir}: neither a train run (adapter/) nor a baselines run with saved models (models/)"

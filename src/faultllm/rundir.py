@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from faultllm.config import load_saved, to_yaml
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.splits import MinMaxScaler, Split, prepared_split
@@ -33,16 +34,27 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
-def start_run(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
-    """Create the run directory and write the resolved config, seed, command and versions."""
+def start_run(config: Any, run_dir: str | os.PathLike, job: str) -> Path:
+    """Create the run directory and write the resolved config and run_info.json: the job that writes
+    the directory (what `report`, `predict` and `evaluate` read it as), seed, command and versions."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    write_json(
-        run_dir / "run_info.json",
-        {"seed": cfg.get("seed"), "command": sys.argv, "versions": library_versions()},
-    )
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    info = {"job": job, "seed": getattr(config, "seed", None), "command": sys.argv, "versions": library_versions()}
+    write_json(run_dir / "run_info.json", info)
     return run_dir
+
+
+def run_job(run_dir: Path) -> str:
+    """The job that wrote a run directory: run_info.json's, or for runs made before it was recorded, what
+    the directory holds."""
+    info = run_dir / "run_info.json"
+    job = read_json(info).get("job") if info.exists() else None
+    if job:
+        return job
+    if (run_dir / "models").is_dir() or (run_dir / "table_4_2.csv").exists():
+        return "baselines"
+    return "train" if (run_dir / "adapter").is_dir() else "unknown"
 
 
 def library_versions() -> dict[str, str | None]:
@@ -85,10 +97,11 @@ PROMPT_FEATURES = "prompt_features.json"  # the features in the order the prompt
 
 @dataclass(frozen=True)
 class SavedRun:
-    """A finished run reopened from its directory: its config and the split it was trained on."""
+    """A finished run reopened from its directory: the job that made it, its config and its split."""
 
     run_dir: Path
-    cfg: DictConfig
+    job: str  # train | hpo (the refit in final/) | baselines | prepare
+    cfg: Any  # the job's typed config (faultllm.schema)
     split: Split  # scaled as at training time
     scaler: MinMaxScaler | None
 
@@ -107,7 +120,7 @@ class SavedRun:
         if not require_label:
             needed, what = features, "the run's features (a label column is optional)"
         require_columns(frame, needed, path, what)
-        validate_features(frame, features, path, allow_missing=self.cfg.data.get("allow_missing", False))
+        validate_features(frame, features, path, allow_missing=self.cfg.data.allow_missing)
         if LABEL in frame:
             frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
             unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
@@ -120,7 +133,7 @@ def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> Sav
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
         raise FaultLLMError(f"run_dir={run_dir}: not a finished `{command}` run (no config.yaml / split.json)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load_saved(run_dir / "config.yaml")
     summary = read_json(run_dir / "split.json")
     if (run_dir / "test.parquet").exists():
         split, scaler = _read_split(run_dir, summary)
@@ -128,7 +141,7 @@ def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> Sav
         split, scaler = prepared_split(cfg.data, cfg.seed)
     if split.fingerprint() != summary["split_fingerprint"]:
         raise FaultLLMError(f"{run_dir}: the split's rows differ from the ones trained on (files changed?)")
-    return SavedRun(run_dir, cfg, split, scaler)
+    return SavedRun(run_dir, run_job(run_dir), cfg, split, scaler)
 
 
 def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | None]:
@@ -162,3 +175,37 @@ def expand_run_dirs(paths: list) -> list[Path]:
 
 def _job_number(path: Path) -> tuple:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def read_config_tree(run_dir: Path) -> dict:
+    """A run's config.yaml as plain nested dicts, as it was written (for comparing runs)."""
+    return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+
+
+def load_importances(run_dir: Path) -> pd.DataFrame:
+    """feature_importances.csv of a baselines run (for `explain` and `prompt.feature_order=importance`)."""
+    path = Path(run_dir) / "feature_importances.csv"
+    if not path.exists():
+        raise FaultLLMError(f"{run_dir}: no feature_importances.csv; run `faultllm baselines` with the same data first")
+    return pd.read_csv(path)
+
+
+def baseline_importances(run_dir: str, model: str, split_fingerprint: str) -> dict[str, float]:
+    """Impurity importance by feature from a baselines run on the same split (fitted on training rows only:
+    test rows never shape the prompt); `run_dir` may be a multirun over seeds."""
+    matching = [
+        candidate
+        for candidate in expand_run_dirs([run_dir])  # a multirun: the job on this split (seed)
+        if (candidate / "split.json").exists()
+        and read_json(candidate / "split.json")["split_fingerprint"] == split_fingerprint
+    ]
+    if not matching:
+        raise FaultLLMError(
+            f"prompt.importance_from={run_dir}: no baselines run there was made on this split (same data and seed)"
+        )
+    table = load_importances(matching[0])
+    rows = table[table["model"] == model]
+    if rows.empty or rows["impurity"].isna().all():
+        shown = ", ".join(sorted(set(table.loc[table["impurity"].notna(), "model"])))
+        raise FaultLLMError(f"prompt.importance_model={model!r}: {matching[0]} has impurity importances for: {shown}")
+    return dict(zip(rows["feature"].astype(str), rows["impurity"], strict=True))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import GROUP, LABEL, RawData, load
+from faultllm.schema import DataConfig
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,12 @@ class Split:
         }
 
 
-def make_split(data_cfg, seed: int) -> Split:
+def make_split(data_cfg: DataConfig, seed: int) -> Split:
     """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled."""
     raw = load(data_cfg)
     labels = select_labels(raw, data_cfg.labels)
     pool = raw.pool[raw.pool[LABEL].isin(labels)]
-    if data_cfg.get("drop_duplicates", True):
+    if data_cfg.drop_duplicates:
         pool = pool.drop_duplicates(subset=raw.features + [LABEL])
     n_train = per_label(data_cfg.train_size, labels, "data.train_size")
     n_test = per_label(data_cfg.test_size, labels, "data.test_size")
@@ -74,7 +75,7 @@ def make_split(data_cfg, seed: int) -> Split:
         train, test = both[~is_test], both[is_test]
     shuffle = lambda frame: frame.sample(frac=1.0, random_state=rng.integers(2**31)).reset_index(drop=True)  # noqa: E731
     split = Split(train=shuffle(train), test=shuffle(test), features=raw.features, labels=labels)
-    return blank_values(split, data_cfg.get("missing_rate", 0.0), data_cfg.get("missing_in_train", False), seed)
+    return blank_values(split, data_cfg.missing_rate, data_cfg.missing_in_train, seed)
 
 
 def blank_values(split: Split, rate: float, in_train: bool, seed: int) -> Split:
@@ -241,6 +242,6 @@ def scale_split(split: Split, normalize: bool, feature_range) -> tuple[Split, Mi
     ), scaler
 
 
-def prepared_split(data_cfg, seed: int) -> tuple[Split, MinMaxScaler | None]:
+def prepared_split(data_cfg: DataConfig, seed: int) -> tuple[Split, MinMaxScaler | None]:
     """The split every job trains and tests on: `make_split` then train-only scaling."""
     return scale_split(make_split(data_cfg, seed), data_cfg.normalize, data_cfg.scale_range)

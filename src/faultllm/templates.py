@@ -1,4 +1,7 @@
-"""How a system prompt and a question become a model's prompt, and a label its completion.
+"""How a table row becomes the study's question, a question a model's prompt, and a label its completion.
+
+The question: "Tell me if the value of Y is 0 or 1. If the features are: 0.25, ... What should be Y?",
+its answer `Y = k`.
 
 `prompt.template=llama2` (the study's layout, default for the Llama-2 configs):
     [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]    <- prompt (the tokenizer adds BOS)
@@ -12,16 +15,63 @@ tokenizer adds it where the model expects one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from faultllm.errors import FaultLLMError
 
-TEMPLATES = ("llama2", "chat")
 _PROBE_ANSWER = "Y = 0"
 # Templates that print today's date (Llama-3.1 and later) get a fixed one: the prompts of a run must not
 # change between training and a later reload.
 _FIXED_DATE = {"date_string": "26 Jul 2024"}
+
+
+# ---------------------------------------------------------------- the study's question and answer
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    system: str  # already filled in with the data set's name
+    name_features: bool
+    decimals: int | None  # None: shortest exact form (1, 0.05); an int: fixed decimals (0.0500)
+    missing: str = "unknown"  # a missing value: written as "unknown", or left out ("omit")
+
+
+def format_value(value: float, decimals: int | None) -> str:
+    if np.isnan(value):
+        return "unknown"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    return np.format_float_positional(float(value), trim="-")
+
+
+def label_choices(labels: Sequence) -> str:
+    """'0 or 1'; '0, 1, 4 or 5'."""
+    names = [str(label) for label in labels]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def question(values: Sequence[float], features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> str:
+    pairs = [(name, value) for name, value in zip(features, values, strict=True)]
+    if fmt.missing == "omit":
+        pairs = [(name, value) for name, value in pairs if not np.isnan(value)]
+    shown = [(name, format_value(value, fmt.decimals)) for name, value in pairs]
+    if fmt.name_features:
+        body = "If " + ", ".join(f"feature {name} = {v}" for name, v in shown) + "."
+    else:
+        body = "If the features are: " + ", ".join(v for _, v in shown) + "."
+    return f"Tell me if the value of Y is {label_choices(labels)}. {body} What should be Y?"
+
+
+# The study's follow-up question asking the model to explain itself (its section 4.3).
+WHY_QUESTION = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
+
+
+
+# ---------------------------------------------------------------- chat layouts
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
@@ -151,4 +201,4 @@ def template_for(kind: str, tokenizer) -> Llama2Layout | ChatTemplate:
         template = ChatTemplate(tokenizer, has_system_role(tokenizer), tokenizer.eos_token, bos_to_strip(tokenizer))
         check_rendering(template)
         return template
-    raise FaultLLMError(f"prompt.template={kind!r}; expected one of {', '.join(TEMPLATES)}")
+    raise FaultLLMError(f"prompt.template={kind!r}; expected llama2 or chat")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from faultllm.loaders import HST_FEATURES, TEP_FEATURES
-from faultllm.prompts import WHY_QUESTION, PromptFormat, question
-from faultllm.templates import answer, chat_prompt
+from faultllm.templates import WHY_QUESTION, PromptFormat, answer, chat_prompt, question
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+# The TEP and HST feature names (loaders.TEP_FEATURES, HST_FEATURES; tests/test_tiny.py checks they agree)
+TEP_NAMES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
+HST_NAMES = [str(i) for i in range(46)]
 _SYSTEM_PROMPTS = [
     "You are an expert in fault diagnosis of chemical plants operation. You master the reaction process and "
     "control structures in the Tennessee Eastman Process. You are capable of accurately determining the plant "
@@ -37,8 +38,9 @@ SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny-llama"
 
 
 def spec_of(model_cfg) -> dict:
+    """The build's numbers from model.* (a ModelConfig with build=tiny)."""
     keys = ("hidden_size", "layers", "heads", "vocab_size", "warmup_steps", "seed")
-    return {key: int(model_cfg[key]) for key in keys} | {"version": 2}
+    return {key: int(getattr(model_cfg, key)) for key in keys} | {"version": 2}
 
 
 def ensure_tiny_model(model_cfg, cache_dir: str) -> Path:
@@ -56,7 +58,7 @@ def ensure_tiny_model(model_cfg, cache_dir: str) -> Path:
 
 
 def _random_prompt(rng: np.random.Generator) -> tuple[str, str]:
-    names = TEP_FEATURES if rng.random() < 0.5 else [f"{n}" for n in HST_FEATURES]
+    names = TEP_NAMES if rng.random() < 0.5 else HST_NAMES
     n_features = int(rng.integers(3, len(names) + 1))
     labels = sorted(rng.choice(21, size=int(rng.integers(2, 6)), replace=False).tolist())
     fmt = PromptFormat(  # mostly short forms: warm-up steps on long prompts cost minutes on a CPU

@@ -28,6 +28,7 @@ from faultllm.modeling import (
     release_adapters,
 )
 from faultllm.prompts import Prompts
+from faultllm.schema import EPOCH_METRICS, TrainerConfig, trackers
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +56,22 @@ class TrainOptions:
     report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
 
     @classmethod
-    def from_config(cls, trainer_cfg, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
-        keys = ("epochs", "batch_size", "grad_accum", "lr_scheduler", "weight_decay", "max_grad_norm")
+    def from_config(cls, trainer: TrainerConfig, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
+        keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "lr_scheduler", "weight_decay", "max_grad_norm")
         return cls(
-            **{key: trainer_cfg[key] for key in keys},
-            learning_rate=float(trainer_cfg.learning_rate),
-            eval_each_epoch=bool(trainer_cfg.eval_each_epoch),
-            resume=bool(trainer_cfg.resume),
-            seed=int(seed),
-            eval_batch_size=int(eval_batch_size),
-            progress=bool(progress),
-            report_to=trackers(trainer_cfg.get("report_to", "none")),
+            **{key: getattr(trainer, key) for key in keys},
+            eval_each_epoch=trainer.eval_each_epoch,
+            resume=trainer.resume,
+            seed=seed,
+            eval_batch_size=eval_batch_size,
+            progress=progress,
+            report_to=trackers(trainer.report_to),
         )
-
-
-TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab")
-
-
-def trackers(value) -> tuple[str, ...]:
-    """`trainer.report_to`: none, one tracker, or a list of them."""
-    names = [value] if isinstance(value, str) else list(value or [])
-    names = [str(name) for name in names if str(name) != "none"]
-    unknown = [name for name in names if name not in TRACKERS]
-    if unknown:
-        raise FaultLLMError(
-            f"trainer.report_to: unknown tracker {unknown[0]!r}; expected none or {', '.join(TRACKERS)}"
-        )
-    return tuple(names)
 
 
 @dataclass
 class FitResult:
-    model: object  # the trained peft model; None with spec.reuse_base (the adapters were taken out again)
+    model: object  # the trained peft model; None with spec.base_cache (the adapters were taken out again)
     tokenizer: object
     answer_space: AnswerSpace  # the labels under this tokenizer
     plan: HardwarePlan  # as run: gradient checkpointing decided
@@ -121,10 +106,10 @@ def fit(
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)
     finally:
-        if spec.reuse_base:
+        if spec.base_cache is not None:
             release_adapters(model)
     tokenizer.padding_side = "left"
-    trained = None if spec.reuse_base else trainer.model
+    trained = None if spec.base_cache is not None else trainer.model
     return FitResult(trained, tokenizer, space, plan, history.rows, time.perf_counter() - started)
 
 
@@ -183,7 +168,7 @@ class _EpochCallback(TrainerCallback):
                 metrics, _ = evaluate_restricted(
                     model, self.tokenizer, prompts, self.space, self.options.eval_batch_size
                 )
-                row |= {f"{name}_{key}": metrics[key] for key in ("loss", "accuracy", "macro_f1")}
+                row |= {f"{name}_{key}": metrics[key] for key in EPOCH_METRICS}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.history.append(row)
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it

@@ -7,6 +7,7 @@ table_4_2.{md,csv}, feature_importances.csv and the split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -15,13 +16,14 @@ from faultllm.baselines import check_models, fit_and_score, importances, save_mo
 from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.rundir import save_split, start_run, write_json
+from faultllm.schema import BaselinesJob
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg, run_dir) -> dict[str, dict]:
-    run_dir = start_run(cfg, run_dir)
+def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
+    run_dir = start_run(cfg, run_dir, "baselines")
     names = list(cfg.baselines.models)
     raw = make_split(cfg.data, cfg.seed)
     check_models(names, len(raw.train))
@@ -52,7 +54,7 @@ def run(cfg, run_dir) -> dict[str, dict]:
     return results
 
 
-def _tuning_folds(raw: Split, cfg) -> list[Split]:
+def _tuning_folds(raw: Split, cfg: BaselinesJob) -> list[Split]:
     """The same stratified (run-grouped) folds as `faultllm hpo`, each scaled on its own training rows."""
     folds = cv_folds(raw.train, cfg.baselines.folds, cfg.seed)
     return fold_splits(raw, folds, cfg.data.normalize, cfg.data.scale_range)

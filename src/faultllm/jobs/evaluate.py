@@ -9,13 +9,14 @@ from faultllm import plots
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.reporting import print_summary
 from faultllm.rundir import open_run, start_run, write_json
+from faultllm.schema import EvaluateJob
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg: EvaluateJob, out_dir: Path) -> dict:
     saved = open_run(cfg.run_dir)
     llm = TrainedLLM.from_run(saved)
-    out_dir = start_run(cfg, out_dir)
-    if cfg.eval.get("split_path"):
+    out_dir = start_run(cfg, out_dir, "evaluate")
+    if cfg.eval.split_path:
         frame, source = saved.read_rows(Path(cfg.eval.split_path), "eval.split_path"), str(cfg.eval.split_path)
     else:
         frame, source = saved.split.test, "the run's test split"

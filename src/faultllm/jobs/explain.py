@@ -18,15 +18,16 @@ from faultllm.explain import (
 )
 from faultllm.reporting import print_summary
 from faultllm.rundir import open_run, start_run, write_json
+from faultllm.schema import ExplainJob
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg: ExplainJob, out_dir: Path) -> dict:
     saved = open_run(cfg.run_dir)
     llm = TrainedLLM.from_run(saved)
     test, n_test = saved.split.test, len(saved.split.test)
     probe_rows = choose_rows(cfg.explain.rows, cfg.explain.n_probe_rows, n_test, cfg.seed)
     attribution_rows = choose_rows(cfg.explain.rows, cfg.explain.n_attribution_rows, n_test, cfg.seed)
-    out_dir = start_run(cfg, out_dir)
+    out_dir = start_run(cfg, out_dir, "explain")
 
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
     transcripts.to_csv(out_dir / "transcripts.csv", index=False)
@@ -56,7 +57,7 @@ def run(cfg, out_dir) -> dict:
     return summary
 
 
-def _print_summary(cfg, run_dir: Path, summary: dict, n_probe_rows: int, out_dir: Path) -> None:
+def _print_summary(cfg: ExplainJob, run_dir: Path, summary: dict, n_probe_rows: int, out_dir: Path) -> None:
     comparison = summary["comparison"]
     print_summary(
         f"explained: {run_dir}",

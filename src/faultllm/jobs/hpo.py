@@ -21,11 +21,10 @@ from optuna.trial import TrialState
 
 from faultllm.distributed import pin_first_gpu, visible_gpus
 from faultllm.errors import FaultLLMError
+from faultllm.finetune import train_on_split
 from faultllm.hpo import (
-    DIRECTIONS,
     OverBudget,
     best_trial,
-    check_space,
     claim_within_budget,
     fail_interrupted,
     mlflow_trial_logger,
@@ -40,23 +39,18 @@ from faultllm.hpo import (
     table_4_1,
     with_params,
 )
-from faultllm.jobs.train import train_on_split
-from faultllm.modeling import forget_reused_base, resolve_model_path
+from faultllm.modeling import BaseModelCache, resolve_model_path
 from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import read_json, start_run, write_json
+from faultllm.schema import HpoJob
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg, run_dir) -> dict:
-    check_space(cfg.hpo.space)
-    if cfg.hpo.objective not in DIRECTIONS:
-        raise FaultLLMError(f"hpo.objective={cfg.hpo.objective!r}; expected one of {sorted(DIRECTIONS)}")
-    if cfg.hpo.workers < 1:
-        raise FaultLLMError(f"hpo.workers={cfg.hpo.workers}: expected at least 1 worker process")
+def run(cfg: HpoJob, run_dir: Path) -> dict:
     resolve_model_path(cfg.model, cfg.cache_dir)  # a hub model off the hub fails here, not in the first trial
-    run_dir = start_run(cfg, run_dir)
+    run_dir = start_run(cfg, run_dir, "hpo")
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
@@ -67,7 +61,10 @@ def run(cfg, run_dir) -> dict:
         return launch_workers(cfg, run_dir)
     pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
-    run_trials(study, cfg, raw, folds, run_dir)
+    base_cache = BaseModelCache() if cfg.hpo.reuse_model else None  # this worker's base model, for every fold
+    run_trials(study, cfg, raw, folds, run_dir, base_cache)
+    if base_cache is not None:
+        base_cache.clear()  # the refit loads its own
     if slots_taken(study) == (cfg.hpo.n_trials, 0):
         with refit_claim(study) as mine:
             if mine:
@@ -76,7 +73,9 @@ def run(cfg, run_dir) -> dict:
     return {}
 
 
-def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
+def run_trials(
+    study, cfg: HpoJob, raw: Split, folds: list, run_dir: Path, base_cache: BaseModelCache | None
+) -> None:
     """Optuna's optimize loop until the study holds hpo.n_trials finished trials across all workers.
 
     While every remaining slot is held by another worker's running trial, wait: it finishes, or
@@ -90,12 +89,12 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
         if not claim_within_budget(study, trial, n_trials):
             study.stop()
             raise OverBudget
-        return run_trial(trial, cfg, raw, folds, run_dir)
+        return run_trial(trial, cfg, raw, folds, run_dir, base_cache)
 
     callbacks = [
         MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
         functools.partial(_report, n_trials=n_trials),
-        *mlflow_trial_logger(cfg.trainer),
+        *mlflow_trial_logger(cfg.trainer.report_to),
     ]
     patience, waited = cfg.hpo.grace_period + 2 * cfg.hpo.heartbeat_interval, 0
     while (taken := slots_taken(study))[0] < n_trials:
@@ -125,7 +124,7 @@ def _report(study, trial, n_trials: int) -> None:
     log.info(f"{line}; best {best.value:.4f} (trial {best.number})" if best else line)
 
 
-def finish_study(study, cfg, raw: Split, run_dir: Path, seconds: float) -> dict:
+def finish_study(study, cfg: HpoJob, raw: Split, run_dir: Path, seconds: float) -> dict:
     """Once per study, after its last trial: trials.csv, plots, the refit and Table 4.1."""
     best = best_trial(study)
     if best is None:
@@ -141,7 +140,7 @@ def finish_study(study, cfg, raw: Split, run_dir: Path, seconds: float) -> dict:
     return summary
 
 
-def launch_workers(cfg, run_dir: Path) -> dict:
+def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
     """hpo.workers processes of this same command over one storage, each on its own GPU when there are GPUs."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -164,15 +163,15 @@ def launch_workers(cfg, run_dir: Path) -> dict:
 WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=")
 
 
-def _refit(cfg, best, raw: Split, run_dir: Path) -> dict:
+def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
     """The train job with the best parameters, on the split the search already made."""
-    forget_reused_base()  # the refit loads its own
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
-    return train_on_split(refit_cfg, split, scaler, start_run(refit_cfg, run_dir), search_features(cfg, raw))
+    run_dir = start_run(refit_cfg, run_dir, "hpo")
+    return train_on_split(refit_cfg, split, scaler, run_dir, search_features(cfg, raw))
 
 
-def _print_summary(cfg, best, summary: dict, run_dir: Path) -> None:
+def _print_summary(cfg: HpoJob, best, summary: dict, run_dir: Path) -> None:
     final = summary["final"]
     print_summary(
         f"hpo: {cfg.data.display_name} ({cfg.hpo.objective}, {cfg.hpo.folds} folds)",

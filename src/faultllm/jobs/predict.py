@@ -17,9 +17,10 @@ from faultllm.predict import (
 )
 from faultllm.reporting import print_summary
 from faultllm.rundir import open_run, start_run, write_json
+from faultllm.schema import PredictJob
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg: PredictJob, out_dir: Path) -> dict:
     saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
     kind = run_kind(saved)
     rows = saved.read_rows(Path(cfg.input), "input", require_label=False)
@@ -31,7 +32,7 @@ def run(cfg, out_dir) -> dict:
         )
     else:
         model, predictions = predict_baseline(saved, rows, cfg.predict.model)
-    out_dir = start_run(cfg, out_dir)
+    out_dir = start_run(cfg, out_dir, "predict")
     table = prediction_table(rows, saved.split.features, predictions)
     table.to_csv(out_dir / "predictions.csv", index=False)
     metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from faultllm.reporting import print_summary
 from faultllm.rundir import save_split, start_run, write_json
+from faultllm.schema import PrepareJob
 from faultllm.splits import prepared_split
 
 
-def run(cfg, run_dir) -> dict:
-    run_dir = start_run(cfg, run_dir)
+def run(cfg: PrepareJob, run_dir: Path) -> dict:
+    run_dir = start_run(cfg, run_dir, "prepare")
     split, scaler = prepared_split(cfg.data, cfg.seed)
     summary = save_split(run_dir, split, scaler, cfg.seed)
     write_json(run_dir / "summary.json", summary)

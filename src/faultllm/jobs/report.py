@@ -11,20 +11,22 @@ data.train_size, are refused; LLM runs that differ become rows of their own.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from faultllm import plots
 from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
 from faultllm.reporting import markdown, print_table, summary_display, tests_display
 from faultllm.rundir import start_run
+from faultllm.schema import ReportJob
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg, out_dir):
+def run(cfg: ReportJob, out_dir: Path):
     results = load_runs(list(cfg.run_dirs))
     runs = runs_table(results)
     summary, tests = aggregate(runs), paired_tests(results)
-    out_dir = start_run(cfg, out_dir)
+    out_dir = start_run(cfg, out_dir, "report")
     shown = summary_display(summary)
     (out_dir / "comparison.md").write_text(markdown(shown))
     summary.to_csv(out_dir / "comparison.csv", index=False)

@@ -1,0 +1,500 @@
+"""What every config key is: one typed dataclass per config group, one per command, defaults defined here once.
+
+Hydra composes the YAML files under configs/ (the study's protocols and presets) onto these
+dataclasses (registered as structured configs in `faultllm.config`), so a key that does not exist
+or a value of the wrong type is refused while composing. Choices, ranges and rules between keys
+are checked when the composed config becomes these objects (`__post_init__`), before any work:
+a `ConfigError` names the key, the value and what was expected. The library receives these
+objects (or plain values), never Hydra's untyped config tree.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from faultllm.errors import FaultLLMError
+
+MISSING = "???"  # Hydra's marker of a required value
+
+
+class ConfigError(FaultLLMError):
+    """A value that cannot work. `key` is relative to the dataclass that raised it; `config.typed` adds the path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}{message}")
+        self.key, self.message = key, message
+
+    def under(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}.{self.key}", self.message)
+
+
+def suggestion(value: object, allowed: Iterable[object]) -> str:
+    """' (did you mean X?)' for a near miss, else ''. Dotted keys are compared by their last part."""
+    allowed = [str(a) for a in allowed]
+    last = {a.rpartition(".")[2]: a for a in allowed}
+    close = difflib.get_close_matches(str(value).rpartition(".")[2], list(last), n=1, cutoff=0.6)
+    return f" (did you mean {last[close[0]]}?)" if close else ""
+
+
+_FIRST = object()
+
+
+def one_of(*choices: object, default: object = _FIRST, nullable: bool = False) -> Any:
+    """A field whose value must be one of `choices` (None too with `nullable`); the first is the default."""
+    return field(default=choices[0] if default is _FIRST else default, metadata={"choices": choices, "null": nullable})
+
+
+def at_least(default: float | None, low: float, *, strict: bool = False, below: float | None = None) -> Any:
+    """A numeric field >= low (> low with `strict`), and < below when given; None allowed when the default is."""
+    return field(default=default, metadata={"low": low, "strict": strict, "below": below})
+
+
+def _check_choice(name: str, value: object, meta: dict) -> None:
+    choices = meta["choices"]
+    if value is None and meta["null"]:
+        return
+    if value not in choices:
+        shown = ", ".join(str(c) for c in choices) + (" or null" if meta["null"] else "")
+        raise ConfigError(name, f"={value!r}: expected one of {shown}{suggestion(value, choices)}")
+
+
+def _check_range(name: str, value: object, meta: dict) -> None:
+    if value is None:
+        return
+    low, strict, below = meta["low"], meta["strict"], meta["below"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(name, f"={value!r}: expected a number")
+    if (value <= low) if strict else (value < low):
+        raise ConfigError(name, f"={value}: expected {'>' if strict else '>='} {low:g}")
+    if below is not None and value >= below:
+        raise ConfigError(name, f"={value}: expected < {below:g}")
+
+
+def check_fields(obj: object) -> None:
+    """The choices and ranges declared by `one_of` / `at_least` on a dataclass instance."""
+    for spec in fields(obj):
+        value = getattr(obj, spec.name)
+        if "choices" in spec.metadata:
+            _check_choice(spec.name, value, spec.metadata)
+        elif "low" in spec.metadata:
+            _check_range(spec.name, value, spec.metadata)
+
+
+def _each(name: str, values: Iterable, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    for value in values:
+        if value not in allowed:
+            raise ConfigError(name, f": unknown {value!r}; expected some of {', '.join(allowed)}{suggestion(value, allowed)}")
+
+
+# ---------------------------------------------------------------- names other modules share
+
+LOADERS = ("hst", "tep", "table")
+BASELINE_MODELS = ("rf", "lr", "svm", "knn", "gbm", "hgb")
+EVAL_MODES = ("restricted", "generate")
+TEMPLATES = ("llama2", "chat")
+MISSING_STYLES = ("unknown", "omit")
+FEATURE_ORDERS = ("original", "importance", "random")
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab")
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tracking"), "mlflow": ("mlflow", "tracking"), "wandb": ("wandb", None)}
+# transformers.SchedulerType's values (tests/test_configs.py checks they still match)
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+    "greedy",
+)  # fmt: skip
+# Per-epoch metrics: the epoch callback writes `{split}_{metric}`; HPO objectives and `report` read them.
+LOSS, ACCURACY, MACRO_F1 = "loss", "accuracy", "macro_f1"
+EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1)
+OBJECTIVES = {f"val_{LOSS}": "minimize", f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize"}
+
+
+def trackers(report_to: str | list) -> tuple[str, ...]:
+    """`trainer.report_to` as a tuple of tracker names ("none" dropped)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return tuple(str(name) for name in names if str(name) != "none")
+
+
+# ---------------------------------------------------------------- config groups
+
+
+@dataclass
+class DataConfig:
+    """configs/data/*.yaml: where the rows come from, which labels, how many, and how they are scaled."""
+
+    loader: str = one_of(*LOADERS, default="table")
+    display_name: str | None = "the monitored system"  # names the data set in summaries and system prompts
+    system_prompt: str = (
+        "You are an expert in fault diagnosis of industrial systems. You are capable of accurately determining "
+        "the system state based on given variables and their values. Below is a sample of the monitoring data."
+    )
+    path: str | None = None  # a file (hst, table) or a directory (tep)
+    test_path: str | None = None  # table: a separate test file
+    label_column: str = "label"  # table
+    feature_columns: list[str] | None = None  # table; null: every column but label/group/drop_columns
+    drop_columns: list[str] = field(default_factory=list)  # table
+    group_column: str | None = None  # table: a run id; rows of one run stay on one side of a split
+    labels: list[Any] | None = None  # null: every label present
+    train_size: int = at_least(240, 1)  # balanced over the labels
+    test_size: int = at_least(60, 1)
+    drop_duplicates: bool = True  # a row copied on both sides would leak
+    normalize: bool = True  # min-max scaling, fitted on training rows only
+    scale_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    missing_rate: float = at_least(0.0, 0.0, below=1.0)  # MCAR: this fraction of the test rows' values blanked
+    missing_in_train: bool = False  # blank the training rows too
+    allow_missing: bool = False  # empty cells in the input files are missing values instead of an error
+    use_testing_files: bool = True  # tep: test rows from the testing files (the study); false: hold out whole runs
+    prefault: str = one_of("drop", "relabel")  # tep: rows of a faulty run before the fault starts
+    fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 160})  # tep (Rieth)
+    braatz_fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 0, "test": 160})  # tep (Braatz)
+    cache_dir: str = "${cache_dir}/tables"  # columnar copies of slow-to-parse files
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.scale_range) != 2 or not self.scale_range[0] < self.scale_range[1]:
+            raise ConfigError("scale_range", f"={list(self.scale_range)}: expected [low, high] with low < high")
+        if self.labels is not None and (len(self.labels) < 2 or len(set(map(str, self.labels))) < len(self.labels)):
+            raise ConfigError("labels", f"={list(self.labels)}: expected at least two distinct labels")
+        for name in ("train_size", "test_size") if self.labels else ():
+            if getattr(self, name) % len(self.labels):
+                raise ConfigError(name, f"={getattr(self, name)}: cannot be balanced over {len(self.labels)} labels; "
+                                        f"use a multiple of {len(self.labels)}")  # fmt: skip
+        for part in ("train", "test"):
+            if part not in self.fault_onset or part not in self.braatz_fault_onset:
+                raise ConfigError("fault_onset", f": expected a sample number for train and for test ({part} missing)")
+
+
+@dataclass
+class PromptConfig:
+    """How a row is written as a question (`faultllm train prompt.decimals=2`); the system prompt is data's."""
+
+    name_features: bool = False  # true: "feature xmeas_1 = 0.25, ..."; false: "the features are: 0.25, ..."
+    decimals: int | None = at_least(4, 0, below=16)  # digits after the point; null: shortest exact form
+    missing: str = one_of(*MISSING_STYLES)  # a missing value: "unknown" in its place, or omitted
+    feature_order: str = one_of(*FEATURE_ORDERS)  # importance: by a baselines run's importances (importance_from)
+    importance_from: str | None = None  # a `faultllm baselines` run (or multirun) on the same split
+    importance_model: str = one_of(*BASELINE_MODELS)
+    template: str = one_of(*TEMPLATES)  # llama2: the study's [INST] <<SYS>> layout; chat: the tokenizer's template
+    chat_template: str | None = None  # with template=chat: a Jinja file used instead of the tokenizer's own
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.missing == "omit" and not self.name_features:
+            raise ConfigError("missing", "=omit needs prompt.name_features=true: unnamed values would shift place")
+        if self.feature_order == "importance" and not self.importance_from:
+            raise ConfigError("feature_order", "=importance needs prompt.importance_from=DIR (a baselines run)")
+        if self.chat_template and self.template != "chat":
+            raise ConfigError("chat_template", f"={self.chat_template}: needs prompt.template=chat")
+
+
+@dataclass
+class ModelConfig:
+    """configs/model/*.yaml: the base model and how it is loaded on this machine."""
+
+    path: str | None = None  # a hub id or a local directory (configs/model/*.yaml)
+    quantization: str = one_of("auto", "nf4", "none")  # auto: 4-bit NF4 on CUDA, none on CPU
+    attn_implementation: str = one_of("auto", "flash_attention_2", "sdpa", "eager")  # auto: FA-2 when installed
+    optimizer: str = "auto"  # auto: fused AdamW on CUDA, adamw_torch on CPU; or a transformers `optim` name
+    gradient_checkpointing: Any = one_of("auto", True, False)  # auto: on CUDA, when the estimate says it is needed
+    # build=tiny: the few-layer Llama built locally (shipped prebuilt for configs/model/tiny.yaml's spec)
+    build: str | None = one_of("tiny", default=None, nullable=True)
+    hidden_size: int | None = at_least(None, 1)
+    layers: int | None = at_least(None, 1)
+    heads: int | None = at_least(None, 1)
+    vocab_size: int | None = at_least(None, 1)
+    warmup_steps: int | None = at_least(None, 0)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        tiny = (self.hidden_size, self.layers, self.heads, self.vocab_size, self.warmup_steps, self.seed)
+        if self.build == "tiny" and None in tiny:
+            raise ConfigError("build", "=tiny needs hidden_size, layers, heads, vocab_size, warmup_steps and seed")
+        if self.optimizer != "auto":
+            _check_optimizer(self.optimizer)
+
+
+def _check_optimizer(name: str) -> None:
+    from transformers.training_args import OptimizerNames  # only when one is named: transformers imports slowly
+
+    names = [member.value for member in OptimizerNames]
+    if name not in names:
+        raise ConfigError("optimizer", f"={name!r}: expected auto or a transformers optim name{suggestion(name, names)}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (`faultllm train lora.r=64 lora.alpha=16 lora.dropout=0.1`)."""
+
+    r: int = at_least(64, 1)
+    alpha: int = at_least(16, 1)
+    dropout: float = at_least(0.1, 0.0, below=1.0)  # at 1 LoRA would see only zeros
+    target_modules: Any = "all-linear"  # every linear layer of every block (not lm_head); or [q_proj, v_proj]
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        modules = self.target_modules
+        if not isinstance(modules, str) and (not modules or not all(isinstance(m, str) for m in modules)):
+            raise ConfigError("target_modules", f"={modules!r}: expected all-linear or module names like [q_proj,v_proj]")
+
+
+@dataclass
+class TrainerConfig:
+    """The study's setup by default: AdamW, constant learning rate, 20 epochs, batch 1, no accumulation."""
+
+    epochs: int = at_least(20, 1)
+    batch_size: int = at_least(1, 1)
+    grad_accum: int = at_least(1, 1)
+    learning_rate: float = at_least(2e-4, 0.0, strict=True)
+    lr_scheduler: str = one_of(*LR_SCHEDULERS, default="constant")
+    weight_decay: float = at_least(0.0, 0.0)
+    max_grad_norm: float = at_least(1.0, 0.0)  # 0: no clipping
+    eval_each_epoch: bool = True  # restricted-label loss and accuracy on train and test after every epoch
+    resume: bool = True  # continue from the last checkpoint in the run directory (rerun with hydra.run.dir=DIR)
+    report_to: Any = "none"  # tensorboard | mlflow | wandb | ...; a list for several: [tensorboard,mlflow]
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not isinstance(self.report_to, str | list | tuple):
+            raise ConfigError("report_to", f"={self.report_to!r}: expected none, a tracker or a list of trackers")
+        _each("report_to", trackers(self.report_to), TRACKERS)
+
+
+@dataclass
+class EvalConfig:
+    """How a model is scored (`faultllm evaluate run_dir=DIR eval.mode=generate`)."""
+
+    mode: str = one_of(*EVAL_MODES)  # restricted: score only the valid labels; generate: greedy tokens + parse
+    batch_size: int = at_least(16, 1)
+    max_new_tokens: int = at_least(5, 1)  # generate mode
+    generate_batch_size: int = at_least(1, 1)  # generate mode; the study decoded one row at a time
+    split_path: str | None = None  # evaluate: a CSV/Parquet of raw rows instead of the run's test split
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class SearchParam:
+    """One hyperparameter of `hpo.space`: the config key it sets and the range it is drawn from."""
+
+    key: str = MISSING  # e.g. lora.r
+    type: str = one_of("int", "float", "categorical")
+    low: Any = None
+    high: Any = None
+    step: Any = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.type == "categorical":
+            if not self.choices:
+                raise ConfigError("choices", ": a categorical parameter needs choices")
+            return
+        for name in ("low", "high", "step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(name, f"={value!r}: expected a number")
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ConfigError("low", f"={self.low}, high={self.high}: expected low < high")
+        if self.log and self.low <= 0:
+            raise ConfigError("low", f"={self.low}: a log range needs low > 0")
+        if self.type == "int" and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise ConfigError("low", f"={self.low}, high={self.high}: an int parameter needs whole numbers")
+
+
+@dataclass
+class HpoConfig:
+    """Optuna TPE over stratified K folds (configs/hpo/default.yaml holds the study's search space)."""
+
+    n_trials: int = at_least(100, 1)
+    folds: int = at_least(5, 2)
+    objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch
+    pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
+    prune_early_epochs: int = at_least(3, 0)  # prune on NaN loss, or validation accuracy 0 up to this epoch
+    workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
+    worker_index: int = at_least(0, 0)  # the sampler's seed is seed + worker_index: give each worker its own
+    storage: str | None = None  # null: sqlite in the run directory; or sqlite:////path/db, postgresql://..., PATH.log
+    study_name: str = "faultllm"
+    heartbeat_interval: int = at_least(60, 1)  # shared storage: a worker silent for grace_period s is failed
+    grace_period: int = at_least(180, 1)
+    reuse_model: bool = True  # load the base model once per worker; every fold gets fresh, seeded adapters
+    refit: bool = True  # refit the best parameters on the whole training split, evaluate on test
+    # name -> SearchParam fields (configs/hpo/default.yaml: the study's space); a dict on the command line too:
+    # +hpo.space.wd={key:trainer.weight_decay,type:float,low:0,high:0.1}
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.space:
+            raise ConfigError("space", " is empty; name at least one hyperparameter to search")
+        self.space = {name: _search_param(name, spec) for name, spec in self.space.items()}
+
+
+def _search_param(name: str, spec: SearchParam | dict) -> SearchParam:
+    if isinstance(spec, SearchParam):
+        return spec
+    known = [f.name for f in fields(SearchParam)]
+    for key in spec:
+        if key not in known:
+            raise ConfigError(f"space.{name}.{key}", f": no such key; expected some of {', '.join(known)}")
+    try:
+        return SearchParam(**spec)
+    except ConfigError as err:
+        raise err.under(f"space.{name}") from None
+
+
+@dataclass
+class BaselinesConfig:
+    """Classical models on the LLM's split (`faultllm baselines baselines.tune=true`)."""
+
+    models: list[str] = field(default_factory=lambda: list(BASELINE_MODELS))
+    tune: bool = False  # true: Optuna per model over the same stratified folds as `faultllm hpo`
+    n_trials: int = at_least(30, 1)
+    folds: int = at_least(5, 2)
+    importances_for: list[str] = field(default_factory=lambda: ["rf", "gbm", "hgb"])  # for `faultllm explain`
+    permutation_repeats: int = at_least(10, 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.models:
+            raise ConfigError("models", "=[]: expected some of " + ", ".join(BASELINE_MODELS))
+        _each("models", self.models, BASELINE_MODELS)
+        _each("importances_for", self.importances_for, BASELINE_MODELS)
+
+
+@dataclass
+class ExplainConfig:
+    """The free-text probe and the occlusion attribution (`faultllm explain run_dir=DIR`)."""
+
+    rows: list[int] | None = None  # test-split row indices; null: a seeded sample
+    n_probe_rows: int = at_least(5, 1)  # free-text probe rows (when rows is null)
+    new_tokens: list[int] = field(default_factory=lambda: [5, 50])  # generation budgets (the study: 5 and 50)
+    n_attribution_rows: int = at_least(40, 1)  # rows averaged in the attribution (x features scoring passes)
+    reference: str = one_of("median", "midpoint")  # occlusion value: training median, or the scaled range's middle
+    baselines_dir: str | None = None  # a `faultllm baselines` run on the same split, for the comparison
+    top_k: int = at_least(5, 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.new_tokens or min(self.new_tokens) < 1:
+            raise ConfigError("new_tokens", f"={list(self.new_tokens)}: expected token budgets >= 1")
+        if self.rows is not None and (not self.rows or min(self.rows) < 0):
+            raise ConfigError("rows", f"={list(self.rows)}: expected test-split row indices >= 0")
+
+
+@dataclass
+class PredictConfig:
+    model: str | None = one_of(*BASELINE_MODELS, default=None, nullable=True)  # baselines runs; null: most accurate
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# ---------------------------------------------------------------- one per command
+
+
+@dataclass
+class RunSettings:
+    """What every command that makes a split shares (configs/base.yaml)."""
+
+    seed: int = 42
+    progress: bool | None = None  # progress bars; null: when the output is a terminal
+    cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"  # columnar copies of data files, built models
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+@dataclass
+class PrepareJob(RunSettings):
+    pass
+
+
+@dataclass
+class TrainJob(RunSettings):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.build is None and not self.model.path:
+            raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
+
+
+@dataclass
+class HpoJob(TrainJob):
+    hpo: HpoConfig = field(default_factory=lambda: HpoConfig(space={"lora_r": {"key": "lora.r", "type": "int", "low": 4, "high": 256}}))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, param in self.hpo.space.items():
+            try:
+                check_search_param(self, param)
+            except ConfigError as err:
+                raise err.under(f"hpo.space.{name}") from None
+
+
+def check_search_param(job: object, param: SearchParam) -> None:
+    """`param.key` names a real config key, and its range or choices are values that key accepts."""
+    *path, name = param.key.split(".")
+    node = job
+    for part in path:
+        node = getattr(node, part, None)
+    if node is None or not is_dataclass(node) or name not in {f.name for f in fields(node)}:
+        groups = [f.name for f in fields(job) if is_dataclass(getattr(job, f.name))]
+        known = [f"{g}.{f.name}" for g in groups for f in fields(getattr(job, g))]
+        raise ConfigError("key", f"={param.key!r}: not a config key{suggestion(param.key, known)}")
+    bounds = [("choices", c) for c in param.choices] if param.type == "categorical" else [
+        ("low", param.low), ("high", param.high)]  # fmt: skip
+    for bound, value in bounds:
+        try:
+            replace(node, **{name: value})  # the key's own checks
+        except ConfigError as err:
+            raise ConfigError(bound, f"={value!r}: {param.key}{err.message}") from None
+
+
+@dataclass
+class BaselinesJob(RunSettings):
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+
+@dataclass
+class EvaluateJob:
+    run_dir: str = MISSING  # a `faultllm train` run directory
+    progress: bool | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class ExplainJob:
+    run_dir: str = MISSING  # a `faultllm train` run directory
+    seed: int = 42
+    progress: bool | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+
+@dataclass
+class PredictJob:
+    run_dir: str = MISSING  # a `faultllm train` or `faultllm baselines` run directory
+    input: str = MISSING  # the rows to diagnose: a CSV/Parquet table with the run's feature columns
+    seed: int = 42
+    progress: bool | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+@dataclass
+class ReportJob:
+    run_dirs: list[str] = MISSING  # the run directories to compare (the command line's positional arguments)
+
+
+JOBS: dict[str, type] = {
+    "prepare": PrepareJob, "train": TrainJob, "hpo": HpoJob, "baselines": BaselinesJob,
+    "evaluate": EvaluateJob, "explain": ExplainJob, "predict": PredictJob, "report": ReportJob,
+}  # fmt: skip
