@@ -21,6 +21,7 @@ from faultllm.errors import FaultLLMError
 from faultllm.paths import CONFIG_DIR, PROJECT_ROOT, install_hint
 from faultllm.schema import JOBS, TRACKER_PACKAGES, ConfigError, TrainJob, suggestion, trackers
 
+
 def _register() -> None:
     if not OmegaConf.has_resolver("project"):
         # ${project:data/tep_sim} -> absolute path of a bundled file, wherever faultllm runs from.

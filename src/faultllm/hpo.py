@@ -23,10 +23,10 @@ import pandas as pd
 
 from faultllm import plots
 from faultllm.config import with_values
-from faultllm.paths import install_hint
 from faultllm.errors import FaultLLMError
 from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
+from faultllm.paths import install_hint
 from faultllm.prompts import Serializer
 from faultllm.schema import ACCURACY, LOSS, OBJECTIVES, HpoConfig, HpoJob, SearchParam, trackers
 from faultllm.splits import Split, fold_splits, scale_split
