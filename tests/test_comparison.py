@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from faultllm.comparison import mcnemar
+from faultllm.comparison import ModelRun, mcnemar, paired_tests
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
@@ -142,3 +143,41 @@ def test_llm_runs_that_differ_become_rows_named_by_the_difference(multirun, tmp_
     )
     tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
     assert set(tests["A"]) == {"LLM (tiny, prompt.feature_order=original)", "LLM (tiny, prompt.feature_order=random)"}
+
+
+def test_the_same_gap_on_every_seed_gets_the_exact_sign_test_not_a_spurious_t(tmp_path):
+    """ttest_rel([.8, .85, .9], [.75, .8, .85]) gives t = 1.3e15, p = 5e-31 from float noise: 0.85 - 0.8 != 0.8 - 0.75."""
+
+    def run(model: str, kind: str, seed: int, accuracy: float) -> ModelRun:
+        return ModelRun(model, kind, tmp_path, seed, train_rows=40, test_rows=20, fingerprint=str(seed),
+                        train_accuracy=1.0, test_accuracy=accuracy, test_macro_f1=accuracy, seconds=None, correct=None)  # fmt: skip
+
+    llm = [run("LLM", "llm", seed, accuracy) for seed, accuracy in ((1, 0.8), (2, 0.85), (3, 0.9))]
+    baseline = [run("B", "baseline", seed, accuracy) for seed, accuracy in ((1, 0.75), (2, 0.8), (3, 0.85))]
+    row = paired_tests(llm + baseline).iloc[0]
+    assert (row["Test"], row["n"], row["Accuracy A - B"]) == ("sign test over seeds (exact)", 3, pytest.approx(0.05))
+    assert row["p-value"] == pytest.approx(0.25)  # 2 of the 2^3 sign patterns are as extreme: the least 3 seeds give
+    no_gap = paired_tests(llm + [run("B", "baseline", r.seed, r.test_accuracy) for r in llm]).iloc[0]
+    assert no_gap["p-value"] == 1.0
+
+
+def test_a_constant_gap_over_seeds_in_the_report_and_holm_adjusted_p_values(multirun, tmp_path):
+    jobs = jobs_with_400_rows(multirun)
+    for job in jobs:
+        predictions = pd.read_csv(job / "predictions.csv")
+        correct = (predictions["lr"] == predictions["label"]).to_numpy().copy()
+        correct[np.flatnonzero(~correct)[:4]] = True  # 4 rows more than Logistic Regression on every split
+        _fake_llm_run(job, tmp_path / job.name, correct)
+    report([*(tmp_path / job.name for job in jobs), *jobs], tmp_path / "report")
+    tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
+    row = tests[(tests["B"] == "Logistic Regression") & (tests["n"] == 3)].iloc[0]
+    assert (row["Test"], row["p-value"]) == ("sign test over seeds (exact)", pytest.approx(0.25))
+    assert len(tests) == 2 * 4  # LR and kNN: a McNemar row per seed and one over the seeds
+    holm = multipletests(tests["p-value"], method="holm")[1]
+    assert tests["p-value (Holm)"].to_numpy() == pytest.approx(holm, rel=1e-12)
+    assert (tests["p-value (Holm)"] >= tests["p-value"]).all() and (tests["p-value (Holm)"] > tests["p-value"]).any()
+    shown = (tmp_path / "report" / "paired_tests.md").read_text().splitlines()
+    assert "| p-value | p-value (Holm) |" in shown[0]
+    assert all(
+        row.endswith(f"| {p:.2g} | {h:.2g} |") for row, p, h in zip(shown[2:], tests["p-value"], holm, strict=True)
+    )

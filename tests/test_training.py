@@ -110,22 +110,33 @@ def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path)
     assert explain_run(load_config("explain", overrides), tmp_path / "x")["top_features"]
 
 
-def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
-    """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
+def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_base: bool = False):
+    """(spec, training prompts, options) on the first n_rows training rows, as the train job makes them."""
     from dataclasses import replace
 
-    from faultllm.modeling import ModelSpec, build_for_training
+    from faultllm.modeling import BaseModelCache, ModelSpec
     from faultllm.prompts import Serializer
     from faultllm.splits import prepared_split
-    from faultllm.training import TrainOptions, sft_trainer
+    from faultllm.training import TrainOptions
 
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
-    spec = replace(spec, plan=replace(spec.plan, **(plan_change or {})))
-    model, tokenizer = build_for_training(spec, cfg.seed)
+    cache = BaseModelCache() if reuse_base else None
+    spec = replace(spec, plan=replace(spec.plan, **(plan_change or {})), base_cache=cache)
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, split.labels, tokenizer)
-    rows = serializer.render(split.train.head(n_rows)).sft_rows()
+    system = cfg.data.system_prompt
+    serializer = Serializer.from_config(cfg.prompt, system, split.features, split.labels, spec.tokenizer())
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    return spec, serializer.render(split.train.head(n_rows)), options
+
+
+def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
+    """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
+    from faultllm.modeling import build_for_training
+    from faultllm.training import sft_trainer
+
+    spec, prompts, options = _training_setup(cfg, n_rows, plan_change)
+    model, tokenizer = build_for_training(spec, cfg.seed)
+    rows = prompts.sft_rows()
     trainer = sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
     trainer.spec = spec
     return model, tokenizer, rows, trainer
@@ -213,3 +224,80 @@ def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cac
     tokenizer.save_pretrained(tmp_path / "adapter")
     reloaded, _ = load_trained(tmp_path / "adapter", trainer.spec.path, trainer.spec.plan)
     assert {name: p.dtype for name, p in reloaded.named_parameters()} == trained
+
+
+def _fused_lm_heads(model) -> int:
+    """How many of TRL's fused-LM-head forwards are stacked on the model (each wraps the one it found)."""
+    forward, count = model.__dict__.get("forward"), 0
+    while forward is not None and forward.__func__.__code__.co_name == "_fused_forward":
+        code = forward.__func__.__code__
+        forward = forward.__func__.__closure__[code.co_freevars.index("original_forward")].cell_contents
+        count += 1
+    return count
+
+
+def test_a_reused_base_model_keeps_one_fused_lm_head_fold_after_fold(tiny_cache, easy_csv, tmp_path):
+    """Every SFTTrainer wraps the base model's forward; HPO's reused base once collected one wrapper per
+    fold until a forward overflowed the stack (~1,000 folds). Releasing the adapters now restores it."""
+    import torch
+
+    from faultllm.modeling import build_for_training, release_adapters
+    from faultllm.training import sft_trainer
+
+    cfg = load_config("train", easy_overrides(tiny_cache, easy_csv))
+    spec, prompts, options = _training_setup(cfg, 4, reuse_base=True)
+    try:
+        for fold in range(3):
+            model, tokenizer = build_for_training(spec, fold)
+            sft_trainer(
+                model, tokenizer, prompts.sft_rows(), options, spec.plan, tmp_path / str(fold), checkpoints=False
+            )
+            base = model.get_base_model()
+            assert _fused_lm_heads(base) == 1  # TRL patched the reused base: once, not once per fold so far
+            release_adapters(model)
+            assert _fused_lm_heads(base) == 0 and "forward" not in base.__dict__
+        batch = tokenizer(prompts.texts[:2], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            assert base(**batch).logits.equal(type(base).forward(base, **batch).logits)
+    finally:
+        spec.base_cache.clear()
+
+
+def test_an_fp16_overflow_step_is_skipped_by_the_scaler_not_taken_for_a_nan_loss():
+    """fp16's GradScaler skips a step whose gradients overflowed and logs grad_norm inf with a finite loss."""
+    from types import SimpleNamespace
+
+    from faultllm.training import NonFiniteLoss, _EpochCallback
+
+    callback = _EpochCallback(None, {}, None, None, SimpleNamespace(learning_rate=1e-4), None)
+    state = SimpleNamespace(global_step=3, epoch=0.25)
+    fp16, bf16 = SimpleNamespace(fp16=True), SimpleNamespace(fp16=False)
+    callback.on_log(fp16, state, None, logs={"loss": 0.7, "grad_norm": float("inf"), "learning_rate": 1e-4})
+    with pytest.raises(NonFiniteLoss, match="training loss became nan at step 3"):
+        callback.on_log(fp16, state, None, logs={"loss": float("nan"), "grad_norm": float("inf")})
+    with pytest.raises(NonFiniteLoss, match="grad_norm"):  # no scaler: the inf reaches the weights
+        callback.on_log(bf16, state, None, logs={"loss": 0.7, "grad_norm": float("inf")})
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_run_killed_between_an_epochs_row_and_its_checkpoint_resumes_with_each_epoch_once(
+    tiny_cache, easy_csv, tmp_path
+):
+    from faultllm.training import fit
+
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "trainer.epochs=2", "trainer.batch_size=8"]
+    spec, prompts, options = _training_setup(load_config("train", [*overrides, "trainer.eval_each_epoch=false"]), 16)
+
+    def killed_after_the_row_of_epoch_2(row: dict) -> None:
+        if row["epoch"] == 2:  # on_epoch_end has written the row; the Trainer saves checkpoint-4 after it
+            raise _Killed
+
+    epochs = lambda: [json.loads(line)["epoch"] for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]  # noqa: E731
+    with pytest.raises(_Killed):
+        fit(spec, prompts, {}, options, tmp_path, on_epoch=killed_after_the_row_of_epoch_2)
+    assert epochs() == [1, 2] and [p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = fit(spec, prompts, {}, options, tmp_path)  # from checkpoint-2: epoch 2 again
+    assert [row["epoch"] for row in resumed.history] == [1, 2] and epochs() == [1, 2]

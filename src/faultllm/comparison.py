@@ -4,12 +4,16 @@
 its runs), refuses runs made on different data configs, and pools only runs whose configs differ
 in nothing but the seed and the training-set size (differing LLM runs become rows of their own). `aggregate` gives each model's mean, sd and 95% t-interval over seeds per
 training-set size; `paired_tests` compares each LLM with each baseline on the very same test
-rows (exact McNemar per split) and across seeds (paired t-test on per-seed accuracies).
+rows (exact McNemar per split) and across seeds (paired t-test on the per-seed gaps in correct test
+rows; the exact sign test where every seed has the same gap), with Holm-adjusted p-values over the
+whole table beside the raw ones.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +42,18 @@ class ModelRun:
     run_dir: Path
     seed: int
     train_rows: int
+    test_rows: int
     fingerprint: str
     train_accuracy: float
     test_accuracy: float
     test_macro_f1: float
     seconds: float | None
     correct: np.ndarray | None  # per test row, when the run kept its predictions
+
+    @property
+    def test_correct(self) -> int:
+        """Test rows right: an integer, so that equal gaps compare equal (in floats 0.85 - 0.8 != 0.9 - 0.85)."""
+        return round(self.test_accuracy * self.test_rows)
 
 
 def load_runs(paths: list) -> list[ModelRun]:
@@ -129,6 +139,7 @@ def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[Model
         "run_dir": run_dir,
         "seed": int(split["seed"]),
         "train_rows": sum(split["rows"]["train"].values()),
+        "test_rows": sum(split["rows"]["test"].values()),
         "fingerprint": split["split_fingerprint"],
     }
     predictions = None
@@ -200,8 +211,11 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
 
 
 def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
-    """Each LLM against each baseline: exact McNemar on every shared split, and a paired t-test on
-    the per-seed accuracies (per training-set size) where two or more splits are shared."""
+    """Each LLM against each baseline: exact McNemar on every shared split, and a test over seeds (per
+    training-set size) where two or more splits are shared. "p-value (Holm)" adjusts every p-value in
+    the table as one family (Holm's step-down; statsmodels), the raw "p-value" beside it."""
+    from statsmodels.stats.multitest import multipletests
+
     rows = []
     llms = sorted({r.model for r in results if r.kind == "llm"})
     baselines = [m for m in dict.fromkeys(r.model for r in results if r.kind == "baseline")]
@@ -218,6 +232,7 @@ def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    table["p-value (Holm)"] = multipletests(table["p-value"].to_numpy(), method="holm")[1]
     table = table.astype({"A right only": "Int64", "B right only": "Int64"})
     return table.sort_values(["A", "Train rows"], kind="stable").reset_index(drop=True)
 
@@ -234,20 +249,34 @@ def _mcnemar_row(a: ModelRun, b: ModelRun) -> dict:
 
 
 def _seed_rows(pairs: list[tuple[ModelRun, ModelRun]]) -> list[dict]:
-    from scipy import stats
-
     rows = []
     for train_rows in sorted({a.train_rows for a, _ in pairs}):
         shared = [(a, b) for a, b in pairs if a.train_rows == train_rows]
         if len(shared) < 2:
             continue
-        a_acc = np.array([a.test_accuracy for a, _ in shared])
-        b_acc = np.array([b.test_accuracy for _, b in shared])
-        p_value = float(stats.ttest_rel(a_acc, b_acc).pvalue) if np.any(a_acc != b_acc) else 1.0
+        gaps = [Fraction(a.test_correct - b.test_correct, a.test_rows) for a, b in shared]
+        test, p_value = seed_test(gaps)
         rows.append({
-            "A": shared[0][0].model, "B": shared[0][1].model, "Train rows": train_rows,
-            "Test": "paired t over seeds", "Seeds": ",".join(str(a.seed) for a, _ in shared), "n": len(shared),
-            "A right only": None, "B right only": None, "Accuracy A - B": float(np.mean(a_acc - b_acc)),
-            "p-value": p_value,
+            "A": shared[0][0].model, "B": shared[0][1].model, "Train rows": train_rows, "Test": test,
+            "Seeds": ",".join(str(a.seed) for a, _ in shared), "n": len(shared), "A right only": None,
+            "B right only": None, "Accuracy A - B": float(sum(gaps) / len(gaps)), "p-value": p_value,
         })  # fmt: skip
     return rows
+
+
+def seed_test(gaps: list[Fraction]) -> tuple[str, float]:
+    """(test, p-value) on the per-seed accuracy gaps A - B, exact fractions of the test rows.
+
+    Where the gaps vary: a paired t-test, on integers (the gaps in correct rows over a common
+    denominator). Where every seed has the same gap (likely with few seeds, as accuracies move in
+    steps of 1/n_test) the t statistic is undefined, and on float accuracies it came out as ~1e15
+    from rounding noise: the exact sign test instead, whose smallest p-value is 2 / 2^seeds.
+    """
+    from scipy import stats
+
+    if len(set(gaps)) > 1:
+        scale = math.lcm(*(gap.denominator for gap in gaps))
+        return "paired t over seeds", float(stats.ttest_1samp([int(gap * scale) for gap in gaps], 0.0).pvalue)
+    if gaps[0] == 0:
+        return "sign test over seeds (exact)", 1.0
+    return "sign test over seeds (exact)", float(stats.binomtest(len(gaps), len(gaps), 0.5).pvalue)

@@ -368,12 +368,20 @@ def build_for_training(spec: ModelSpec, seed: int):
     tokenizer = spec.tokenizer(padding_side="right")
     base = fit_embeddings(base_model(spec), tokenizer)
     set_seed(seed)  # right before LoRA's random init, which would otherwise depend on whatever ran earlier
-    return get_peft_model(base, peft_lora_config(spec.lora)), tokenizer
+    peft_model = get_peft_model(base, peft_lora_config(spec.lora))
+    peft_model.base_forward = base.__dict__.get("forward")  # the forward before SFTTrainer patches it
+    return peft_model, tokenizer
 
 
 def release_adapters(peft_model) -> None:
-    """Take the LoRA layers out of a reused base model, leaving it as it was loaded."""
-    peft_model.unload()
+    """Take the LoRA layers out of a reused base model, leaving it as it was loaded: also the forward that
+    each SFTTrainer replaces with its fused-LM-head wrapper around the one it finds. Kept, these wrappers
+    would nest one per fold until a forward overflowed the stack (RecursionError after ~1,000 HPO folds)."""
+    base = peft_model.unload()
+    if peft_model.base_forward is None:
+        base.__dict__.pop("forward", None)  # back to the class's forward
+    else:
+        base.forward = peft_model.base_forward
 
 
 def keep_adapters_in_fp32(model) -> None:

@@ -64,10 +64,12 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests as people read them: differences to 3 decimals, p-values to 2 significant digits."""
+    """Paired tests as people read them: differences to 3 decimals, p-values (raw and Holm-adjusted) to 2
+    significant digits."""
     return tests.assign(**{
         "Accuracy A - B": tests["Accuracy A - B"].map(lambda d: f"{d:+.3f}"),
         "p-value": tests["p-value"].map(lambda p: f"{p:.2g}"),
+        "p-value (Holm)": tests["p-value (Holm)"].map(lambda p: f"{p:.2g}"),
         "A right only": tests["A right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
         "B right only": tests["B right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
     })  # fmt: skip

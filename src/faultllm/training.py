@@ -98,7 +98,7 @@ def fit(
     space = answer_space(tokenizer, train)
     plan = plan_for_run(spec.plan, model, tokenizer, train, options)
     resume = checkpoints and options.resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
-    history = EpochHistory(out_dir / "epochs.jsonl", keep=resume)
+    history = EpochHistory(out_dir / "epochs.jsonl", through=checkpoint_epoch(out_dir / "checkpoints") if resume else 0)
     callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
     trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, plan, out_dir, callbacks, checkpoints)
     callbacks[0].trainer = trainer
@@ -125,14 +125,31 @@ def plan_for_run(plan: HardwarePlan, model, tokenizer, train: Prompts, options: 
     return replace(plan, gradient_checkpointing=decided)
 
 
-class EpochHistory:
-    """One row of metrics per epoch, appended to epochs.jsonl as it happens (a resumed run keeps its rows)."""
+def checkpoint_epoch(checkpoints: Path) -> int:
+    """The epochs done in the checkpoint a resumed Trainer starts from (the last one; saved at epoch ends)."""
+    from transformers.trainer_utils import get_last_checkpoint
 
-    def __init__(self, path: Path, keep: bool) -> None:
+    last = get_last_checkpoint(str(checkpoints))
+    return 0 if last is None else round(json.loads((Path(last) / "trainer_state.json").read_text())["epoch"])
+
+
+class EpochHistory:
+    """One row of metrics per epoch, appended to epochs.jsonl as it happens.
+
+    A resumed run keeps the rows of the epochs its checkpoint holds (`through`; 0 for a fresh run) and
+    drops later ones: a run stopped after an epoch's row but before its checkpoint redoes that epoch.
+    """
+
+    def __init__(self, path: Path, through: int) -> None:
         self.path, self.writes = path, is_main_process()  # under torchrun the main rank writes the file
-        if not keep and self.writes:
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if through and path.exists() else []
+        self.rows = [row for row in rows if row["epoch"] <= through]
+        if self.writes and not through:
             path.unlink(missing_ok=True)
-        self.rows = [json.loads(line) for line in path.read_text().splitlines()] if keep and path.exists() else []
+        elif self.writes and len(self.rows) < len(rows):
+            written = path.with_suffix(".partial")  # replaced at once: other ranks may be reading the file
+            written.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+            written.replace(path)
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
@@ -154,7 +171,9 @@ class _EpochCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        bad = {k: v for k, v in (logs or {}).items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+        # fp16's GradScaler skips a step whose gradients overflowed (and logs grad_norm inf): only the loss counts
+        judged = ("loss",) if args.fp16 else ("loss", "grad_norm")
+        bad = {k: v for k, v in (logs or {}).items() if k in judged and not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(
                 f"training {' and '.join(bad)} became nan at step {state.global_step} (epoch {state.epoch:.2f}); "

@@ -2,7 +2,8 @@
 
 A multirun directory counts as its runs. Per model (and training-set size): mean ± sd and a 95%
 interval over seeds (comparison.{md,csv,png}, runs.csv); each LLM against each baseline on the
-same test rows: exact McNemar per split and a paired t-test over seeds (paired_tests.{md,csv});
+same test rows: exact McNemar per split and a paired t-test over seeds (the exact sign test where
+every seed has the same gap), raw and Holm-adjusted p-values (paired_tests.{md,csv});
 accuracy against training rows when the runs vary data.train_size (train_size_curve.png).
 Runs on different data configs, and baselines runs that differ in more than the seed and
 data.train_size, are refused; LLM runs that differ become rows of their own.
