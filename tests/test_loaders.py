@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -111,3 +112,44 @@ def test_missing_file_and_wrong_schema(tmp_path, compose_cfg):
     pd.DataFrame({"faultNumber": [1.0], "xmeas_1": [0.1]}).to_csv(tmp_path / "TEP_Faulty_Training.csv", index=False)
     with pytest.raises(FaultLLMError, match=r"missing column\(s\) simulationRun, sample"):
         load(compose_cfg("prepare", ["data=tep", f"data.path={tmp_path}"]).data)
+
+
+def _digest(frame: pd.DataFrame | None) -> str:
+    """Column names, dtypes, index and value bytes, in order: equal digests mean identical frames."""
+    digest = hashlib.sha256()
+    if frame is None:
+        return "none"
+    for name, values in [("<index>", frame.index.to_numpy()), *((c, frame[c].to_numpy()) for c in frame.columns)]:
+        digest.update(f"{name}:{values.dtype}:{values.shape}".encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _interleaved_parquet(directory: Path) -> Path:
+    """Rieth tables as Parquet with faults out of order, row groups cutting across runs, a NaN and double ids."""
+    from tests.conftest import rieth_table
+
+    directory.mkdir()
+    faulty = rieth_table([4, 1, 2, 5], runs=5, samples=40, seed=7)
+    faulty.loc[633, "xmv_3"] = np.nan
+    rieth_table([0], runs=5, samples=40, seed=8).to_parquet(directory / "TEP_FaultFree_Training.parquet", index=False)
+    faulty.to_parquet(directory / "TEP_Faulty_Training.parquet", index=False, row_group_size=70)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "pool_digest", "test_digest"),
+    [
+        ("rdata", [], "c98f1b399bf93585", "1b77b8b77f2b3932"),
+        ("rdata", ["data.prefault=relabel"], "71ffebb143f928b9", "0b291e805505390b"),
+        ("parquet", ["data.labels=[5,0,4]", "data.allow_missing=true"], "4e8af35ebaf1e6bd", "none"),
+        ("parquet", ["data.labels=null", "data.allow_missing=true"], "8e1b531acc9ff383", "none"),
+    ],
+)
+def test_rieth_rows_pinned(rieth_dir, tmp_path, compose_cfg, case, overrides, pool_digest, test_digest):
+    """The loaded rows (values, dtypes, order) are those the loader returned before the memory work (issue 23)."""
+    directory = rieth_dir if case == "rdata" else _interleaved_parquet(tmp_path / "tep")
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={directory}", *overrides])
+    for _ in range(2):  # first load (builds the cache) and cached load
+        raw = load(cfg.data)
+        assert (_digest(raw.pool), _digest(raw.test_pool)) == (pool_digest, test_digest)
