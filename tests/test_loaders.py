@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from faultllm.errors import FaultLLMError
-from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, load
+from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, cached_parquet, load
 
 
 def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):
@@ -153,3 +154,24 @@ def test_rieth_rows_pinned(rieth_dir, tmp_path, compose_cfg, case, overrides, po
     for _ in range(2):  # first load (builds the cache) and cached load
         raw = load(cfg.data)
         assert (_digest(raw.pool), _digest(raw.test_pool)) == (pool_digest, test_digest)
+
+
+def test_concurrent_cache_builds_end_with_one_good_file(tmp_path):
+    """Builders sharing a cache directory (threads here; same pids on other nodes) never collide or crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "table.csv"
+    source.write_text("a\n1\n")
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200_000, 8)), columns=list("abcdefgh"))
+    builders = 4
+    barrier = threading.Barrier(builders)
+
+    def read(_: Path) -> pd.DataFrame:
+        barrier.wait()  # every builder has found no cache and writes at the same time
+        return frame
+
+    with ThreadPoolExecutor(builders) as pool:
+        targets = list(pool.map(lambda _: cached_parquet(source, read, tmp_path / "cache"), range(builders)))
+    assert len(set(targets)) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [targets[0].name]  # no temp file left behind
+    pd.testing.assert_frame_equal(pd.read_parquet(targets[0]), frame)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,9 @@ def normalize_labels(values: pd.Series, source: object, column: str) -> pd.Serie
 # ---------------------------------------------------------------- columnar cache
 
 
+CACHE_ROW_GROUP = 50_000  # rows; the Rieth tables are sorted by fault, so a load reads only the requested faults' groups
+
+
 def cached_parquet(path: Path, read: Callable[[Path], pd.DataFrame], cache_dir: str | os.PathLike) -> Path:
     """Parquet copy of a slow-to-parse file, keyed by path, size and mtime; Parquet files pass through."""
     if path.suffix.lower() == ".parquet":
@@ -135,12 +139,34 @@ def cached_parquet(path: Path, read: Callable[[Path], pd.DataFrame], cache_dir: 
     target = Path(cache_dir).expanduser() / f"{path.stem}-{key}.parquet"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        frame = read(path)
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        # Small row groups: the Rieth tables are sorted by fault, so statistics skip unwanted faults.
-        frame.to_parquet(partial, index=False, row_group_size=50_000)
-        partial.replace(target)  # atomic: an interrupted first load never leaves a half-written cache
+        _write_parquet_atomically(read(path), target)
     return target
+
+
+def _write_parquet_atomically(frame: pd.DataFrame, target: Path) -> None:
+    """Write under a unique name beside `target`, then rename over it.
+
+    An interrupted build never leaves a half-written cache, and builders sharing the directory
+    (processes here, or containers on other nodes with the same pids) never write the same file;
+    the last rename wins, with the same content. Slices go to Arrow one row group at a time, so
+    the frame is never held twice.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        writer = None
+        for start in range(0, max(len(frame), 1), CACHE_ROW_GROUP):
+            table = pa.Table.from_pandas(frame.iloc[start : start + CACHE_ROW_GROUP], preserve_index=False)
+            writer = writer or pq.ParquetWriter(partial, table.schema)
+            writer.write_table(table.cast(writer.schema), row_group_size=CACHE_ROW_GROUP)
+        writer.close()
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- HST
