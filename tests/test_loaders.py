@@ -175,3 +175,11 @@ def test_concurrent_cache_builds_end_with_one_good_file(tmp_path):
     assert len(set(targets)) == 1
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [targets[0].name]  # no temp file left behind
     pd.testing.assert_frame_equal(pd.read_parquet(targets[0]), frame)
+
+
+def test_rieth_bad_value_names_the_row_of_the_file(tmp_path, compose_cfg):
+    directory = _interleaved_parquet(tmp_path / "tep")
+    with pytest.raises(FaultLLMError, match=r"TEP_Faulty_Training.parquet: column 'xmv_3' row 633 holds nan"):
+        load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,5]"]).data)
+    fine = load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,4]"]).data)
+    assert len(fine.pool) == 5 * 40 + 5 * 20  # the bad row is not among the requested labels
