@@ -143,6 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tep_full"))
     parser.add_argument("--trace", action="store_true", help="peak RSS by line of faultllm/loaders.py")
+    parser.add_argument("--repeat", type=int, default=5, help="cached loads, each in a fresh process")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,16 +157,20 @@ def main() -> int:
     print(run_child(args, "--write"), end="", flush=True)  # in a child: this process stays small
     print("pinned: " + ", ".join(f"{k}={v}" for k, v in PINNED.items()), flush=True)
     shutil.rmtree(cache, ignore_errors=True)
-    results = {}
-    for phase in ("first load (parse .RData, write cache)", "cached load", "cached load again"):
-        out = run_child(args, "--child", *(["--trace"] if args.trace else []))
-        results[phase] = json.loads(out.strip().splitlines()[-1])
-        print(f"{phase:<40} {results[phase]}", flush=True)
-    first, cached = results["first load (parse .RData, write cache)"], results["cached load"]
+    flags = ["--child", *(["--trace"] if args.trace else [])]
+    runs = []
+    for phase in ["first load (parse .RData, write cache)"] + [f"cached load {i + 1}" for i in range(args.repeat)]:
+        runs.append(json.loads(run_child(args, *flags).strip().splitlines()[-1]))
+        print(f"{phase:<40} {runs[-1]}", flush=True)
+    first, cached = runs[0], runs[1:]
+    seconds = sorted(run["seconds"] for run in cached)
+    cpu = sorted(run["cpu_seconds"] for run in cached)
     print(
-        f"cached load is {first['seconds'] / cached['seconds']:.1f}x faster, "
-        f"peak memory {first['peak_rss_gib']:.2f} -> {cached['peak_rss_gib']:.2f} GiB "
-        f"(baseline after imports {cached['baseline_rss_gib']:.2f} GiB)"
+        f"first load: {first['seconds']:.2f} s ({first['cpu_seconds']:.2f} s CPU), peak RSS {first['peak_rss_gib']:.2f} GiB\n"
+        f"cached load ({len(cached)} fresh processes): {seconds[0]:.2f} s best, {seconds[len(seconds) // 2]:.2f} s "
+        f"median ({cpu[len(cpu) // 2]:.2f} s CPU), peak RSS {max(run['peak_rss_gib'] for run in cached):.2f} GiB "
+        f"at most (baseline after imports {cached[0]['baseline_rss_gib']:.2f} GiB; "
+        f"returned frame {cached[0]['returned_gib']:.2f} GiB)"
     )
     return 0
 

@@ -14,11 +14,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 LABEL = "label"
 GROUP = "group"
@@ -169,7 +173,7 @@ def _write_parquet_atomically(frame: pd.DataFrame, target: Path) -> None:
         raise
 
 
-def _dictionary_columns(schema) -> list[str]:
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """Dictionary-encode all but the floating-point columns: measured values are nearly all distinct,
     so a dictionary only makes the file larger and the read twice as slow."""
     import pyarrow as pa
@@ -318,9 +322,9 @@ def _read_rieth(path: Path, object_name: str, data_cfg, part: str) -> tuple[_Rie
     import pyarrow.parquet as pq
 
     columnar = cached_parquet(path, lambda file: _read_rieth_whole(file, object_name), data_cfg.cache_dir)
-    ids = pq.ParquetFile(columnar)
-    require_columns(pd.DataFrame(columns=ids.schema_arrow.names), TEP_ID_COLUMNS + TEP_FEATURES, path, RIETH_SCHEMA)
-    ids = ids.read(columns=["faultNumber", "sample"])
+    parquet = pq.ParquetFile(columnar)
+    require_columns(pd.DataFrame(columns=parquet.schema_arrow.names), TEP_ID_COLUMNS + TEP_FEATURES, path, RIETH_SCHEMA)
+    ids = parquet.read(columns=["faultNumber", "sample"])
     fault = ids.column("faultNumber")
     present = {int(v) for v in pc.unique(fault).to_pylist()}
     fault = fault.to_numpy()
@@ -371,8 +375,8 @@ def _fill_rieth(table: _RiethRows, values: np.ndarray, groups: np.ndarray, start
         if len(rows):
             columns = _group_columns(parquet.read_row_group(index, columns=["simulationRun", *TEP_FEATURES]))
             _validate_group(columns, rows, first, table)
-            taken = _as_slice(rows[table.kept[first + rows]])
-            end = start + len(columns["simulationRun"][taken])
+            kept = rows[table.kept[first + rows]]
+            end, taken = start + len(kept), _as_slice(kept)
             for position, name in enumerate(TEP_FEATURES):
                 values[start:end, position] = columns[name][taken]
             groups[start:end] = columns["simulationRun"][taken].astype(np.int64)
@@ -385,7 +389,7 @@ def _as_slice(rows: np.ndarray) -> np.ndarray | slice:
     return slice(rows[0], rows[-1] + 1) if len(rows) and rows[-1] - rows[0] + 1 == len(rows) else rows
 
 
-def _group_columns(group) -> dict[str, np.ndarray]:
+def _group_columns(group: pa.Table) -> dict[str, np.ndarray]:
     return {name: group.column(name).to_numpy() for name in group.column_names}  # no copy for doubles
 
 
