@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pandas as pd
 import pytest
 
 from faultllm.errors import FaultLLMError
-from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, load
+from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, cached_parquet, load
 
 
 def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):
@@ -111,3 +113,73 @@ def test_missing_file_and_wrong_schema(tmp_path, compose_cfg):
     pd.DataFrame({"faultNumber": [1.0], "xmeas_1": [0.1]}).to_csv(tmp_path / "TEP_Faulty_Training.csv", index=False)
     with pytest.raises(FaultLLMError, match=r"missing column\(s\) simulationRun, sample"):
         load(compose_cfg("prepare", ["data=tep", f"data.path={tmp_path}"]).data)
+
+
+def _digest(frame: pd.DataFrame | None) -> str:
+    """Column names, dtypes, index and value bytes, in order: equal digests mean identical frames."""
+    digest = hashlib.sha256()
+    if frame is None:
+        return "none"
+    for name, values in [("<index>", frame.index.to_numpy()), *((c, frame[c].to_numpy()) for c in frame.columns)]:
+        digest.update(f"{name}:{values.dtype}:{values.shape}".encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _interleaved_parquet(directory: Path) -> Path:
+    """Rieth tables as Parquet with faults out of order, row groups cutting across runs, a NaN and double ids."""
+    from tests.conftest import rieth_table
+
+    directory.mkdir()
+    faulty = rieth_table([4, 1, 2, 5], runs=5, samples=40, seed=7)
+    faulty.loc[633, "xmv_3"] = np.nan
+    rieth_table([0], runs=5, samples=40, seed=8).to_parquet(directory / "TEP_FaultFree_Training.parquet", index=False)
+    faulty.to_parquet(directory / "TEP_Faulty_Training.parquet", index=False, row_group_size=70)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "pool_digest", "test_digest"),
+    [
+        ("rdata", [], "c98f1b399bf93585", "1b77b8b77f2b3932"),
+        ("rdata", ["data.prefault=relabel"], "71ffebb143f928b9", "0b291e805505390b"),
+        ("parquet", ["data.labels=[5,0,4]", "data.allow_missing=true"], "4e8af35ebaf1e6bd", "none"),
+        ("parquet", ["data.labels=null", "data.allow_missing=true"], "8e1b531acc9ff383", "none"),
+    ],
+)
+def test_rieth_rows_pinned(rieth_dir, tmp_path, compose_cfg, case, overrides, pool_digest, test_digest):
+    """The loaded rows (values, dtypes, order) are those the loader returned before the memory work (issue 23)."""
+    directory = rieth_dir if case == "rdata" else _interleaved_parquet(tmp_path / "tep")
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={directory}", *overrides])
+    for _ in range(2):  # first load (builds the cache) and cached load
+        raw = load(cfg.data)
+        assert (_digest(raw.pool), _digest(raw.test_pool)) == (pool_digest, test_digest)
+
+
+def test_concurrent_cache_builds_end_with_one_good_file(tmp_path):
+    """Builders sharing a cache directory (threads here; same pids on other nodes) never collide or crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "table.csv"
+    source.write_text("a\n1\n")
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200_000, 8)), columns=list("abcdefgh"))
+    builders = 4
+    barrier = threading.Barrier(builders)
+
+    def read(_: Path) -> pd.DataFrame:
+        barrier.wait()  # every builder has found no cache and writes at the same time
+        return frame
+
+    with ThreadPoolExecutor(builders) as pool:
+        targets = list(pool.map(lambda _: cached_parquet(source, read, tmp_path / "cache"), range(builders)))
+    assert len(set(targets)) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [targets[0].name]  # no temp file left behind
+    pd.testing.assert_frame_equal(pd.read_parquet(targets[0]), frame)
+
+
+def test_rieth_bad_value_names_the_row_of_the_file(tmp_path, compose_cfg):
+    directory = _interleaved_parquet(tmp_path / "tep")
+    with pytest.raises(FaultLLMError, match=r"TEP_Faulty_Training.parquet: column 'xmv_3' row 633 holds nan"):
+        load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,5]"]).data)
+    fine = load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,4]"]).data)
+    assert len(fine.pool) == 5 * 40 + 5 * 20  # the bad row is not among the requested labels
