@@ -225,6 +225,7 @@ def _quiet_known_noise(progress: bool) -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's heartbeat API
+    warnings.filterwarnings("ignore", message=r".*is an experimental feature")
     warnings.filterwarnings("ignore", message=r".*probability.*", module=r"sklearn\.svm.*")
     datasets.disable_progress_bars()
     if not progress:

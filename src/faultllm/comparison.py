@@ -21,6 +21,7 @@ import pandas as pd
 
 from faultllm.baselines import NAMES
 from faultllm.errors import FaultLLMError
+from faultllm.results import BaselineMetrics, TrainMetrics
 from faultllm.rundir import expand_run_dirs, read_config_tree, read_json, run_job
 
 # Keys that may differ between runs pooled into one row: the seed, and the training-set size (a curve).
@@ -62,7 +63,7 @@ def load_runs(paths: list) -> list[ModelRun]:
     configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
     check_comparable(configs)
     names = llm_names({d: c for d, c in configs.items() if _kind(d) == "train"})
-    results = [r for run_dir in run_dirs for r in _model_runs(run_dir, configs[run_dir], names.get(run_dir))]
+    results = [r for run_dir in run_dirs for r in _model_runs(run_dir, names.get(run_dir))]
     seen: dict[tuple, Path] = {}
     for r in results:
         if (r.model, r.fingerprint) in seen:
@@ -133,8 +134,8 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VARYING + IGNORED and not k.startswith("hydra.")}
 
 
-def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[ModelRun]:
-    metrics, split = read_json(run_dir / "metrics.json"), read_json(run_dir / "split.json")
+def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
+    split = read_json(run_dir / "split.json")
     common = {
         "run_dir": run_dir,
         "seed": int(split["seed"]),
@@ -149,15 +150,15 @@ def _model_runs(run_dir: Path, config: dict, llm_name: str | None) -> list[Model
         None if predictions is None else (predictions[column] == predictions["label"]).to_numpy()
     )
     if _kind(run_dir) == "train":
-        test = metrics["test"]
-        return [ModelRun(llm_name, "llm", train_accuracy=metrics["train"]["accuracy"], test_accuracy=test["accuracy"],
-                         test_macro_f1=test["macro_f1"], seconds=metrics.get("train_seconds"),
+        llm = TrainMetrics.read(run_dir / "metrics.json")
+        return [ModelRun(llm_name, "llm", train_accuracy=llm.train.accuracy, test_accuracy=llm.test.accuracy,
+                         test_macro_f1=llm.test.macro_f1, seconds=llm.train_seconds,
                          correct=correct("predicted"), **common)]  # fmt: skip
     return [
-        ModelRun(NAMES.get(key, key), "baseline", train_accuracy=m["train_accuracy"], test_accuracy=m["test_accuracy"],
-                 test_macro_f1=m["test_macro_f1"], seconds=m["fit_seconds"],
+        ModelRun(NAMES.get(key, key), "baseline", train_accuracy=m.train_accuracy, test_accuracy=m.test_accuracy,
+                 test_macro_f1=m.test_macro_f1, seconds=m.fit_seconds,
                  correct=correct(key) if predictions is not None and key in predictions else None, **common)
-        for key, m in metrics.items()
+        for key, m in BaselineMetrics.read_all(run_dir / "metrics.json").items()
     ]  # fmt: skip
 
 

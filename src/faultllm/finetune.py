@@ -17,6 +17,7 @@ from faultllm.evaluation import evaluate_prompts
 from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer, ordered_features
 from faultllm.reporting import print_summary
+from faultllm.results import SplitMetrics, TrainMetrics
 from faultllm.rundir import PROMPT_FEATURES, baseline_importances, save_split, write_json
 from faultllm.schema import PromptConfig, TrainJob
 from faultllm.splits import MinMaxScaler, Split
@@ -51,17 +52,17 @@ def train_on_split(
         name: evaluate_prompts(result.model, result.tokenizer, p, result.answer_space, cfg.eval)
         for name, p in sets.items()
     }
-    metrics = {
-        "train": final["train"][0],
-        "test": final["test"][0],
-        "epochs": result.history,
-        "eval_mode": cfg.eval.mode,
-        "train_seconds": round(result.seconds, 2),
-        "hardware": result.plan.__dict__,
-        "processes": world_size(),
-        "effective_batch_size": options.batch_size * options.grad_accum * world_size(),
-        "split": split_info,
-    }
+    metrics = TrainMetrics(
+        train=SplitMetrics.from_json(final["train"][0]),
+        test=SplitMetrics.from_json(final["test"][0]),
+        epochs=result.history,
+        eval_mode=cfg.eval.mode,
+        train_seconds=round(result.seconds, 2),
+        hardware=result.plan.__dict__,
+        processes=world_size(),
+        effective_batch_size=options.batch_size * options.grad_accum * world_size(),
+        split=split_info,
+    ).to_json()
     if is_main_process():
         title = f"{cfg.data.display_name}: {Path(str(cfg.model.path or 'tiny')).name}"
         _write_outputs(result, metrics, final["test"][1], cfg.eval.mode, run_dir, title)

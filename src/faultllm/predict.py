@@ -11,7 +11,8 @@ from faultllm.errors import FaultLLMError
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_restricted
 from faultllm.loaders import LABEL
 from faultllm.metrics import classification_metrics
-from faultllm.rundir import SavedRun, read_json
+from faultllm.results import BaselineMetrics
+from faultllm.rundir import SavedRun
 
 
 def check_rows(rows: pd.DataFrame, source: str) -> None:
@@ -45,8 +46,8 @@ def predict_baseline(run: SavedRun, rows: pd.DataFrame, name: str | None) -> tup
     """(model name, predictions and per-label probabilities) of one saved baseline; by default the one most
     accurate on the run's own test split."""
     if name is None:
-        metrics = read_json(run.run_dir / "metrics.json")
-        name = max(metrics, key=lambda key: metrics[key]["test_accuracy"])
+        metrics = BaselineMetrics.read_all(run.run_dir / "metrics.json")
+        name = max(metrics, key=lambda key: metrics[key].test_accuracy)
     model = load_model(run.run_dir, name)
     features = rows[run.split.features].to_numpy(np.float64)
     probabilities = model.predict_proba(features)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from faultllm.distributed import is_main_process
 from faultllm.errors import FaultLLMError
@@ -192,9 +192,8 @@ class _EpochCallback(TrainerCallback):
         self.history.append(row)
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
             self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
-        if not self.options.progress:  # no progress bars: one line per epoch instead
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
-            log.info(f"epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
+        log.info(f"epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -215,10 +214,19 @@ def sft_trainer(
         processing_class=tokenizer,
         callbacks=[*callbacks, *tensorboard_callback(options, out_dir)],
     )
-    if not options.progress:  # without progress bars transformers prints every log dict instead
-        trainer.remove_callback(PrinterCallback)
+    # transformers prints every log dict ({'loss': '0.6344', ...}); the epoch line says it once per epoch
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_BarsOnly)
     keep_adapters_in_fp32(trainer.model)  # the optimizer is created at train(): it sees fp32 weights
     return trainer
+
+
+class _BarsOnly(ProgressCallback):
+    """transformers' progress bars without the raw log dicts it writes under them."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
 
 
 def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:

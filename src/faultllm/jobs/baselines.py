@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from faultllm.baselines import check_models, fit_and_score, importances, save_model, table_4_2, tune
 from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
+from faultllm.results import BaselineMetrics
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.schema import BaselinesJob
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
@@ -43,7 +44,7 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
         if name in cfg.baselines.importances_for:
             tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
 
-    write_json(run_dir / "metrics.json", results)
+    write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
     predictions.to_csv(run_dir / "predictions.csv", index=False)  # per test row: what `report`'s paired tests use
     table = table_4_2(results)
     write_table(table, run_dir / "table_4_2")

@@ -8,6 +8,7 @@ from pathlib import Path
 from faultllm import plots
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.reporting import print_summary
+from faultllm.results import EvaluateMetrics
 from faultllm.rundir import open_run, start_run, write_json
 from faultllm.schema import EvaluateJob
 
@@ -23,8 +24,8 @@ def run(cfg: EvaluateJob, out_dir: Path) -> dict:
     prompts = llm.serializer.render(frame)
     space = answer_space(llm.tokenizer, prompts)
     metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval)
-    metrics |= {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)}
-    write_json(out_dir / "metrics.json", metrics)
+    written = EvaluateMetrics.from_json(metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)})
+    write_json(out_dir / "metrics.json", written.to_json())
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     plots.confusion_matrix(metrics["confusion_matrix"], prompts.labels, out_dir / "confusion_matrix.png", cfg.eval.mode)
     items = {

@@ -16,6 +16,7 @@ from faultllm.predict import (
     run_kind,
 )
 from faultllm.reporting import print_summary
+from faultllm.results import PredictMetrics
 from faultllm.rundir import open_run, start_run, write_json
 from faultllm.schema import PredictJob
 
@@ -38,7 +39,8 @@ def run(cfg: PredictJob, out_dir: Path) -> dict:
     metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)
     summary = {"model": model, "rows": len(table), "input": str(cfg.input)}
     if metrics:
-        write_json(out_dir / "metrics.json", metrics | {"model": model, "input": str(cfg.input)})
+        written = PredictMetrics.from_json(metrics | {"model": model, "input": str(cfg.input)})
+        write_json(out_dir / "metrics.json", written.to_json())
         summary["accuracy / macro-F1"] = f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}"
     print_summary(f"predicted: {saved.run_dir}", summary | {"written to": str(out_dir / "predictions.csv")})
     return {"model": model, "predictions": table, "metrics": metrics}
