@@ -63,6 +63,29 @@ def test_prompt_and_answer_are_the_templates_own_rendering_with_one_bos(chat_mod
         assert full.count(own.bos_token_id) == 1 and not prompts.texts[0].startswith(own.bos_token)
 
 
+@pytest.mark.parametrize("style", [*STYLES, *TEMPLATE_ONLY])
+def test_shots_are_earlier_user_and_assistant_turns_token_for_token(chat_models, style):
+    from transformers import AutoTokenizer
+
+    path = chat_models[style]
+    own = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(str(path), chat=True)
+    cfg = load_config("train", ["model=tiny", "prompt.template=chat", "prompt.shots=3", "prompt.shot_selection=random"])
+    train = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], "b": 0.5, "label": [0, 0, 0, 1, 1, 1]})
+    serializer = Serializer.from_config(cfg.prompt, SYSTEM, ["a", "b"], [0, 1], tokenizer, 0, train)
+    test = pd.DataFrame({"a": [0.25], "b": [0.5], "label": [1]})
+    (shown,) = serializer.examples(test)
+    turns = [{"role": r, "content": c} for q, label in shown for r, c in (("user", q), ("assistant", f"Y = {label}"))]
+    turns += [{"role": "user", "content": serializer.question([0.25, 0.5])}]
+    if style.startswith("mistral"):  # no system role: the system text opens the first user turn
+        messages = [{"role": "user", "content": f"{SYSTEM}\n\n{turns[0]['content']}"}, *turns[1:]]
+    else:
+        messages = [{"role": "system", "content": SYSTEM}, *turns]
+    assert len(shown) == 3 and {label for _, label in shown} == {0, 1}
+    expected = _ids(own.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    assert tokenizer(serializer.render(test).texts[0])["input_ids"] == expected
+
+
 def test_a_tokenizer_without_chat_template_names_the_way_out():
     with pytest.raises(FaultLLMError, match=r"no chat template; use prompt.template=llama2 or .*prompt.chat_template="):
         load_tokenizer(str(SHIPPED), chat=True)

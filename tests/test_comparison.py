@@ -13,11 +13,13 @@ from omegaconf import OmegaConf
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from faultllm.comparison import ModelRun, mcnemar, paired_tests
+from faultllm.comparison import ModelRun, aggregate, mcnemar, paired_tests
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
+from faultllm.reporting import summary_display
+from faultllm.results import SplitMetrics, TrainMetrics
 
 QUICK = ["baselines.models=[lr,knn]", "baselines.importances_for=[]"]
 
@@ -49,8 +51,10 @@ def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert len(runs) == 12 and set(runs["Seed"]) == {1, 2, 3} and set(runs["Train rows"]) == {40, 400}
     row = summary[(summary["Model"] == "Logistic Regression") & (summary["Train rows"] == 400)].iloc[0]
-    accuracies = runs[(runs["Model"] == "Logistic Regression") & (runs["Train rows"] == 400)]["Test Accuracy"]
-    low, high = stats.t.interval(0.95, 2, loc=accuracies.mean(), scale=stats.sem(accuracies))
+    lr = runs[(runs["Model"] == "Logistic Regression") & (runs["Train rows"] == 400)]
+    accuracies = lr["Test Accuracy"]
+    logits = np.log((accuracies * lr["Test rows"] + 0.5) / (lr["Test rows"] + 1 - accuracies * lr["Test rows"] - 0.5))
+    low, high = 1 / (1 + np.exp(-np.array(stats.t.interval(0.95, 2, loc=logits.mean(), scale=stats.sem(logits)))))
     assert row["Runs"] == 3 and row["test_accuracy_mean"] == pytest.approx(accuracies.mean())
     assert row["test_accuracy_sd"] == pytest.approx(accuracies.std(ddof=1))
     assert (row["test_accuracy_ci_low"], row["test_accuracy_ci_high"]) == pytest.approx((low, high))
@@ -59,6 +63,40 @@ def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp
     assert set(pd.read_csv(tmp_path / "comparison.csv")["Train rows"]) == {40, 400}
     assert (tmp_path / "train_size_curve.png").stat().st_size > 0 and (tmp_path / "comparison.png").exists()
     assert not (tmp_path / "paired_tests.csv").exists()  # no LLM among the runs
+    calibration = pd.read_csv(tmp_path / "calibration.csv")  # baselines keep their probabilities
+    assert set(calibration["Model"]) == {"Logistic Regression", "K-Nearest Neighbors"} and (calibration["Runs"] == 3).all()
+
+
+def test_every_accuracy_interval_lies_within_0_and_1(tmp_path):
+    """Two seeds: the plain t-interval (t = 12.7) of [0.2, 0.9] is [-4.2, 5.3]; on the logit scale it stays inside."""
+    runs = pd.DataFrame({
+        "Model": ["A", "A", "B", "B", "C", "C", "D", "D"], "Train rows": 40, "Test rows": 20,
+        "Test Accuracy": [0.2, 0.9, 0.95, 1.0, 0.0, 0.05, 1.0, 1.0], "Test macro-F1": [0.1, 0.9, 0.9, 1.0, 0.0, 0.1, 1, 1],
+        "Train Accuracy": 1.0, "Seconds": 1.0,
+    })  # fmt: skip
+    summary = aggregate(runs)
+    for key in ("test_accuracy", "test_macro_f1"):
+        low, high, mean = summary[f"{key}_ci_low"], summary[f"{key}_ci_high"], summary[f"{key}_mean"]
+        assert ((low >= 0) & (high <= 1) & (low <= mean) & (mean <= high)).all()
+    a = summary.iloc[0]
+    assert (a["test_accuracy_ci_low"], a["test_accuracy_ci_high"]) == pytest.approx((0.0, 1.0), abs=0.01)  # honest
+    assert summary.iloc[3]["test_accuracy_ci_low"] == 1.0  # the same on both seeds: the point itself
+    shown = summary_display(summary)["95% CI"]
+    assert all(0 <= float(v) <= 1 for cell in shown for v in cell.strip("[]").split(", "))
+
+
+def test_the_report_says_why_there_are_no_paired_tests(multirun, tmp_path, caplog):
+    import logging
+
+    job = jobs_with_400_rows(multirun)[0]
+    correct = pd.read_csv(job / "predictions.csv").pipe(lambda p: (p["lr"] == p["label"]).to_numpy())
+    _fake_llm_run(job, tmp_path / "llm", correct)
+    other_seed = jobs_with_400_rows(multirun)[1]
+    with caplog.at_level(logging.INFO, logger="faultllm"):
+        report([tmp_path / "llm", other_seed], tmp_path / "report")
+    assert not (tmp_path / "report" / "paired_tests.csv").exists()
+    (line,) = [r.getMessage() for r in caplog.records if "paired tests skipped" in r.getMessage()]
+    assert "no LLM run shares a split (same data config and seed)" in line
 
 
 def test_runs_with_different_data_configs_are_refused(multirun, tmp_path):
@@ -95,8 +133,9 @@ def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()
     predicted = np.where(correct, truth.astype(str), "")  # "" as an unparsed generation is written
     pd.DataFrame({"row": range(len(truth)), "label": truth, "predicted": predicted}).to_csv(out / "predictions.csv")
     accuracy = float(correct.mean())
-    test = {"accuracy": accuracy, "macro_f1": accuracy}
-    (out / "metrics.json").write_text(json.dumps({"train": {"accuracy": 1.0}, "test": test, "train_seconds": 1.0}))
+    scored = lambda a: SplitMetrics(a, a, {}, [], [], len(correct))  # noqa: E731
+    metrics = TrainMetrics(train=scored(1.0), test=scored(accuracy), epochs=[], eval_mode="restricted", train_seconds=1.0)
+    (out / "metrics.json").write_text(json.dumps(metrics.to_json()))
 
 
 def test_mcnemar_counts_and_p_value_equal_statsmodels_and_scipy(multirun, tmp_path):

@@ -108,7 +108,11 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "model=tinyy", "model=tinyy: no such option; expected one of llama2_13b_chat,"),
         ("train", "trainer.epochs=abc", "trainer.epochs='abc': expected an integer"),
         ("train", "model.optimizer=adamw_torh", "model.optimizer='adamw_torh': expected auto or a transformers optim name"),
-        ("predict", "predict.model=svn", "predict.model='svn': expected one of rf, lr, svm, knn, gbm, hgb or null"),
+        ("predict", "predict.model=svn", "predict.model='svn': expected one of rf, lr, svm, knn, gbm, hgb, xgb, lgbm, catboost or null"),
+        ("hpo", "trainer.epochs=0", "trainer.epochs=0: hpo tunes training; expected >= 1"),
+        ("train", "trainer.epochs=-1", "trainer.epochs=-1: expected >= 0"),
+        ("train", "prompt.shots=-1", "prompt.shots=-1: expected >= 0"),
+        ("train", "prompt.shot_selection=closest", "prompt.shot_selection='closest': expected one of fixed, random, nearest"),
     ],
 )  # fmt: skip
 def test_named_bad_values(job, override, message):

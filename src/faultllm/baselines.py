@@ -1,8 +1,10 @@
 """Classical models on exactly the rows and preprocessing an LLM run sees.
 
 The study's settings by default (Table 4.2: RF 100 trees, LR max_iter 1000, RBF SVC, k=5,
-GBM 100 stages) plus HistGradientBoosting. `baselines.tune=true` tunes each model with
-Optuna over the same stratified (run-grouped) folds as the LLM search, scaler fitted per fold.
+GBM 100 stages) plus HistGradientBoosting, and the gradient-boosting libraries tabular benchmarks
+compare against (XGBoost, LightGBM, CatBoost: 100 trees each, seeded, deterministic, one thread;
+the optional `boosting` extra: a missing library skips its model). `baselines.tune=true` tunes each
+model with Optuna over the same stratified (run-grouped) folds as the LLM search, scaler fitted per fold.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
 from faultllm.metrics import classification_metrics
+from faultllm.schema import BOOSTING_PACKAGES
 from faultllm.splits import Split
 
 NAMES = {
@@ -26,14 +29,56 @@ NAMES = {
     "knn": "K-Nearest Neighbors",
     "gbm": "Gradient Boosting",
     "hgb": "HistGradientBoosting",
+    "xgb": "XGBoost",
+    "lgbm": "LightGBM",
+    "catboost": "CatBoost",
 }
+NATIVE_NAN = ("hgb", *BOOSTING_PACKAGES)  # models that take missing values as they are (no imputer)
+
+
+def missing_packages(names: list[str]) -> dict[str, str]:
+    """model -> its library, for the boosting models whose library is not installed."""
+    import importlib.util
+
+    return {
+        name: BOOSTING_PACKAGES[name]
+        for name in names
+        if name in BOOSTING_PACKAGES and importlib.util.find_spec(BOOSTING_PACKAGES[name]) is None
+    }
+
+
+class Encoded:
+    """A boosting library's classifier on label codes 0..K-1 (XGBoost needs them; CatBoost's multiclass
+    `predict` returns a column): `fit` encodes the labels, `predict` answers the most probable label.
+    Has what `predict`, the importances and joblib need: classes_, predict_proba, score, feature_importances_."""
+
+    def __init__(self, estimator) -> None:
+        self.estimator = estimator
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Encoded:
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        self.estimator.fit(x, codes)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(x), dtype=np.float64)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(x).argmax(axis=1)]
+
+    def score(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean(self.predict(x) == np.asarray(y)))
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        return np.asarray(self.estimator.feature_importances_, dtype=np.float64)
 
 
 def make_model(name: str, seed: int, impute: bool = False, **params):
     """The model, behind a median imputer fitted on its training rows when values are missing
     (HistGradientBoosting handles NaN natively)."""
-    model = _estimator(name, seed, **params)
-    if not impute or name == "hgb":
+    model = _boosting(name, seed, **params) if name in BOOSTING_PACKAGES else _estimator(name, seed, **params)
+    if not impute or name in NATIVE_NAN:
         return model
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -63,6 +108,27 @@ def _estimator(name: str, seed: int, **params):
     return factories[name]()
 
 
+def _boosting(name: str, seed: int, **params) -> Encoded:
+    """XGBoost and LightGBM at their library defaults (100 trees), CatBoost at 100 trees (its default 1,000
+    cost ~25 s of CPU on 400 rows of 4 labels); seeded, quiet, one thread each: deterministic, and
+    OpenMP's waiting threads made them 20-100x slower on a busy 2-core machine."""
+    if name == "xgb":
+        from xgboost import XGBClassifier
+
+        return Encoded(XGBClassifier(**({"tree_method": "hist"} | params), random_state=seed, n_jobs=1, verbosity=0))
+    if name == "lgbm":
+        from lightgbm import LGBMClassifier
+
+        return Encoded(LGBMClassifier(
+            **params, random_state=seed, n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1
+        ))  # fmt: skip
+    from catboost import CatBoostClassifier
+
+    return Encoded(CatBoostClassifier(
+        **({"n_estimators": 100} | params), random_seed=seed, thread_count=1, verbose=0, allow_writing_files=False
+    ))  # fmt: skip
+
+
 def search_space(name: str, trial, n_train: int) -> dict:
     """Each model's tuned hyperparameters (tuned mode)."""
     if name == "rf":
@@ -83,11 +149,18 @@ def search_space(name: str, trial, n_train: int) -> dict:
             "n_neighbors": trial.suggest_int("n_neighbors", 1, max(1, min(30, n_train - 1))),
             "weights": trial.suggest_categorical("weights", ["uniform", "distance"]),
         }
-    if name == "gbm":
+    if name in ("gbm", "xgb"):
         return {
             "n_estimators": trial.suggest_int("n_estimators", 50, 300, log=True),
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
-            "max_depth": trial.suggest_int("max_depth", 2, 5),
+            "max_depth": trial.suggest_int("max_depth", 2, 5 if name == "gbm" else 8),
+        }
+    if name in BOOSTING_PACKAGES:  # lgbm, catboost
+        size = ("num_leaves", 8, 64) if name == "lgbm" else ("depth", 3, 8)
+        return {
+            "n_estimators": trial.suggest_int("n_estimators", 50, 1000, log=True),
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+            size[0]: trial.suggest_int(*size),
         }
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
@@ -125,8 +198,9 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
     return study.best_params | {"cv_accuracy": study.best_value}
 
 
-def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, np.ndarray, dict]:
-    """The fitted model, its test predictions, and its metrics."""
+def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, np.ndarray, pd.DataFrame, dict]:
+    """The fitted model, its test predictions, its test probabilities (a column per label, named by it)
+    and its metrics."""
     x_train, y_train = xy(split.train, split.features)
     x_test, y_test = xy(split.test, split.features)
     start = time.perf_counter()
@@ -135,10 +209,12 @@ def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[obj
     start = time.perf_counter()
     predicted = model.predict(x_test)
     predict_seconds = time.perf_counter() - start
+    probabilities = pd.DataFrame(model.predict_proba(x_test), columns=[str(c) for c in model.classes_])
     test = classification_metrics(y_test, predicted, split.labels)  # the same metrics as the LLM's
     return (
         model,
         predicted,
+        probabilities,
         {
             "train_accuracy": classification_metrics(y_train, model.predict(x_train), split.labels)["accuracy"],
             "test_accuracy": test["accuracy"],

@@ -1,12 +1,15 @@
-"""Comparing models fairly across runs: pool repeated seeds, put intervals on them, test paired differences.
+"""Comparing models fairly across runs: pool repeated seeds, put intervals on them, test paired differences,
+and ask whether their probabilities can be trusted.
 
 `load_runs` reads finished train/baselines run directories (a Hydra multirun directory counts as
 its runs), refuses runs made on different data configs, and pools only runs whose configs differ
-in nothing but the seed and the training-set size (differing LLM runs become rows of their own). `aggregate` gives each model's mean, sd and 95% t-interval over seeds per
-training-set size; `paired_tests` compares each LLM with each baseline on the very same test
-rows (exact McNemar per split) and across seeds (paired t-test on the per-seed gaps in correct test
-rows; the exact sign test where every seed has the same gap), with Holm-adjusted p-values over the
-whole table beside the raw ones.
+in nothing but the seed and the training-set size (differing LLM runs, e.g. fine-tuned and few-shot,
+become rows of their own). `aggregate` gives each model's mean, sd and 95% interval (a t-interval on
+the logit scale: always inside [0, 1]) over seeds per training-set size; `paired_tests` compares each
+LLM with each other LLM and each baseline on the very same test rows (exact McNemar per split) and
+across seeds (paired t-test on the per-seed gaps in correct test rows; the exact sign test where every
+seed has the same gap), with Holm-adjusted p-values over the whole table beside the raw ones.
+`calibration_summary` and `selective_summary` score the per-row probabilities (calibration.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.baselines import NAMES
+from faultllm.calibration import Forecast, reliability, risk_coverage, scores, selective_scores
 from faultllm.errors import FaultLLMError
 from faultllm.results import BaselineMetrics, TrainMetrics
 from faultllm.rundir import expand_run_dirs, read_config_tree, read_json, run_job
@@ -32,6 +36,10 @@ IGNORED = (
     "eval.batch_size", "eval.generate_batch_size", "baselines.models", "baselines.importances_for",
     "baselines.permutation_repeats",
 )  # fmt: skip
+
+
+# How a differing key is shown in an LLM row's name: `LLM (tiny, shots=4, epochs=0)`.
+SHORT_NAMES = {"prompt.shots": "shots", "prompt.shot_selection": "shot_selection", "trainer.epochs": "epochs"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class ModelRun:
     test_macro_f1: float
     seconds: float | None
     correct: np.ndarray | None  # per test row, when the run kept its predictions
+    forecast: Forecast | None = None  # per test row probabilities, when the run kept them (calibration)
 
     @property
     def test_correct(self) -> int:
@@ -114,7 +123,7 @@ def llm_names(configs: dict[Path, dict]) -> dict[Path, str]:
     names = {}
     for run_dir, config in settings.items():
         shown = [Path(str(config.get("model.path") or "tiny")).name]
-        shown += [f"{key}={config[key]}" for key in differing if key in config]
+        shown += [f"{SHORT_NAMES.get(key, key)}={config[key]}" for key in differing if key in config]
         names[run_dir] = f"LLM ({', '.join(shown)})"
     return names
 
@@ -134,8 +143,23 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VARYING + IGNORED and not k.startswith("hydra.")}
 
 
+def _forecast(predictions: pd.DataFrame | None, answered: str, prefix: str, labels: list[str]) -> Forecast | None:
+    """The probability columns `prefix<label>` of predictions.csv, when the run wrote them (restricted
+    scoring; baselines runs since they are written) and every answer is a label."""
+    columns = [f"{prefix}{label}" for label in labels]
+    if predictions is None or not set(columns) <= set(predictions):
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    answers, truth = predictions[answered].map(index), predictions["label"].map(index)
+    if answers.isna().any() or truth.isna().any():
+        return None
+    probabilities = predictions[columns].astype(np.float64).to_numpy()
+    return Forecast(probabilities, truth.to_numpy(int), answers.to_numpy(int))
+
+
 def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
     split = read_json(run_dir / "split.json")
+    labels = [str(label) for label in split["labels"]]
     common = {
         "run_dir": run_dir,
         "seed": int(split["seed"]),
@@ -153,11 +177,13 @@ def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
         llm = TrainMetrics.read(run_dir / "metrics.json")
         return [ModelRun(llm_name, "llm", train_accuracy=llm.train.accuracy, test_accuracy=llm.test.accuracy,
                          test_macro_f1=llm.test.macro_f1, seconds=llm.train_seconds,
-                         correct=correct("predicted"), **common)]  # fmt: skip
+                         correct=correct("predicted"), forecast=_forecast(predictions, "predicted", "prob_", labels),
+                         **common)]  # fmt: skip
     return [
         ModelRun(NAMES.get(key, key), "baseline", train_accuracy=m.train_accuracy, test_accuracy=m.test_accuracy,
                  test_macro_f1=m.test_macro_f1, seconds=m.fit_seconds,
-                 correct=correct(key) if predictions is not None and key in predictions else None, **common)
+                 correct=correct(key) if predictions is not None and key in predictions else None,
+                 forecast=_forecast(predictions, key, f"{key}_prob_", labels), **common)
         for key, m in BaselineMetrics.read_all(run_dir / "metrics.json").items()
     ]  # fmt: skip
 
@@ -165,25 +191,36 @@ def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
 def runs_table(results: list[ModelRun]) -> pd.DataFrame:
     """One row per model per run (what `aggregate` summarizes)."""
     return pd.DataFrame([{
-        "Model": r.model, "Train rows": r.train_rows, "Seed": r.seed, "Train Accuracy": r.train_accuracy,
+        "Model": r.model, "Train rows": r.train_rows, "Seed": r.seed, "Test rows": r.test_rows,
+        "Train Accuracy": r.train_accuracy,
         "Test Accuracy": r.test_accuracy, "Test macro-F1": r.test_macro_f1, "Seconds": r.seconds,
         "Split": r.fingerprint, "Run": str(r.run_dir),
     } for r in results])  # fmt: skip
 
 
-def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, sd, low, high): the t-interval for the mean over seeds; sd and the interval are NaN for one run."""
-    from scipy import stats
+def interval(values: np.ndarray, rows: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high) of a score in [0, 1] (accuracy, macro-F1) over seeds; sd and the interval are
+    NaN for one run.
 
-    values = np.asarray(values, dtype=np.float64)
+    Mean and sd are the values' own. The interval is the t-interval of the mean on the logit scale,
+    mapped back: it always lies inside (0, 1), where the plain t-interval of two seeds (t = 12.7) ran
+    to [-1.1, 2.7]. A score of exactly 0 or 1 is moved in by half a test row first ((v * n + 0.5) / (n + 1),
+    n = that run's test rows), as the logit of 0 or 1 is infinite. Equal values give the point itself.
+    """
+    from scipy import stats
+    from scipy.special import expit, logit
+
+    values, rows = np.asarray(values, dtype=np.float64), np.asarray(rows, dtype=np.float64)
     mean = float(values.mean())
     if len(values) < 2:
         return mean, float("nan"), float("nan"), float("nan")
     sd = float(values.std(ddof=1))
-    low, high = (
-        stats.t.interval(level, len(values) - 1, loc=mean, scale=sd / np.sqrt(len(values))) if sd else (mean, mean)
-    )
-    return mean, sd, float(low), float(high)
+    if not sd:
+        return mean, sd, mean, mean
+    logits = logit((values * rows + 0.5) / (rows + 1))
+    spread = float(logits.std(ddof=1)) / np.sqrt(len(values))
+    low, high = stats.t.interval(level, len(values) - 1, loc=float(logits.mean()), scale=spread)
+    return mean, sd, float(expit(low)), float(expit(high))
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -192,7 +229,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     for (model, train_rows), group in runs.groupby(["Model", "Train rows"], sort=False):
         row = {"Model": model, "Train rows": train_rows, "Runs": len(group)}
         for column, key in (("Test Accuracy", "test_accuracy"), ("Test macro-F1", "test_macro_f1")):
-            mean, sd, low, high = interval(group[column].to_numpy())
+            mean, sd, low, high = interval(group[column].to_numpy(), group["Test rows"].to_numpy())
             row |= {f"{key}_mean": mean, f"{key}_sd": sd, f"{key}_ci_low": low, f"{key}_ci_high": high}
         row |= {"train_accuracy_mean": group["Train Accuracy"].mean(), "seconds_mean": group["Seconds"].mean()}
         rows.append(row)
@@ -212,7 +249,8 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
 
 
 def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
-    """Each LLM against each baseline: exact McNemar on every shared split, and a test over seeds (per
+    """Each LLM against each other LLM (fine-tuned against prompted) and each baseline: exact McNemar on every
+    shared split, and a test over seeds (per
     training-set size) where two or more splits are shared. "p-value (Holm)" adjusts every p-value in
     the table as one family (Holm's step-down; statsmodels), the raw "p-value" beside it."""
     from statsmodels.stats.multitest import multipletests
@@ -221,15 +259,13 @@ def paired_tests(results: list[ModelRun]) -> pd.DataFrame:
     llms = sorted({r.model for r in results if r.kind == "llm"})
     baselines = [m for m in dict.fromkeys(r.model for r in results if r.kind == "baseline")]
     by_key = {(r.model, r.fingerprint): r for r in results}
-    for llm in llms:
-        for baseline in baselines:
-            pairs = [
-                (r, by_key[(baseline, r.fingerprint)])
-                for r in results
-                if r.model == llm and (baseline, r.fingerprint) in by_key
-            ]
-            rows += [_mcnemar_row(a, b) for a, b in pairs if a.correct is not None and b.correct is not None]
-            rows += _seed_rows(pairs)
+    compared = [(a, b) for i, a in enumerate(llms) for b in llms[i + 1 :]] + [(a, b) for a in llms for b in baselines]
+    for llm, other in compared:  # LLM against LLM (fine-tuned against prompted), then against each baseline
+        pairs = [
+            (r, by_key[(other, r.fingerprint)]) for r in results if r.model == llm and (other, r.fingerprint) in by_key
+        ]
+        rows += [_mcnemar_row(a, b) for a, b in pairs if a.correct is not None and b.correct is not None]
+        rows += _seed_rows(pairs)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -281,3 +317,53 @@ def seed_test(gaps: list[Fraction]) -> tuple[str, float]:
     if gaps[0] == 0:
         return "sign test over seeds (exact)", 1.0
     return "sign test over seeds (exact)", float(stats.binomtest(len(gaps), len(gaps), 0.5).pvalue)
+
+
+def _with_forecasts(results: list[ModelRun]) -> dict[tuple[str, int], list[ModelRun]]:
+    """(model, training rows) -> its runs that kept per-row probabilities, in the order given."""
+    groups: dict[tuple[str, int], list[ModelRun]] = {}
+    for r in results:
+        if r.forecast is not None:
+            groups.setdefault((r.model, r.train_rows), []).append(r)
+    return groups
+
+
+def without_forecasts(results: list[ModelRun]) -> list[str]:
+    """Models with no run that kept probabilities (eval.mode=generate; runs written before they were kept)."""
+    kept = {model for model, _ in _with_forecasts(results)}
+    return list(dict.fromkeys(r.model for r in results if r.model not in kept))
+
+
+def calibration_summary(results: list[ModelRun]) -> pd.DataFrame:
+    """Per model and training-set size: mean and sd over seeds of ECE, Brier score and NLL on the test rows
+    (calibration.py), with the mean confidence of the answers and their accuracy."""
+    rows = []
+    for (model, train_rows), runs in _with_forecasts(results).items():
+        per_seed = pd.DataFrame([scores(r.forecast) for r in runs])
+        row = {"Model": model, "Train rows": train_rows, "Runs": len(runs)}
+        for key in per_seed:
+            row |= {f"{key}_mean": float(per_seed[key].mean()), f"{key}_sd": float(per_seed[key].std(ddof=1))}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reliability_curves(results: list[ModelRun], train_rows: int) -> dict[str, pd.DataFrame]:
+    """model -> the reliability diagram's equal-mass bins over its test rows pooled over seeds."""
+    return {
+        model: reliability(pooled.confidence, pooled.correct)
+        for (model, rows), runs in _with_forecasts(results).items()
+        if rows == train_rows
+        for pooled in [Forecast.pooled([r.forecast for r in runs])]
+    }
+
+
+def selective_summary(results: list[ModelRun]) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+    """Risk-coverage over each model's test rows pooled over seeds: (per model and training-set size: the
+    area under accuracy-coverage, AURC and accuracy at 50/80/100% coverage; the curves)."""
+    rows, curves = [], {}
+    for (model, train_rows), runs in _with_forecasts(results).items():
+        pooled = Forecast.pooled([r.forecast for r in runs])
+        curves[(model, train_rows)] = risk_coverage(pooled.confidence, pooled.correct)
+        numbers = selective_scores(pooled.confidence, pooled.correct)
+        rows.append({"Model": model, "Train rows": train_rows, "Runs": len(runs), "Rows": len(pooled.truth)} | numbers)
+    return pd.DataFrame(rows), curves

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
-from faultllm.modeling import hardware_plan, load_trained, resolve_model_path
+from faultllm.modeling import (
+    ModelSpec,
+    fit_embeddings,
+    hardware_plan,
+    load_base_model,
+    load_trained,
+    resolve_model_path,
+)
 from faultllm.prompts import Prompts, Serializer
 from faultllm.rundir import SavedRun
 from faultllm.schema import EvalConfig
@@ -239,11 +246,21 @@ class TrainedLLM:
 
     @classmethod
     def from_run(cls, run: SavedRun) -> TrainedLLM:
-        """The run's adapter on its base model, loaded as this machine's hardware plan says."""
-        base_path = resolve_model_path(run.cfg.model, run.cfg.cache_dir)
-        model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(run.cfg.model))
+        """The run's adapter on its base model, loaded as this machine's hardware plan says; the base model
+        alone for a run that trained nothing (trainer.epochs=0). In-context examples come from the run's
+        own training rows."""
+        cfg = run.cfg
+        if cfg.trainer.epochs == 0:
+            spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+            tokenizer = spec.tokenizer(padding_side="left")  # as the run prepared it: the same config
+            model = fit_embeddings(load_base_model(spec.path, spec.plan), tokenizer).eval()
+        else:
+            base_path = resolve_model_path(cfg.model, cfg.cache_dir)
+            model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(cfg.model))
         features, labels = run.prompt_features(), run.split.labels
-        serializer = Serializer.from_config(run.cfg.prompt, run.cfg.data.system_prompt, features, labels, tokenizer)
+        serializer = Serializer.from_config(
+            cfg.prompt, cfg.data.system_prompt, features, labels, tokenizer, cfg.seed, run.split.train
+        )
         return cls(model, tokenizer, serializer)
 
 

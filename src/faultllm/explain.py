@@ -28,11 +28,12 @@ from faultllm.rundir import SavedRun, load_importances
 def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
     """The study's follow-up question after each row's question, answered greedily within each token budget."""
     serializer = llm.serializer
+    examples = serializer.examples(test)  # a few-shot run's in-context examples, as its evaluation showed them
     records = []
     for row in rows:
         user = serializer.question(test[serializer.features].iloc[row].to_numpy(np.float64)) + WHY_QUESTION
         for budget in token_budgets:
-            (output,) = generate_answers(llm.model, llm.tokenizer, [serializer.chat(user)], budget)
+            (output,) = generate_answers(llm.model, llm.tokenizer, [serializer.chat(user, examples[row])], budget)
             answer = parse_answer(output, serializer.labels)
             records.append({
                 "row": row, "label": test[LABEL].iloc[row], "new_tokens": budget, "user": user, "output": output,
@@ -57,10 +58,13 @@ def reference_values(run: SavedRun, how: str) -> pd.Series:
 def occlusion(
     llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: pd.Series, batch_size: int, progress: bool = False
 ):  # fmt: skip
-    """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference)."""
+    """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference).
+    A few-shot run's rows keep their in-context examples while a feature is occluded."""
     features, labels = llm.serializer.features, llm.serializer.labels
+    every_row = llm.serializer.examples(test)
+    examples = [every_row[row] for row in rows]
     test = test.iloc[rows].reset_index(drop=True)
-    original_prompts = llm.serializer.render(test)
+    original_prompts = llm.serializer.render(test, examples=examples)
     space = answer_space(llm.tokenizer, original_prompts)
     truth = original_prompts.truth
     original = score(llm.model, llm.tokenizer, original_prompts.texts, truth, space, batch_size).probabilities()
@@ -68,7 +72,7 @@ def occlusion(
 
     # feature-major: block j holds every row with feature j occluded
     occluded = pd.concat([test.assign(**{feature: reference[feature]}) for feature in features], ignore_index=True)
-    texts = llm.serializer.render(occluded).texts
+    texts = llm.serializer.render(occluded, examples=examples * len(features)).texts
     title = f"occluding {len(features)} features x {len(rows)} rows" if progress else None
     probabilities = score(
         llm.model, llm.tokenizer, texts, truth * len(features), space, batch_size, title

@@ -1,4 +1,5 @@
 """Fine-tune one split and write what a train run leaves behind: the `train` job's work, and HPO's refit.
+With trainer.epochs=0 the base model is evaluated as it is (zero- or few-shot prompts): no adapter/.
 
 Writes adapter/, metrics.json, predictions.csv, prompt_features.json, epochs.jsonl,
 learning_curves.{csv,png}, confusion_matrix.png and the split (split.json, train/test.parquet, scaler.json).
@@ -21,7 +22,7 @@ from faultllm.results import SplitMetrics, TrainMetrics
 from faultllm.rundir import PROMPT_FEATURES, baseline_importances, save_split, write_json
 from faultllm.schema import PromptConfig, TrainJob
 from faultllm.splits import MinMaxScaler, Split
-from faultllm.training import FitResult, TrainOptions, fit
+from faultllm.training import FitResult, TrainOptions, fit, untrained
 
 
 def prompt_features(prompt: PromptConfig, features: list[str], seed: int, split_fingerprint: str) -> list[str]:
@@ -44,10 +45,12 @@ def train_on_split(
     features = features or prompt_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, features, split.labels, spec.tokenizer())
-    sets = {"train": serializer.render(split.train), "test": serializer.render(split.test)}
+    serializer = Serializer.from_config(
+        cfg.prompt, cfg.data.system_prompt, features, split.labels, spec.tokenizer(), cfg.seed, split.train
+    )
+    sets = {"train": serializer.render(split.train, own_rows=True), "test": serializer.render(split.test)}
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    result = fit(spec, sets["train"], sets, options, run_dir)
+    result = fit(spec, sets["train"], sets, options, run_dir) if options.epochs else untrained(spec, sets["train"])
     final = {
         name: evaluate_prompts(result.model, result.tokenizer, p, result.answer_space, cfg.eval)
         for name, p in sets.items()
@@ -71,17 +74,19 @@ def train_on_split(
 
 
 def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str, run_dir: Path, title: str) -> None:
-    """adapter/, metrics.json, the test predictions and confusion matrix, the learning curves."""
-    result.model.save_pretrained(run_dir / "adapter")
-    result.tokenizer.save_pretrained(run_dir / "adapter")
+    """adapter/ (not for an untrained run), metrics.json, the test predictions and confusion matrix, the
+    learning curves."""
+    if result.trained:
+        result.model.save_pretrained(run_dir / "adapter")
+        result.tokenizer.save_pretrained(run_dir / "adapter")
     write_json(run_dir / "metrics.json", metrics)
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     labels = result.answer_space.labels
     plots.confusion_matrix(
         metrics["test"]["confusion_matrix"], labels, run_dir / "confusion_matrix.png", f"test ({eval_mode})"
     )
-    pd.DataFrame(result.history).to_csv(run_dir / "learning_curves.csv", index=False)
     if result.history:
+        pd.DataFrame(result.history).to_csv(run_dir / "learning_curves.csv", index=False)
         plots.learning_curves(result.history, run_dir / "learning_curves.png", title=title)
 
 
@@ -91,8 +96,9 @@ def _print_summary(cfg: TrainJob, metrics: dict, seconds: float, run_dir: Path) 
         f"{cfg.trainer.batch_size} (effective {metrics['effective_batch_size']} over {metrics['processes']} processes)"
     )
     nan = float("nan")
+    shots = f"{cfg.prompt.shots}-shot ({cfg.prompt.shot_selection})" if cfg.prompt.shots else "zero-shot"
     print_summary(
-        f"trained: {cfg.data.display_name}",
+        f"trained: {cfg.data.display_name}" if cfg.trainer.epochs else f"not trained, {shots}: {cfg.data.display_name}",
         {
             "model": f"{cfg.model.path or 'tiny'} ({plan['quantization']}, {plan['attn_implementation']})",
             "device": plan["gpu_name"] or plan["device"],

@@ -315,7 +315,7 @@ def search_features(cfg: HpoJob, raw: Split) -> list[str]:
 def _trial_serializer(cfg: HpoJob, trial_cfg: HpoJob, raw: Split, spec: ModelSpec) -> Serializer:
     features = search_features(cfg, raw)
     system = trial_cfg.data.system_prompt
-    return Serializer.from_config(trial_cfg.prompt, system, features, raw.labels, spec.tokenizer())
+    return Serializer.from_config(trial_cfg.prompt, system, features, raw.labels, spec.tokenizer(), trial_cfg.seed)
 
 
 def fold_model_spec(trial_cfg: HpoJob, base_cache: BaseModelCache | None = None) -> ModelSpec:
@@ -330,8 +330,10 @@ def fold_model_spec(trial_cfg: HpoJob, base_cache: BaseModelCache | None = None)
 
 
 def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: TrainOptions, out_dir: Path, on_epoch):
-    """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole)."""
-    train = serializer.render(fold.train)
+    """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole). In-context
+    examples (prompt.shots) come from the fold's own training rows."""
+    serializer = serializer.shots_from(fold.train)
+    train = serializer.render(fold.train, own_rows=True)
     eval_sets = {"train": train, "val": serializer.render(fold.test)}
     result = None
     try:

@@ -32,8 +32,9 @@ def figure(path: Path, size: tuple[float, float], title: str | None = None, ncol
 def confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
     values = np.asarray(matrix)
     names = [str(label) for label in labels]
-    with figure(path, (1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels))) as (_, ax):
-        ax.imshow(values, cmap="Blues")
+    with figure(path, (2.0 + 0.6 * len(labels), 1.0 + 0.6 * len(labels))) as (fig, ax):
+        image = ax.imshow(values, cmap="Blues")
+        fig.colorbar(image, ax=ax, label="rows", fraction=0.046, pad=0.04)
         ax.set_xticks(range(len(labels)), names)
         ax.set_yticks(range(len(labels)), names)
         ax.set_xlabel("predicted")
@@ -53,8 +54,18 @@ def learning_curves(history: list[dict], path: Path, title: str) -> None:
                 ax.plot(epochs, [row.get(f"{split}_{metric}") for row in history], marker="o", label=split)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric)
+            whole_numbers(ax.xaxis)
+            if len(epochs) == 1:  # one point: an epoch either side, not a range of fractions around it
+                ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
             ax.grid(alpha=0.3)
             ax.legend()
+
+
+def whole_numbers(axis) -> None:
+    """Ticks at whole numbers only (epochs, trials)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def comparison(summary: pd.DataFrame, path: Path) -> None:
@@ -67,8 +78,40 @@ def comparison(summary: pd.DataFrame, path: Path) -> None:
             ax.bar(positions + offset, mean, width=0.4, yerr=error, capsize=3, label=name)
         ax.set_xticks(list(positions), summary["Model"], rotation=30, ha="right")
         ax.set_ylim(0, 1.05)
+        ax.set_ylabel("test score (mean over seeds)")
+        rows = summary["Train rows"].iloc[0] if len(summary) else ""
+        ax.set_title(f"test accuracy and macro-F1, {rows} training rows (bars: 95% interval over seeds)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # off the bars
+
+
+def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    """Reliability diagram: accuracy against mean confidence in equal-mass bins, one line per model."""
+    with figure(path, (7.5, 5.0)) as (_, ax):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+        for model, bins in curves.items():
+            ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, label=model)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (probability of the label answered; bin mean)")
+        ax.set_ylabel("accuracy in the bin")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+
+
+def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    """Selective prediction: accuracy on the rows answered against the share answered, most confident first."""
+    with figure(path, (7.5, 5.0)) as (_, ax):
+        for model, curve in curves.items():
+            ax.plot(curve["coverage"], curve["accuracy"], label=model)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("coverage (share of test rows answered, most confident first)")
+        ax.set_ylabel("accuracy on the rows answered")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
 
 
 def train_size_curve(summary: pd.DataFrame, path: Path) -> None:
@@ -112,7 +155,9 @@ def optuna_plot(draw: Callable[[], object], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        draw()
+        axes = draw()
+        if axes is not None and "Trial" in axes.get_xlabel():  # a few trials: no fractional trial numbers
+            whole_numbers(axes.xaxis)
         plt.gcf().set_size_inches(7, 4)
         plt.tight_layout()
         plt.savefig(path, dpi=120)

@@ -73,3 +73,30 @@ def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
         "A right only": tests["A right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
         "B right only": tests["B right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
     })  # fmt: skip
+
+
+def _mean_sd(table: pd.DataFrame, key: str, digits: int = 3) -> list[str]:
+    return [
+        f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        for mean, sd in zip(table[f"{key}_mean"], table[f"{key}_sd"], strict=True)
+    ]
+
+
+def calibration_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """`comparison.calibration_summary` as people read it: mean ± sd over seeds."""
+    return pd.DataFrame({
+        "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"],
+        "ECE (15 bins)": _mean_sd(summary, "ece"), "Brier": _mean_sd(summary, "brier"), "NLL": _mean_sd(summary, "nll"),
+        "Mean confidence": _mean_sd(summary, "confidence"), "Accuracy": _mean_sd(summary, "accuracy"),
+    })  # fmt: skip
+
+
+def selective_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """`comparison.selective_summary` as people read it, 3 decimals."""
+    return pd.DataFrame({
+        "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"], "Rows": summary["Rows"],
+        "Area (accuracy-coverage)": summary["area"].map("{:.3f}".format), "AURC": summary["aurc"].map("{:.3f}".format),
+        "Accuracy at 50%": summary["accuracy_at_50"].map("{:.3f}".format),
+        "Accuracy at 80%": summary["accuracy_at_80"].map("{:.3f}".format),
+        "Accuracy at 100%": summary["accuracy_at_100"].map("{:.3f}".format),
+    })  # fmt: skip

@@ -93,7 +93,9 @@ def _each(name: str, values: Iterable, allowed: Iterable[str]) -> None:
 # ---------------------------------------------------------------- names other modules share
 
 LOADERS = ("hst", "tep", "table")
-BASELINE_MODELS = ("rf", "lr", "svm", "knn", "gbm", "hgb")
+BASELINE_MODELS = ("rf", "lr", "svm", "knn", "gbm", "hgb", "xgb", "lgbm", "catboost")
+BOOSTING_PACKAGES = {"xgb": "xgboost", "lgbm": "lightgbm", "catboost": "catboost"}  # the `boosting` extra
+SHOT_SELECTIONS = ("fixed", "random", "nearest")
 EVAL_MODES = ("restricted", "generate")
 TEMPLATES = ("llama2", "chat")
 MISSING_STYLES = ("unknown", "omit")
@@ -179,6 +181,12 @@ class PromptConfig:
     importance_model: str = one_of(*BASELINE_MODELS)
     template: str = one_of(*TEMPLATES)  # llama2: the study's [INST] <<SYS>> layout; chat: the tokenizer's template
     chat_template: str | None = None  # with template=chat: a Jinja file used instead of the tokenizer's own
+    # in-context examples: solved training rows (balanced over labels, seeded) put before the question,
+    # as earlier user/assistant turns (template=chat) or inside the prompt (llama2); 0: zero-shot
+    shots: int = at_least(0, 0)
+    # fixed: the same shots for every row; random: drawn per row; nearest: per row, the closest training
+    # rows of each label (Euclidean over the scaled features)
+    shot_selection: str = one_of(*SHOT_SELECTIONS)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -245,7 +253,7 @@ class LoraConfig:
 class TrainerConfig:
     """The study's setup by default: AdamW, constant learning rate, 20 epochs, batch 1, no accumulation."""
 
-    epochs: int = at_least(20, 1)
+    epochs: int = at_least(20, 0)  # 0: no training; the base model is evaluated as it is (zero-/few-shot)
     batch_size: int = at_least(1, 1)
     grad_accum: int = at_least(1, 1)
     learning_rate: float = at_least(2e-4, 0.0, strict=True)
@@ -352,11 +360,12 @@ def _search_param(name: str, spec: SearchParam | dict) -> SearchParam:
 class BaselinesConfig:
     """Classical models on the LLM's split (`faultllm baselines baselines.tune=true`)."""
 
+    # xgb, lgbm, catboost need the `boosting` extra; a missing package skips its model with a notice
     models: list[str] = field(default_factory=lambda: list(BASELINE_MODELS))
     tune: bool = False  # true: Optuna per model over the same stratified folds as `faultllm hpo`
     n_trials: int = at_least(30, 1)
     folds: int = at_least(5, 2)
-    importances_for: list[str] = field(default_factory=lambda: ["rf", "gbm", "hgb"])  # for `faultllm explain`
+    importances_for: list[str] = field(default_factory=lambda: ["rf", "gbm", "hgb", "xgb", "lgbm", "catboost"])
     permutation_repeats: int = at_least(10, 1)
 
     def __post_init__(self) -> None:
@@ -432,6 +441,8 @@ class HpoJob(TrainJob):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.trainer.epochs < 1:
+            raise ConfigError("trainer.epochs", f"={self.trainer.epochs}: hpo tunes training; expected >= 1")
         for name, param in self.hpo.space.items():
             try:
                 check_search_param(self, param)

@@ -11,6 +11,10 @@ user turns, the generation prompt, and `Y = {label}` as the assistant turn up to
 its end-of-turn token (`<|eot_id|>`, `<|im_end|>`, `</s>`). A template without a system role
 (Mistral) gets the system text folded into the user turn. Prompts never hold a literal BOS: the
 tokenizer adds it where the model expects one.
+
+In-context examples (`prompt.shots`) are solved questions before the question: earlier user/assistant
+turns (`Y = k` answers) in a chat template, and inside the one user message in the Llama-2 layout
+(each example's question and ` Y = k`, a blank line between them).
 """
 
 from __future__ import annotations
@@ -91,12 +95,20 @@ def answer(label) -> str:
     return f" Y = {label}"
 
 
+Examples = Sequence[tuple[str, object]]  # solved in-context examples: (question, label)
+
+
+def with_examples(user: str, examples: Examples) -> str:
+    """The Llama-2 layout's user message with solved examples in front of the question."""
+    return "\n\n".join([*(question + answer(label) for question, label in examples), user])
+
+
 @dataclass(frozen=True)
 class Llama2Layout:
     end: str  # the tokenizer's EOS (`</s>`)
 
-    def prompt(self, system: str, user: str) -> str:
-        return chat_prompt(user, system)
+    def prompt(self, system: str, user: str, examples: Examples = ()) -> str:
+        return chat_prompt(with_examples(user, examples), system)
 
     def completion(self, label) -> str:
         return answer(label) + self.end
@@ -109,13 +121,20 @@ class ChatTemplate:
     end: str  # the end-of-turn token that closes the assistant's answer
     bos: str  # the template's literal BOS, dropped because the tokenizer adds it ("" when it does not)
 
-    def messages(self, system: str, user: str) -> list[dict[str, str]]:
+    def messages(self, system: str, user: str, examples: Examples = ()) -> list[dict[str, str]]:
+        """System, the examples as earlier user/assistant turns, the question. Without a system role the
+        system text opens the first user turn."""
+        turns = [
+            {"role": role, "content": content}
+            for question, label in examples
+            for role, content in (("user", question), ("assistant", f"Y = {label}"))
+        ] + [{"role": "user", "content": user}]
         if self.system_role:
-            return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return [{"role": "user", "content": f"{system}\n\n{user}"}]
+            return [{"role": "system", "content": system}, *turns]
+        return [{"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}, *turns[1:]]
 
-    def prompt(self, system: str, user: str) -> str:
-        text = render(self.tokenizer, self.messages(system, user), True)
+    def prompt(self, system: str, user: str, examples: Examples = ()) -> str:
+        text = render(self.tokenizer, self.messages(system, user, examples), True)
         return text.removeprefix(self.bos) if self.bos else text
 
     def completion(self, label) -> str:

@@ -22,7 +22,9 @@ from faultllm.modeling import (
     HardwarePlan,
     ModelDims,
     ModelSpec,
+    base_model,
     build_for_training,
+    fit_embeddings,
     keep_adapters_in_fp32,
     needs_checkpointing,
     release_adapters,
@@ -77,6 +79,14 @@ class FitResult:
     plan: HardwarePlan  # as run: gradient checkpointing decided
     history: list[dict] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
+    trained: bool = True  # False: the base model as loaded (trainer.epochs=0), no adapters to save
+
+
+def untrained(spec: ModelSpec, train: Prompts) -> FitResult:
+    """The base model as it is, for trainer.epochs=0 (zero- and few-shot prompting): nothing is trained."""
+    tokenizer = spec.tokenizer(padding_side="left")
+    model = fit_embeddings(base_model(spec), tokenizer).eval()
+    return FitResult(model, tokenizer, answer_space(tokenizer, train), spec.plan, trained=False)
 
 
 def fit(

@@ -1,6 +1,6 @@
 """`faultllm baselines` (configs/baselines.yaml): classical models on the very same split as the LLM.
 
-Writes metrics.json, predictions.csv (each model's test predictions), models/ (for `faultllm predict`),
+Writes metrics.json, predictions.csv (each model's test predictions and per-label probabilities), models/ (for `faultllm predict`),
 table_4_2.{md,csv}, feature_importances.csv and the split.
 """
 
@@ -12,7 +12,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from faultllm.baselines import check_models, fit_and_score, importances, save_model, table_4_2, tune
+from faultllm.baselines import (
+    check_models,
+    fit_and_score,
+    importances,
+    missing_packages,
+    save_model,
+    table_4_2,
+    tune,
+)
+from faultllm.errors import FaultLLMError
 from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.results import BaselineMetrics
@@ -24,8 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
+    names = available_models(list(cfg.baselines.models))
     run_dir = start_run(cfg, run_dir, "baselines")
-    names = list(cfg.baselines.models)
     raw = make_split(cfg.data, cfg.seed)
     check_models(names, len(raw.train))
     split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)
@@ -37,7 +46,9 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
     for name in tqdm(names, desc="baselines", disable=not cfg.progress):
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
         cv_accuracy = params.pop("cv_accuracy", None)
-        model, predictions[name], results[name] = fit_and_score(name, split, cfg.seed, params)
+        model, predictions[name], probabilities, results[name] = fit_and_score(name, split, cfg.seed, params)
+        for label in split.labels:  # for `report`'s calibration and selective prediction
+            predictions[f"{name}_prob_{label}"] = probabilities[str(label)].to_numpy()
         save_model(model, run_dir, name)
         if folds:
             results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
@@ -53,6 +64,17 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
     print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
     log.info(f"written to {run_dir}")
     return results
+
+
+def available_models(names: list[str]) -> list[str]:
+    """The requested models whose library is installed; a one-line notice for each that is not."""
+    missing = missing_packages(names)
+    for name, package in missing.items():
+        log.warning(f"baselines: {name} skipped: {package} is not installed (pip install 'faultllm[boosting]')")
+    kept = [name for name in names if name not in missing]
+    if not kept:
+        raise FaultLLMError(f"baselines.models={names}: none of their libraries is installed")
+    return kept
 
 
 def _tuning_folds(raw: Split, cfg: BaselinesJob) -> list[Split]:

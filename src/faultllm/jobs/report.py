@@ -1,10 +1,13 @@
 """`faultllm report RUN_DIR... [--out DIR]` (configs/report.yaml): compare train and baselines runs.
 
 A multirun directory counts as its runs. Per model (and training-set size): mean ± sd and a 95%
-interval over seeds (comparison.{md,csv,png}, runs.csv); each LLM against each baseline on the
-same test rows: exact McNemar per split and a paired t-test over seeds (the exact sign test where
-every seed has the same gap), raw and Holm-adjusted p-values (paired_tests.{md,csv});
-accuracy against training rows when the runs vary data.train_size (train_size_curve.png).
+interval over seeds (a t-interval on the logit scale, inside [0, 1]) (comparison.{md,csv,png}, runs.csv);
+each LLM against each other LLM and each baseline on the same test rows: exact McNemar per split and a
+paired t-test over seeds (the exact sign test where every seed has the same gap), raw and Holm-adjusted
+p-values (paired_tests.{md,csv}); accuracy against training rows when the runs vary data.train_size
+(train_size_curve.png). For every model that kept per-row probabilities: ECE, Brier score and NLL,
+mean ± sd over seeds, and a reliability diagram (calibration.{md,csv,png}); risk-coverage curves
+pooled over seeds and their area (selective.{md,csv,png}).
 Runs on different data configs, and baselines runs that differ in more than the seed and
 data.train_size, are refused; LLM runs that differ become rows of their own.
 """
@@ -14,9 +17,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from faultllm import plots
-from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
-from faultllm.reporting import markdown, print_table, summary_display, tests_display
+from faultllm.comparison import (
+    ModelRun,
+    aggregate,
+    calibration_summary,
+    load_runs,
+    paired_tests,
+    reliability_curves,
+    runs_table,
+    selective_summary,
+    without_forecasts,
+)
+from faultllm.reporting import (
+    calibration_display,
+    markdown,
+    print_table,
+    selective_display,
+    summary_display,
+    tests_display,
+)
 from faultllm.rundir import start_run
 from faultllm.schema import ReportJob
 
@@ -32,14 +54,57 @@ def run(cfg: ReportJob, out_dir: Path):
     (out_dir / "comparison.md").write_text(markdown(shown))
     summary.to_csv(out_dir / "comparison.csv", index=False)
     runs.to_csv(out_dir / "runs.csv", index=False)
-    plots.comparison(summary[summary["Train rows"] == summary["Train rows"].max()], out_dir / "comparison.png")
+    largest = summary["Train rows"].max()
+    plots.comparison(summary[summary["Train rows"] == largest], out_dir / "comparison.png")
     if summary["Train rows"].nunique() > 1:
         plots.train_size_curve(summary, out_dir / "train_size_curve.png")
     seeds = runs["Seed"].nunique()
     print_table(f"comparison over {seeds} seed{'s' * (seeds > 1)} ({len(runs)} model runs)", shown)
-    if not tests.empty:
+    if tests.empty:
+        log.info(_no_tests_reason(results))
+    else:
         tests.to_csv(out_dir / "paired_tests.csv", index=False)
         (out_dir / "paired_tests.md").write_text(markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
+    _trust(results, largest, out_dir)
     log.info(f"written to {out_dir}")
     return summary
+
+
+def _no_tests_reason(results: list[ModelRun]) -> str:
+    kinds = {r.kind for r in results}
+    if "llm" not in kinds:
+        return "paired tests skipped: no LLM (train) run among the runs; they compare an LLM with the others"
+    if len({r.model for r in results}) < 2:
+        return "paired tests skipped: only one model among the runs"
+    return (
+        "paired tests skipped: no LLM run shares a split (same data config and seed) with another model; "
+        "rerun with the same seeds to pair them"
+    )
+
+
+def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
+    """calibration.{md,csv,png} and selective.{md,csv,png} for the models that kept per-row probabilities."""
+    skipped = without_forecasts(results)
+    if skipped:
+        log.info(
+            "calibration and selective prediction skip %s: no per-row probabilities (eval.mode=generate, or a "
+            "run written before they were kept)", ", ".join(skipped)
+        )  # fmt: skip
+    calibration = calibration_summary(results)
+    if calibration.empty:
+        return
+    (out_dir / "calibration.md").write_text(markdown(calibration_display(calibration)))
+    calibration.to_csv(out_dir / "calibration.csv", index=False)
+    title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins)"
+    plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
+    print_table("calibration on the test rows (mean ± sd over seeds)", calibration_display(calibration))
+    selective, curves = selective_summary(results)
+    (out_dir / "selective.md").write_text(markdown(selective_display(selective)))
+    selective.to_csv(out_dir / "selective.csv", index=False)
+    shown = {model: curve for (model, rows), curve in curves.items() if rows == largest}
+    title = f"selective prediction, {largest} training rows (test rows pooled over seeds)"
+    plots.risk_coverage(shown, out_dir / "selective.png", title)
+    print_table("selective prediction: answer the most confident rows only", selective_display(selective))
+    curve_rows = [curve.assign(Model=model, **{"Train rows": rows}) for (model, rows), curve in curves.items()]
+    pd.concat(curve_rows).to_csv(out_dir / "selective_curves.csv", index=False)

@@ -1,0 +1,115 @@
+"""Can a model's probabilities be trusted? Calibration and selective prediction on one set of scored rows.
+
+- Expected calibration error (ECE), top-label: rows sorted by the confidence of the label answered,
+  cut into 15 bins of equal size (equal mass: the last bins take one row fewer when the rows do not
+  divide evenly), and the mean |accuracy - mean confidence| over the bins, weighted by their rows.
+- Brier score: mean over rows of sum over labels of (p - 1[label is true])^2 (0 best, 2 worst).
+- Negative log-likelihood: mean of -ln p(true label), p clipped at 1e-12 (a model certain of a wrong
+  label would otherwise score infinity).
+- Risk-coverage: answer only the most confident rows; accuracy against the share of rows answered
+  (coverage k/N for k = 1..N, most confident first). Rows of equal confidence are answered together,
+  so inside a tie the curve takes their mean accuracy and no row order decides it. The area under
+  the accuracy curve is the mean of accuracy(k/N) over k; AURC, the area under the risk (error) curve,
+  is 1 minus it (lower is better).
+
+"Confidence" is the probability of the label the model answered (its prediction): for every model but
+the SVM this is the top probability; the SVM answers by its decision function and its Platt-scaled
+probabilities may rank another label first on rare borderline rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+BINS = 15
+CLIP = 1e-12
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """One model's probabilities on scored rows, with what was true and what it answered (label indices)."""
+
+    probabilities: np.ndarray  # (rows, labels)
+    truth: np.ndarray  # (rows,) index of the true label
+    answered: np.ndarray  # (rows,) index of the label the model answered
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities[np.arange(len(self.truth)), self.answered]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.answered == self.truth
+
+    @staticmethod
+    def pooled(forecasts: list[Forecast]) -> Forecast:
+        return Forecast(
+            *(np.concatenate([getattr(f, name) for f in forecasts]) for name in ("probabilities", "truth", "answered"))
+        )
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> pd.DataFrame:
+    """Equal-mass bins of rows sorted by confidence: rows, mean confidence and accuracy per bin."""
+    order = np.argsort(confidence, kind="stable")
+    parts = [part for part in np.array_split(order, min(bins, len(order))) if len(part)]
+    return pd.DataFrame({
+        "rows": [len(part) for part in parts],
+        "confidence": [float(confidence[part].mean()) for part in parts],
+        "accuracy": [float(correct[part].mean()) for part in parts],
+    })  # fmt: skip
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
+    table = reliability(confidence, correct, bins)
+    return float((table["rows"] * (table["accuracy"] - table["confidence"]).abs()).sum() / table["rows"].sum())
+
+
+def brier_score(forecast: Forecast) -> float:
+    onehot = np.eye(forecast.probabilities.shape[1])[forecast.truth]
+    return float(((forecast.probabilities - onehot) ** 2).sum(axis=1).mean())
+
+
+def negative_log_likelihood(forecast: Forecast) -> float:
+    p_true = forecast.probabilities[np.arange(len(forecast.truth)), forecast.truth]
+    return float(-np.log(np.clip(p_true, CLIP, 1.0)).mean())
+
+
+def scores(forecast: Forecast) -> dict[str, float]:
+    """ECE, Brier score and NLL of one set of rows, with the mean confidence and the accuracy beside them."""
+    confidence, correct = forecast.confidence, forecast.correct
+    return {
+        "ece": expected_calibration_error(confidence, correct),
+        "brier": brier_score(forecast),
+        "nll": negative_log_likelihood(forecast),
+        "confidence": float(confidence.mean()),
+        "accuracy": float(correct.mean()),
+    }
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
+    """Accuracy when only the k most confident rows are answered, k = 1..N (ties answered together)."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    confidence, correct = confidence[order], correct[order]
+    starts = np.flatnonzero(np.r_[True, confidence[1:] != confidence[:-1]])  # the first row of each tie group
+    sizes = np.diff(np.r_[starts, len(confidence)])
+    group_right = np.add.reduceat(correct, starts)
+    before = np.repeat(np.r_[0.0, np.cumsum(group_right)[:-1]], sizes)  # rows right in the groups before
+    within = np.arange(len(confidence)) - np.repeat(starts, sizes) + 1  # rows answered inside the group
+    right = before + within * np.repeat(group_right / sizes, sizes)
+    k = np.arange(1, len(confidence) + 1)
+    return pd.DataFrame({"coverage": k / len(k), "accuracy": right / k, "confidence": confidence})
+
+
+def selective_scores(confidence: np.ndarray, correct: np.ndarray, coverages=(0.5, 0.8)) -> dict[str, float]:
+    """The area under the accuracy-coverage curve, AURC, and the accuracy at given coverages."""
+    curve = risk_coverage(confidence, correct)
+    area = float(curve["accuracy"].mean())
+    at = {
+        f"accuracy_at_{round(c * 100)}": float(curve["accuracy"].iloc[max(0, int(np.ceil(c * len(curve) - 1e-9)) - 1)])
+        for c in coverages
+    }
+    return {"area": area, "aurc": 1.0 - area, **at, "accuracy_at_100": float(curve["accuracy"].iloc[-1])}
