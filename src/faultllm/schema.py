@@ -492,6 +492,7 @@ class PredictJob:
 @dataclass
 class ReportJob:
     run_dirs: list[str] = MISSING  # the run directories to compare (the command line's positional arguments)
+    progress: bool | None = None
 
 
 JOBS: dict[str, type] = {
