@@ -30,7 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from transformers import TrainerCallback
+from faultllm.distributed import pin_first_gpu
+
+pin_first_gpu()  # one GPU, before transformers (bitsandbytes asks CUDA on import): a benchmark of one device
+
+from transformers import TrainerCallback  # noqa: E402
 
 # Dense (no 2:4 sparsity) 16-bit tensor-core peak in TFLOP/s by exact `torch.cuda.get_device_name()`:
 # bf16 with fp32 accumulation; fp16 where the GPU has no bf16 (T4, V100). Variants of one chip

@@ -19,7 +19,7 @@ from optuna.storages import fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from faultllm.distributed import pin_first_gpu, visible_gpus
+from faultllm.distributed import visible_gpus
 from faultllm.errors import FaultLLMError
 from faultllm.hpo import (
     DIRECTIONS,
@@ -65,7 +65,6 @@ def run(cfg, run_dir) -> dict:
         fail_interrupted(study)  # our own database and no worker started yet: a RUNNING trial was killed
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
-    pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
     run_trials(study, cfg, raw, folds, run_dir)
     if slots_taken(study) == (cfg.hpo.n_trials, 0):
