@@ -142,22 +142,75 @@ def test_under_a_launcher_only_train_runs(tmp_path):
     assert result.stderr.strip() == "faultllm hpo: runs in one process; only train runs under torchrun"
 
 
+# Under torchrun: `faultllm ARGS` ({rank} in them replaced by the rank), recording every process group started
+# (its timeout), then a decision taken by the main rank; each rank leaves OUT/rank<N>.json.
+RANK_SPY = """
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+started, start = [], dist.init_process_group
+def init_process_group(*args, **kwargs):
+    started.append(kwargs["timeout"].total_seconds() if kwargs.get("timeout") else None)
+    return start(*args, **kwargs)
+dist.init_process_group = init_process_group
+out, rank = Path(sys.argv[1]), os.environ["RANK"]
+from faultllm.cli import main
+from faultllm.distributed import main_decides
+try:
+    code = main([arg.replace("{rank}", rank) for arg in sys.argv[2:]])
+except SystemExit as exit:
+    code = exit.code
+decided = main_decides(lambda: int(rank))
+(out / f"rank{rank}.json").write_text(json.dumps({"code": code, "timeouts": started, "decided": decided}))
+"""
+
+
+def _torchrun_train(tmp_path: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`faultllm train` on two CPU ranks (gloo) through RANK_SPY: the result and each rank's record."""
+    (tmp_path / "spy.py").write_text(RANK_SPY)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*launch, str(tmp_path / "spy.py"), str(tmp_path), "train", *overrides]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    ranks = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
+    assert len(ranks) == 2, result.stderr[-3000:]
+    return result, ranks
+
+
+def test_torchrun_ranks_on_node_local_run_directories_stop_with_one_line(tiny_cache, easy_csv, tmp_path):
+    """Each node deciding `resume` from its own disk crashed on the second node (checkpoints holding only
+    its rng state); now rank 0 decides for all, once every rank is known to see rank 0's run directory."""
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "trainer.ddp_timeout=1234"]
+    result, ranks = _torchrun_train(tmp_path, [*overrides, f"hydra.run.dir={tmp_path}/node{{rank}}"])
+    assert [rank["code"] for rank in ranks] == [2, 2], result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("faultllm train: error:")]
+    assert len(errors) == 2 and all("does not see the run directory" in line for line in errors), errors
+    assert all("hydra.run.dir=DIR on shared storage" in line for line in errors)
+    assert [rank["timeouts"] for rank in ranks] == [[1234.0], [1234.0]]  # one group, with trainer.ddp_timeout
+    assert [rank["decided"] for rank in ranks] == [0, 0]  # rank 0's answer on every rank
+
+
 @pytest.mark.slow
 def test_torchrun_with_two_ranks_trains_once_into_one_run_directory(tiny_cache, easy_csv, tmp_path):
-    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*launch, "-m", "faultllm", "train", *overrides], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = [
+        *easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1",
+        "trainer.batch_size=2", "trainer.ddp_timeout=1234",
+    ]  # fmt: skip
+    result, ranks = _torchrun_train(tmp_path, overrides)
+    assert result.returncode == 0 and [rank["code"] for rank in ranks] == [0, 0], result.stderr[-3000:]
+    # the group started before the Trainer (to agree on the run directory) has the configured timeout,
+    # and accelerate reuses it
+    assert [rank["timeouts"] for rank in ranks] == [[1234.0], [1234.0]]
     (run_dir,) = (tmp_path / "runs" / "train").iterdir()  # both ranks wrote into the main rank's directory
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 2 * 8
+    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 2 * 2
     assert [json.loads(line)["epoch"] for line in (run_dir / "epochs.jsonl").read_text().splitlines()] == [1]
     assert (run_dir / "adapter" / "adapter_config.json").exists() and result.stdout.count("trained:") == 1
     assert metrics["test"]["n"] == 16  # every test row scored once: the ranks' shares gathered
+    # 16 rows per rank, batch 2: 8 steps an epoch, the loss logged every 8 // 4 steps
+    (state,) = run_dir.glob("checkpoints/checkpoint-*/trainer_state.json")
+    assert [row["step"] for row in json.loads(state.read_text())["log_history"] if "loss" in row] == [2, 4, 6, 8]
 
-    from faultllm.config import compose
     from faultllm.jobs.evaluate import run as evaluate
 
     alone = evaluate(compose("evaluate", [f"run_dir={run_dir}"]), tmp_path / "eval")  # one process, all rows

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from faultllm.config import compose
 from faultllm.errors import FaultLLMError
 from faultllm.modeling import (
     Gpu,
@@ -23,6 +24,7 @@ from faultllm.modeling import (
     training_memory_gib,
 )
 from faultllm.training import TrainOptions, sft_config
+from tests.conftest import easy_overrides
 
 AUTO = {"quantization": "auto", "attn_implementation": "auto", "optimizer": "auto", "gradient_checkpointing": "auto"}
 
@@ -156,3 +158,135 @@ def test_lora_dropout_of_one_is_refused(compose_cfg):
     with pytest.raises(FaultLLMError, match=r"lora.dropout=1.0: expected 0 <= dropout < 1"):
         lora_config(compose_cfg("train", ["lora.dropout=1.0"]).lora)
     assert compose_cfg("hpo").hpo.space.lora_dropout.high < 1
+
+
+def _step_peak_bytes(model, optimizer, ids) -> int:
+    """Peak of the bytes torch holds on the CPU during one training step, above what it held before."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):  # allocations and frees, in order
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hidden", "checkpointing"), [(128, False), (192, False), (256, False), (192, True)])
+def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_cfg, hidden, checkpointing):
+    """A small Llama with LoRA on every projection (dropout 0.1), fp32 on CPU: weights, the Adam moments
+    of the first step and the second step's measured peak against `training_memory_gib` (within 4% here)."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=1000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=2,
+        num_attention_heads=hidden // 64, tie_word_embeddings=False, attn_implementation="sdpa",
+    )  # fmt: skip
+    model = get_peft_model(LlamaForCausalLM(config), lora_config(compose_cfg("train", ["lora.r=8"]).lora))
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    ids = torch.randint(0, 1000, (2, 256))
+    _step_peak_bytes(model, optimizer, ids)  # the first step creates the optimizer's moments
+    n_trainable = sum(p.numel() for p in trainable)
+    held = sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * 4 * n_trainable
+    measured = (held + _step_peak_bytes(model, optimizer, ids)) / 2**30
+    estimate = training_memory_gib(ModelDims.of(model), n_trainable, ids.numel(), False, checkpointing, dtype_bytes=4)
+    assert estimate == pytest.approx(measured, rel=0.25)
+
+
+def test_the_recorded_plan_names_the_attention_the_model_runs():
+    from faultllm.training import plan_for_run
+
+    fixed = OmegaConf.create(AUTO | {"gradient_checkpointing": False})
+    plan = hardware_plan(fixed, gpu=H100, flash_attn_available=True)
+    fell_back = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))  # FlashAttention-2 failed to load
+    assert plan.attn_implementation == "flash_attention_2"
+    assert plan_for_run(plan, fell_back, None, None, None).attn_implementation == "sdpa"  # what metrics.json records
+
+
+def test_two_tiny_model_builds_racing_end_with_one_good_directory(compose_cfg, monkeypatch, tmp_path):
+    from faultllm import tiny
+
+    model_cfg = compose_cfg("train", ["model=tiny", "model.warmup_steps=3"]).model  # not the shipped spec
+    builds = []
+
+    def build(spec, target: Path) -> None:
+        builds.append(target)
+        if len(builds) == 1:  # another builder (an HPO worker, a torchrun rank) finishes first
+            tiny.ensure_tiny_model(model_cfg, str(tmp_path))
+        target.mkdir(exist_ok=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(tiny, "build_tiny_model", build)
+    built = tiny.ensure_tiny_model(model_cfg, str(tmp_path))
+    assert len(builds) == 2 and builds[0] != builds[1]  # each builder its own temporary directory
+    assert [path.name for path in tmp_path.iterdir()] == [built.name] and (built / "config.json").exists()
+    assert tiny.ensure_tiny_model(model_cfg, str(tmp_path)) == built and len(builds) == 2  # built once: reused
+
+
+def _easy_prompts(cfg, spec):
+    from faultllm.prompts import Serializer
+    from faultllm.splits import prepared_split
+
+    split, _ = prepared_split(cfg.data, cfg.seed)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, split.labels, spec.tokenizer())
+    return serializer.render(split.train)
+
+
+@pytest.mark.slow
+def test_checkpointing_one_fold_needed_is_off_for_the_next_fold_on_the_reused_base(
+    tiny_cache, easy_csv, tmp_path, monkeypatch
+):
+    from faultllm import modeling, training
+    from faultllm.modeling import ModelSpec
+
+    overrides = ["data.train_size=8", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_each_epoch=false"]
+    cfg = compose("train", [*easy_overrides(tiny_cache, easy_csv), *overrides])
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+    spec = replace(spec, reuse_base=True, plan=replace(spec.plan, gradient_checkpointing=None))  # auto, per fold
+    options = training.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    prompts = _easy_prompts(cfg, spec)
+    modeling.forget_reused_base()
+    needed = []
+    for fold, need in enumerate((True, False)):  # the first fold's batch does not fit, the second's does
+        monkeypatch.setattr(training, "needs_checkpointing", lambda *args, need=need: need)
+        result = training.fit(spec, prompts, {}, options, tmp_path / str(fold), checkpoints=False)
+        (base,) = modeling._reused_base.values()
+        needed.append((result.plan.gradient_checkpointing, base.is_activation_checkpointing))
+    modeling.forget_reused_base()
+    assert needed == [(True, True), (False, False)]
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
+    tiny_cache, easy_csv, tmp_path, monkeypatch
+):
+    """On CUDA accelerate trains (and the epochs' scoring runs) under bf16 autocast; `evaluate` on the reloaded
+    adapter must score the same way. Forced here on the CPU: a bf16 plan, bf16 weights under bf16 autocast."""
+    from faultllm import evaluation, modeling
+    from faultllm.jobs.evaluate import run as evaluate
+    from faultllm.jobs.train import run as train
+
+    cpu_plan = modeling.hardware_plan
+
+    def bf16_plan(*args, **kwargs):
+        return replace(cpu_plan(*args, **kwargs), dtype="bfloat16")
+
+    monkeypatch.setattr(modeling, "hardware_plan", bf16_plan)
+    monkeypatch.setattr(evaluation, "hardware_plan", bf16_plan)
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
+    metrics = train(compose("train", overrides), tmp_path / "run")
+    assert metrics["hardware"]["dtype"] == "bfloat16"
+    assert metrics["epochs"][-1]["test_loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-6)
+    reloaded = evaluate(compose("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
+    assert reloaded["accuracy"] == metrics["test"]["accuracy"]
+    assert reloaded["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-6)

@@ -140,7 +140,7 @@ def check_shared_dir(directory: Path, wait_s: float = 10.0) -> None:
         marker.write_text(token[0])
     dist.broadcast_object_list(token, src=0)  # sent after the write
     deadline = time.monotonic() + wait_s
-    while not (seen := marker.is_file() and marker.read_text() == token[0]) and time.monotonic() < deadline:
+    while not (seen := _holds(marker, token[0])) and time.monotonic() < deadline:
         time.sleep(0.5)
     views: list = [None] * dist.get_world_size()
     dist.all_gather_object(views, (seen, socket.gethostname()))
@@ -153,6 +153,13 @@ def check_shared_dir(directory: Path, wait_s: float = 10.0) -> None:
             f"rank {rank} (on {host}) does not see the run directory {directory} of rank 0: ranks on several "
             "nodes need it on a file system every node mounts; pass hydra.run.dir=DIR on shared storage"
         )
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except OSError:  # not there (yet), or a stale network file handle
+        return False
 
 
 def gather(items: list) -> list:

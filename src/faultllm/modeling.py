@@ -123,9 +123,9 @@ class ModelDims:
     def of(cls, model) -> ModelDims:
         config = model.config
         n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
-        adapted = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")]
+        adapted = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")]  # peft's
         ranks = sum(sum(m.r.values()) for m in adapted)
-        dropped = sum(m.in_features for m in adapted if any(d.p > 0 for d in m.lora_dropout.values() if hasattr(d, "p")))
+        dropped = sum(m.in_features for m in adapted if any(getattr(d, "p", 0) > 0 for d in m.lora_dropout.values()))
         layers = config.num_hidden_layers
         return cls(
             n_params, config.hidden_size, config.intermediate_size, layers, config.vocab_size, ranks // layers,

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from faultllm.distributed import (
+    DDP_TIMEOUT,
     check_shared_dir,
     is_main_process,
     main_decides,
@@ -61,7 +62,7 @@ class TrainOptions:
     eval_batch_size: int
     progress: bool
     report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
-    ddp_timeout: int = 1800  # seconds a collective waits for the other ranks (torchrun)
+    ddp_timeout: int = DDP_TIMEOUT  # seconds a collective waits for the other ranks (torchrun)
 
     @classmethod
     def from_config(cls, trainer_cfg, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
@@ -294,7 +295,7 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         data_seed=options.seed,
         use_cpu=plan.device == "cpu",
         dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        ddp_timeout=options.ddp_timeout,  # under torchrun: every LoRA weight takes part in every step
+        ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight takes part in every step
+        ddp_timeout=options.ddp_timeout,
         disable_tqdm=not options.progress,
     )
