@@ -64,7 +64,7 @@ def test_folds_are_grouped_by_run_and_stratified(compose_cfg):
 
 
 def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
-    with pytest.raises(FaultLLMError, match="baselines.models: unknown 'xgb'"):
+    with pytest.raises(FaultLLMError, match=r"baselines\.models: unknown 'xgb'"):
         compose_cfg("baselines", ["baselines.models=[rf,xgb]"])
     with pytest.raises(FaultLLMError, match="knn: n_neighbors=5 needs at least 5 training rows; the split has 4"):
         run_baselines(
