@@ -30,7 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from transformers import TrainerCallback
+from faultllm.distributed import pin_first_gpu
+
+pin_first_gpu()  # one GPU, before transformers (bitsandbytes asks CUDA on import): a benchmark of one device
+
+from transformers import TrainerCallback  # noqa: E402
 
 # Dense (no 2:4 sparsity) 16-bit tensor-core peak in TFLOP/s by exact `torch.cuda.get_device_name()`:
 # bf16 with fp32 accumulation; fp16 where the GPU has no bf16 (T4, V100). Variants of one chip
@@ -230,11 +234,11 @@ def main() -> None:
     import torch
 
     from _bench import setup
-    from faultllm.config import compose
+    from faultllm.config import load_config
 
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU; see scripts/bench_padding.py and bench_evaluator.py for CPU")
-    cfg = compose("train", ["trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides])
+    cfg = load_config("train", ["trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides])
     device_before = device_used_bytes() / 2**30
     run = setup(cfg)
     n_rows = args.rows or (args.warmup_steps + args.steps) * cfg.trainer.batch_size * cfg.trainer.grad_accum

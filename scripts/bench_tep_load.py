@@ -97,10 +97,10 @@ class LineTracer(threading.Thread):
 def timed_load(directory: Path, cache: Path, trace: bool) -> dict:
     import pyarrow as pa
 
-    from faultllm.config import compose
+    from faultllm.config import load_config
     from faultllm.loaders import load
 
-    cfg = compose("prepare", ["data=tep", f"data.path={directory}", f"cache_dir={cache}"])
+    cfg = load_config("prepare", ["data=tep", f"data.path={directory}", f"cache_dir={cache}"])
     pool = pa.default_memory_pool()
     baseline = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:

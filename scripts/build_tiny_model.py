@@ -13,12 +13,12 @@ from __future__ import annotations
 import shutil
 import time
 
-from faultllm.config import compose
+from faultllm.config import load_config
 from faultllm.tiny import SHIPPED, build_tiny_model, spec_of
 
 
 def main() -> None:
-    spec = spec_of(compose("train", ["model=tiny"]).model)
+    spec = spec_of(load_config("train", ["model=tiny"]).model)
     partial = SHIPPED.with_name(SHIPPED.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     start = time.perf_counter()

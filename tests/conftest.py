@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from faultllm.config import load_config
+from faultllm.distributed import pin_first_gpu
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
 
 FAULTS = [0, 1, 4, 5]
@@ -17,9 +18,12 @@ FAULTS = [0, 1, 4, 5]
 
 def pytest_configure(config) -> None:
     """Force the CPU plan (fp32, SDPA, no quantization) unless gpu-marked tests are selected (`pytest -m gpu`):
-    the suite's tolerances hold in fp32, and subprocesses (CLI, HPO workers) inherit the setting."""
+    the suite's tolerances hold in fp32, and subprocesses (CLI, HPO workers) inherit the setting. With them,
+    one GPU, as the `faultllm` command has (transformers would otherwise use every GPU at once)."""
     if "gpu" not in (config.option.markexpr or "").replace("not gpu", ""):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        pin_first_gpu()
 
 
 def rieth_table(faults: list[int], runs: int, samples: int, seed: int) -> pd.DataFrame:

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
+    from faultllm.distributed import pin_first_gpu, world_size
+
+    # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
+    # import, and torch counts once): never DataParallel. hpo's workers get the GPUs listed before this.
+    pin_first_gpu()
     overrides = argv[len(command.split()) :]
     config_name, module, _ = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -72,25 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"faultllm {command}: error: {error}", file=sys.stderr)
         return 2
-    from faultllm.distributed import pin_first_gpu, world_size
-
     if world_size() > 1:
         if command != "train":
             print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
             return 2
         overrides = rank_overrides(config_name, overrides)
-    elif command != "hpo":  # hpo pins its worker processes itself (hpo.workers)
-        pin_first_gpu()  # one process, one GPU: never DataParallel
     return run_job(command, config_name, module, overrides)
 
 
 def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
     """Under torchrun/accelerate: one run directory for all ranks (the main one's, unless given);
     only the main process keeps Hydra's files and the log."""
+    from faultllm.config import load_config
     from faultllm.distributed import agree_on_run_dir, is_main_process
 
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        overrides = [*overrides, f"hydra.run.dir={agree_on_run_dir(f'runs/{config_name}')}"]
+        config = load_config(config_name, [o for o in overrides if not o.startswith(("hydra.", "-"))])
+        timeout = config.trainer.ddp_timeout  # the process group starts here, long before the Trainer
+        overrides = [*overrides, f"hydra.run.dir={agree_on_run_dir(f'runs/{config_name}', timeout)}"]
     if not is_main_process():
         overrides = [*overrides, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return overrides

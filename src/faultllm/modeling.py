@@ -116,36 +116,58 @@ class ModelDims:
     intermediate: int
     layers: int
     vocab: int
+    lora_ranks: int = 0  # per layer: the adapters' ranks summed (each keeps its rank-r output for backward)
+    lora_dropped: int = 0  # per layer: the input features of adapters with dropout (each keeps its own copy)
 
     @classmethod
     def of(cls, model) -> ModelDims:
         config = model.config
         n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
-        return cls(n_params, config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size)
+        adapted = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")]  # peft's
+        ranks = sum(sum(m.r.values()) for m in adapted)
+        dropped = sum(m.in_features for m in adapted if any(getattr(d, "p", 0) > 0 for d in m.lora_dropout.values()))
+        layers = config.num_hidden_layers
+        return cls(
+            n_params, config.hidden_size, config.intermediate_size, layers, config.vocab_size, ranks // layers,
+            dropped // layers,
+        )  # fmt: skip
 
 
-def training_memory_gib(dims: ModelDims, n_trainable: int, tokens: int, quantized: bool, checkpointing: bool) -> float:
-    """Rough peak of one training step: weights, adapter state, activations, logits (bf16 activations).
+def training_memory_gib(
+    dims: ModelDims, n_trainable: int, tokens: int, quantized: bool, checkpointing: bool, dtype_bytes: int = 2
+) -> float:
+    """Rough peak of one training step: weights, adapter state, activations kept for backward, logits.
 
-    Weights: 4-bit NF4 ~0.55 byte per parameter (embeddings, norms and head upcast to fp32 by
-    k-bit preparation), else 2. Adapters: fp32 weight + grad + two Adam moments = 16 bytes.
-    Activations per token and layer: ~8h + 4i bf16 values kept for backward (norms, q/k/v,
-    attention output, MLP gate/up/act/down); with checkpointing only each layer's input (h)
-    is kept plus one layer recomputed. Logits and their gradient in fp32.
+    Weights: 4-bit NF4 ~0.55 byte per parameter (embeddings, norms and head upcast to fp32 by k-bit
+    preparation), else `dtype_bytes`. Adapters: fp32 weight + grad + two Adam moments = 16 bytes.
+    Activations kept per token and layer (counted on CPU, tests/test_modeling.py): 4h + 4i values of
+    the residual stream, norms and MLP (gate, up, act, product), in fp32 under k-bit preparation
+    (the stream starts at the fp32 embeddings and 4-bit layers return their input's dtype), else
+    `dtype_bytes`; and in the compute dtype, as autocast casts them for the matmuls: attention's
+    q, k, v and output (4h), each adapter's rank-r output and, with LoRA dropout, each adapted input's
+    dropped-out copy (plus its one-byte mask). With checkpointing only each layer's input is kept,
+    plus one layer recomputed in backward. Logits and their gradient in fp32.
     """
+    stream = 4 if quantized else dtype_bytes
     embeddings = 2 * dims.vocab * dims.hidden
-    weights = (dims.n_params - embeddings) * (0.55 if quantized else 2) + embeddings * (4 if quantized else 2)
-    per_layer = 2 * (8 * dims.hidden + 4 * dims.intermediate) * tokens
-    activations = dims.layers * 2 * dims.hidden * tokens + per_layer if checkpointing else dims.layers * per_layer
+    frozen = dims.n_params - n_trainable - embeddings
+    weights = frozen * (0.55 if quantized else dtype_bytes) + embeddings * (4 if quantized else dtype_bytes)
+    cast = 4 * dims.hidden + dims.lora_ranks + dims.lora_dropped
+    per_layer = (stream * (4 * dims.hidden + 4 * dims.intermediate) + dtype_bytes * cast + dims.lora_dropped) * tokens
     logits = 2 * 4 * dims.vocab * tokens
-    return (weights + 16 * n_trainable + activations + logits) / 2**30
+    if checkpointing:  # the logits' gradient is gone by the time the first layer is recomputed
+        activations = dims.layers * stream * dims.hidden * tokens + max(per_layer, logits)
+    else:
+        activations = dims.layers * per_layer + logits
+    return (weights + 16 * n_trainable + activations) / 2**30
 
 
 def needs_checkpointing(plan: HardwarePlan, dims: ModelDims, n_trainable: int, tokens: int) -> bool:
     """The plan's choice, or (auto on CUDA) on only when a step without it would not fit in 85% of the GPU."""
     if plan.gradient_checkpointing is not None:
         return plan.gradient_checkpointing
-    need = training_memory_gib(dims, n_trainable, tokens, plan.quantization == "nf4", checkpointing=False)
+    dtype_bytes = 4 if plan.dtype == "float32" else 2
+    need = training_memory_gib(dims, n_trainable, tokens, plan.quantization == "nf4", False, dtype_bytes)
     return need > 0.85 * (plan.gpu_memory_gib or 0.0)
 
 
@@ -338,7 +360,50 @@ def load_base_model(path: str, plan: HardwarePlan):
     except OSError as err:
         raise FaultLLMError(f"cannot load a model from {path!r}: {str(err).splitlines()[0]}") from None
     model.config.use_cache = False  # training; evaluation turns the cache on where it helps
-    return prepare_base(model, plan)
+    return prepare_base(in_plan_precision(model, plan), plan)
+
+
+def autocast(plan: HardwarePlan):
+    """The plan's mixed precision as accelerate trains under it: autocast to bf16/fp16 (nothing in fp32)."""
+    import contextlib
+
+    import torch
+
+    if plan.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(plan.device, dtype=getattr(torch, plan.dtype))
+
+
+def in_plan_precision(model, plan: HardwarePlan):
+    """Every forward of the base model under the plan's autocast: scoring and generation during training and
+    after reloading alike. Accelerate autocasts only the trained peft model's forward (not generation's
+    calls, not a model reloaded for `evaluate`), which would score in another precision than training."""
+    import functools
+
+    forward = model.forward
+    if plan.dtype == "float32" or getattr(forward, "in_plan_precision", False):
+        return model
+
+    @functools.wraps(forward)
+    def forward_under_autocast(*args, **kwargs):
+        with autocast(plan):
+            return forward(*args, **kwargs)
+
+    forward_under_autocast.in_plan_precision = True
+    model.forward = forward_under_autocast
+    return model
+
+
+def attention_of(model) -> str:
+    """The attention implementation the loaded model runs (SDPA after a FlashAttention-2 fallback)."""
+    return str(model.config._attn_implementation)
+
+
+def checkpointing_off(model) -> None:
+    """Gradient checkpointing off: the Trainer only ever turns it on, and a reused base model (HPO folds)
+    would keep it from an earlier fold that needed it."""
+    if model.is_activation_checkpointing:
+        model.activation_checkpointing_disable()
 
 
 def prepare_base(model, plan: HardwarePlan):

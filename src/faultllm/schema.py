@@ -263,6 +263,7 @@ class TrainerConfig:
     eval_each_epoch: bool = True  # restricted-label loss and accuracy on train and test after every epoch
     resume: bool = True  # continue from the last checkpoint in the run directory (rerun with hydra.run.dir=DIR)
     report_to: Any = "none"  # tensorboard | mlflow | wandb | ...; a list for several: [tensorboard,mlflow]
+    ddp_timeout: int = at_least(1800, 1)  # seconds a torchrun rank waits for the others (rank 0 loading data)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -503,6 +504,7 @@ class PredictJob:
 @dataclass
 class ReportJob:
     run_dirs: list[str] = MISSING  # the run directories to compare (the command line's positional arguments)
+    progress: bool | None = None
 
 
 JOBS: dict[str, type] = {

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,17 @@ def ensure_tiny_model(model_cfg, cache_dir: str) -> Path:
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / f"tiny-llama-{key}"
     if not (target / "config.json").exists():
-        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        build_tiny_model(spec, partial)
-        partial.rename(target)  # atomic: concurrent builders (HPO workers) never see half a model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a name no other builder has (HPO workers, torchrun ranks, other hosts on a shared cache)
+        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            build_tiny_model(spec, partial)
+            partial.rename(target)  # atomic: concurrent builders never see half a model
+        except OSError:
+            if not (target / "config.json").exists():  # not another builder's finished model: a real failure
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

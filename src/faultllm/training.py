@@ -15,15 +15,24 @@ from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
-from faultllm.distributed import is_main_process
+from faultllm.distributed import (
+    DDP_TIMEOUT,
+    check_shared_dir,
+    is_main_process,
+    main_decides,
+    start_process_group,
+    world_size,
+)
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
 from faultllm.modeling import (
     HardwarePlan,
     ModelDims,
     ModelSpec,
+    attention_of,
     base_model,
     build_for_training,
+    checkpointing_off,
     fit_embeddings,
     keep_adapters_in_fp32,
     needs_checkpointing,
@@ -56,6 +65,7 @@ class TrainOptions:
     eval_batch_size: int
     progress: bool
     report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
+    ddp_timeout: int = DDP_TIMEOUT  # seconds a collective waits for the other ranks (torchrun)
 
     @classmethod
     def from_config(cls, trainer: TrainerConfig, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
@@ -68,6 +78,7 @@ class TrainOptions:
             eval_batch_size=eval_batch_size,
             progress=progress,
             report_to=trackers(trainer.report_to),
+            ddp_timeout=trainer.ddp_timeout,
         )
 
 
@@ -86,7 +97,8 @@ def untrained(spec: ModelSpec, train: Prompts) -> FitResult:
     """The base model as it is, for trainer.epochs=0 (zero- and few-shot prompting): nothing is trained."""
     tokenizer = spec.tokenizer(padding_side="left")
     model = fit_embeddings(base_model(spec), tokenizer).eval()
-    return FitResult(model, tokenizer, answer_space(tokenizer, train), spec.plan, trained=False)
+    plan = replace(spec.plan, attn_implementation=attention_of(model))  # as run: after any fallback
+    return FitResult(model, tokenizer, answer_space(tokenizer, train), plan, trained=False)
 
 
 def fit(
@@ -104,11 +116,14 @@ def fit(
     Checkpoints go to out_dir/checkpoints; an existing one is resumed when options.resume is set.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    resume = decide_resume(out_dir, options, checkpoints)
     model, tokenizer = build_for_training(spec, options.seed)
     space = answer_space(tokenizer, train)
     plan = plan_for_run(spec.plan, model, tokenizer, train, options)
-    resume = checkpoints and options.resume and any((out_dir / "checkpoints").glob("checkpoint-*"))
-    history = EpochHistory(out_dir / "epochs.jsonl", through=checkpoint_epoch(out_dir / "checkpoints") if resume else 0)
+    if not plan.gradient_checkpointing:
+        checkpointing_off(model)  # a reused base keeps what an earlier fold's Trainer turned on
+    through = checkpoint_epoch(out_dir / "checkpoints") if resume else 0
+    history = EpochHistory(out_dir / "epochs.jsonl", through=through)
     callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
     trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, plan, out_dir, callbacks, checkpoints)
     callbacks[0].trainer = trainer
@@ -123,9 +138,21 @@ def fit(
     return FitResult(trained, tokenizer, space, plan, history.rows, time.perf_counter() - started)
 
 
+def decide_resume(out_dir: Path, options: TrainOptions, checkpoints: bool) -> bool:
+    """Resume from out_dir/checkpoints? Under torchrun the main rank decides for all (each node would look at
+    its own disk), once every rank is known to see the run directory the checkpoints live in."""
+    if not checkpoints:
+        return False
+    if world_size() > 1:
+        start_process_group(options.ddp_timeout)
+        check_shared_dir(out_dir)
+    return options.resume and main_decides(lambda: any((out_dir / "checkpoints").glob("checkpoint-*")))
+
+
 def plan_for_run(plan: HardwarePlan, model, tokenizer, train: Prompts, options: TrainOptions) -> HardwarePlan:
-    """The plan with gradient checkpointing decided: as configured, or from the estimated memory of a
-    batch of the longest rows (auto on CUDA)."""
+    """The plan as run: the attention the model loaded with, and gradient checkpointing decided: as
+    configured, or from the estimated memory of a batch of the longest rows (auto on CUDA)."""
+    plan = replace(plan, attn_implementation=attention_of(model))
     if plan.gradient_checkpointing is not None:
         return plan
     longest = max(train.texts, key=len)
@@ -217,9 +244,11 @@ def sft_trainer(
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
+    args = sft_config(options, plan, len(rows), out_dir, checkpoints)
+    check_one_gpu(args)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(options, plan, len(rows), out_dir, checkpoints),
+        args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[*callbacks, *tensorboard_callback(options, out_dir)],
@@ -239,6 +268,16 @@ class _BarsOnly(ProgressCallback):
         return None
 
 
+def check_one_gpu(args) -> None:
+    """Outside a launcher a process trains on one GPU: on more, transformers wraps the model in DataParallel
+    (or, 4-bit, silently takes batch_size x GPUs rows a step)."""
+    if world_size() == 1 and args.n_gpu > 1:
+        raise FaultLLMError(
+            f"this process sees {args.n_gpu} GPUs and would train on all of them at once; run it through the "
+            "`faultllm` command (one GPU per process), set CUDA_VISIBLE_DEVICES to one GPU, or use torchrun for DDP"
+        )
+
+
 def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:
     """TensorBoard events in the run directory (out_dir/tensorboard), not under the checkpoints."""
     if "tensorboard" not in options.report_to or not is_main_process():
@@ -252,7 +291,8 @@ def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:
 def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: Path, checkpoints: bool):
     from trl import SFTConfig
 
-    steps_per_epoch = max(1, n_rows // (options.batch_size * options.grad_accum))
+    batches = math.ceil(math.ceil(n_rows / world_size()) / options.batch_size)  # per rank under torchrun
+    steps_per_epoch = math.ceil(batches / options.grad_accum)
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=options.epochs,
@@ -280,5 +320,6 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         use_cpu=plan.device == "cpu",
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight takes part in every step
+        ddp_timeout=options.ddp_timeout,
         disable_tqdm=not options.progress,
     )

@@ -19,7 +19,7 @@ from optuna.storages import fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from faultllm.distributed import pin_first_gpu, visible_gpus
+from faultllm.distributed import visible_gpus
 from faultllm.errors import FaultLLMError
 from faultllm.finetune import train_on_split
 from faultllm.hpo import (
@@ -59,7 +59,6 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
         fail_interrupted(study)  # our own database and no worker started yet: a RUNNING trial was killed
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
-    pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
     base_cache = BaseModelCache() if cfg.hpo.reuse_model else None  # this worker's base model, for every fold
     run_trials(study, cfg, raw, folds, run_dir, base_cache)
