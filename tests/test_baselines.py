@@ -90,3 +90,49 @@ def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg,
     assert cli.returncode == 0, cli.stderr
     pooled = pd.read_csv(tmp_path / "r3" / "comparison.csv")
     assert list(pooled["Runs"]) == [2] and "comparison over 2 seeds" in cli.stdout
+
+
+BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_for=[xgb,lgbm,catboost]",
+            "baselines.permutation_repeats=2", "data.train_size=80", "data.test_size=40"]  # fmt: skip
+
+
+def test_the_boosting_libraries_on_the_bundled_data_identical_on_rerun(compose_cfg, tmp_path):
+    """`faultllm baselines baselines.models=[rf,xgb,lgbm,catboost]` with the `boosting` extra installed."""
+    from faultllm.baselines import load_model, xy
+
+    for package in ("xgboost", "lightgbm", "catboost"):
+        pytest.importorskip(package)
+    cfg = compose_cfg("baselines", BOOSTING)
+    first, again = run_baselines(cfg, tmp_path / "a"), run_baselines(cfg, tmp_path / "b")
+    timeless = lambda r: {k: {m: v for m, v in r[k].items() if not m.endswith("_seconds")} for k in r}  # noqa: E731
+    assert timeless(first) == timeless(again) and set(first) == {"rf", "xgb", "lgbm", "catboost"}
+    predictions = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    pd.testing.assert_frame_equal(predictions, pd.read_csv(tmp_path / "b" / "predictions.csv"))
+    assert all(first[name]["test_accuracy"] > 0.5 for name in first)  # chance is 0.25
+    for name in first:
+        probabilities = predictions[[f"{name}_prob_{label}" for label in (0, 1, 4, 5)]]
+        assert probabilities.sum(axis=1).to_numpy() == pytest.approx(1.0)
+        assert (probabilities.to_numpy().argmax(axis=1) == predictions[name].map({0: 0, 1: 1, 4: 2, 5: 3})).all()
+    importances = pd.read_csv(tmp_path / "a" / "feature_importances.csv")
+    assert set(importances["model"]) == {"xgb", "lgbm", "catboost"} and importances["impurity"].notna().all()
+    assert {"XGBoost", "LightGBM", "CatBoost"} <= set(pd.read_csv(tmp_path / "a" / "table_4_2.csv")["Model"])
+    test = pd.read_parquet(tmp_path / "a" / "test.parquet")
+    features = [c for c in test.columns if c != "label"]
+    saved = load_model(tmp_path / "a", "xgb")  # what `faultllm predict` loads
+    assert saved.predict(xy(test, features)[0]).tolist() == predictions["xgb"].astype(str).tolist()
+
+
+def test_a_missing_boosting_library_is_a_one_line_notice_and_the_others_run(compose_cfg, tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    cfg = compose_cfg("baselines", ["baselines.models=[lr,xgb]", "baselines.importances_for=[]"])
+    with caplog.at_level(logging.WARNING, logger="faultllm"):
+        results = run_baselines(cfg, tmp_path / "a")
+    assert set(results) == {"lr"}
+    (notice,) = [r.getMessage() for r in caplog.records if "xgb" in r.getMessage()]
+    assert notice == "baselines: xgb skipped: xgboost is not installed (pip install 'faultllm[boosting]')"
+    with pytest.raises(FaultLLMError, match=r"baselines.models=\['xgb'\]: none of their libraries is installed"):
+        run_baselines(compose_cfg("baselines", ["baselines.models=[xgb]"]), tmp_path / "b")

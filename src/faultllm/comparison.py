@@ -123,9 +123,14 @@ def llm_names(configs: dict[Path, dict]) -> dict[Path, str]:
     names = {}
     for run_dir, config in settings.items():
         shown = [Path(str(config.get("model.path") or "tiny")).name]
-        shown += [f"{SHORT_NAMES.get(key, key)}={config[key]}" for key in differing if key in config]
+        shown += [f"{SHORT_NAMES.get(key, key)}={config[key]}" for key in differing if _telling(key, config)]
         names[run_dir] = f"LLM ({', '.join(shown)})"
     return names
+
+
+def _telling(key: str, config: dict) -> bool:
+    """A differing key worth naming for this run (how shots are chosen says nothing without shots)."""
+    return key in config and not (key == "prompt.shot_selection" and not config.get("prompt.shots"))
 
 
 def _refuse_differences(configs: dict[Path, dict], view, what: str) -> None:
