@@ -209,8 +209,9 @@ def interval(values: np.ndarray, rows: np.ndarray, level: float = 0.95) -> tuple
 
     Mean and sd are the values' own. The interval is the t-interval of the mean on the logit scale,
     mapped back: it always lies inside (0, 1), where the plain t-interval of two seeds (t = 12.7) ran
-    to [-1.1, 2.7]. A score of exactly 0 or 1 is moved in by half a test row first ((v * n + 0.5) / (n + 1),
-    n = that run's test rows), as the logit of 0 or 1 is infinite. Equal values give the point itself.
+    to [-1.1, 2.7]. Each score is first moved in by half a test row, (v * n + 0.5) / (n + 1) with n that
+    run's test rows (the empirical logit), so that 0 and 1 have finite logits. Equal values give the
+    point itself.
     """
     from scipy import stats
     from scipy.special import expit, logit
