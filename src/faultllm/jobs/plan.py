@@ -38,11 +38,7 @@ def _pair(record: dict, unit: str = "") -> str:
 def summary(cfg: PlanJob, plan: dict) -> dict[str, str]:
     rows, prompt, completion, memory = plan["rows"], plan["prompt_tokens"], plan["completion_tokens"], plan["memory_gib"]
     folds = {f"{fold['train']}/{fold['val']}" for fold in rows["folds"]}
-    by_workers = "; ".join(
-        f"{h['workers']} worker{'s' if h['workers'] > 1 else ''}: {_pair(h['wall_hours'], ' h')} wall, "
-        f"{_pair(h['gpu_hours'], ' GPU-h')}"
-        for h in plan["hours"]
-    )
+    workers = lambda h: f"{h['workers']} worker{'s' if h['workers'] > 1 else ''}"  # noqa: E731
     return {
         "rows": f"train {rows['train']}, test {rows['test']}"
         + (f"; {len(rows['folds'])} folds of {', '.join(sorted(folds))} (train/val)" if folds else ""),
@@ -57,7 +53,8 @@ def summary(cfg: PlanJob, plan: dict) -> dict[str, str]:
         "memory per GPU": f"{memory['estimate_gib']:.1f} GiB of {memory['gpu_memory_gib']:g} ({memory['quantization']}, "
         f"gradient checkpointing {'on' if memory['gradient_checkpointing'] else 'off'})",
         "rate": plan["throughput"]["source"],
-        "hours": by_workers,
+        "GPU-hours": "; ".join(f"{workers(h)}: {_pair(h['gpu_hours'])}" for h in plan["hours"]),
+        "wall-clock hours": "; ".join(f"{workers(h)}: {_pair(h['wall_hours'])}" for h in plan["hours"]),
         "the study's way": f"{_n(plan['study']['gpu_hours'])} GPU-h: x{plan['study_ratio']:.1f} (padded to "
         f"{plan['study']['pad_to']}, {plan['study']['new_tokens']} tokens decoded at batch 1, unpruned, a load per fold)",
         **{f"note {i + 1}": note for i, note in enumerate(plan["notes"])},
