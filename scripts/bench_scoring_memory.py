@@ -44,14 +44,14 @@ def measure(name: str) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from faultllm.config import compose
+    from faultllm.config import load_config
     from faultllm.evaluation import answer_space, score
     from faultllm.modeling import load_tokenizer, resolve_model_path
     from faultllm.prompts import Prompts, Serializer
     from faultllm.splits import prepared_split
 
     body, overrides, n_prompts, labels, naive = VARIANTS[name]
-    cfg = compose("train", ["model=tiny", *overrides])
+    cfg = load_config("train", ["model=tiny", *overrides])
     tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=32000, pad_token_id=tokenizer.pad_token_id, **BODIES[body])
@@ -61,7 +61,7 @@ def measure(name: str) -> dict:
         model.forward = lambda *args, **kwargs: forward(*args, **(kwargs | {"logits_to_keep": 0}))
     split, _ = prepared_split(cfg.data, cfg.seed)
     rendered_labels = list(range(21)) if labels is not None else split.labels  # the same prompts for both sets
-    serializer = Serializer.from_config(cfg.prompt, cfg.data, split.features, rendered_labels, tokenizer)
+    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, rendered_labels, tokenizer)
     prompts = serializer.render(split.test.head(n_prompts))
     labels, truth = (split.labels, prompts.truth) if labels is None else (labels, [labels[0]] * n_prompts)
     space = answer_space(tokenizer, Prompts(prompts.texts, [], labels, prompts.completions))

@@ -68,14 +68,15 @@ LAYERS = [
     {"schema"},  # what every config key is
     {"config"},  # Hydra's DictConfig -> the typed schema
     {"loaders", "templates"},
-    {"splits", "tiny"},
+    {"splits", "tiny", "costs"},
     {"rundir"},
     {"prompts"},
     {"modeling"},
     {"evaluation"},
     {"training"},
-    {"finetune", "baselines"},
+    {"finetune", "baselines", "bench"},
     {"hpo", "explain", "comparison", "predict"},
+    {"planning"},
     {"jobs"},  # faultllm.jobs.*
     {"cli"},
     {"__main__"},

@@ -109,6 +109,12 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "trainer.epochs=abc", "trainer.epochs='abc': expected an integer"),
         ("train", "model.optimizer=adamw_torh", "model.optimizer='adamw_torh': expected auto or a transformers optim name"),
         ("predict", "predict.model=svn", "predict.model='svn': expected one of rf, lr, svm, knn, gbm, hgb or null"),
+        ("train", "model.init=random", "model.init=random: random weights are never a result; add model.allow_random=true"),
+        ("train", "model.init=randm", "model.init='randm': expected one of pretrained, random (did you mean random?)"),
+        ("plan", "plan.gpu=h10", "plan.gpu='h10': expected one of h100, h200, a100, l40s, a10, t4"),
+        ("plan", "plan.mfu=1.5", "plan.mfu=1.5: expected < 1"),
+        ("plan", "job=trian", "job='trian': expected one of train, hpo (did you mean train?)"),
+        ("bench", "bench.steps=0", "bench.steps=0: expected >= 1"),
     ],
 )  # fmt: skip
 def test_named_bad_values(job, override, message):

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "explain": ("explain", "explain", "free-text probe and measured feature attributions"),
     "predict": ("predict", "predict", "diagnose new rows with a train run's LLM or a baselines run's model"),
     "report": ("report", "report", "RUN_DIR... [--out DIR]: compare train and baselines runs over seeds"),
+    "plan": ("plan", "plan", "job=train|hpo ...: tokens, FLOPs, memory and GPU-hours of a run, before paying them"),
+    "bench": ("bench", "bench", "a few timed training steps and scoring batches of a train config on this machine"),
 }
 
 USAGE = """usage: faultllm <command> [key=value ...]   (Hydra overrides, e.g. data=tep data.path=DIR seed=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from faultllm.errors import FaultLLMError
 
@@ -110,6 +110,7 @@ LR_SCHEDULERS = (
 LOSS, ACCURACY, MACRO_F1 = "loss", "accuracy", "macro_f1"
 EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1)
 OBJECTIVES = {f"val_{LOSS}": "minimize", f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize"}
+GPU_NAMES = ("h100", "h200", "a100", "l40s", "a10", "t4")  # `plan.gpu`: costs.GPUS holds their datasheet numbers
 
 
 def trackers(report_to: str | list) -> tuple[str, ...]:
@@ -195,6 +196,10 @@ class ModelConfig:
     """configs/model/*.yaml: the base model and how it is loaded on this machine."""
 
     path: str | None = None  # a hub id or a local directory (configs/model/*.yaml)
+    # random: the architecture from its config.json alone (shipped for configs/model/*), random weights, quantized
+    # as usual: throughput and memory without downloading weights (`faultllm bench`); never a result
+    init: str = one_of("pretrained", "random")
+    allow_random: bool = False  # train/hpo refuse model.init=random unless this is true
     quantization: str = one_of("auto", "nf4", "none")  # auto: 4-bit NF4 on CUDA, none on CPU
     attn_implementation: str = one_of("auto", "flash_attention_2", "sdpa", "eager")  # auto: FA-2 when installed
     optimizer: str = "auto"  # auto: fused AdamW on CUDA, adamw_torch on CPU; or a transformers `optim` name
@@ -421,10 +426,14 @@ class TrainJob(RunSettings):
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
         if self.model.build is None and not self.model.path:
             raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
+        if self.results and self.model.init == "random" and not self.model.allow_random:
+            raise ConfigError("model.init", "=random: random weights are never a result; add model.allow_random=true "
+                                            "to run on them anyway (faultllm bench and plan take them as they are)")  # fmt: skip
 
 
 @dataclass
@@ -457,6 +466,59 @@ def check_search_param(job: object, param: SearchParam) -> None:
             replace(node, **{name: value})  # the key's own checks
         except ConfigError as err:
             raise ConfigError(bound, f"={value!r}: {param.key}{err.message}") from None
+
+
+@dataclass
+class PlanConfig:
+    """What `faultllm plan` assumes (`faultllm plan job=hpo plan.gpu=a100 plan.mfu=0.4`); see faultllm/planning.py."""
+
+    gpu: str = one_of(*GPU_NAMES)  # the GPU planned for: peak dense bf16/fp16 FLOP/s, memory, bandwidth
+    mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)
+    throughput_from: str | None = None  # a `faultllm bench` run directory (or its bench.json): measured rates instead
+    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # HPO's expected case: the share of fold-epochs pruning
+    #   saves (0.28: measured on CPU, README "HPO pruning"); the worst case prunes nothing
+    tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
+    #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id
+    load_seconds: float | None = at_least(None, 0.0)  # one base-model load and quantization; null: 2 bytes/param at 1 GB/s
+    study_pad_to: int | None = at_least(None, 1)  # the study's padded sequence length; null: the model's context
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class BenchConfig:
+    """`faultllm bench`: how much is timed (after warm-up) on this machine."""
+
+    warmup_steps: int = at_least(3, 1)  # optimizer steps run before the clock starts
+    steps: int = at_least(20, 1)  # optimizer steps timed
+    scoring_batches: int = at_least(4, 1)  # restricted-scoring batches of eval.batch_size test rows, timed
+    generate_rows: int = at_least(4, 1)  # rows decoded at batch 1 (the study's evaluation), timed
+    peak_tflops: float | None = at_least(None, 0.0, strict=True)  # the GPU's dense bf16 peak; null: by its exact name
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class PlanJob(HpoJob):
+    """`faultllm plan job=train|hpo` takes that command's keys (hpo.* only matter for job=hpo)."""
+
+    job: str = one_of("train", "hpo")  # whose protocol is planned
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    results: ClassVar[bool] = False  # loads no weights at all
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self)
+
+
+@dataclass
+class BenchJob(TrainJob):
+    """`faultllm bench` takes train's keys: a few timed steps of that training run."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    results: ClassVar[bool] = False  # measures speed and memory only: model.init=random is what it is for
 
 
 @dataclass
@@ -499,4 +561,5 @@ class ReportJob:
 JOBS: dict[str, type] = {
     "prepare": PrepareJob, "train": TrainJob, "hpo": HpoJob, "baselines": BaselinesJob,
     "evaluate": EvaluateJob, "explain": ExplainJob, "predict": PredictJob, "report": ReportJob,
+    "plan": PlanJob, "bench": BenchJob,
 }  # fmt: skip
