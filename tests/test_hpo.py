@@ -6,18 +6,21 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
+import optuna
 import pytest
 
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.hpo import open_study, study_rule
 from faultllm.jobs.hpo import run as search
+from faultllm.schema import SearchParam
 from faultllm.splits import cv_folds, fold_splits, make_split
 from tests.conftest import easy_overrides
 
-RULE = 3  # hpo.prune_early_epochs
+RULE = (3, 0.5)  # hpo.prune_early_epochs, hpo.prune_valid_mass
 
 
 def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
@@ -28,10 +31,11 @@ def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
 
 
 def test_the_studys_pruning_rule():
-    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_accuracy": 0.5}, RULE) == "loss is NaN"
-    assert study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) == "validation accuracy 0 at epoch 2"
-    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) is None  # only early epochs
-    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.4}, RULE) is None
+    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_valid_mass": 0.9}, *RULE) == "loss is NaN"
+    reason = study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.25, "val_valid_mass": 0.02}, *RULE)
+    assert reason == "valid answers get 2.0% of the probability at epoch 2 (hpo.prune_valid_mass)"
+    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_valid_mass": 0.02}, *RULE) is None  # only early epochs
+    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.0, "val_valid_mass": 0.9}, *RULE) is None
 
 
 def test_scaler_is_fitted_per_fold_on_its_training_rows(compose_cfg):
@@ -80,6 +84,26 @@ def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
         .fetchall()
     )
     assert state == "PRUNED" and reason == '"loss is NaN"'
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_answer_with_a_label_is_pruned_by_the_studys_rule(tiny_cache, easy_csv, tmp_path):
+    """The study pruned trials whose generations were no valid `Y = label` in the first epochs. Restricted
+    scoring always picks a label, so the rule reads the probability of the valid answers: a learning rate
+    of 1.0 wrecks the answer format in one epoch (0% on valid answers), 3e-3 keeps it (about a third)."""
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.pruner=none", "hpo.refit=false"]
+    cfg = load_config("hpo", [*overrides, "hpo.objective=val_class_loss"])  # -log p(true label | allowed labels)
+    space = {"lr": SearchParam("trainer.learning_rate", "categorical", choices=[3e-3, 1.0])}
+    cfg = replace(cfg, hpo=replace(cfg.hpo, space=space))
+    search(cfg, tmp_path)
+    study = optuna.load_study(study_name="faultllm", storage=f"sqlite:///{tmp_path}/study.db")
+    trials = {trial.params["lr"]: trial for trial in study.trials}
+    assert set(trials) == {3e-3, 1.0}
+    assert trials[1.0].state.name == "PRUNED"
+    assert trials[1.0].user_attrs["pruned_because"].startswith("valid answers get 0.0% of the probability at epoch 1")
+    learning = trials[3e-3]
+    assert learning.state.name == "COMPLETE" and learning.user_attrs["val_valid_mass"] > 0.1
+    assert learning.value == learning.user_attrs["val_class_loss"] != learning.user_attrs["val_loss"]
 
 
 def _hpo_process(overrides: list[str], log) -> subprocess.Popen:

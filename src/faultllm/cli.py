@@ -183,7 +183,7 @@ def composition_error(config_name: str, overrides: list[str], err: Exception) ->
         keys = [f"{parent}.{name}" if parent else name for name in config_keys(config_name, parent)]
         return f"{key}: no such config key{suggestion(key, keys)}"
     if key:  # a value of the wrong type
-        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+        value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), None)
         reason = str(cause).splitlines()[0]
         for found, expected in _TYPE_ERRORS.items():
             if found in reason:

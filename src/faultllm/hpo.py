@@ -28,7 +28,17 @@ from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
 from faultllm.paths import install_hint
 from faultllm.prompts import Serializer
-from faultllm.schema import ACCURACY, LOSS, OBJECTIVES, HpoConfig, HpoJob, SearchParam, trackers
+from faultllm.schema import (
+    ACCURACY,
+    EPOCH_METRICS,
+    LOSS,
+    OBJECTIVES,
+    VALID_MASS,
+    HpoConfig,
+    HpoJob,
+    SearchParam,
+    trackers,
+)
 from faultllm.splits import Split, fold_splits, scale_split
 from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
@@ -56,13 +66,17 @@ def with_params(cfg: HpoJob, params: dict) -> HpoJob:
     return with_values(cfg, params)
 
 
-def study_rule(row: dict, prune_early_epochs: int) -> str | None:
-    """The study's pruning rule: a NaN loss, or accuracy 0 in the early epochs, never recovers."""
+def study_rule(row: dict, prune_early_epochs: int, min_valid_mass: float) -> str | None:
+    """The study's pruning rule, as it meant it: a NaN loss never recovers, nor a model that cannot produce a
+    valid answer in its first epochs. The study saw that as validation accuracy 0 of parsed generations;
+    restricted scoring always answers with a label (accuracy >= 1/K by chance), so the rule looks at the
+    probability mass the model puts on the valid answers instead."""
     losses = [row[key] for key in (f"val_{LOSS}", f"train_{LOSS}") if key in row]
     if not all(math.isfinite(loss) for loss in losses):
         return "loss is NaN"
-    if row["epoch"] <= prune_early_epochs and row.get(f"val_{ACCURACY}") == 0.0:
-        return f"validation accuracy 0 at epoch {row['epoch']}"
+    mass = row.get(f"val_{VALID_MASS}")
+    if row["epoch"] <= prune_early_epochs and mass is not None and mass < min_valid_mass:
+        return f"valid answers get {mass:.1%} of the probability at epoch {row['epoch']} (hpo.prune_valid_mass)"
     return None
 
 
@@ -239,7 +253,7 @@ class _PruningReporter:
         def on_epoch(row: dict) -> None:
             self.trained += 1
             self.trial.set_user_attr("fold_epochs_trained", self.trained)
-            reason = study_rule(row, self.hpo_cfg.prune_early_epochs)
+            reason = study_rule(row, self.hpo_cfg.prune_early_epochs, self.hpo_cfg.prune_valid_mass)
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
@@ -363,10 +377,10 @@ def table_4_1(best, final: dict | None) -> pd.DataFrame:
     rows = [(f"{name}", value) for name, value in best.params.items()]
     attrs = best.user_attrs
     rows += [
-        ("Loss Train HPO", attrs.get("train_loss")),
-        ("Accuracy Train HPO", attrs.get("train_accuracy")),
-        ("Loss Validation", attrs.get("val_loss")),
-        ("Accuracy Validation", attrs.get("val_accuracy")),
+        ("Loss Train HPO", attrs.get(f"train_{LOSS}")),
+        ("Accuracy Train HPO", attrs.get(f"train_{ACCURACY}")),
+        ("Loss Validation", attrs.get(f"val_{LOSS}")),
+        ("Accuracy Validation", attrs.get(f"val_{ACCURACY}")),
     ]
     if final:
         rows += [
@@ -395,7 +409,7 @@ def search_summary(
         "best_params": best.params,
         "hpo": {
             key: best.user_attrs.get(key)
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+            for key in (*(f"train_{m}" for m in EPOCH_METRICS), *(f"val_{m}" for m in EPOCH_METRICS))
         },
         "final": final_metrics or None,
         "trials_finished": int(finished.sum()),

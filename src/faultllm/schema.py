@@ -107,9 +107,14 @@ LR_SCHEDULERS = (
     "greedy",
 )  # fmt: skip
 # Per-epoch metrics: the epoch callback writes `{split}_{metric}`; HPO objectives and `report` read them.
-LOSS, ACCURACY, MACRO_F1 = "loss", "accuracy", "macro_f1"
-EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1)
-OBJECTIVES = {f"val_{LOSS}": "minimize", f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize"}
+# loss: the study's, mean NLL per answer token (`Y = k</s>`: mostly the fixed format); class_loss:
+# -log p(true label | allowed labels); valid_mass: the probability the model puts on any valid answer.
+LOSS, CLASS_LOSS, ACCURACY, MACRO_F1, VALID_MASS = "loss", "class_loss", "accuracy", "macro_f1", "valid_mass"
+EPOCH_METRICS = (LOSS, CLASS_LOSS, ACCURACY, MACRO_F1, VALID_MASS)
+OBJECTIVES = {
+    f"val_{LOSS}": "minimize", f"val_{CLASS_LOSS}": "minimize",
+    f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize",
+}  # fmt: skip
 GPU_NAMES = ("h100", "h200", "a100", "l40s", "a10", "t4")  # `plan.gpu`: costs.GPUS holds their datasheet numbers
 
 
@@ -319,9 +324,12 @@ class HpoConfig:
 
     n_trials: int = at_least(100, 1)
     folds: int = at_least(5, 2)
-    objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch
+    objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
     pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
-    prune_early_epochs: int = at_least(3, 0)  # prune on NaN loss, or validation accuracy 0 up to this epoch
+    # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
+    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass.
+    prune_early_epochs: int = at_least(3, 0)
+    prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
     worker_index: int = at_least(0, 0)  # the sampler's seed is seed + worker_index: give each worker its own
     storage: str | None = None  # null: sqlite in the run directory; or sqlite:////path/db, postgresql://..., PATH.log
@@ -336,8 +344,6 @@ class HpoConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not self.space:
-            raise ConfigError("space", " is empty; name at least one hyperparameter to search")
         self.space = {name: _search_param(name, spec) for name, spec in self.space.items()}
 
 
@@ -438,10 +444,12 @@ class TrainJob(RunSettings):
 
 @dataclass
 class HpoJob(TrainJob):
-    hpo: HpoConfig = field(default_factory=lambda: HpoConfig(space={"lora_r": {"key": "lora.r", "type": "int", "low": 4, "high": 256}}))
+    hpo: HpoConfig = field(default_factory=HpoConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.hpo.space:
+            raise ConfigError("hpo.space", " is empty; name at least one hyperparameter to search (configs/hpo/)")
         for name, param in self.hpo.space.items():
             try:
                 check_search_param(self, param)
