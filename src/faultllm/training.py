@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from faultllm.distributed import is_main_process
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
+from faultllm.files import write_text
 from faultllm.modeling import (
     HardwarePlan,
     ModelDims,
@@ -141,7 +142,8 @@ def plan_for_run(plan: HardwarePlan, model, tokenizer, train: Prompts, options: 
 
 
 class EpochHistory:
-    """One row of metrics per epoch, appended to epochs.jsonl as it happens (a resumed run keeps its rows)."""
+    """One row of metrics per epoch, in epochs.jsonl as it happens (a resumed run keeps its rows); the file is
+    rewritten whole and atomically each epoch, so a killed run never leaves half a line."""
 
     def __init__(self, path: Path, keep: bool) -> None:
         self.path, self.writes = path, is_main_process()  # under torchrun the main rank writes the file
@@ -152,8 +154,7 @@ class EpochHistory:
     def append(self, row: dict) -> None:
         self.rows.append(row)
         if self.writes:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
 class _EpochCallback(TrainerCallback):
