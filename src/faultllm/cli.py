@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from faultllm.credentials import hide_passwords, redact
+
 # command -> (config name in configs/, job module in faultllm.jobs, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "data prepare": ("prepare", "prepare", "load, guard, sample, split and scale a data set"),
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"faultllm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    overrides = argv[len(command.split()) :]
+    overrides = hide_passwords(argv[len(command.split()) :])  # Hydra, its files and the job never see the password
     config_name, module, _ = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in overrides):
         print(command_help(command, config_name))
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(arg.startswith("-") for arg in overrides):  # multiruns and Hydra's flags: checked per job
         error = config_error(config_name, overrides)
         if error:
-            print(f"faultllm {command}: error: {error}", file=sys.stderr)
+            print(f"faultllm {command}: error: {redact(error)}", file=sys.stderr)
             return 2
     from faultllm.distributed import pin_first_gpu, world_size
 
@@ -154,6 +156,7 @@ def _quiet_known_noise() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's heartbeat API
+    warnings.filterwarnings("ignore", message=r"Argument ``\w+`` is an experimental feature")  # heartbeat_interval
 
 
 def _no_progress_bars() -> None:
@@ -202,12 +205,15 @@ _BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
 
 
 def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
-    """One line on stderr; a run directory the failed job wrote nothing into is removed."""
+    """One line on stderr; a run directory the failed job wrote nothing into is removed, and with it the
+    command's folder above it when that is left empty (run_dir/evaluate/ of a refused evaluate)."""
     from faultllm.distributed import is_main_process
 
-    print(f"faultllm {command}: error: {message}", file=sys.stderr)
+    print(f"faultllm {command}: error: {redact(message)}", file=sys.stderr)
     if is_main_process() and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
         shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.name == command.split()[-1] and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
     sys.exit(code)
 
 

@@ -14,11 +14,6 @@ from faultllm.metrics import classification_metrics
 from faultllm.rundir import SavedRun, read_json
 
 
-def check_rows(rows: pd.DataFrame, source: str) -> None:
-    if rows.empty:
-        raise FaultLLMError(f"input={source}: the table has no rows")
-
-
 def run_kind(run: SavedRun) -> str:
     if (run.run_dir / "adapter").is_dir():
         return "llm"

@@ -19,11 +19,16 @@ from optuna.storages import fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from faultllm.credentials import redact, worker_environment
 from faultllm.distributed import pin_first_gpu, visible_gpus
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_csv, write_json
 from faultllm.hpo import (
     DIRECTIONS,
+    ON_OOM,
+    OutOfMemoryStreak,
     OverBudget,
+    TrialOutOfMemory,
     best_trial,
     check_space,
     claim_within_budget,
@@ -43,7 +48,7 @@ from faultllm.hpo import (
 from faultllm.jobs.train import train_on_split
 from faultllm.modeling import forget_reused_base, resolve_model_path
 from faultllm.reporting import print_summary, write_table
-from faultllm.rundir import read_json, start_run, write_json
+from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, start_run
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
 log = logging.getLogger(__name__)
@@ -55,8 +60,10 @@ def run(cfg, run_dir) -> dict:
         raise FaultLLMError(f"hpo.objective={cfg.hpo.objective!r}; expected one of {sorted(DIRECTIONS)}")
     if cfg.hpo.workers < 1:
         raise FaultLLMError(f"hpo.workers={cfg.hpo.workers}: expected at least 1 worker process")
+    if cfg.hpo.on_oom not in ON_OOM:
+        raise FaultLLMError(f"hpo.on_oom={cfg.hpo.on_oom!r}; expected one of {', '.join(ON_OOM)}")
     resolve_model_path(cfg.model, cfg.cache_dir)  # a hub model off the hub fails here, not in the first trial
-    run_dir = start_run(cfg, run_dir)
+    run_dir = start_run(cfg, run_dir, HPO_RESUME)
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
@@ -68,9 +75,11 @@ def run(cfg, run_dir) -> dict:
     pin_first_gpu()  # this worker: one GPU
     started = time.perf_counter()
     run_trials(study, cfg, raw, folds, run_dir)
+    forget_reused_base()  # the trials' base model: not held while waiting on another worker's refit
     if slots_taken(study) == (cfg.hpo.n_trials, 0):
-        with refit_claim(study) as mine:
+        with refit_claim(study, _patience(cfg.hpo), cfg.hpo.heartbeat_interval) as mine:
             if mine:
+                log.info(f"worker {cfg.hpo.worker_index}: the refit and Table 4.1 are this worker's")
                 return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
     log.info(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's")
     return {}
@@ -96,11 +105,13 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
         MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
         functools.partial(_report, n_trials=n_trials),
         *mlflow_trial_logger(cfg.trainer),
+        OutOfMemoryStreak(),
     ]
-    patience, waited = cfg.hpo.grace_period + 2 * cfg.hpo.heartbeat_interval, 0
+    patience, waited = _patience(cfg.hpo), 0
     while (taken := slots_taken(study))[0] < n_trials:
         if sum(taken) < n_trials:
-            study.optimize(objective, callbacks=callbacks, catch=(OverBudget,), gc_after_trial=True)
+            catch = (OverBudget, TrialOutOfMemory)  # an out-of-memory trial is failed and recorded; the worker goes on
+            study.optimize(objective, callbacks=callbacks, catch=catch, gc_after_trial=True)
             waited = 0
         elif waited > patience:  # the running trials are alive (or were never heartbeaten): theirs to finish
             log.info(f"worker {cfg.hpo.worker_index}: the last trials run in other workers")
@@ -111,9 +122,16 @@ def run_trials(study, cfg, raw: Split, folds: list, run_dir: Path) -> None:
             fail_stale_trials(study)
 
 
+def _patience(hpo_cfg) -> float:
+    """How long a worker waits for another worker's running trial or refit claim to finish or go stale."""
+    return hpo_cfg.grace_period + 2 * hpo_cfg.heartbeat_interval
+
+
 def _report(study, trial, n_trials: int) -> None:
     """One line per trial this worker ran."""
     if trial.state == TrialState.FAIL:
+        if "failed_because" in trial.user_attrs:
+            log.warning(f"trial {trial.number} (of {n_trials}) failed: {trial.user_attrs['failed_because']}")
         return
     status = (
         f"value {trial.value:.4f}"
@@ -131,7 +149,7 @@ def finish_study(study, cfg, raw: Split, run_dir: Path, seconds: float) -> dict:
     if best is None:
         raise FaultLLMError("no trial finished without being pruned; widen hpo.space or lower the pruning")
     trials = study.trials_dataframe()
-    trials.to_csv(run_dir / "trials.csv", index=False)
+    write_csv(trials, run_dir / "trials.csv")
     plot_study(study, run_dir)
     final = _refit(cfg, best, raw, run_dir / "final") if cfg.hpo.refit else None
     summary = search_summary(trials, best, final, cfg.hpo, cfg.trainer.epochs, seconds)
@@ -147,12 +165,15 @@ def launch_workers(cfg, run_dir: Path) -> dict:
 
     keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(WORKER_KEYS)]
     url = study_url(cfg.hpo, run_dir)
+    secret = worker_environment(url)  # the workers get the storage's password in their environment, not argv
     gpus = visible_gpus()
     workers = []
     for index in range(cfg.hpo.workers):
-        env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
+        env = os.environ | secret | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
         worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
-        worker = ["hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"]
+        worker = [
+            "hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}", f"hydra.run.dir={run_dir}"
+        ]  # fmt: skip
         workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
     codes = [worker.wait() for worker in workers]
     if any(codes):
@@ -169,7 +190,8 @@ def _refit(cfg, best, raw: Split, run_dir: Path) -> dict:
     forget_reused_base()  # the refit loads its own
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
-    return train_on_split(refit_cfg, split, scaler, start_run(refit_cfg, run_dir), search_features(cfg, raw))
+    refit_dir = start_run(refit_cfg, run_dir, TRAIN_RESUME)
+    return train_on_split(refit_cfg, split, scaler, refit_dir, search_features(cfg, raw))
 
 
 def _print_summary(cfg, best, summary: dict, run_dir: Path) -> None:

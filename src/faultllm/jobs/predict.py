@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faultllm.files import write_csv
 from faultllm.predict import (
-    check_rows,
     metrics_if_labelled,
     predict_baseline,
     predict_llm,
@@ -22,8 +22,7 @@ from faultllm.rundir import open_run, start_run, write_json
 def run(cfg, out_dir) -> dict:
     saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
     kind = run_kind(saved)
-    rows = saved.read_rows(Path(cfg.input), "input", require_label=False)
-    check_rows(rows, cfg.input)
+    rows = saved.read_rows(Path(cfg.input), "input", False, "predict.input_scaled", cfg.predict.input_scaled)
     if kind == "llm":
         model, predictions = (
             f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",
@@ -33,7 +32,7 @@ def run(cfg, out_dir) -> dict:
         model, predictions = predict_baseline(saved, rows, cfg.predict.model)
     out_dir = start_run(cfg, out_dir)
     table = prediction_table(rows, saved.split.features, predictions)
-    table.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(table, out_dir / "predictions.csv")
     metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)
     summary = {"model": model, "rows": len(table), "input": str(cfg.input)}
     if metrics:

@@ -13,10 +13,11 @@ import pandas as pd
 from faultllm import plots
 from faultllm.distributed import is_main_process, world_size
 from faultllm.evaluation import evaluate_prompts
+from faultllm.files import write_csv
 from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer, ordered_features
 from faultllm.reporting import print_summary
-from faultllm.rundir import PROMPT_FEATURES, save_split, start_run, write_json
+from faultllm.rundir import PROMPT_FEATURES, TRAIN_RESUME, save_split, start_run, write_json
 from faultllm.splits import MinMaxScaler, Split, prepared_split
 from faultllm.training import FitResult, TrainOptions, fit
 
@@ -27,7 +28,7 @@ def run(cfg, run_dir) -> dict:
     Under torchrun/accelerate every rank trains (DDP) and scores its share of the rows; the main
     process writes the files.
     """
-    run_dir = start_run(cfg, run_dir) if is_main_process() else Path(run_dir)
+    run_dir = start_run(cfg, run_dir, TRAIN_RESUME) if is_main_process() else Path(run_dir)
     split, scaler = prepared_split(cfg.data, cfg.seed)
     return train_on_split(cfg, split, scaler, run_dir)
 
@@ -73,12 +74,12 @@ def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str
     result.model.save_pretrained(run_dir / "adapter")
     result.tokenizer.save_pretrained(run_dir / "adapter")
     write_json(run_dir / "metrics.json", metrics)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    write_csv(predictions, run_dir / "predictions.csv")
     labels = result.answer_space.labels
     plots.confusion_matrix(
         metrics["test"]["confusion_matrix"], labels, run_dir / "confusion_matrix.png", f"test ({eval_mode})"
     )
-    pd.DataFrame(result.history).to_csv(run_dir / "learning_curves.csv", index=False)
+    write_csv(pd.DataFrame(result.history), run_dir / "learning_curves.csv")
     if result.history:
         plots.learning_curves(result.history, run_dir / "learning_curves.png", title=title)
 
