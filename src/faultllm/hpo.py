@@ -174,12 +174,6 @@ class HeartbeatStorage(RDBStorage):
             self.record_heartbeat(trial_id)
         return changed
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            super().record_heartbeat(trial_id)
-        except Exception:  # two first heartbeats raced to insert the trial's row: the second one updates it
-            super().record_heartbeat(trial_id)
-
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in self._running_without_heartbeat(study_id):
