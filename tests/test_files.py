@@ -58,3 +58,17 @@ def test_result_writers_rename_into_place(tmp_path, monkeypatch):
     plots.confusion_matrix([[1, 0], [0, 1]], [0, 1], tmp_path / "confusion_matrix.png", "test")
     assert renamed == ["table_4_1.md", "table_4_1.csv", "table_4_1.json", "confusion_matrix.png"]
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")  # the format still from the suffix
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    adapter = tmp_path / "adapter"
+    with files.atomic_directory(adapter) as temporary:
+        (temporary / "adapter_model.safetensors").write_text("old")
+    with pytest.raises(RuntimeError), files.atomic_directory(adapter) as temporary:
+        (temporary / "adapter_model.safetensors").write_text("half of the ne")
+        raise RuntimeError("killed mid-save")
+    assert (adapter / "adapter_model.safetensors").read_text() == "old"
+    with files.atomic_directory(adapter) as temporary:
+        (temporary / "adapter_config.json").write_text("{}")
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]  # the new one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # nothing left beside it

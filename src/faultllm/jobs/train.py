@@ -13,7 +13,7 @@ import pandas as pd
 from faultllm import plots
 from faultllm.distributed import is_main_process, world_size
 from faultllm.evaluation import evaluate_prompts
-from faultllm.files import write_csv
+from faultllm.files import atomic_directory, write_csv
 from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer, ordered_features
 from faultllm.reporting import print_summary
@@ -71,8 +71,9 @@ def train_on_split(
 
 def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str, run_dir: Path, title: str) -> None:
     """adapter/, metrics.json, the test predictions and confusion matrix, the learning curves."""
-    result.model.save_pretrained(run_dir / "adapter")
-    result.tokenizer.save_pretrained(run_dir / "adapter")
+    with atomic_directory(run_dir / "adapter") as adapter:
+        result.model.save_pretrained(adapter)
+        result.tokenizer.save_pretrained(adapter)
     write_json(run_dir / "metrics.json", metrics)
     write_csv(predictions, run_dir / "predictions.csv")
     labels = result.answer_space.labels
