@@ -160,7 +160,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     assert [t.state.name for t in _claims(other).trials] == ["FAIL", "COMPLETE"]
 
 
-def _count(url: str, study: str, states: tuple[str, ...]) -> int:
+def _count(url: str, states: tuple[str, ...], study: str = "faultllm") -> int:
     import sqlalchemy
 
     from faultllm.hpo import _with_driver
@@ -177,27 +177,26 @@ def _count(url: str, study: str, states: tuple[str, ...]) -> int:
         return 0
 
 
-SEED_REFIT, SEED_SEARCH = 2, 5  # seed 2: the refitting worker; seed 5: worker 1 once 4 trials finished
+CHAOS_SEED = 3  # see _kill_points
 
 
-def _kill_point(seed: int) -> tuple[int, int, float]:
-    """(finished trials, victim, delay) drawn from the seed: once the study holds that many finished trials (0..5),
-    and `delay` seconds more, the victim worker is killed; at 6, the worker that claimed the refit instead."""
+def _kill_points(seed: int) -> tuple[int, int, float, float]:
+    """Drawn from the seed: once the study holds `after` finished trials (0..5) and `delay` seconds more, worker
+    `victim` is killed mid-search; then the worker that claims the refit, `refit_delay` seconds into it."""
     rng = random.Random(seed)
-    return rng.randrange(7), rng.randrange(3), rng.uniform(0, 2)
+    return rng.randrange(6), rng.randrange(3), rng.uniform(0, 2), rng.uniform(0, 2)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [SEED_REFIT, SEED_SEARCH])
-def test_chaos_three_workers_on_postgresql_one_killed_then_a_rerun(
-    postgres_server, tiny_cache, easy_csv, tmp_path, seed
+def test_chaos_three_workers_on_postgresql_killed_mid_search_and_mid_refit_then_a_rerun(
+    postgres_server, tiny_cache, easy_csv, tmp_path
 ):
-    """Three workers on one study with a password, one killed with SIGKILL at a seeded point, then a rerun:
-    6 finished trials, no duplicate parameters, nothing left running, one refit, one Table 4.1, no password
-    anywhere on disk or in the output."""
-    after, victim, delay = _kill_point(seed)
-    postgres_server.createdb(f"chaos{seed}", owner="faultllm")
-    url = postgres_server.url(f"chaos{seed}", "faultllm", postgres.PASSWORD)
+    """Three workers on one study with a password; SIGKILL to one worker at a seeded point of the search and
+    to the one that claimed the refit; then a rerun: 6 finished trials, no duplicate parameters, nothing left
+    running, one refit, one Table 4.1, and no password anywhere on disk or in the output."""
+    after, victim, delay, refit_delay = _kill_points(CHAOS_SEED)
+    postgres_server.createdb("chaos", owner="faultllm")
+    url = postgres_server.url("chaos", "faultllm", postgres.PASSWORD)
     run_dir = tmp_path / "run"
     overrides = [*hpo_overrides(tiny_cache, easy_csv, 6), "hpo.heartbeat_interval=1", "hpo.grace_period=3"]
     logs = [tmp_path / f"worker{k}.log" for k in range(3)]
@@ -206,14 +205,19 @@ def test_chaos_three_workers_on_postgresql_one_killed_then_a_rerun(
                      log.open("w"))
         for k, log in enumerate(logs)
     ]  # fmt: skip
-    victim = _wait_for_kill_point(workers, logs, url, after, victim)
-    time.sleep(delay)
-    killed = workers[victim].poll() is None  # else it had left already (its trials done): nothing to kill
-    if killed:
-        os.killpg(workers[victim].pid, signal.SIGKILL)
+
+    def mid_search() -> int | None:
+        return victim if _count(url, ("COMPLETE", "PRUNED")) >= after else None
+
+    def refit_claimant() -> int | None:
+        return next(
+            (k for k, log in enumerate(logs) if "the refit and Table 4.1 are this worker's" in log.read_text()), None
+        )
+
+    killed = {_kill(workers, delay, mid_search), _kill(workers, refit_delay, refit_claimant)} - {None}
     for k, worker in enumerate(workers):
-        expected = -signal.SIGKILL if killed and k == victim else 0
-        assert worker.wait(timeout=900) == expected, logs[k].read_text()[-3000:]
+        assert worker.wait(timeout=900) == (-signal.SIGKILL if k in killed else 0), logs[k].read_text()[-3000:]
+    assert len(killed) == 2  # both kill points came while their victims were alive
     rerun = subprocess.run(
         [sys.executable, "-m", "faultllm.cli", "hpo", *overrides, "hpo.storage=${oc.env:FAULTLLM_STORAGE}",
          f"hydra.run.dir={run_dir}"],
@@ -227,19 +231,19 @@ def test_chaos_three_workers_on_postgresql_one_killed_then_a_rerun(
     assert "storage: postgresql://faultllm:***@" in (run_dir / "config.yaml").read_text()  # the rerun's, resolved
 
 
-def _wait_for_kill_point(workers, logs, url: str, after: int, victim: int) -> int:
-    """The victim's index, once `after` trials finished (after < 6) or a worker claimed the refit (after == 6)."""
+def _kill(workers, delay: float, victim_when) -> int | None:
+    """Wait until `victim_when()` names a worker, `delay` seconds more, then SIGKILL its process group. Its index,
+    or None when the workers ended first or it had left already."""
     deadline = time.time() + 900
-    while time.time() < deadline and any(worker.poll() is None for worker in workers):
-        if after == 6:
-            claimed = "the refit and Table 4.1 are this worker's"
-            refitting = [k for k, log in enumerate(logs) if claimed in log.read_text()]
-            if refitting:
-                return refitting[0]
-        elif _count(url, "faultllm", ("COMPLETE", "PRUNED")) >= after:
-            return victim
+    while (victim := victim_when()) is None:
+        if time.time() > deadline or all(worker.poll() is not None for worker in workers):
+            return None
         time.sleep(0.2)
-    raise AssertionError(f"the kill point never came (after {after})" + logs[0].read_text()[-2000:])
+    time.sleep(delay)
+    if workers[victim].poll() is not None:
+        return None
+    os.killpg(workers[victim].pid, signal.SIGKILL)
+    return victim
 
 
 def _check_the_study_after_chaos(url: str, run_dir: Path) -> None:
