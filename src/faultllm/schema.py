@@ -332,10 +332,15 @@ class HpoConfig:
     prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
     worker_index: int = at_least(0, 0)  # the sampler's seed is seed + worker_index: give each worker its own
-    storage: str | None = None  # null: sqlite in the run directory; or sqlite:////path/db, postgresql://..., PATH.log
+    # null: sqlite in the run directory; or sqlite:////path/db, postgresql://user@host/db (password: PGPASSWORD,
+    # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), /nfs/study.log
+    storage: str | None = None
     study_name: str = "faultllm"
-    heartbeat_interval: int = at_least(60, 1)  # shared storage: a worker silent for grace_period s is failed
+    heartbeat_interval: int = at_least(60, 1)  # a worker silent for grace_period s has its trial or claim redone
     grace_period: int = at_least(180, 1)
+    # a trial out of GPU memory fails alone (reason in trials.csv) and the search goes on; halve_batch: and is
+    # queued once more at half trainer.batch_size, twice grad_accum
+    on_oom: str = one_of("fail", "halve_batch")
     reuse_model: bool = True  # load the base model once per worker; every fold gets fresh, seeded adapters
     refit: bool = True  # refit the best parameters on the whole training split, evaluate on test
     # name -> SearchParam fields (configs/hpo/default.yaml: the study's space); a dict on the command line too:
@@ -402,6 +407,7 @@ class ExplainConfig:
 @dataclass
 class PredictConfig:
     model: str | None = one_of(*BASELINE_MODELS, default=None, nullable=True)  # baselines runs; null: most accurate
+    input_scaled: bool = False  # the rows are already in the run's scaled space (its train/test.parquet)
 
     def __post_init__(self) -> None:
         check_fields(self)

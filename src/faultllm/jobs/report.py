@@ -16,6 +16,7 @@ from pathlib import Path
 
 from faultllm import plots
 from faultllm.comparison import aggregate, load_runs, paired_tests, runs_table
+from faultllm.files import write_csv, write_text
 from faultllm.reporting import markdown, print_table, summary_display, tests_display
 from faultllm.rundir import start_run
 from faultllm.schema import ReportJob
@@ -29,17 +30,17 @@ def run(cfg: ReportJob, out_dir: Path):
     summary, tests = aggregate(runs), paired_tests(results)
     out_dir = start_run(cfg, out_dir, "report")
     shown = summary_display(summary)
-    (out_dir / "comparison.md").write_text(markdown(shown))
-    summary.to_csv(out_dir / "comparison.csv", index=False)
-    runs.to_csv(out_dir / "runs.csv", index=False)
+    write_text(out_dir / "comparison.md", markdown(shown))
+    write_csv(summary, out_dir / "comparison.csv")
+    write_csv(runs, out_dir / "runs.csv")
     plots.comparison(summary[summary["Train rows"] == summary["Train rows"].max()], out_dir / "comparison.png")
     if summary["Train rows"].nunique() > 1:
         plots.train_size_curve(summary, out_dir / "train_size_curve.png")
     seeds = runs["Seed"].nunique()
     print_table(f"comparison over {seeds} seed{'s' * (seeds > 1)} ({len(runs)} model runs)", shown)
     if not tests.empty:
-        tests.to_csv(out_dir / "paired_tests.csv", index=False)
-        (out_dir / "paired_tests.md").write_text(markdown(tests_display(tests)))
+        write_csv(tests, out_dir / "paired_tests.csv")
+        write_text(out_dir / "paired_tests.md", markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
     log.info(f"written to {out_dir}")
     return summary
