@@ -285,7 +285,7 @@ def test_a_study_is_resumed_only_with_the_config_it_was_made_with(tiny_cache, ea
     from faultllm.rundir import start_run
 
     overrides = hpo_overrides(tiny_cache, easy_csv, 3)
-    start_run(load_config("hpo", overrides), tmp_path)
+    start_run(load_config("hpo", overrides), tmp_path, "hpo")
     saved = (tmp_path / "config.yaml").read_text()
     other = [*overrides, "hpo.folds=3", "hpo.space.lora_r.high=32", "hpo.n_trials=9", "hpo.workers=2"]
     with pytest.raises(

@@ -53,10 +53,11 @@ def test_train_plan_by_hand(compose_cfg):
     assert plan["prompt_tokens"] == {"min": prompts.min(), "mean": pytest.approx(prompts.mean()), "max": prompts.max()}
     assert plan["rows"] == {"train": 8, "test": 8, "folds": []}
     assert plan["train_tokens"]["worst"] == plan["train_tokens"]["expected"] == 2 * train_whole.sum()
-    # restricted scoring runs prompt + answer but its last token (labels 0, 1, 4, 5: one pass), after each of
-    # the 2 epochs on train and test, then once more at the end
+    # restricted scoring runs the prompt, the shared `▁Y ▁= ▁` and the answers' prefix tree (one node per
+    # label for 0, 1, 4, 5): prompt + 3 + 4 = prompt + answer (5) + 2 tokens, after each of the 2 epochs on
+    # train and test, then once more at the end
     assert plan["completion_tokens"] == {"min": 5, "mean": 5.0, "max": 5}
-    scored = (train_whole - 1).sum() + (test_whole - 1).sum()
+    scored = (train_whole + 2).sum() + (test_whole + 2).sum()
     assert plan["scoring_tokens"]["expected"] == 3 * scored
     assert plan["model"]["n_base"] == TINY_BASE and plan["model"]["n_lora"] == TINY_LORA_16
     flops = 2 * train_whole.sum() * (4 * TINY_BASE + 6 * TINY_LORA_16) + 3 * scored * 2 * (TINY_BASE + TINY_LORA_16)

@@ -69,11 +69,8 @@ def row_tokens(tokenizer, prompts: Prompts, space: AnswerSpace) -> RowTokens:
     prompt = np.array([len(ids) for ids in tokenizer(prompts.texts)["input_ids"]], dtype=np.int64)
     index = {label: i for i, label in enumerate(space.labels)}
     answer = np.array([len(space.shared) + len(space.suffixes[index[label]]) for label in prompts.truth], np.int64)
-    if space.single_pass:
-        scored = prompt + answer - 1
-    else:
-        continuation = len(space.labels) * (max(len(s) for s in space.suffixes) - 1)
-        scored = prompt + len(space.shared) + continuation
+    # restricted scoring: one forward over the prompt, the shared answer tokens and the answers' prefix tree
+    scored = prompt + len(space.shared) + len(space.tree.tokens)
     return RowTokens(prompt, answer, scored)
 
 
