@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 
 def main(overrides: list[str]) -> None:
-    from _bench import setup
+    from faultllm.bench import setup
     from faultllm.config import load_config
     from faultllm.evaluation import answer_space, generate_answers, score
 

@@ -19,7 +19,7 @@ from tempfile import TemporaryDirectory
 
 def tokens_per_second(cfg, pad_to: int | None) -> tuple[float, int, float]:
     """(real tokens/s, real tokens, computed tokens per real token) over one epoch."""
-    from _bench import setup, sft_trainer
+    from faultllm.bench import setup, sft_trainer
 
     run = setup(cfg)
     rows = run.serializer.render(run.split.train).sft_rows()

@@ -12,6 +12,7 @@ import pytest
 from faultllm.config import load_config
 from faultllm.distributed import pin_first_gpu
 from faultllm.loaders import HST_FEATURES, TEP_FEATURES
+from tests import postgres
 
 FAULTS = [0, 1, 4, 5]
 
@@ -148,3 +149,18 @@ def trained_run(tiny_cache, easy_csv, tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("trained")
     metrics = train(load_config("train", easy_overrides(tiny_cache, easy_csv)), run_dir)
     return run_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (tests/postgres.py); each test makes its own database."""
+    bin_dir = postgres.binaries()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = postgres.Server(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -63,19 +63,20 @@ def test_no_import_cycles_counting_function_level_imports():
 # The library's layers, lowest first: a module imports only modules of lower layers (the jobs, one per
 # command, sit above the library; the CLI above the jobs).
 LAYERS = [
-    {"errors", "paths", "metrics", "plots", "reporting", "calibration"},  # no faultllm imports
-    {"results", "distributed"},  # metrics.json shapes; one GPU per process
+    {"errors", "paths", "metrics", "credentials", "files", "calibration"},  # no faultllm imports
+    {"distributed", "results", "plots", "reporting"},  # processes and GPUs; metrics.json shapes; output
     {"schema"},  # what every config key is
     {"config"},  # Hydra's DictConfig -> the typed schema
     {"loaders", "templates"},
-    {"splits", "tiny", "shots"},
+    {"splits", "tiny", "costs", "shots"},
     {"rundir"},
     {"prompts"},
     {"modeling"},
     {"evaluation"},
     {"training"},
-    {"finetune", "baselines"},
+    {"finetune", "baselines", "bench"},
     {"hpo", "explain", "comparison", "predict"},
+    {"planning"},
     {"jobs"},  # faultllm.jobs.*
     {"cli"},
     {"__main__"},

@@ -108,3 +108,38 @@ def test_multirun_runs_one_job_per_value(tmp_path):
     result = faultllm("data", "prepare", "-m", "seed=1,2", f"hydra.sweep.dir={tmp_path}", f"cache_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert sorted(json.loads((tmp_path / job / "summary.json").read_text())["seed"] for job in ("0", "1")) == [1, 2]
+
+
+def test_train_refuses_to_resume_a_run_of_another_config_in_one_line(tmp_path):
+    """Before any model is loaded (the tiny model is not even built: cache_dir is empty)."""
+    from faultllm.config import load_config
+    from faultllm.rundir import start_run
+
+    common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
+    start_run(load_config("train", [*common, "lora.r=16"]), tmp_path / "run", "train")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    other = ["lora.r=8", "model.path=other/model", "data.train_size=100", "prompt.template=chat"]
+    result = faultllm("train", *common, *other, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (
+        "holds a run of another config (data.train_size: 400 there, 100 here; lora.r: 16 there, 8 here; "
+        in result.stderr
+    )
+    assert "model.path: None there, 'other/model' here; prompt.template: 'llama2' there, 'chat' here)" in result.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved and not (tmp_path / "cache").exists()
+
+
+def test_evaluate_on_a_baselines_run_says_what_to_use_and_leaves_no_folder(tmp_path):
+    from faultllm.config import load_config
+    from faultllm.jobs.baselines import run as baselines
+
+    baselines(load_config("baselines", [f"cache_dir={tmp_path}", "baselines.models=[lr]", "baselines.importances_for=[]"]),
+              tmp_path / "b")  # fmt: skip
+    result = faultllm("evaluate", f"run_dir={tmp_path / 'b'}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"faultllm evaluate: error: run_dir={tmp_path / 'b'} is a `faultllm baselines` run; evaluate needs a train "
+        "run: its models' test metrics are in its metrics.json and table_4_2.md, and "
+        "`faultllm predict run_dir=DIR input=TABLE` scores other rows with them"
+    ]
+    assert not (tmp_path / "b" / "evaluate").exists()

@@ -84,7 +84,7 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "trainer.lr_scheduler=cosin", "trainer.lr_scheduler='cosin': expected one of linear, cosine,"),
         ("train", "prompt.template=chatml", "prompt.template='chatml': expected one of llama2, chat"),
         ("hpo", "hpo.pruner=medain", "hpo.pruner='medain': expected one of median, hyperband, none (did you mean median?)"),
-        ("hpo", "hpo.objective=val_acc", "hpo.objective='val_acc': expected one of val_loss, val_accuracy, val_macro_f1"),
+        ("hpo", "hpo.objective=val_acc", "hpo.objective='val_acc': expected one of val_loss, val_class_loss, val_accuracy, val_macro_f1"),
         ("explain", "explain.reference=mean", "explain.reference='mean': expected one of median, midpoint"),
         ("train", "lora.r=0", "lora.r=0: expected >= 1"),
         ("train", "trainer.learning_rate=-1", "trainer.learning_rate=-1.0: expected > 0"),
@@ -113,6 +113,12 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "trainer.epochs=-1", "trainer.epochs=-1: expected >= 0"),
         ("train", "prompt.shots=-1", "prompt.shots=-1: expected >= 0"),
         ("train", "prompt.shot_selection=closest", "prompt.shot_selection='closest': expected one of fixed, random, nearest"),
+        ("train", "model.init=random", "model.init=random: random weights are never a result; add model.allow_random=true"),
+        ("train", "model.init=randm", "model.init='randm': expected one of pretrained, random (did you mean random?)"),
+        ("plan", "plan.gpu=h10", "plan.gpu='h10': expected one of h100, h200, a100, l40s, a10, t4"),
+        ("plan", "plan.mfu=1.5", "plan.mfu=1.5: expected < 1"),
+        ("plan", "job=trian", "job='trian': expected one of train, hpo (did you mean train?)"),
+        ("bench", "bench.steps=0", "bench.steps=0: expected >= 1"),
     ],
 )  # fmt: skip
 def test_named_bad_values(job, override, message):

@@ -4,9 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from faultllm.errors import FaultLLMError
-from faultllm.evaluation import answer_space, parse_answer, score
+from faultllm.evaluation import answer_space, evaluate_restricted, parse_answer, score
 from faultllm.metrics import classification_metrics
 from faultllm.prompts import PromptFormat, Prompts, Serializer
 from faultllm.templates import Llama2Layout
@@ -32,67 +35,141 @@ def _prompts(n: int, labels: list, seed: int = 0) -> list[str]:
     return Serializer(list(frame.columns[:-1]), labels, FMT, LAYOUT).render(frame).texts + short.texts
 
 
-def brute_force_log_probs(model, tokenizer, prompt: str, labels: list, first_token_only: bool = False) -> np.ndarray:
-    """log p(answer tokens after the shared prefix) per label, one unpadded sequence at a time."""
+def brute_force_log_probs(model, tokenizer, prompt: str, labels: list) -> np.ndarray:
+    """log p(whole answer: shared prefix, label tokens, end token) per label, one unpadded sequence at a time."""
     space = space_of(tokenizer, labels, prompt)
-    prompt_ids = tokenizer(prompt)["input_ids"] + space.shared
+    prompt_ids = tokenizer(prompt)["input_ids"]
     out = []
     for suffix in space.suffixes:
-        suffix = suffix[:1] if first_token_only else suffix
-        ids = torch.tensor([prompt_ids + suffix])
+        answer = space.shared + suffix
         with torch.no_grad():
-            log_probs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-        positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(suffix))
-        out.append(sum(log_probs[p, t].item() for p, t in zip(positions, suffix, strict=True)))
+            log_probs = torch.log_softmax(model(torch.tensor([prompt_ids + answer])).logits[0].float(), dim=-1)
+        positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(answer))
+        out.append(sum(log_probs[p, t].item() for p, t in zip(positions, answer, strict=True)))
     return np.asarray(out)
 
 
-def test_single_token_labels_take_one_pass_and_match_brute_force(tiny_model):
-    model, tokenizer = tiny_model
-    labels = [0, 1, 4, 5]
-    texts = _prompts(5, labels)
-    space = space_of(tokenizer, labels, texts[0])
-    assert space.single_pass and tokenizer.convert_ids_to_tokens(space.shared) == ["▁Y", "▁=", "▁"]
-    scores = score(model, tokenizer, texts, [1] * len(texts), space, batch_size=4)
-    for text, row in zip(texts, scores.log_probs, strict=True):
-        # one pass scores each label's first token; brute force adds log p(EOS | label) on top
-        first_tokens = brute_force_log_probs(model, tokenizer, text, labels, first_token_only=True)
-        np.testing.assert_allclose(row, first_tokens, atol=2e-4)
+def softmax(log_probs: np.ndarray) -> np.ndarray:
+    exp = np.exp(log_probs - log_probs.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def test_multi_token_labels_are_scored_by_sequence_log_probability(tiny_model):
+@pytest.mark.parametrize(
+    "labels", [[0, 1, 4, 5], [1, 12], [1, 12, 2, 20], [0, 4, 11], ["normal", "valve stuck"]]
+)  # fmt: skip
+def test_every_label_set_is_scored_by_the_whole_answer_through_its_end_token(tiny_model, labels):
+    """Single-token labels (0, 1, 4, 5) included: p(end | label) counts, so prob_* means the same for any labels."""
     model, tokenizer = tiny_model
-    labels = [1, 12, 2, 20]  # 1 and 12 share their first token; EOS tells them apart
     texts = _prompts(6, labels, seed=1)
+    truth = [labels[i % len(labels)] for i in range(len(texts))]
     space = space_of(tokenizer, labels, texts[0])
-    assert not space.single_pass
-    scores = score(model, tokenizer, texts, [12] * len(texts), space, batch_size=3)
-    for text, row in zip(texts, scores.log_probs, strict=True):
-        np.testing.assert_allclose(row, brute_force_log_probs(model, tokenizer, text, labels), atol=2e-4)
+    scores = score(model, tokenizer, texts, truth, space, batch_size=4)
+    brute = np.stack([brute_force_log_probs(model, tokenizer, text, labels) for text in texts])
+    np.testing.assert_allclose(scores.probabilities(), softmax(brute), atol=1e-5)
+    np.testing.assert_allclose(scores.log_probs, brute, atol=1e-4)  # unnormalised: summed over the answer
+    lengths = [len(space.shared) + len(space.suffixes[labels.index(label)]) for label in truth]
+    true_log_probs = brute[np.arange(len(texts)), [labels.index(label) for label in truth]]
+    np.testing.assert_allclose(scores.loss, -true_log_probs / lengths, atol=1e-5)
 
 
-@pytest.mark.parametrize("labels", [[0, 4, 11], [1, 12, 2], ["normal", "valve stuck"]])
-def test_labels_of_mixed_token_lengths_are_scored_by_sequence_log_probability(tiny_model, labels):
+def test_restricted_metrics_hold_class_loss_and_valid_mass(tiny_model):
     model, tokenizer = tiny_model
-    texts = _prompts(5, labels, seed=3)
+    labels = [1, 12]
+    texts = _prompts(5, labels, seed=5)
+    truth = [1, 12, 12, 1, 12, 1]
+    prompts = Prompts(texts, truth, labels, {label: LAYOUT.completion(label) for label in labels})
+    metrics, predictions = evaluate_restricted(model, tokenizer, prompts, answer_space(tokenizer, prompts), 4)
+    brute = np.stack([brute_force_log_probs(model, tokenizer, text, labels) for text in texts])
+    true_index = [labels.index(label) for label in truth]
+    normalised = softmax(brute)[np.arange(len(texts)), true_index]
+    assert metrics["class_loss"] == pytest.approx(-np.log(normalised).mean(), abs=1e-5)
+    assert metrics["valid_mass"] == pytest.approx(np.exp(brute).sum(axis=1).mean(), rel=1e-4)
+    assert 0 < metrics["valid_mass"] < 1 and metrics["loss"] == pytest.approx(predictions["loss"].mean())
+    np.testing.assert_allclose(predictions[["prob_1", "prob_12"]].sum(axis=1), 1.0, atol=1e-6)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensors alive at once among those made inside the block (weights excluded): exact and
+    deterministic on any machine, unlike RSS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.live = {key: entry for key, entry in self.live.items() if not entry[0].expired()}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.live.setdefault(storage._cdata, (StorageWeakRef(storage), storage.nbytes()))
+        self.peak = max(self.peak, sum(size for _, size in self.live.values()))
+        return out
+
+
+def _long_prompts(n: int, labels: list) -> list[str]:
+    """n prompts of ~300 tokens (40 features), as TEP's are long."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.uniform(size=(n, 40)), columns=[f"f{i}" for i in range(40)])
+    frame["label"] = labels[0]
+    return Serializer(list(frame.columns[:-1]), labels, FMT, LAYOUT).render(frame).texts
+
+
+def test_labels_sharing_first_tokens_cost_no_more_memory_than_single_token_labels(tiny_model):
+    """TEP's 21 classes under Llama-2's digit tokens: 10-19 share `1` with 1, 20 shares `2` with 2. Scoring them
+    must not copy the prompt's KV cache per label (21x the memory, ~250 GiB for Llama-2-7B at batch 16)."""
+    model, tokenizer = tiny_model
+    many, few = list(range(21)), [0, 1, 4]
+    texts = _long_prompts(16, many)  # the same prompts for both label sets
+    spaces = {len(labels): space_of(tokenizer, labels, texts[0]) for labels in (many, few)}
+    assert spaces[21].suffixes[12][0] == spaces[21].suffixes[1][0] and len(spaces[21].suffixes[12]) == 3
+    peaks, scores = {}, {}
+    for n, space in spaces.items():
+        with LiveTensorBytes() as memory:
+            scores[n] = score(model, tokenizer, texts, [0] * len(texts), space, batch_size=16)
+        peaks[n] = memory.peak
+    assert peaks[21] <= 1.5 * peaks[3], peaks  # before: 8.5x (284 vs 33 MiB)
+    brute = np.stack([brute_force_log_probs(model, tokenizer, text, many) for text in texts[:4]])
+    np.testing.assert_allclose(scores[21].probabilities()[:4], softmax(brute), atol=1e-5)
+
+
+def test_flash_attention_is_swapped_for_sdpa_while_scoring(tiny_model):
+    """FlashAttention takes no custom 4D mask: scoring runs on SDPA and gives the model back as it was."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    def refuses_masks(*args, **kwargs):
+        raise AssertionError("a 4D mask reached an attention that cannot take one")
+
+    model, tokenizer = tiny_model
+    AttentionInterface.register("refuses_masks", refuses_masks)
+    AttentionMaskInterface.register("refuses_masks", sdpa_mask)
+    labels = [1, 12, 2]
+    texts = _prompts(3, labels, seed=6)
     space = space_of(tokenizer, labels, texts[0])
-    assert not space.single_pass  # answers of different lengths cannot share one aligned pass
-    scores = score(model, tokenizer, texts, [labels[-1]] * len(texts), space, batch_size=4)
-    for text, row in zip(texts, scores.log_probs, strict=True):
-        np.testing.assert_allclose(row, brute_force_log_probs(model, tokenizer, text, labels), atol=2e-4)
+    expected = score(model, tokenizer, texts, [1, 1, 1, 1], space)
+    original = model.config._attn_implementation
+    model.set_attn_implementation("refuses_masks")
+    try:
+        swapped = score(model, tokenizer, texts, [1, 1, 1, 1], space)
+        assert model.config._attn_implementation == "refuses_masks"
+    finally:
+        model.set_attn_implementation(original)
+    np.testing.assert_allclose(swapped.log_probs, expected.log_probs, atol=1e-6)
 
 
 def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
     model, tokenizer = tiny_model
-    labels = [0, 1, 4, 5]
-    texts = _prompts(9, labels, seed=2)
-    space = space_of(tokenizer, labels, texts[0])
-    truth = [0, 1, 4, 5, 0, 1, 4, 5, 0, 1]
-    one = score(model, tokenizer, texts, truth, space, batch_size=1)
-    many = score(model, tokenizer, texts, truth, space, batch_size=8)
-    np.testing.assert_allclose(one.log_probs, many.log_probs, atol=1e-4)
-    np.testing.assert_allclose(one.loss, many.loss, atol=1e-5)
-    assert (one.probabilities().argmax(1) == many.probabilities().argmax(1)).all()
+    for labels in ([0, 1, 4, 5], [1, 12, 2, 20]):
+        texts = _prompts(9, labels, seed=2)
+        space = space_of(tokenizer, labels, texts[0])
+        truth = [labels[i % len(labels)] for i in range(len(texts))]
+        one = score(model, tokenizer, texts, truth, space, batch_size=1)
+        many = score(model, tokenizer, texts, truth, space, batch_size=8)
+        np.testing.assert_allclose(one.log_probs, many.log_probs, atol=1e-4)
+        np.testing.assert_allclose(one.loss, many.loss, atol=1e-5)
+        assert (one.probabilities().argmax(1) == many.probabilities().argmax(1)).all()
 
 
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):

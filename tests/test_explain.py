@@ -83,3 +83,27 @@ def test_bad_rows_and_missing_adapter(trained_run, tmp_path):
         (tmp_path / "copy" / name).write_text((run_dir / name).read_text())
     with pytest.raises(FaultLLMError, match="no adapter found"):
         explain(load_config("explain", [f"run_dir={tmp_path / 'copy'}"]), tmp_path / "y")
+
+
+def test_baselines_runs_of_another_split_or_as_run_dir_are_refused(trained_run, tiny_cache, easy_csv, tmp_path):
+    from faultllm.jobs.evaluate import run as evaluate
+
+    run_dir, _ = trained_run
+    data = [f"cache_dir={tiny_cache}", "data=csv", f"data.path={easy_csv}", "data.train_size=160", "data.test_size=80"]
+    other = [*data, "data.normalize=false", "seed=7", "baselines.models=[lr]", "baselines.importances_for=[]"]
+    run_baselines(load_config("baselines", other), tmp_path / "b")  # the same data, another seed: other rows
+    with pytest.raises(FaultLLMError, match=r"explain.baselines_dir=.*: a baselines run on another split \(other rows; "
+                       r"fingerprint \w+ vs this run's \w+\); run `faultllm baselines` with this run's data config"):  # fmt: skip
+        explain(load_config("explain", [f"run_dir={run_dir}", f"explain.baselines_dir={tmp_path / 'b'}"]), tmp_path / "x")
+    with pytest.raises(FaultLLMError, match=r"is a `faultllm baselines` run; explain needs a train run: give it as "
+                       r"explain.baselines_dir=DIR"):  # fmt: skip
+        explain(load_config("explain", [f"run_dir={tmp_path / 'b'}"]), tmp_path / "y")
+    with pytest.raises(
+        FaultLLMError, match=r"evaluate needs a train run: .* `faultllm predict run_dir=DIR input=TABLE`"
+    ):
+        evaluate(load_config("evaluate", [f"run_dir={tmp_path / 'b'}"]), tmp_path / "z")
+    (tmp_path / "header.csv").write_text("a,b,c,label\n")
+    with pytest.raises(FaultLLMError, match=r"eval.split_path=.*header.csv: the table has no rows"):
+        evaluate(
+            load_config("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'header.csv'}"]), tmp_path / "h"
+        )

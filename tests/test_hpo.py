@@ -1,23 +1,27 @@
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
+import optuna
 import pytest
 
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.hpo import open_study, study_rule
 from faultllm.jobs.hpo import run as search
+from faultllm.schema import SearchParam
 from faultllm.splits import cv_folds, fold_splits, make_split
 from tests.conftest import easy_overrides
 
-RULE = 3  # hpo.prune_early_epochs
+RULE = (3, 0.5)  # hpo.prune_early_epochs, hpo.prune_valid_mass
 
 
 def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
@@ -28,10 +32,11 @@ def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
 
 
 def test_the_studys_pruning_rule():
-    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_accuracy": 0.5}, RULE) == "loss is NaN"
-    assert study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) == "validation accuracy 0 at epoch 2"
-    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_accuracy": 0.0}, RULE) is None  # only early epochs
-    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.4}, RULE) is None
+    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_valid_mass": 0.9}, *RULE) == "loss is NaN"
+    reason = study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.25, "val_valid_mass": 0.02}, *RULE)
+    assert reason == "valid answers get 2.0% of the probability at epoch 2 (hpo.prune_valid_mass)"
+    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_valid_mass": 0.02}, *RULE) is None  # only early epochs
+    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.0, "val_valid_mass": 0.9}, *RULE) is None
 
 
 def test_scaler_is_fitted_per_fold_on_its_training_rows(compose_cfg):
@@ -80,6 +85,26 @@ def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
         .fetchall()
     )
     assert state == "PRUNED" and reason == '"loss is NaN"'
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_answer_with_a_label_is_pruned_by_the_studys_rule(tiny_cache, easy_csv, tmp_path):
+    """The study pruned trials whose generations were no valid `Y = label` in the first epochs. Restricted
+    scoring always picks a label, so the rule reads the probability of the valid answers: a learning rate
+    of 1.0 wrecks the answer format in one epoch (0% on valid answers), 3e-3 keeps it (about a third)."""
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.pruner=none", "hpo.refit=false"]
+    cfg = load_config("hpo", [*overrides, "hpo.objective=val_class_loss"])  # -log p(true label | allowed labels)
+    space = {"lr": SearchParam("trainer.learning_rate", "categorical", choices=[3e-3, 1.0])}
+    cfg = replace(cfg, hpo=replace(cfg.hpo, space=space))
+    search(cfg, tmp_path)
+    study = optuna.load_study(study_name="faultllm", storage=f"sqlite:///{tmp_path}/study.db")
+    trials = {trial.params["lr"]: trial for trial in study.trials}
+    assert set(trials) == {3e-3, 1.0}
+    assert trials[1.0].state.name == "PRUNED"
+    assert trials[1.0].user_attrs["pruned_because"].startswith("valid answers get 0.0% of the probability at epoch 1")
+    learning = trials[3e-3]
+    assert learning.state.name == "COMPLETE" and learning.user_attrs["val_valid_mass"] > 0.1
+    assert learning.value == learning.user_attrs["val_class_loss"] != learning.user_attrs["val_loss"]
 
 
 def _hpo_process(overrides: list[str], log) -> subprocess.Popen:
@@ -192,3 +217,81 @@ def test_each_worker_loads_the_base_model_once_with_the_results_of_fresh_loads(
         runs[reuse] = len(loads), pd.read_csv(tmp_path / str(reuse) / "trials.csv")["value"].tolist()
     assert runs[True][0] == 1 and runs[False][0] == 2 * 2  # one load per worker instead of one per trial and fold
     assert runs[True][1] == runs[False][1]  # fresh, seeded adapters on the kept base: the same trial values
+
+
+# The third training step of the sweep runs out of GPU memory (trial 0, fold 0), as a CUDA OOM would.
+OOM_AT_THIRD_STEP = """
+import sys, torch, transformers
+batches, step = [], transformers.Trainer.training_step
+def training_step(self, *args, **kwargs):
+    batches.append(self.args.per_device_train_batch_size)
+    if len(batches) == 3:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return step(self, *args, **kwargs)
+"""
+
+
+def _trials(run_dir):
+    import pandas as pd
+
+    return pd.read_csv(run_dir / "trials.csv")
+
+
+@pytest.mark.slow
+def test_a_trial_out_of_gpu_memory_fails_alone_and_the_sweep_goes_on(tiny_cache, easy_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    driver = OOM_AT_THIRD_STEP + "transformers.Trainer.training_step = training_step\n"
+    driver += "from faultllm.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 3), "hpo.refit=false", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run([sys.executable, "-c", driver, "hpo", *overrides], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = _trials(run_dir)
+    assert list(trials["state"]).count("FAIL") == 1 and trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 3
+    failed = trials[trials["state"] == "FAIL"].iloc[0]
+    assert failed["number"] == 0 and failed["user_attrs_failed_because"].startswith(
+        "out of GPU memory at batch 8 x accumulation 1: CUDA out of memory. Tried to allocate 2.00 GiB; parameters lora_r="
+    )
+    assert "trial 0 (of 3) failed: out of GPU memory" in result.stdout
+    assert "user_attrs_oom_retry" not in trials  # hpo.on_oom=fail: not queued again
+
+
+@pytest.mark.slow
+def test_with_halve_batch_an_out_of_memory_trial_is_retried_once_at_half_the_batch(
+    tiny_cache, easy_csv, tmp_path, monkeypatch
+):
+    import transformers
+
+    namespace = {}
+    exec(OOM_AT_THIRD_STEP, namespace)  # the same patch as the CLI test's, in this process
+    monkeypatch.setattr(transformers.Trainer, "training_step", namespace["training_step"])
+    search(load_config("hpo", [*hpo_overrides(tiny_cache, easy_csv, 3), "hpo.refit=false", "hpo.on_oom=halve_batch"]),
+           tmp_path)  # fmt: skip
+    trials = _trials(tmp_path).set_index("number")
+    assert trials.loc[0, "state"] == "FAIL" and trials.loc[0, "user_attrs_failed_because"].endswith(
+        "; queued again at batch 4 x accumulation 2"
+    )
+    retry = trials.loc[1]
+    assert retry["state"] in ("COMPLETE", "PRUNED") and retry["user_attrs_retry_of"] == 0
+    assert ast.literal_eval(retry["user_attrs_oom_retry"]) == {
+        "trainer.batch_size": 4, "trainer.grad_accum": 2
+    }  # fmt: skip
+    params = [c for c in trials if c.startswith("params_")]
+    assert trials.loc[0, params].equals(trials.loc[1, params])  # the same parameters, at half the batch
+    assert namespace["batches"][:4] == [8, 8, 8, 4]  # trial 0 ran out at its third step; its retry runs batch 4
+    assert trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 3
+
+
+def test_a_study_is_resumed_only_with_the_config_it_was_made_with(tiny_cache, easy_csv, tmp_path):
+    from faultllm.rundir import start_run
+
+    overrides = hpo_overrides(tiny_cache, easy_csv, 3)
+    start_run(load_config("hpo", overrides), tmp_path, "hpo")
+    saved = (tmp_path / "config.yaml").read_text()
+    other = [*overrides, "hpo.folds=3", "hpo.space.lora_r.high=32", "hpo.n_trials=9", "hpo.workers=2"]
+    with pytest.raises(
+        FaultLLMError,
+        match=r"holds a run of another config \(hpo.folds: 2 there, 3 here; "
+        r"hpo.space.lora_r.high: 16 there, 32 here\);",
+    ):  # more trials and workers are the same study: not named
+        search(load_config("hpo", other), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == saved

@@ -3,15 +3,12 @@ PostgreSQL for real (a server the test starts itself)."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
+import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,48 +16,14 @@ import pytest
 
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.hpo import run as search
+from tests import postgres
 from tests.test_hpo import _hpo_process, _states, hpo_overrides
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _as_postgres(*command) -> list[str]:
-    """The server refuses to run as root: run its tools as the postgres user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *map(str, command)] if os.geteuid() == 0 else list(map(str, command))
-
-
 @pytest.fixture(scope="module")
-def postgres_url():
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    bin_dir, port = Path(bins[-1]), _free_port()
-    base = Path(tempfile.mkdtemp(prefix="faultllm-pg-"))
-    base.chmod(0o777)  # the postgres user owns the cluster inside
-    subprocess.run(
-        _as_postgres(bin_dir / "initdb", "-D", base / "data", "-A", "trust", "-U", "postgres"),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
-    start = [bin_dir / "pg_ctl", "-D", base / "data", "-o", options, "-l", base / "server.log", "-w", "start"]
-    subprocess.run(_as_postgres(*start), check=True, capture_output=True)
-    try:
-        subprocess.run(
-            _as_postgres(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "faultllm"), check=True
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/faultllm"
-    finally:
-        subprocess.run(
-            _as_postgres(bin_dir / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop"), capture_output=True
-        )
-        shutil.rmtree(base, ignore_errors=True)
+def postgres_url(postgres_server):
+    postgres_server.createdb("faultllm")
+    return postgres_server.url("faultllm")
 
 
 def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_path, monkeypatch):
@@ -155,3 +118,147 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
         assert mine
     with refit_claim(other) as theirs:
         assert not theirs  # done once: nobody refits again
+
+
+def _heartbeat_ids(url: str) -> set[int]:
+    import sqlalchemy
+
+    from faultllm.hpo import _with_driver
+
+    engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        return {row[0] for row in connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
+
+
+def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on_postgresql(
+    postgres_server, compose_cfg, tmp_path
+):
+    """Workers killed right after `ask`, mid-refit, or running an older faultllm (no heartbeat at all)."""
+    import optuna
+
+    from faultllm.hpo import _claims, _with_driver, fail_stale, open_study, refit_claim
+
+    postgres_server.createdb("heartbeats", owner="faultllm")
+    url = postgres_server.url("heartbeats", "faultllm", postgres.PASSWORD)
+    cfg = compose_cfg("hpo", [f"hpo.storage={url}", "hpo.heartbeat_interval=1", "hpo.grace_period=2"])
+    study = open_study(cfg.hpo, 0, tmp_path)
+    asked, claim = study.ask(), _claims(study).ask()  # then killed: no heartbeat thread ever started
+    older = optuna.load_study(study_name="faultllm", storage=_with_driver(url)).ask()  # Optuna's own storage
+    assert _heartbeat_ids(url) == {asked._trial_id, claim._trial_id}  # from the moment they exist
+    other = open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    optuna.storages.fail_stale_trials(other)  # what `optimize` does before each trial: none stale yet
+    assert older._trial_id in _heartbeat_ids(url)  # found running without a heartbeat: given one, to go stale
+    with refit_claim(other) as mine:
+        assert not mine  # the claim is fresh: its worker may be alive
+    time.sleep(3.5)  # > the grace period
+    optuna.storages.fail_stale_trials(other)
+    states = {t.number: t.state.name for t in other.trials}
+    assert states[asked.number] == states[older.number] == "FAIL" and list(states.values()).count("WAITING") == 2
+    with refit_claim(other, patience=10, poll=0.5) as mine:
+        assert mine  # the dead worker's claim was failed and the refit claimed again
+    fail_stale(_claims(other))
+    assert [t.state.name for t in _claims(other).trials] == ["FAIL", "COMPLETE"]
+
+
+def _count(url: str, states: tuple[str, ...], study: str = "faultllm") -> int:
+    import sqlalchemy
+
+    from faultllm.hpo import _with_driver
+
+    query = sqlalchemy.text(
+        "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
+        "WHERE s.study_name = :study AND CAST(t.state AS TEXT) = ANY(:states)"
+    )
+    engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(query, {"study": study, "states": list(states)}).scalar()
+    except sqlalchemy.exc.ProgrammingError:  # no tables yet: the workers are starting
+        return 0
+
+
+CHAOS_SEED = 3  # see _kill_points
+
+
+def _kill_points(seed: int) -> tuple[int, int, float, float]:
+    """Drawn from the seed: once the study holds `after` finished trials (0..5) and `delay` seconds more, worker
+    `victim` is killed mid-search; then the worker that claims the refit, `refit_delay` seconds into it."""
+    rng = random.Random(seed)
+    return rng.randrange(6), rng.randrange(3), rng.uniform(0, 2), rng.uniform(0, 2)
+
+
+@pytest.mark.slow
+def test_chaos_three_workers_on_postgresql_killed_mid_search_and_mid_refit_then_a_rerun(
+    postgres_server, tiny_cache, easy_csv, tmp_path
+):
+    """Three workers on one study with a password; SIGKILL to one worker at a seeded point of the search and
+    to the one that claimed the refit; then a rerun: 6 finished trials, no duplicate parameters, nothing left
+    running, one refit, one Table 4.1, and no password anywhere on disk or in the output."""
+    after, victim, delay, refit_delay = _kill_points(CHAOS_SEED)
+    postgres_server.createdb("chaos", owner="faultllm")
+    url = postgres_server.url("chaos", "faultllm", postgres.PASSWORD)
+    run_dir = tmp_path / "run"
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 6), "hpo.heartbeat_interval=1", "hpo.grace_period=3"]
+    logs = [tmp_path / f"worker{k}.log" for k in range(3)]
+    workers = [
+        _hpo_process([*overrides, f"hpo.worker_index={k}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"],
+                     log.open("w"))
+        for k, log in enumerate(logs)
+    ]  # fmt: skip
+
+    def mid_search() -> int | None:
+        return victim if _count(url, ("COMPLETE", "PRUNED")) >= after else None
+
+    def refit_claimant() -> int | None:
+        return next(
+            (k for k, log in enumerate(logs) if "the refit and Table 4.1 are this worker's" in log.read_text()), None
+        )
+
+    killed = {_kill(workers, delay, mid_search), _kill(workers, refit_delay, refit_claimant)} - {None}
+    for k, worker in enumerate(workers):
+        assert worker.wait(timeout=900) == (-signal.SIGKILL if k in killed else 0), logs[k].read_text()[-3000:]
+    assert len(killed) == 2  # both kill points came while their victims were alive
+    rerun = subprocess.run(
+        [sys.executable, "-m", "faultllm.cli", "hpo", *overrides, "hpo.storage=${oc.env:FAULTLLM_STORAGE}",
+         f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=900, env=os.environ | {"FAULTLLM_STORAGE": url},
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _check_the_study_after_chaos(url, run_dir)
+    printed = rerun.stdout + rerun.stderr + "".join(log.read_text() for log in logs)
+    assert postgres.PASSWORD not in printed
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and postgres.PASSWORD.encode() in p.read_bytes()]
+    assert "storage: postgresql://faultllm:***@" in (run_dir / "config.yaml").read_text()  # the rerun's, resolved
+
+
+def _kill(workers, delay: float, victim_when) -> int | None:
+    """Wait until `victim_when()` names a worker, `delay` seconds more, then SIGKILL its process group. Its index,
+    or None when the workers ended first or it had left already."""
+    deadline = time.time() + 900
+    while (victim := victim_when()) is None:
+        if time.time() > deadline or all(worker.poll() is not None for worker in workers):
+            return None
+        time.sleep(0.2)
+    time.sleep(delay)
+    if workers[victim].poll() is not None:
+        return None
+    os.killpg(workers[victim].pid, signal.SIGKILL)
+    return victim
+
+
+def _check_the_study_after_chaos(url: str, run_dir: Path) -> None:
+    import json
+
+    import optuna
+
+    from faultllm.hpo import _with_driver
+
+    storage = _with_driver(url)
+    trials = optuna.load_study(study_name="faultllm", storage=storage).trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and len({tuple(sorted(t.params.items())) for t in finished}) == 6
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    claims = [t.state.name for t in optuna.load_study(study_name="faultllm:refit", storage=storage).trials]
+    assert claims.count("COMPLETE") == 1 and "RUNNING" not in claims  # one refit
+    assert (run_dir / "final" / "metrics.json").exists() and (run_dir / "table_4_1.md").exists()
+    assert json.loads((run_dir / "table_4_1.json").read_text())["trials_finished"] == 6

@@ -63,3 +63,21 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
     frame.drop(columns="a").to_csv(tmp_path / "wrong.csv", index=False)
     with pytest.raises(FaultLLMError, match="missing column\\(s\\) a; expected the run's features"):
         predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s")
+
+
+def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_path):
+    """A run's own test.parquet holds scaled rows: scaling them again made k-NN score 0.000 on rows it gets 0.9 on."""
+    from faultllm.splits import make_split
+
+    cfg = compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"])  # the bundled TEP
+    run_baselines(cfg, tmp_path / "b")
+    accuracy = json.loads((tmp_path / "b" / "metrics.json").read_text())["knn"]["test_accuracy"]
+    own = [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'b' / 'test.parquet'}"]
+    with pytest.raises(FaultLLMError, match=r"input=.*test.parquet: the rows look already scaled into the run's "
+                       r"\[0, 1\] range \(100% of .*\); give raw rows .*, or predict.input_scaled=true"):  # fmt: skip
+        predict(load_config("predict", own), tmp_path / "p")
+    taken = predict(load_config("predict", [*own, "predict.input_scaled=true"]), tmp_path / "q")
+    assert taken["metrics"]["accuracy"] == pytest.approx(accuracy)
+    make_split(cfg.data, cfg.seed).test.to_csv(tmp_path / "raw.csv", index=False)  # the same rows, raw
+    raw = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'raw.csv'}"]), tmp_path / "r")
+    assert raw["metrics"]["accuracy"] == pytest.approx(accuracy)

@@ -187,6 +187,12 @@ def test_resume_continues_from_the_last_checkpoint(tiny_cache, easy_csv, tmp_pat
         "trainer.batch_size=8",
     ]
     train(load_config("train", [*overrides, "trainer.epochs=1"]), tmp_path)
+    saved = (tmp_path / "config.yaml").read_text()
+    other = ["lora.r=8", "prompt.decimals=2", "data.train_size=24", "trainer.epochs=2"]
+    with pytest.raises(FaultLLMError, match=r"holds a run of another config \(data.train_size: 32 there, 24 here; "
+                       r"lora.r: 16 there, 8 here; prompt.decimals: 1 there, 2 here\)"):  # fmt: skip
+        train(load_config("train", [*overrides, *other]), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == saved  # a refused resume leaves the run as it was
     metrics = train(load_config("train", [*overrides, "trainer.epochs=2"]), tmp_path)  # same run dir: resumes
     assert [(row["epoch"], row["step"]) for row in metrics["epochs"]] == [(1, 4), (2, 8)]
     lines = (tmp_path / "epochs.jsonl").read_text().splitlines()

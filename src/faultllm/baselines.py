@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError
+from faultllm.files import atomic_path
 from faultllm.loaders import LABEL
 from faultllm.metrics import classification_metrics
 from faultllm.schema import BOOSTING_PACKAGES
@@ -264,7 +265,8 @@ def save_model(model, run_dir: Path, name: str) -> None:
     import joblib
 
     (run_dir / "models").mkdir(exist_ok=True)
-    joblib.dump(model, run_dir / "models" / f"{name}.joblib")
+    with atomic_path(run_dir / "models" / f"{name}.joblib") as temporary:
+        joblib.dump(model, temporary)
 
 
 def load_model(run_dir: Path, name: str):

@@ -16,6 +16,8 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+from faultllm.credentials import hide_passwords, redact
+
 # command -> (config name in configs/, job module in faultllm.jobs, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "data prepare": ("prepare", "prepare", "load, guard, sample, split and scale a data set"),
@@ -26,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "explain": ("explain", "explain", "free-text probe and measured feature attributions"),
     "predict": ("predict", "predict", "diagnose new rows with a train run's LLM or a baselines run's model"),
     "report": ("report", "report", "RUN_DIR... [--out DIR]: compare train and baselines runs over seeds"),
+    "plan": ("plan", "plan", "job=train|hpo ...: tokens, FLOPs, memory and GPU-hours of a run, before paying them"),
+    "bench": ("bench", "bench", "a few timed training steps and scoring batches of a train config on this machine"),
 }
 
 USAGE = """usage: faultllm <command> [key=value ...]   (Hydra overrides, e.g. data=tep data.path=DIR seed=1)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
     # import, and torch counts once): never DataParallel. hpo's workers get the GPUs listed before this.
     pin_first_gpu()
-    overrides = argv[len(command.split()) :]
+    overrides = hide_passwords(argv[len(command.split()) :])  # Hydra, its files and the job never see the password
     config_name, module, _ = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in overrides):
         print(command_help(command, config_name))
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = report_overrides(overrides)
     error = config_error(config_name, overrides)
     if error:
-        print(f"faultllm {command}: error: {error}", file=sys.stderr)
+        print(f"faultllm {command}: error: {redact(error)}", file=sys.stderr)
         return 2
     if world_size() > 1:
         if command != "train":
@@ -181,7 +185,7 @@ def composition_error(config_name: str, overrides: list[str], err: Exception) ->
         keys = [f"{parent}.{name}" if parent else name for name in config_keys(config_name, parent)]
         return f"{key}: no such config key{suggestion(key, keys)}"
     if key:  # a value of the wrong type
-        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+        value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), None)
         reason = str(cause).splitlines()[0]
         for found, expected in _TYPE_ERRORS.items():
             if found in reason:
@@ -273,16 +277,19 @@ _BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
 
 
 def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
-    """One line on stderr; a run directory the failed job wrote nothing into is removed."""
+    """One line on stderr; a run directory the failed job wrote nothing into is removed, and with it the
+    command's folder above it when that is left empty (run_dir/evaluate/ of a refused evaluate)."""
     from faultllm.distributed import is_main_process
 
-    print(f"faultllm {command}: error: {message}", file=sys.stderr)
+    print(f"faultllm {command}: error: {redact(message)}", file=sys.stderr)
     if is_main_process() and run_dir.is_dir():
         if {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if run_dir.parent.name == command.split()[-1] and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
         else:  # the log of the work that was done ends with why it stopped
             with (run_dir / "faultllm.log").open("a") as log_file:
-                log_file.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S},000][faultllm][ERROR] {message}\n")
+                log_file.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S},000][faultllm][ERROR] {redact(message)}\n")
     sys.exit(code)
 
 

@@ -1,21 +1,24 @@
 """Restricted-label evaluation: the model may only answer with a valid label.
 
 Every answer is `Y = <label>` and the template's end token (` Y = 1</s>` in the study's
-layout, `Y = 1<|eot_id|>` in Llama-3's chat template). After the prompt, all answers share a token prefix
-(`▁Y ▁= ▁`) and then differ. When every label's first differing token is unique (0, 1,
-4, 5), one forward pass over prompt + true answer gives both the label distribution (the
-logits at the first differing position, restricted to the label tokens) and the
-teacher-forced answer loss. Otherwise (1 vs 12) each label's remaining tokens are scored
-from the prompt's KV cache in a second pass and labels are ranked by sequence
-log-probability. Batches are left-padded with explicit position ids, so predictions do
-not depend on batch size or padding; only gathered log-probabilities are kept, never
-full-vocabulary logits for the whole sequence.
+layout, `Y = 1<|eot_id|>` in Llama-3's chat template). Each label is scored by the
+probability of its whole answer through the end token: log p(shared prefix) + log p(label
+tokens) + log p(end | label). After the prompt, all answers share a token prefix (`▁Y ▁= ▁`)
+and then branch; the branches form a prefix tree (1 and 12 share `1`, and `1` is also
+followed by `</s>`). One forward pass scores everything: the prompt and shared prefix, then
+each tree node once, appended after the prompt with a tree attention mask (a node sees the
+prompt, its ancestors and itself, at the position it would have in its own answer). Nothing
+is copied per label: the extra work is one token per tree node (21 for TEP's labels 0-20
+under Llama-2's digit tokens, 4 for 0, 1, 4, 5), whatever the batch. Batches are left-padded
+with explicit position ids, so scores do not depend on batch size or padding; only gathered
+log-probabilities are kept, never full-vocabulary logits for the whole sequence.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -38,17 +41,52 @@ from faultllm.schema import EvalConfig
 
 
 @dataclass(frozen=True)
+class AnswerTree:
+    """The answers' distinct proper prefixes after the shared tokens (the inputs that still need a forward)."""
+
+    tokens: list[int]  # each node's last token; a node's parent comes before it
+    parents: list[int]  # index into `tokens`, -1 when the parent is the root (the last shared token)
+    steps: list[list[tuple[int, int]]]  # per label: (node, token it predicts) for every answer token after `shared`
+
+    @classmethod
+    def of(cls, suffixes: list[list[int]]) -> AnswerTree:
+        nodes: dict[tuple[int, ...], int] = {(): -1}
+        tokens, parents, steps = [], [], []
+        for suffix in suffixes:
+            for depth in range(1, len(suffix)):  # the full answer (ending on the end token) is never an input
+                prefix = tuple(suffix[:depth])
+                if prefix not in nodes:
+                    nodes[prefix] = len(tokens)
+                    tokens.append(suffix[depth - 1])
+                    parents.append(nodes[prefix[:-1]])
+            steps.append([(nodes[tuple(suffix[:depth])], token) for depth, token in enumerate(suffix)])
+        return cls(tokens, parents, steps)
+
+    def depths(self) -> list[int]:
+        """Each node's distance from the root: its position after the last shared token."""
+        depths: list[int] = []
+        for parent in self.parents:
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        return depths
+
+    def ancestry(self) -> np.ndarray:
+        """(nodes, nodes) bool: [i, j] when node j is node i or one of its ancestors."""
+        seen = np.eye(len(self.tokens), dtype=bool)
+        for node, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[node] |= seen[parent]
+        return seen
+
+
+@dataclass(frozen=True)
 class AnswerSpace:
     labels: list
     shared: list[int]  # answer tokens common to every label (after the prompt)
     suffixes: list[list[int]]  # per label: the tokens after `shared`, EOS included
+    tree: AnswerTree = field(init=False, repr=False, compare=False)
 
-    @property
-    def single_pass(self) -> bool:
-        """One forward pass suffices when every label's first token is its own and every answer has the
-        same length (rows stay aligned); otherwise the rest of each answer is scored from the KV cache."""
-        firsts = [suffix[0] for suffix in self.suffixes]
-        return len(set(firsts)) == len(firsts) and len({len(suffix) for suffix in self.suffixes}) == 1
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tree", AnswerTree.of(self.suffixes))
 
 
 def answer_space(tokenizer, prompts: Prompts) -> AnswerSpace:
@@ -71,22 +109,34 @@ def answer_space(tokenizer, prompts: Prompts) -> AnswerSpace:
     return AnswerSpace(labels=list(labels), shared=answers[0][:shared], suffixes=[a[shared:] for a in answers])
 
 
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
 @dataclass
 class Scores:
-    log_probs: np.ndarray  # (n, n_labels): restricted log-probability of each label
+    log_probs: np.ndarray  # (n, n_labels): log p(whole answer | prompt), shared prefix through end token
     loss: np.ndarray  # (n,): mean NLL per answer token of the true answer (as the SFT loss)
 
     def probabilities(self) -> np.ndarray:
-        shifted = self.log_probs - self.log_probs.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=1, keepdims=True)
+        """Each label's whole-answer probability, normalised over the allowed labels (rows sum to 1)."""
+        return np.exp(self.log_probs - _logsumexp(self.log_probs)[:, None])
+
+    def valid_mass(self) -> np.ndarray:
+        """(n,): the probability the model puts on the valid answers together, before normalising."""
+        return np.exp(_logsumexp(self.log_probs))
+
+    def class_nll(self, truth: np.ndarray) -> np.ndarray:
+        """(n,): -log p(true label | the allowed labels); `truth` holds label indices."""
+        return _logsumexp(self.log_probs) - self.log_probs[np.arange(len(truth)), truth]
 
 
 def score(
     model, tokenizer, prompts: list[str], true_labels: list, space: AnswerSpace, batch_size: int = 16,
     progress: str | None = None,
 ) -> Scores:  # fmt: skip
-    """Restricted label log-probabilities and true-answer loss for each prompt, batched.
+    """Whole-answer log-probabilities of every label and the true answer's loss for each prompt, batched.
 
     `progress`: a progress bar with that title. Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
     rank gets every score, each batch computed once.
@@ -101,18 +151,37 @@ def score(
     scored = []
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _attention_taking_masks(model) as attention:
         for index in tqdm(shard(len(batches)), desc=progress, disable=progress is None, unit="batch"):
             rows = batches[index]
-            truth = [label_index[true_labels[i]] for i in rows]
-            scored.append(
-                (rows, *_score_batch(model, [encoded[i] for i in rows], truth, space, tokenizer.pad_token_id, device))
-            )
+            batch = _Batch([encoded[i] for i in rows], [label_index[true_labels[i]] for i in rows], attention)
+            scored.append((rows, *_score_batch(model, batch, space, tokenizer.pad_token_id, device)))
     model.train(was_training)
     log_probs, loss = np.zeros((len(prompts), len(space.labels))), np.zeros(len(prompts))
     for rows, batch_log_probs, batch_loss in gather(scored):
         log_probs[rows], loss[rows] = batch_log_probs, batch_loss
     return Scores(log_probs=log_probs, loss=loss)
+
+
+@contextmanager
+def _attention_taking_masks(model):
+    """Switches to SDPA while scoring when the model's attention (FlashAttention) takes no custom 4D mask."""
+    current = model.config._attn_implementation
+    if current in ("sdpa", "eager"):
+        yield current
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield "sdpa"
+    finally:
+        model.set_attn_implementation(current)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    prompt_ids: list[list[int]]
+    truth: list[int]  # label indices
+    attention: str  # the attention implementation the mask is for
 
 
 def _left_pad(sequences: list[list[int]], pad_id: int, device):
@@ -128,72 +197,79 @@ def _left_pad(sequences: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _score_batch(model, prompt_ids, truth, space: AnswerSpace, pad_id: int, device):
+def _score_batch(model, batch: _Batch, space: AnswerSpace, pad_id: int, device):
+    """(log p(whole answer) per label, mean NLL per token of the true answer) for one batch, in one forward."""
     import torch
 
-    n_shared = len(space.shared)
-    if space.single_pass:
-        # prompt + shared + true label token: the logits before the label token score every
-        # label; the ones after it score EOS for the loss. Equal suffix length keeps rows aligned.
-        tails = [space.shared + space.suffixes[t][:-1] for t in truth]
-        targets = [space.shared + space.suffixes[t] for t in truth]
-    else:
-        tails = [space.shared] * len(truth)
-        targets = [space.shared + [space.suffixes[t][0]] for t in truth]  # the rest comes from pass two
-    ids, mask, positions = _left_pad([p + t for p, t in zip(prompt_ids, tails, strict=True)], pad_id, device)
-    n_target = len(targets[0])
-    # logits at position j predict token j+1: the last n_target positions predict the targets, and
-    # only those go through lm_head (not batch x sequence x vocabulary)
+    tree, n_shared = space.tree, len(space.shared)
+    n_keep = n_shared + 1 + len(tree.tokens)
+    ids, pad_mask, positions = _left_pad([p + space.shared for p in batch.prompt_ids], pad_id, device)
+    _check_window(model, ids.shape[1] + len(tree.tokens))
+    tree_ids = torch.tensor(tree.tokens, dtype=torch.long, device=device).expand(ids.shape[0], -1)
+    depths = torch.tensor(tree.depths(), dtype=torch.long, device=device)
+    # the last n_shared + 1 prompt positions predict the shared tokens and the first label token;
+    # each tree node's position predicts the token after it. Only those go through lm_head.
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=not space.single_pass,
-        logits_to_keep=n_target,
+        input_ids=torch.cat([ids, tree_ids], dim=1),
+        attention_mask=_tree_mask(pad_mask, tree, batch.attention, model.get_input_embeddings().weight.dtype),
+        position_ids=torch.cat([positions, positions[:, -1:] + depths], dim=1),
+        use_cache=False,
+        logits_to_keep=n_keep,
     )
-    step_log_probs = torch.log_softmax(out.logits[:, -n_target:, :].float(), dim=-1)
-    target_ids = torch.tensor(targets, device=device)
-    target_lp = step_log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # (B, n_target)
-    first_label_tokens = torch.tensor([s[0] for s in space.suffixes], device=device)
-    label_lp = step_log_probs[:, n_shared, :][:, first_label_tokens]  # (B, n_labels)
-
-    if space.single_pass:
-        nll = -target_lp.sum(-1) / n_target
-        return label_lp.cpu().numpy(), nll.cpu().numpy()
-
-    rest_lp = _score_continuations(model, out.past_key_values, mask, positions, space, device)  # (B, n_labels)
-    label_lp = label_lp + rest_lp
-    truth_t = torch.tensor(truth, device=device)
-    total_true = target_lp[:, :n_shared].sum(-1) + label_lp.gather(1, truth_t[:, None]).squeeze(1)
-    n_tokens = torch.tensor([n_shared + len(space.suffixes[t]) for t in truth], device=device)
-    return label_lp.cpu().numpy(), (-total_true / n_tokens).cpu().numpy()
+    step_log_probs = torch.log_softmax(out.logits[:, -n_keep:].float(), dim=-1)
+    shared_ids = torch.tensor(space.shared, dtype=torch.long, device=device)
+    shared_lp = step_log_probs[:, torch.arange(n_shared, device=device), shared_ids].sum(-1)  # (B,)
+    where, token, valid = _step_index(tree, n_shared, device)
+    label_lp = (step_log_probs[:, where, token] * valid).sum(-1)  # (B, n_labels)
+    log_probs = shared_lp[:, None] + label_lp
+    truth = torch.tensor(batch.truth, device=device)
+    n_tokens = torch.tensor([n_shared + len(space.suffixes[t]) for t in batch.truth], device=device)
+    loss = -log_probs.gather(1, truth[:, None]).squeeze(1) / n_tokens
+    return log_probs.cpu().numpy(), loss.cpu().numpy()
 
 
-def _score_continuations(model, cache, mask, positions, space: AnswerSpace, device):
-    """log p(suffix[1:] | prompt, shared, suffix[0]) for every label, reusing the prompt's KV cache."""
+def _step_index(tree: AnswerTree, n_shared: int, device):
+    """(n_labels, longest) kept-logit position, token and validity of every label's answer tokens after `shared`."""
     import torch
 
-    batch, n_labels = mask.shape[0], len(space.labels)
-    width = max(len(s) for s in space.suffixes) - 1  # inputs: suffix[:-1]; targets: suffix[1:]
-    inputs = torch.full((n_labels, width), 0, dtype=torch.long)
-    targets = torch.full((n_labels, width), 0, dtype=torch.long)
-    valid = torch.zeros((n_labels, width), dtype=torch.bool)
-    for k, suffix in enumerate(space.suffixes):
-        inputs[k, : len(suffix) - 1] = torch.tensor(suffix[:-1])
-        targets[k, : len(suffix) - 1] = torch.tensor(suffix[1:])
-        valid[k, : len(suffix) - 1] = True
-    if width == 0:
-        return torch.zeros((batch, n_labels), device=device)
-    cache.batch_repeat_interleave(n_labels)
-    rep = lambda t: t.repeat_interleave(n_labels, dim=0)  # noqa: E731
-    inputs, targets, valid = (t.to(device).repeat(batch, 1) for t in (inputs, targets, valid))
-    full_mask = torch.cat([rep(mask), valid.long()], dim=1)
-    cont_positions = rep(positions[:, -1:]) + 1 + torch.arange(width, device=device)
-    out = model(
-        input_ids=inputs, attention_mask=full_mask, position_ids=cont_positions, past_key_values=cache, use_cache=True
-    )
-    lp = torch.log_softmax(out.logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (lp * valid).sum(-1).view(batch, n_labels)
+    width = max(len(steps) for steps in tree.steps)
+    where = torch.zeros((len(tree.steps), width), dtype=torch.long)
+    token = torch.zeros((len(tree.steps), width), dtype=torch.long)
+    for label, steps in enumerate(tree.steps):
+        # kept logits: n_shared for the shared tokens, then the root (the last shared token), then the nodes
+        where[label, : len(steps)] = torch.tensor([n_shared + 1 + node for node, _ in steps])
+        token[label, : len(steps)] = torch.tensor([t for _, t in steps])
+    valid = torch.arange(width)[None, :] < torch.tensor([len(steps) for steps in tree.steps])[:, None]
+    return where.to(device), token.to(device), valid.to(device)
+
+
+def _tree_mask(pad_mask, tree: AnswerTree, attention: str, dtype):
+    """(B, 1, W + T, W + T) attention mask: causal over the left-padded prompt, and each of the T tree nodes
+    sees the prompt, its ancestors and itself. Boolean for SDPA (True: attend); additive for eager attention."""
+    import torch
+
+    batch, width, n_nodes = pad_mask.shape[0], pad_mask.shape[1], len(tree.tokens)
+    keys = pad_mask.bool()[:, None, :]  # (B, 1, W)
+    size = width + n_nodes
+    mask = torch.zeros((batch, size, size), dtype=torch.bool, device=pad_mask.device)
+    mask[:, :width, :width] = torch.ones((width, width), dtype=torch.bool, device=pad_mask.device).tril() & keys
+    mask[:, width:, :width] = keys
+    mask[:, width:, width:] = torch.from_numpy(tree.ancestry()).to(pad_mask.device)
+    mask |= torch.eye(size, dtype=torch.bool, device=pad_mask.device)  # a pad row sees itself: no empty row (NaN)
+    if attention == "eager":
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def _check_window(model, width: int) -> None:
+    """The tree mask is given to every layer: a sliding-window layer would see beyond its window."""
+    window = getattr(model.config, "sliding_window", None)
+    layer_types = getattr(model.config, "layer_types", None) or ["sliding_attention"]
+    if window and width > window and any(kind != "full_attention" for kind in layer_types):
+        raise FaultLLMError(
+            f"prompts of {width} tokens exceed the model's sliding attention window ({window}): restricted "
+            "scoring cannot mask them; shorten the prompts (prompt.decimals, fewer features) or use eval.mode=generate"
+        )
 
 
 # ---------------------------------------------------------------- the study's protocol: generate and parse
@@ -265,7 +341,11 @@ class TrainedLLM:
 
 
 def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int):
-    """(metrics incl. the mean answer loss, predictions with per-label probabilities) by restricted scoring."""
+    """(metrics, predictions with per-label probabilities) by restricted scoring.
+
+    Besides the classification metrics: `loss`, the true answer's mean NLL per token (the SFT loss);
+    `class_loss`, the mean -log p(true label | allowed labels); `valid_mass`, the mean probability the
+    model puts on the valid answers together (1 when it never answers anything else)."""
     scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size=batch_size)
     probabilities = scores.probabilities()
     predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
@@ -273,8 +353,13 @@ def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, 
     for i, label in enumerate(space.labels):
         predictions[f"prob_{label}"] = probabilities[:, i]
     predictions["loss"] = scores.loss
-    metrics = classification_metrics(prompts.truth, predicted, space.labels) | {"loss": float(scores.loss.mean())}
-    return metrics, predictions
+    truth = np.array([space.labels.index(label) for label in prompts.truth], dtype=int)
+    losses = {
+        "loss": float(scores.loss.mean()),
+        "class_loss": float(scores.class_nll(truth).mean()),
+        "valid_mass": float(scores.valid_mass().mean()),
+    }
+    return classification_metrics(prompts.truth, predicted, space.labels) | losses, predictions
 
 
 def evaluate_generated(model, tokenizer, prompts: Prompts, labels: list, max_new_tokens: int, batch_size: int):

@@ -22,7 +22,7 @@ from faultllm.evaluation import TrainedLLM, answer_space, generate_answers, pars
 from faultllm.loaders import LABEL
 from faultllm.prompts import WHY_QUESTION
 from faultllm.reporting import markdown
-from faultllm.rundir import SavedRun, load_importances
+from faultllm.rundir import SavedRun, load_importances, read_json
 
 
 def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
@@ -100,6 +100,25 @@ def aggregate(effects: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     table = table.join(per_class).reindex(features)
     table["rank"] = table["mean_abs_effect"].rank(ascending=False, method="min").astype(int)
     return table.sort_values("rank").reset_index()
+
+
+def check_same_split(run: SavedRun, baselines_dir: Path) -> None:
+    """A baselines run's importances are compared feature by feature: only one made on this run's very split
+    (the same split fingerprint, as `faultllm report` pairs runs) is accepted."""
+    path = baselines_dir / "split.json"
+    if not path.exists():
+        raise FaultLLMError(f"explain.baselines_dir={baselines_dir}: not a `faultllm baselines` run (no split.json)")
+    theirs = read_json(path)
+    ours = read_json(run.run_dir / "split.json")
+    if theirs["split_fingerprint"] == ours["split_fingerprint"]:
+        return
+    other = sorted(set(theirs["features"]) ^ set(ours["features"]))
+    what = f"other features ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''})" if other else "other rows"
+    raise FaultLLMError(
+        f"explain.baselines_dir={baselines_dir}: a baselines run on another split ({what}; fingerprint "
+        f"{theirs['split_fingerprint']} vs this run's {ours['split_fingerprint']}); run `faultllm baselines` "
+        "with this run's data config, data.normalize and seed"
+    )
 
 
 def compare_with_baselines(attribution: pd.DataFrame, baselines_dir: Path, k: int) -> pd.DataFrame:

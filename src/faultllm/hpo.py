@@ -20,15 +20,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from optuna.storages import RDBStorage
 
 from faultllm import plots
 from faultllm.config import with_values
+from faultllm.credentials import redact, with_password
 from faultllm.errors import FaultLLMError
 from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
 from faultllm.paths import install_hint
 from faultllm.prompts import Serializer
-from faultllm.schema import ACCURACY, LOSS, OBJECTIVES, HpoConfig, HpoJob, SearchParam, trackers
+from faultllm.schema import (
+    ACCURACY,
+    EPOCH_METRICS,
+    LOSS,
+    OBJECTIVES,
+    VALID_MASS,
+    HpoConfig,
+    HpoJob,
+    SearchParam,
+    trackers,
+)
 from faultllm.splits import Split, fold_splits, scale_split
 from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
@@ -56,13 +68,17 @@ def with_params(cfg: HpoJob, params: dict) -> HpoJob:
     return with_values(cfg, params)
 
 
-def study_rule(row: dict, prune_early_epochs: int) -> str | None:
-    """The study's pruning rule: a NaN loss, or accuracy 0 in the early epochs, never recovers."""
+def study_rule(row: dict, prune_early_epochs: int, min_valid_mass: float) -> str | None:
+    """The study's pruning rule, as it meant it: a NaN loss never recovers, nor a model that cannot produce a
+    valid answer in its first epochs. The study saw that as validation accuracy 0 of parsed generations;
+    restricted scoring always answers with a label (accuracy >= 1/K by chance), so the rule looks at the
+    probability mass the model puts on the valid answers instead."""
     losses = [row[key] for key in (f"val_{LOSS}", f"train_{LOSS}") if key in row]
     if not all(math.isfinite(loss) for loss in losses):
         return "loss is NaN"
-    if row["epoch"] <= prune_early_epochs and row.get(f"val_{ACCURACY}") == 0.0:
-        return f"validation accuracy 0 at epoch {row['epoch']}"
+    mass = row.get(f"val_{VALID_MASS}")
+    if row["epoch"] <= prune_early_epochs and mass is not None and mass < min_valid_mass:
+        return f"valid answers get {mass:.1%} of the probability at epoch {row['epoch']} (hpo.prune_valid_mass)"
     return None
 
 
@@ -98,11 +114,13 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int =
             raise
         except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, racing schema creation
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            racing = ("already exists", "locked", "UNIQUE constraint")  # schema creation by another worker
-            if attempt + 1 < attempts and any(text in message for text in racing):
+            # schema creation by another worker (SQLite; PostgreSQL: "duplicate key value violates unique constraint")
+            racing = ("already exists", "locked", "unique constraint", "duplicate key")
+            if attempt + 1 < attempts and any(text in message.lower() for text in racing):
                 time.sleep(0.5 + attempt)
                 continue
-            raise FaultLLMError(f"hpo.storage={url}: cannot open ({type(err).__name__}: {message})") from None
+            reason = f"{type(err).__name__}: {redact(message)}"
+            raise FaultLLMError(f"hpo.storage={redact(url)}: cannot open ({reason})") from None
     raise AssertionError("unreachable")
 
 
@@ -120,14 +138,72 @@ def _storage(url: str, hpo_cfg: HpoConfig):
         raise FaultLLMError(
             f"hpo.storage={url}: expected sqlite:///PATH, postgresql://..., mysql://... or a journal file PATH.log"
         )
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return RDBStorage(
-        _with_driver(url),
+    return HeartbeatStorage(
+        with_password(_with_driver(url)),
         heartbeat_interval=hpo_cfg.heartbeat_interval,
         grace_period=hpo_cfg.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
+
+
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDBStorage with a heartbeat on every trial from the moment it runs.
+
+    Optuna records a trial's first heartbeat only once `optimize` starts its heartbeat thread, and
+    never one for a trial made by `ask` alone (a refit claim), and it never finds a running trial
+    without heartbeat stale: a worker killed in that window left it RUNNING for good. Here a trial
+    gets its heartbeat when it is created or taken from the queue, and a running trial found without
+    one (made by an older faultllm, or killed between the two statements) gets one, so that it goes
+    stale one grace period later unless its worker is alive to keep it fresh.
+    """
+
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state.name == "RUNNING":
+            self.record_heartbeat(trial._trial_id)
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state.name == "RUNNING":  # a queued trial taken by a worker
+            self.record_heartbeat(trial_id)
+        return changed
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in self._running_without_heartbeat(study_id):
+            self.record_heartbeat(trial_id)
+        return stale
+
+    def last_heartbeats(self, trial_ids: list[int]) -> dict:
+        from optuna.storages._rdb import models
+
+        heartbeat = models.TrialHeartbeatModel
+        session = self.scoped_session()
+        try:
+            rows = session.query(heartbeat.trial_id, heartbeat.heartbeat).filter(heartbeat.trial_id.in_(trial_ids))
+            return dict(rows.all())
+        finally:
+            session.close()
+
+    def _running_without_heartbeat(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        session = self.scoped_session()
+        try:
+            rows = (
+                session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .all()
+            )
+        finally:
+            session.close()
+        return [row[0] for row in rows]
 
 
 def _with_driver(url: str) -> str:
@@ -136,11 +212,13 @@ def _with_driver(url: str) -> str:
 
     scheme = url.split("://", 1)[0]
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
-        raise FaultLLMError(f"hpo.storage={url}: unknown scheme {scheme!r}; expected sqlite, postgresql or mysql")
+        raise FaultLLMError(
+            f"hpo.storage={redact(url)}: unknown scheme {scheme!r}; expected sqlite, postgresql or mysql"
+        )
     if scheme != "postgresql" or importlib.util.find_spec("psycopg2"):
         return url
     if importlib.util.find_spec("psycopg") is None:
-        raise FaultLLMError(f"hpo.storage={url}: no PostgreSQL driver; {install_hint('postgres')}")
+        raise FaultLLMError(f"hpo.storage={redact(url)}: no PostgreSQL driver; {install_hint('postgres')}")
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
@@ -195,29 +273,86 @@ def finished_count(study) -> int:
 
 
 @contextlib.contextmanager
-def refit_claim(study):
+def refit_claim(study, patience: float = 0.0, poll: float = 1.0):
     """Yields True in exactly one worker: the first claim not failed in a side study of the same
     storage (every Optuna storage numbers trials atomically). The claim completes when the block
-    does; a block that fails (or a killed process, see `fail_interrupted`) frees it for a rerun."""
+    does; a block that fails frees it for a rerun.
+
+    A claim carries a heartbeat from the moment it exists until its block ends: one whose worker was
+    killed goes stale and is failed by the next worker or rerun, which claims again (the run
+    directory's own database is freed at once by `fail_interrupted`). While another worker holds a
+    live claim, wait up to `patience` seconds for it to finish or go stale.
+    """
+    from optuna.storages._heartbeat import get_heartbeat_thread  # what `optimize` keeps a trial alive with
+    from optuna.trial import TrialState
+
+    claims = _claims(study)
+    claim = _claim(claims, patience, poll)
+    if claim is None:
+        yield False
+        return
+    with get_heartbeat_thread(claim._trial_id, claims._storage):
+        try:
+            yield True
+        except BaseException:
+            claims.tell(claim, state=TrialState.FAIL)
+            raise
+    claims.tell(claim, 0.0)
+
+
+def _claim(claims, patience: float, poll: float):
+    """This worker's claim (a running trial of the side study), or None: another worker's claim completed,
+    or is alive (its heartbeat moved), or neither went stale within `patience` seconds."""
+    from optuna.trial import TrialState
+
+    deadline, first_seen = time.monotonic() + patience, None
+    while True:
+        fail_stale(claims)
+        held = claims.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+        if any(other.state == TrialState.COMPLETE for other in held):
+            return None
+        if not held:
+            return _ask_claim(claims)
+        beats = _last_heartbeats(claims, [other._trial_id for other in held])
+        first_seen = beats if first_seen is None else first_seen
+        if beats != first_seen or time.monotonic() >= deadline:  # a beat since we first looked: its worker lives
+            return None
+        time.sleep(poll)
+
+
+def _ask_claim(claims):
     import warnings
 
     from optuna.trial import TrialState
 
-    claims = _claims(study)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": a claim is not a trial
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": claims are not trials
         claim = claims.ask()
     held = claims.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
-    if any(other.number < claim.number for other in held):
-        claims.tell(claim, state=TrialState.FAIL)
-        yield False
-        return
-    try:
-        yield True
-    except BaseException:
-        claims.tell(claim, state=TrialState.FAIL)
-        raise
-    claims.tell(claim, 0.0)
+    if not any(other.number < claim.number for other in held):
+        return claim
+    claims.tell(claim, state=TrialState.FAIL)  # another worker claimed first, a moment ago
+    return None
+
+
+def _last_heartbeats(study, trial_ids: list[int]) -> dict:
+    """{trial id: its last heartbeat} in a HeartbeatStorage; {} in others."""
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    return backend.last_heartbeats(trial_ids) if isinstance(backend, HeartbeatStorage) else {}
+
+
+def fail_stale(study) -> None:
+    """Fail the running trials of `study` whose heartbeat went stale, without queueing them again (Optuna's
+    `fail_stale_trials` also runs the storage's retry callback, which is for search trials, not claims)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
+    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
+        return  # a journal file: no heartbeats
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
 def _claims(study):
@@ -239,7 +374,7 @@ class _PruningReporter:
         def on_epoch(row: dict) -> None:
             self.trained += 1
             self.trial.set_user_attr("fold_epochs_trained", self.trained)
-            reason = study_rule(row, self.hpo_cfg.prune_early_epochs)
+            reason = study_rule(row, self.hpo_cfg.prune_early_epochs, self.hpo_cfg.prune_valid_mass)
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
@@ -256,12 +391,27 @@ def run_trial(
 ) -> float:
     """Train and validate every fold; report per-epoch values to the pruner; free each fold's model.
 
-    `cfg` is the whole config: a trial's parameters may set any key (lora.r, data.normalize, ...).
+    `cfg` is the whole config: a trial's parameters may set any key (lora.r, data.normalize, ...). A GPU
+    out-of-memory error fails this trial alone (`TrialOutOfMemory`), after its memory is freed.
     `base_cache`: the worker's base model, reused by every fold (`hpo.reuse_model`).
     """
+    trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space) | trial.user_attrs.get(OOM_RETRY, {}))
+    reset_peak_memory()
+    try:
+        return _train_folds(trial, cfg, trial_cfg, raw, folds, run_dir, base_cache)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        message = _first_line(err)
+    free_memory()  # here, outside the handler: no traceback holds the fold's model, optimizer and activations
+    raise out_of_memory(trial, trial_cfg, message)
+
+
+def _train_folds(
+    trial, cfg: HpoJob, trial_cfg: HpoJob, raw: Split, folds: list, run_dir: Path, base_cache: BaseModelCache | None
+) -> float:
     import optuna
 
-    trial_cfg = with_params(cfg, suggest(trial, cfg.hpo.space))
     spec = fold_model_spec(trial_cfg, base_cache)
     options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
     options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
@@ -283,6 +433,92 @@ def run_trial(
     for key, value in means.items():
         trial.set_user_attr(key, value)
     return means[cfg.hpo.objective]
+
+
+class TrialOutOfMemory(Exception):
+    """A trial ran out of GPU memory: it is failed (with `failed_because`) and the worker goes on."""
+
+
+OOM_RETRY = "oom_retry"  # user attribute of a trial queued again after running out of memory: its trainer keys
+OOM_REASON = "out of GPU memory"
+ON_OOM = ("fail", "halve_batch")
+# What CUDA, cuBLAS, cuDNN and bitsandbytes' kernels say when an allocation fails, besides torch.OutOfMemoryError
+_OOM_MESSAGES = (
+    "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation",
+    "CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate",  # cuBLAS could not allocate its workspace
+)  # fmt: skip
+
+
+def is_out_of_memory(err: BaseException | None) -> bool:
+    """A GPU allocation failure, also when raised as the cause of another error."""
+    import torch
+
+    while err is not None:
+        if isinstance(err, torch.OutOfMemoryError):
+            return True
+        if isinstance(err, RuntimeError) and any(text in str(err) for text in _OOM_MESSAGES):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def out_of_memory(trial, trial_cfg, message: str) -> TrialOutOfMemory:
+    """Record why the trial failed (message, its parameters, peak memory); with hpo.on_oom=halve_batch queue
+    its parameters once more at half the batch and twice the accumulation (the same effective batch)."""
+    batch, accumulation = trial_cfg.trainer.batch_size, trial_cfg.trainer.grad_accum
+    peak = peak_memory_gib()
+    params = ", ".join(f"{name}={value}" for name, value in trial.params.items())
+    reason = f"{OOM_REASON} at batch {batch} x accumulation {accumulation}: {message}"
+    reason += f"; peak {peak:.2f} GiB allocated" if peak is not None else ""
+    reason += f"; parameters {params}"
+    if trial_cfg.hpo.on_oom == "halve_batch" and OOM_RETRY not in trial.user_attrs and batch > 1:
+        retry = {"trainer.batch_size": batch // 2, "trainer.grad_accum": accumulation * 2}
+        trial.study.enqueue_trial(
+            trial.params, user_attrs={OOM_RETRY: retry, "retry_of": trial.number}, skip_if_exists=False
+        )
+        reason += f"; queued again at batch {batch // 2} x accumulation {accumulation * 2}"
+    trial.set_user_attr("failed_because", reason)
+    if peak is not None:
+        trial.set_user_attr("peak_memory_gib", round(peak, 3))
+    return TrialOutOfMemory(reason)
+
+
+class OutOfMemoryStreak:
+    """An Optuna callback: a worker whose last `limit` trials all ran out of GPU memory stops (the model
+    itself does not fit, or the space is far too large) instead of failing trials forever."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.limit, self.count = limit, 0
+
+    def __call__(self, study, trial) -> None:
+        if trial.state.name in FINISHED:
+            self.count = 0
+        elif str(trial.user_attrs.get("failed_because", "")).startswith(OOM_REASON):
+            self.count += 1
+            if self.count >= self.limit:
+                raise FaultLLMError(
+                    f"hpo: the last {self.count} trials all ran out of GPU memory (the last: "
+                    f"{trial.user_attrs['failed_because']}); lower trainer.batch_size or the space's ranges"
+                )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float | None:
+    """The most GPU memory torch allocated since the trial began, or None without CUDA."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def mlflow_trial_logger(report_to: str | list) -> list:
@@ -365,10 +601,10 @@ def table_4_1(best, final: dict | None) -> pd.DataFrame:
     rows = [(f"{name}", value) for name, value in best.params.items()]
     attrs = best.user_attrs
     rows += [
-        ("Loss Train HPO", attrs.get("train_loss")),
-        ("Accuracy Train HPO", attrs.get("train_accuracy")),
-        ("Loss Validation", attrs.get("val_loss")),
-        ("Accuracy Validation", attrs.get("val_accuracy")),
+        ("Loss Train HPO", attrs.get(f"train_{LOSS}")),
+        ("Accuracy Train HPO", attrs.get(f"train_{ACCURACY}")),
+        ("Loss Validation", attrs.get(f"val_{LOSS}")),
+        ("Accuracy Validation", attrs.get(f"val_{ACCURACY}")),
     ]
     if final:
         rows += [
@@ -397,7 +633,7 @@ def search_summary(
         "best_params": best.params,
         "hpo": {
             key: best.user_attrs.get(key)
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+            for key in (*(f"train_{m}" for m in EPOCH_METRICS), *(f"val_{m}" for m in EPOCH_METRICS))
         },
         "final": final_metrics or None,
         "trials_finished": int(finished.sum()),

@@ -9,7 +9,9 @@ run the model with the same dtypes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,28 +204,35 @@ def peft_lora_config(lora: LoraConfig):
 
 
 def resolve_model_path(model_cfg: ModelConfig, cache_dir: str) -> str:
-    """The base model to load: a hub id, a local directory, or the tiny model (shipped or built on first use)."""
+    """The base model to load: a hub id, a local directory, the tiny model (shipped or built on first use),
+    or with model.init=random a checkpoint of random weights built from the model's config.json."""
+    if model_cfg.init == "random":
+        return str(random_model(model_cfg, cache_dir))
     if model_cfg.build == "tiny":
         return str(ensure_tiny_model(model_cfg, cache_dir))
     path = str(model_cfg.path)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
-    if looks_local and not Path(path).expanduser().is_dir():
-        raise FaultLLMError(f"model.path={path}: no such model directory")
-    if looks_local:
-        return str(Path(path).expanduser())
+    local = _local_dir(path)
+    if local is not None:
+        return str(local)
     check_hub_access(path)
     return path
 
 
-def check_hub_access(repo_id: str) -> None:
-    """A hub model not in the local cache needs the hub: fail in seconds with what to do instead of
-    transformers' minute of retries (the token, if any, is never shown)."""
-    import os
+def _local_dir(path: str) -> Path | None:
+    """The directory `model.path` names, None for a hub id; a local-looking path that is no directory is an error."""
+    looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise FaultLLMError(f"model.path={path}: no such model directory")
+    return Path(path).expanduser() if looks_local else None
 
+
+def check_hub_access(repo_id: str, filename: str = "config.json") -> None:
+    """A hub model whose `filename` is not in the local cache needs the hub: fail in seconds with what to do
+    instead of transformers' minute of retries (the token, if any, is never shown)."""
     from huggingface_hub import auth_check, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+    if isinstance(try_to_load_from_cache(repo_id, filename), str):
         return
     hint = "use model=tiny, or a local model directory: model.path=DIR"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -242,6 +251,87 @@ def check_hub_access(repo_id: str) -> None:
         raise FaultLLMError(
             f"model.path={repo_id}: not cached and the hub cannot be reached ({reason}); {hint}"
         ) from None
+
+
+# ---------------------------------------------------------------- a model without its weights
+
+# config.json of every hub model in configs/model/ (a few hundred bytes each), by hub id
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "assets" / "model_configs"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's config.json and tokenizer come from, its weights untouched."""
+
+    config_dir: str  # holds config.json
+    tokenizer: str  # a directory or a hub id (from the hub cache, or downloaded: a few MB)
+
+
+def model_files(model_cfg: ModelConfig, cache_dir: str) -> ModelFiles:
+    """config.json from the tiny model, model.path's directory, the hub cache, the copy faultllm ships or the
+    hub, in that order; the tokenizer from the same place (the hub: only when it can be reached)."""
+    if model_cfg.build == "tiny":
+        directory = str(ensure_tiny_model(model_cfg, cache_dir))
+        return ModelFiles(directory, directory)
+    path = str(model_cfg.path)
+    local = _local_dir(path)
+    if local is not None:
+        if not (local / "config.json").exists():
+            raise FaultLLMError(f"model.path={path}: no config.json there")
+        return ModelFiles(str(local), str(local))
+    return ModelFiles(str(hub_config_dir(path)), path)
+
+
+def hub_config_dir(repo_id: str) -> Path:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent
+    if (SHIPPED_CONFIGS / repo_id / "config.json").exists():
+        return SHIPPED_CONFIGS / repo_id
+    check_hub_access(repo_id)
+    return Path(hf_hub_download(repo_id, "config.json")).parent
+
+
+def check_tokenizer(files: ModelFiles) -> None:
+    """Fails in one line when the tokenizer is on the hub only and the hub cannot be reached."""
+    if not Path(files.tokenizer).is_dir():
+        check_hub_access(files.tokenizer, "tokenizer_config.json")
+
+
+def random_model(model_cfg: ModelConfig, cache_dir: str) -> Path:
+    """A checkpoint of the model's architecture with random weights, from its config.json and tokenizer alone
+    (model.init=random): built once and cached, then loaded the usual way (4-bit on CUDA), so a benchmark
+    measures the real model's speed and memory with no weight download. Never a result."""
+    files = model_files(model_cfg, cache_dir)
+    check_tokenizer(files)
+    config_text = (Path(files.config_dir) / "config.json").read_text()
+    key = hashlib.sha1(f"{config_text}|{files.tokenizer}".encode()).hexdigest()[:10]
+    target = Path(cache_dir).expanduser() / f"random-{Path(files.tokenizer).name}-{key}"
+    if not (target / "config.json").exists():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        log.info("model.init=random: building %s from its config.json alone (once; cached in %s)", files.tokenizer, target)
+        _save_random(files, partial)
+        partial.rename(target)  # atomic: concurrent builders never see half a checkpoint
+    return target
+
+
+def _save_random(files: ModelFiles, target: Path) -> None:
+    """Seeded random weights in bf16 (half the disk of fp32; the load casts them as the plan says)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(files.tokenizer)
+    except OSError as err:
+        raise FaultLLMError(f"cannot load a tokenizer from {files.tokenizer!r}: {str(err).splitlines()[0]}") from None
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initializing 7B on a GPU takes seconds
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(files.config_dir), dtype=torch.bfloat16)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    del model
 
 
 class BaseModelCache:

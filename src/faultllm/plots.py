@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from faultllm.files import atomic_path
+
 
 @contextmanager
 def figure(path: Path, size: tuple[float, float], title: str | None = None, ncols: int = 1) -> Iterator:
@@ -24,7 +26,8 @@ def figure(path: Path, size: tuple[float, float], title: str | None = None, ncol
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=120)
     finally:
         plt.close("all")
 
@@ -160,6 +163,7 @@ def optuna_plot(draw: Callable[[], object], path: Path) -> None:
             whole_numbers(axes.xaxis)
         plt.gcf().set_size_inches(7, 4)
         plt.tight_layout()
-        plt.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            plt.savefig(temporary, dpi=120)
     finally:
         plt.close("all")

@@ -15,11 +15,6 @@ from faultllm.results import BaselineMetrics
 from faultllm.rundir import SavedRun
 
 
-def check_rows(rows: pd.DataFrame, source: str) -> None:
-    if rows.empty:
-        raise FaultLLMError(f"input={source}: the table has no rows")
-
-
 def run_kind(run: SavedRun) -> str:
     """llm (a train run, or an HPO refit) or baselines, from the job that wrote the run."""
     if run.job in ("train", "hpo") and ((run.run_dir / "adapter").is_dir() or run.cfg.trainer.epochs == 0):

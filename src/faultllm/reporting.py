@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from faultllm.files import write_csv, write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -38,8 +40,8 @@ def _cell(value) -> str:
 def write_table(table: pd.DataFrame, stem: Path) -> None:
     """stem.md and stem.csv."""
     stem = Path(stem)
-    stem.with_suffix(".md").write_text(markdown(table))
-    table.to_csv(stem.with_suffix(".csv"), index=False)
+    write_text(stem.with_suffix(".md"), markdown(table))
+    write_csv(table, stem.with_suffix(".csv"))
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:

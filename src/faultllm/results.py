@@ -48,11 +48,11 @@ class SplitMetrics(Record):
     """One split scored (`metrics.classification_metrics` and what the scorer adds)."""
 
     accuracy: float
-    macro_f1: float
-    per_class_recall: dict[str, float]
-    classes_scored: list[str]
-    confusion_matrix: list[list[int]]
-    n: int
+    macro_f1: float | None = None
+    per_class_recall: dict[str, float] | None = None
+    classes_scored: list[str] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    n: int | None = None
     loss: float | None = None  # restricted scoring: mean NLL per answer token of the true answer
     invalid_outputs: int | None = None  # generate mode: answers that did not parse as `Y = label`
     extra: dict[str, float] = field(default_factory=dict)  # further per-split numbers the scorer reports
@@ -76,8 +76,8 @@ class TrainMetrics(Record):
 
     train: SplitMetrics
     test: SplitMetrics
-    epochs: list[dict]  # one row per epoch (epochs.jsonl)
-    eval_mode: str
+    epochs: list[dict] | None = None  # one row per epoch (epochs.jsonl)
+    eval_mode: str | None = None
     train_seconds: float | None = None
     hardware: dict | None = None  # the hardware plan as run
     processes: int | None = None
@@ -95,7 +95,7 @@ class BaselineMetrics(Record):
     train_accuracy: float
     test_accuracy: float
     test_macro_f1: float
-    per_class_recall: dict[str, float]
+    per_class_recall: dict[str, float] | None = None
     fit_seconds: float | None = None
     predict_seconds: float | None = None
     params: dict | None = None  # baselines.tune=true: the tuned parameters

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from faultllm.config import load_saved, to_yaml
+from faultllm.config import as_tree, load_saved
+from faultllm.credentials import redact, redact_tree
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_json, write_parquet, write_text
 from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.splits import MinMaxScaler, Split, prepared_split
 
@@ -34,13 +36,18 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
-def start_run(config: Any, run_dir: str | os.PathLike, job: str) -> Path:
-    """Create the run directory and write the resolved config and run_info.json: the job that writes
-    the directory (what `report`, `predict` and `evaluate` read it as), seed, command and versions."""
+def start_run(config: Any, run_dir: str | os.PathLike, job: str, resumes: ResumeKeys | None = None) -> Path:
+    """Create the run directory and write the resolved config (passwords redacted) and run_info.json: the job
+    that writes the directory (what `report`, `predict` and `evaluate` read it as), seed, command and
+    versions. With `resumes`, a directory holding a run to continue must first agree with `config` on those
+    keys (`check_resume`): a refused resume leaves its files as they were."""
     run_dir = Path(run_dir)
+    if resumes is not None:
+        check_resume(config, run_dir, resumes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
-    info = {"job": job, "seed": getattr(config, "seed", None), "command": sys.argv, "versions": library_versions()}
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(redacted_config(config)))
+    command = [redact(arg) for arg in sys.argv]
+    info = {"job": job, "seed": getattr(config, "seed", None), "command": command, "versions": library_versions()}
     write_json(run_dir / "run_info.json", info)
     return run_dir
 
@@ -57,6 +64,81 @@ def run_job(run_dir: Path) -> str:
     return "train" if (run_dir / "adapter").is_dir() else "unknown"
 
 
+def redacted_config(config: Any) -> DictConfig:
+    """A typed config as a resolved tree with the password of every URL in it replaced by ***."""
+    return OmegaConf.create(redact_tree(as_tree(config)))
+
+
+@dataclass(frozen=True)
+class ResumeKeys:
+    """What a resumed run must agree on with the run it continues: the config keys (and every key under
+    them) that shape the model, the data and the training, less those that do not; and which files in a
+    run directory mean there is something to continue."""
+
+    keys: tuple[str, ...]
+    ignored: tuple[str, ...]
+    markers: tuple[str, ...]  # glob patterns in the run directory
+    switch: str | None = None  # a config key that, false, starts afresh instead of continuing
+
+
+_SHAPING = ("seed", "data", "prompt", "model", "lora", "trainer")
+_NOT_SHAPING = (
+    "data.display_name", "trainer.resume", "trainer.report_to", "trainer.eval_each_epoch",
+    "model.attn_implementation", "model.gradient_checkpointing",
+)  # fmt: skip
+# train: more epochs continue a run (trainer.epochs); checkpoints are what a rerun continues from
+TRAIN_RESUME = ResumeKeys(_SHAPING, (*_NOT_SHAPING, "trainer.epochs"), ("checkpoints/checkpoint-*",), "trainer.resume")
+# hpo: every trial of one study must be comparable; hpo.n_trials may grow, workers and storage may change
+HPO_RESUME = ResumeKeys(
+    (*_SHAPING, "hpo.folds", "hpo.objective", "hpo.space", "hpo.prune_early_epochs"), _NOT_SHAPING, ("config.yaml",)
+)
+
+
+def check_resume(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
+    """Refuse, in one line naming the differing keys, to continue a run made with another config."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists() or not any(any(run_dir.glob(marker)) for marker in resumes.markers):
+        return
+    wanted_config = redacted_config(config)
+    if resumes.switch is not None and not OmegaConf.select(wanted_config, resumes.switch):
+        return
+    saved = _shaping_values(OmegaConf.load(saved_path), resumes)
+    wanted = _shaping_values(wanted_config, resumes)
+    differing = sorted(key for key in saved.keys() & wanted.keys() if saved[key] != wanted[key])  # new keys: agree
+    if differing:
+        shown = "; ".join(f"{key}: {_short(saved[key])} there, {_short(wanted[key])} here" for key in differing)
+        raise FaultLLMError(
+            f"hydra.run.dir={run_dir} holds a run of another config ({shown}); "
+            "resume it with its own values or choose another run directory"
+        )
+
+
+def _shaping_values(cfg: DictConfig, resumes: ResumeKeys) -> dict[str, Any]:
+    """{dotted key: value} for every leaf under the resume keys, less the ignored ones."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif not any(prefix == ignored or prefix.startswith(f"{ignored}.") for ignored in resumes.ignored):
+            flat[prefix] = value
+
+    for key in resumes.keys:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            walk(key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+    return flat
+
+
+_ABSENT = object()
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -67,18 +149,8 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def save_split(run_dir: Path, split: Split, scaler: MinMaxScaler | None, seed: int) -> dict:
@@ -86,7 +158,7 @@ def save_split(run_dir: Path, split: Split, scaler: MinMaxScaler | None, seed: i
     summary = split.summary(scaler, seed)
     write_json(run_dir / "split.json", summary)
     for name, frame in (("train", split.train), ("test", split.test)):
-        frame[split.features + [LABEL]].to_parquet(run_dir / f"{name}.parquet", index=False)
+        write_parquet(frame[split.features + [LABEL]], run_dir / f"{name}.parquet")
     if scaler is not None:
         write_json(run_dir / "scaler.json", scaler.to_dict(split.features))
     return summary
@@ -109,13 +181,18 @@ class SavedRun:
         path = self.run_dir / PROMPT_FEATURES
         return read_json(path) if path.exists() else self.split.features  # runs made before feature_order
 
-    def read_rows(self, path: Path, key: str, require_label: bool = True) -> pd.DataFrame:
+    def read_rows(
+        self, path: Path, key: str, require_label: bool = True, scaled_key: str | None = None, scaled: bool = False
+    ) -> pd.DataFrame:
         """Raw rows from a table (`key`=path), checked against this run's features and labels, scaled like its rows.
-        Without `require_label` the label column may be absent (rows to diagnose)."""
+        Without `require_label` the label column may be absent (rows to diagnose). Rows that look already
+        scaled are refused, unless `scaled` (the config key `scaled_key` says so): then they are taken as they are."""
         if not path.exists():
             raise FaultLLMError(f"{key}={path}: no such file")
         features, labels = self.split.features, self.split.labels
         frame = read_table(path)
+        if frame.empty:
+            raise FaultLLMError(f"{key}={path}: the table has no rows")
         needed, what = [*features, LABEL], f"the run's features and a {LABEL!r} column"
         if not require_label:
             needed, what = features, "the run's features (a label column is optional)"
@@ -126,7 +203,21 @@ class SavedRun:
             unknown = sorted(set(frame[LABEL]) - set(labels), key=str)
             if unknown:
                 raise FaultLLMError(f"{path}: label {unknown[0]!r} was not trained on (labels: {labels})")
-        return self.scaler.transform(frame, features) if self.scaler is not None else frame
+        if self.scaler is None or scaled:
+            return frame
+        self._refuse_scaled(frame, path, key, scaled_key)
+        return self.scaler.transform(frame, features)
+
+    def _refuse_scaled(self, frame: pd.DataFrame, path: Path, key: str, scaled_key: str | None) -> None:
+        """Scaling rows twice (a run's own train/test.parquet hold scaled rows) silently ruins every prediction."""
+        share = self.scaler.share_already_scaled(frame, self.split.train, self.split.features)
+        if share is not None and share >= 0.9:
+            low, high = self.scaler.feature_range
+            accept = f", or {scaled_key}=true to take them as they are" if scaled_key else ""
+            raise FaultLLMError(
+                f"{key}={path}: the rows look already scaled into the run's [{low:g}, {high:g}] range ({share:.0%} of "
+                f"the features that scaling moves); give raw rows (they are scaled like the training rows){accept}"
+            )
 
 
 def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> SavedRun:
@@ -142,6 +233,17 @@ def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> Sav
     if split.fingerprint() != summary["split_fingerprint"]:
         raise FaultLLMError(f"{run_dir}: the split's rows differ from the ones trained on (files changed?)")
     return SavedRun(run_dir, run_job(run_dir), cfg, split, scaler)
+
+
+def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> SavedRun:
+    """`open_run` for the commands that load a train run's adapter; anything else is refused in one line, a
+    baselines run with what to use `instead`."""
+    saved = open_run(run_dir)
+    if saved.job == "baselines":
+        raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
+    if not (saved.run_dir / "adapter").is_dir():
+        raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
+    return saved
 
 
 def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from faultllm.errors import FaultLLMError
 
@@ -109,9 +109,15 @@ LR_SCHEDULERS = (
     "greedy",
 )  # fmt: skip
 # Per-epoch metrics: the epoch callback writes `{split}_{metric}`; HPO objectives and `report` read them.
-LOSS, ACCURACY, MACRO_F1 = "loss", "accuracy", "macro_f1"
-EPOCH_METRICS = (LOSS, ACCURACY, MACRO_F1)
-OBJECTIVES = {f"val_{LOSS}": "minimize", f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize"}
+# loss: the study's, mean NLL per answer token (`Y = k</s>`: mostly the fixed format); class_loss:
+# -log p(true label | allowed labels); valid_mass: the probability the model puts on any valid answer.
+LOSS, CLASS_LOSS, ACCURACY, MACRO_F1, VALID_MASS = "loss", "class_loss", "accuracy", "macro_f1", "valid_mass"
+EPOCH_METRICS = (LOSS, CLASS_LOSS, ACCURACY, MACRO_F1, VALID_MASS)
+OBJECTIVES = {
+    f"val_{LOSS}": "minimize", f"val_{CLASS_LOSS}": "minimize",
+    f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize",
+}  # fmt: skip
+GPU_NAMES = ("h100", "h200", "a100", "l40s", "a10", "t4")  # `plan.gpu`: costs.GPUS holds their datasheet numbers
 
 
 def trackers(report_to: str | list) -> tuple[str, ...]:
@@ -203,6 +209,10 @@ class ModelConfig:
     """configs/model/*.yaml: the base model and how it is loaded on this machine."""
 
     path: str | None = None  # a hub id or a local directory (configs/model/*.yaml)
+    # random: the architecture from its config.json alone (shipped for configs/model/*), random weights, quantized
+    # as usual: throughput and memory without downloading weights (`faultllm bench`); never a result
+    init: str = one_of("pretrained", "random")
+    allow_random: bool = False  # train/hpo refuse model.init=random unless this is true
     quantization: str = one_of("auto", "nf4", "none")  # auto: 4-bit NF4 on CUDA, none on CPU
     attn_implementation: str = one_of("auto", "flash_attention_2", "sdpa", "eager")  # auto: FA-2 when installed
     optimizer: str = "auto"  # auto: fused AdamW on CUDA, adamw_torch on CPU; or a transformers `optim` name
@@ -322,15 +332,23 @@ class HpoConfig:
 
     n_trials: int = at_least(100, 1)
     folds: int = at_least(5, 2)
-    objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch
+    objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
     pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
-    prune_early_epochs: int = at_least(3, 0)  # prune on NaN loss, or validation accuracy 0 up to this epoch
+    # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
+    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass.
+    prune_early_epochs: int = at_least(3, 0)
+    prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
     worker_index: int = at_least(0, 0)  # the sampler's seed is seed + worker_index: give each worker its own
-    storage: str | None = None  # null: sqlite in the run directory; or sqlite:////path/db, postgresql://..., PATH.log
+    # null: sqlite in the run directory; or sqlite:////path/db, postgresql://user@host/db (password: PGPASSWORD,
+    # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), /nfs/study.log
+    storage: str | None = None
     study_name: str = "faultllm"
-    heartbeat_interval: int = at_least(60, 1)  # shared storage: a worker silent for grace_period s is failed
+    heartbeat_interval: int = at_least(60, 1)  # a worker silent for grace_period s has its trial or claim redone
     grace_period: int = at_least(180, 1)
+    # a trial out of GPU memory fails alone (reason in trials.csv) and the search goes on; halve_batch: and is
+    # queued once more at half trainer.batch_size, twice grad_accum
+    on_oom: str = one_of("fail", "halve_batch")
     reuse_model: bool = True  # load the base model once per worker; every fold gets fresh, seeded adapters
     refit: bool = True  # refit the best parameters on the whole training split, evaluate on test
     # name -> SearchParam fields (configs/hpo/default.yaml: the study's space); a dict on the command line too:
@@ -339,8 +357,6 @@ class HpoConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not self.space:
-            raise ConfigError("space", " is empty; name at least one hyperparameter to search")
         self.space = {name: _search_param(name, spec) for name, spec in self.space.items()}
 
 
@@ -400,6 +416,7 @@ class ExplainConfig:
 @dataclass
 class PredictConfig:
     model: str | None = one_of(*BASELINE_MODELS, default=None, nullable=True)  # baselines runs; null: most accurate
+    input_scaled: bool = False  # the rows are already in the run's scaled space (its train/test.parquet)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -430,19 +447,25 @@ class TrainJob(RunSettings):
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
         if self.model.build is None and not self.model.path:
             raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
+        if self.results and self.model.init == "random" and not self.model.allow_random:
+            raise ConfigError("model.init", "=random: random weights are never a result; add model.allow_random=true "
+                                            "to run on them anyway (faultllm bench and plan take them as they are)")  # fmt: skip
 
 
 @dataclass
 class HpoJob(TrainJob):
-    hpo: HpoConfig = field(default_factory=lambda: HpoConfig(space={"lora_r": {"key": "lora.r", "type": "int", "low": 4, "high": 256}}))
+    hpo: HpoConfig = field(default_factory=HpoConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.trainer.epochs < 1:
+        if not self.hpo.space:
+            raise ConfigError("hpo.space", " is empty; name at least one hyperparameter to search (configs/hpo/)")
+        if self.trainer.epochs < 1 and getattr(self, "job", "hpo") == "hpo":  # `plan job=train` may plan 0
             raise ConfigError("trainer.epochs", f"={self.trainer.epochs}: hpo tunes training; expected >= 1")
         for name, param in self.hpo.space.items():
             try:
@@ -468,6 +491,59 @@ def check_search_param(job: object, param: SearchParam) -> None:
             replace(node, **{name: value})  # the key's own checks
         except ConfigError as err:
             raise ConfigError(bound, f"={value!r}: {param.key}{err.message}") from None
+
+
+@dataclass
+class PlanConfig:
+    """What `faultllm plan` assumes (`faultllm plan job=hpo plan.gpu=a100 plan.mfu=0.4`); see faultllm/planning.py."""
+
+    gpu: str = one_of(*GPU_NAMES)  # the GPU planned for: peak dense bf16/fp16 FLOP/s, memory, bandwidth
+    mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)
+    throughput_from: str | None = None  # a `faultllm bench` run directory (or its bench.json): measured rates instead
+    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # HPO's expected case: the share of fold-epochs pruning
+    #   saves (0.28: measured on CPU, README "HPO pruning"); the worst case prunes nothing
+    tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
+    #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id
+    load_seconds: float | None = at_least(None, 0.0)  # one base-model load and quantization; null: 2 bytes/param at 1 GB/s
+    study_pad_to: int | None = at_least(None, 1)  # the study's padded sequence length; null: the model's context
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class BenchConfig:
+    """`faultllm bench`: how much is timed (after warm-up) on this machine."""
+
+    warmup_steps: int = at_least(3, 1)  # optimizer steps run before the clock starts
+    steps: int = at_least(20, 1)  # optimizer steps timed
+    scoring_batches: int = at_least(4, 1)  # restricted-scoring batches of eval.batch_size test rows, timed
+    generate_rows: int = at_least(4, 1)  # rows decoded at batch 1 (the study's evaluation), timed
+    peak_tflops: float | None = at_least(None, 0.0, strict=True)  # the GPU's dense bf16 peak; null: by its exact name
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class PlanJob(HpoJob):
+    """`faultllm plan job=train|hpo` takes that command's keys (hpo.* only matter for job=hpo)."""
+
+    job: str = one_of("train", "hpo")  # whose protocol is planned
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    results: ClassVar[bool] = False  # loads no weights at all
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self)
+
+
+@dataclass
+class BenchJob(TrainJob):
+    """`faultllm bench` takes train's keys: a few timed steps of that training run."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    results: ClassVar[bool] = False  # measures speed and memory only: model.init=random is what it is for
 
 
 @dataclass
@@ -510,4 +586,5 @@ class ReportJob:
 JOBS: dict[str, type] = {
     "prepare": PrepareJob, "train": TrainJob, "hpo": HpoJob, "baselines": BaselinesJob,
     "evaluate": EvaluateJob, "explain": ExplainJob, "predict": PredictJob, "report": ReportJob,
+    "plan": PlanJob, "bench": BenchJob,
 }  # fmt: skip

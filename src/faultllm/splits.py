@@ -208,6 +208,28 @@ class MinMaxScaler:
         out[features] = (frame[features].to_numpy(np.float64) - self.minimum) / span * (high - low) + low
         return out
 
+    def share_already_scaled(
+        self, frame: pd.DataFrame, scaled_train: pd.DataFrame, features: list[str]
+    ) -> float | None:
+        """Of the features this scaler moves far, the share whose values in `frame` look like the scaled training
+        rows (`scaled_train`) as they stand rather than once scaled: near 1 for rows already scaled, near 0 for
+        raw rows. None when no feature tells the two apart (the raw range is about the scaled range already).
+
+        Per feature and hypothesis, the distance of the rows' median from the training median (in training
+        interquartile ranges) plus, with several rows, how far the rows' spread is from the training spread.
+        """
+        low, high = self.feature_range
+        width = high - low
+        span = np.where(self.maximum - self.minimum > 0, self.maximum - self.minimum, 1.0)
+        moved = (np.abs(span - width) > width / 2) | (np.abs(self.minimum - low) > width / 2)
+        if not moved.any() or frame.empty:
+            return None
+        as_is = frame[features].to_numpy(np.float64)[:, moved]
+        once_scaled = self.transform(frame, features)[features].to_numpy(np.float64)[:, moved]
+        train = scaled_train[features].to_numpy(np.float64)[:, moved]
+        closer = _distance(as_is, train) < _distance(once_scaled, train)
+        return float(closer.mean())
+
     def to_dict(self, features: list[str]) -> dict:
         return {
             "minimum": self.minimum,
@@ -219,6 +241,18 @@ class MinMaxScaler:
     @classmethod
     def from_dict(cls, saved: dict) -> MinMaxScaler:
         return cls(np.asarray(saved["minimum"]), np.asarray(saved["maximum"]), tuple(saved["feature_range"]))
+
+
+def _distance(values: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Per column: how unlike the training column `values` look (location, and spread from 5 rows on)."""
+    median, train_median = np.nanmedian(values, axis=0), np.nanmedian(train, axis=0)
+    quartiles = np.nanpercentile(train, [25, 75], axis=0)
+    scale = np.maximum(quartiles[1] - quartiles[0], 1e-9)
+    distance = np.abs(median - train_median) / scale
+    if len(values) >= 5:
+        spread, train_spread = np.nanstd(values, axis=0), np.maximum(np.nanstd(train, axis=0), 1e-9)
+        distance = distance + np.abs(np.log(np.maximum(spread, 1e-12) / train_spread))
+    return distance
 
 
 def fit_scaler(train: pd.DataFrame, features: list[str], feature_range) -> MinMaxScaler:

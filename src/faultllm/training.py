@@ -25,6 +25,7 @@ from faultllm.distributed import (
 )
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
+from faultllm.files import write_text
 from faultllm.modeling import (
     HardwarePlan,
     ModelDims,
@@ -183,16 +184,13 @@ class EpochHistory:
         self.rows = [row for row in rows if row["epoch"] <= through]
         if self.writes and not through:
             path.unlink(missing_ok=True)
-        elif self.writes and len(self.rows) < len(rows):
-            written = path.with_suffix(".partial")  # replaced at once: other ranks may be reading the file
-            written.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
-            written.replace(path)
+        elif self.writes and len(self.rows) < len(rows):  # replaced at once: other ranks may be reading the file
+            write_text(path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
         if self.writes:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
 class _EpochCallback(TrainerCallback):

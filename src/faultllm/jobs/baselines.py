@@ -22,6 +22,7 @@ from faultllm.baselines import (
     tune,
 )
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_csv
 from faultllm.loaders import LABEL
 from faultllm.reporting import print_table, write_table
 from faultllm.results import BaselineMetrics
@@ -56,11 +57,11 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
             tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
 
     write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
-    predictions.to_csv(run_dir / "predictions.csv", index=False)  # per test row: what `report`'s paired tests use
+    write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
     table = table_4_2(results)
     write_table(table, run_dir / "table_4_2")
     if tables:
-        pd.concat(tables).to_csv(run_dir / "feature_importances.csv", index=False)
+        write_csv(pd.concat(tables), run_dir / "feature_importances.csv")
     print_table(f"baselines: {cfg.data.display_name} ({'tuned' if cfg.baselines.tune else 'study settings'})", table)
     log.info(f"written to {run_dir}")
     return results

@@ -7,26 +7,32 @@ from pathlib import Path
 
 from faultllm import plots
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
+from faultllm.files import write_csv
 from faultllm.reporting import print_summary
 from faultllm.results import EvaluateMetrics
-from faultllm.rundir import open_run, start_run, write_json
+from faultllm.rundir import open_train_run, start_run, write_json
 from faultllm.schema import EvaluateJob
+
+BASELINES_INSTEAD = (
+    "its models' test metrics are in its metrics.json and table_4_2.md, and "
+    "`faultllm predict run_dir=DIR input=TABLE` scores other rows with them"
+)
 
 
 def run(cfg: EvaluateJob, out_dir: Path) -> dict:
-    saved = open_run(cfg.run_dir)
-    llm = TrainedLLM.from_run(saved)
-    out_dir = start_run(cfg, out_dir, "evaluate")
-    if cfg.eval.split_path:
+    saved = open_train_run(cfg.run_dir, "evaluate", BASELINES_INSTEAD)
+    if cfg.eval.split_path:  # checked before the model loads
         frame, source = saved.read_rows(Path(cfg.eval.split_path), "eval.split_path"), str(cfg.eval.split_path)
     else:
         frame, source = saved.split.test, "the run's test split"
+    llm = TrainedLLM.from_run(saved)
+    out_dir = start_run(cfg, out_dir, "evaluate")
     prompts = llm.serializer.render(frame)
     space = answer_space(llm.tokenizer, prompts)
     metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval)
     written = EvaluateMetrics.from_json(metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)})
     write_json(out_dir / "metrics.json", written.to_json())
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(predictions, out_dir / "predictions.csv")
     plots.confusion_matrix(metrics["confusion_matrix"], prompts.labels, out_dir / "confusion_matrix.png", cfg.eval.mode)
     items = {
         "rows": f"{metrics['n']} from {source}",

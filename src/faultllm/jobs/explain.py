@@ -9,6 +9,7 @@ from faultllm import plots
 from faultllm.evaluation import TrainedLLM
 from faultllm.explain import (
     aggregate,
+    check_same_split,
     choose_rows,
     compare_with_baselines,
     occlusion,
@@ -16,13 +17,16 @@ from faultllm.explain import (
     reference_values,
     report_markdown,
 )
+from faultllm.files import write_csv, write_text
 from faultllm.reporting import print_summary
-from faultllm.rundir import open_run, start_run, write_json
+from faultllm.rundir import open_train_run, start_run, write_json
 from faultllm.schema import ExplainJob
 
 
 def run(cfg: ExplainJob, out_dir: Path) -> dict:
-    saved = open_run(cfg.run_dir)
+    saved = open_train_run(cfg.run_dir, "explain", "give it as explain.baselines_dir=DIR, with run_dir=A_TRAIN_RUN")
+    if cfg.explain.baselines_dir:
+        check_same_split(saved, Path(cfg.explain.baselines_dir))
     llm = TrainedLLM.from_run(saved)
     test, n_test = saved.split.test, len(saved.split.test)
     probe_rows = choose_rows(cfg.explain.rows, cfg.explain.n_probe_rows, n_test, cfg.seed)
@@ -30,21 +34,21 @@ def run(cfg: ExplainJob, out_dir: Path) -> dict:
     out_dir = start_run(cfg, out_dir, "explain")
 
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
-    transcripts.to_csv(out_dir / "transcripts.csv", index=False)
+    write_csv(transcripts, out_dir / "transcripts.csv")
     reference = reference_values(saved, cfg.explain.reference)
     effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size, cfg.progress)
-    effects.to_csv(out_dir / "attribution_rows.csv", index=False)
+    write_csv(effects, out_dir / "attribution_rows.csv")
     table = aggregate(effects, saved.split.features)
-    table.to_csv(out_dir / "attribution.csv", index=False)
+    write_csv(table, out_dir / "attribution.csv")
     plots.attribution(table, out_dir / "attribution.png")
     comparison = None
     if cfg.explain.baselines_dir:
         comparison = compare_with_baselines(table, Path(cfg.explain.baselines_dir), cfg.explain.top_k)
-        comparison.to_csv(out_dir / "comparison.csv", index=False)
+        write_csv(comparison, out_dir / "comparison.csv")
     report = report_markdown(
         saved.run_dir, transcripts, table, comparison, cfg.explain.reference, len(attribution_rows)
     )
-    (out_dir / "report.md").write_text(report)
+    write_text(out_dir / "report.md", report)
 
     valid = transcripts.groupby("new_tokens")["valid"].mean().to_dict()
     summary = {

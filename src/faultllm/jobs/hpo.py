@@ -19,11 +19,15 @@ from optuna.storages import fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from faultllm.credentials import redact, worker_environment
 from faultllm.distributed import visible_gpus
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_csv, write_json
 from faultllm.finetune import train_on_split
 from faultllm.hpo import (
+    OutOfMemoryStreak,
     OverBudget,
+    TrialOutOfMemory,
     best_trial,
     claim_within_budget,
     fail_interrupted,
@@ -41,7 +45,7 @@ from faultllm.hpo import (
 )
 from faultllm.modeling import BaseModelCache, resolve_model_path
 from faultllm.reporting import print_summary, write_table
-from faultllm.rundir import read_json, start_run, write_json
+from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, start_run
 from faultllm.schema import HpoJob
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
@@ -50,7 +54,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: HpoJob, run_dir: Path) -> dict:
     resolve_model_path(cfg.model, cfg.cache_dir)  # a hub model off the hub fails here, not in the first trial
-    run_dir = start_run(cfg, run_dir, "hpo")
+    run_dir = start_run(cfg, run_dir, "hpo", HPO_RESUME)
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
@@ -63,10 +67,11 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     base_cache = BaseModelCache() if cfg.hpo.reuse_model else None  # this worker's base model, for every fold
     run_trials(study, cfg, raw, folds, run_dir, base_cache)
     if base_cache is not None:
-        base_cache.clear()  # the refit loads its own
+        base_cache.clear()  # not held while waiting on another worker's refit; the refit loads its own
     if slots_taken(study) == (cfg.hpo.n_trials, 0):
-        with refit_claim(study) as mine:
+        with refit_claim(study, _patience(cfg.hpo), cfg.hpo.heartbeat_interval) as mine:
             if mine:
+                log.info(f"worker {cfg.hpo.worker_index}: the refit and Table 4.1 are this worker's")
                 return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
     log.info(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's")
     return {}
@@ -94,11 +99,13 @@ def run_trials(
         MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
         functools.partial(_report, n_trials=n_trials),
         *mlflow_trial_logger(cfg.trainer.report_to),
+        OutOfMemoryStreak(),
     ]
-    patience, waited = cfg.hpo.grace_period + 2 * cfg.hpo.heartbeat_interval, 0
+    patience, waited = _patience(cfg.hpo), 0
     while (taken := slots_taken(study))[0] < n_trials:
         if sum(taken) < n_trials:
-            study.optimize(objective, callbacks=callbacks, catch=(OverBudget,), gc_after_trial=True)
+            catch = (OverBudget, TrialOutOfMemory)  # an out-of-memory trial is failed and recorded; the worker goes on
+            study.optimize(objective, callbacks=callbacks, catch=catch, gc_after_trial=True)
             waited = 0
         elif waited > patience:  # the running trials are alive (or were never heartbeaten): theirs to finish
             log.info(f"worker {cfg.hpo.worker_index}: the last trials run in other workers")
@@ -109,9 +116,16 @@ def run_trials(
             fail_stale_trials(study)
 
 
+def _patience(hpo_cfg) -> float:
+    """How long a worker waits for another worker's running trial or refit claim to finish or go stale."""
+    return hpo_cfg.grace_period + 2 * hpo_cfg.heartbeat_interval
+
+
 def _report(study, trial, n_trials: int) -> None:
     """One line per trial this worker ran."""
     if trial.state == TrialState.FAIL:
+        if "failed_because" in trial.user_attrs:
+            log.warning(f"trial {trial.number} (of {n_trials}) failed: {trial.user_attrs['failed_because']}")
         return
     status = (
         f"value {trial.value:.4f}"
@@ -129,7 +143,7 @@ def finish_study(study, cfg: HpoJob, raw: Split, run_dir: Path, seconds: float) 
     if best is None:
         raise FaultLLMError("no trial finished without being pruned; widen hpo.space or lower the pruning")
     trials = study.trials_dataframe()
-    trials.to_csv(run_dir / "trials.csv", index=False)
+    write_csv(trials, run_dir / "trials.csv")
     plot_study(study, run_dir)
     final = _refit(cfg, best, raw, run_dir / "final") if cfg.hpo.refit else None
     summary = search_summary(trials, best, final, cfg.hpo, cfg.trainer.epochs, seconds)
@@ -145,12 +159,15 @@ def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
 
     keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(WORKER_KEYS)]
     url = study_url(cfg.hpo, run_dir)
+    secret = worker_environment(url)  # the workers get the storage's password in their environment, not argv
     gpus = visible_gpus()
     workers = []
     for index in range(cfg.hpo.workers):
-        env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
+        env = os.environ | secret | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
         worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
-        worker = ["hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={url}", f"hydra.run.dir={run_dir}"]
+        worker = [
+            "hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}", f"hydra.run.dir={run_dir}"
+        ]  # fmt: skip
         workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
     codes = [worker.wait() for worker in workers]
     if any(codes):
@@ -166,8 +183,8 @@ def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
     """The train job with the best parameters, on the split the search already made."""
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
-    run_dir = start_run(refit_cfg, run_dir, "hpo")
-    return train_on_split(refit_cfg, split, scaler, run_dir, search_features(cfg, raw))
+    refit_dir = start_run(refit_cfg, run_dir, "hpo", TRAIN_RESUME)
+    return train_on_split(refit_cfg, split, scaler, refit_dir, search_features(cfg, raw))
 
 
 def _print_summary(cfg: HpoJob, best, summary: dict, run_dir: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faultllm.files import write_csv
 from faultllm.predict import (
-    check_rows,
     metrics_if_labelled,
     predict_baseline,
     predict_llm,
@@ -24,8 +24,7 @@ from faultllm.schema import PredictJob
 def run(cfg: PredictJob, out_dir: Path) -> dict:
     saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
     kind = run_kind(saved)
-    rows = saved.read_rows(Path(cfg.input), "input", require_label=False)
-    check_rows(rows, cfg.input)
+    rows = saved.read_rows(Path(cfg.input), "input", False, "predict.input_scaled", cfg.predict.input_scaled)
     if kind == "llm":
         model, predictions = (
             f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",
@@ -35,7 +34,7 @@ def run(cfg: PredictJob, out_dir: Path) -> dict:
         model, predictions = predict_baseline(saved, rows, cfg.predict.model)
     out_dir = start_run(cfg, out_dir, "predict")
     table = prediction_table(rows, saved.split.features, predictions)
-    table.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(table, out_dir / "predictions.csv")
     metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)
     summary = {"model": model, "rows": len(table), "input": str(cfg.input)}
     if metrics:

@@ -39,6 +39,7 @@ from faultllm.reporting import (
     summary_display,
     tests_display,
 )
+from faultllm.files import write_csv, write_text
 from faultllm.rundir import start_run
 from faultllm.schema import ReportJob
 
@@ -51,9 +52,9 @@ def run(cfg: ReportJob, out_dir: Path):
     summary, tests = aggregate(runs), paired_tests(results)
     out_dir = start_run(cfg, out_dir, "report")
     shown = summary_display(summary)
-    (out_dir / "comparison.md").write_text(markdown(shown))
-    summary.to_csv(out_dir / "comparison.csv", index=False)
-    runs.to_csv(out_dir / "runs.csv", index=False)
+    write_text(out_dir / "comparison.md", markdown(shown))
+    write_csv(summary, out_dir / "comparison.csv")
+    write_csv(runs, out_dir / "runs.csv")
     largest = summary["Train rows"].max()
     plots.comparison(summary[summary["Train rows"] == largest], out_dir / "comparison.png")
     if summary["Train rows"].nunique() > 1:
@@ -63,8 +64,8 @@ def run(cfg: ReportJob, out_dir: Path):
     if tests.empty:
         log.info(_no_tests_reason(results))
     else:
-        tests.to_csv(out_dir / "paired_tests.csv", index=False)
-        (out_dir / "paired_tests.md").write_text(markdown(tests_display(tests)))
+        write_csv(tests, out_dir / "paired_tests.csv")
+        write_text(out_dir / "paired_tests.md", markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
     _trust(results, largest, out_dir)
     log.info(f"written to {out_dir}")
@@ -94,17 +95,17 @@ def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
     calibration = calibration_summary(results)
     if calibration.empty:
         return
-    (out_dir / "calibration.md").write_text(markdown(calibration_display(calibration)))
-    calibration.to_csv(out_dir / "calibration.csv", index=False)
+    write_text(out_dir / "calibration.md", markdown(calibration_display(calibration)))
+    write_csv(calibration, out_dir / "calibration.csv")
     title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins)"
     plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
     print_table("calibration on the test rows (mean ± sd over seeds)", calibration_display(calibration))
     selective, curves = selective_summary(results)
-    (out_dir / "selective.md").write_text(markdown(selective_display(selective)))
-    selective.to_csv(out_dir / "selective.csv", index=False)
+    write_text(out_dir / "selective.md", markdown(selective_display(selective)))
+    write_csv(selective, out_dir / "selective.csv")
     shown = {model: curve for (model, rows), curve in curves.items() if rows == largest}
     title = f"selective prediction, {largest} training rows (test rows pooled over seeds)"
     plots.risk_coverage(shown, out_dir / "selective.png", title)
     print_table("selective prediction: answer the most confident rows only", selective_display(selective))
     curve_rows = [curve.assign(Model=model, **{"Train rows": rows}) for (model, rows), curve in curves.items()]
-    pd.concat(curve_rows).to_csv(out_dir / "selective_curves.csv", index=False)
+    write_csv(pd.concat(curve_rows), out_dir / "selective_curves.csv")

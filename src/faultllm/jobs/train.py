@@ -10,7 +10,7 @@ from pathlib import Path
 
 from faultllm.distributed import is_main_process
 from faultllm.finetune import train_on_split
-from faultllm.rundir import start_run
+from faultllm.rundir import TRAIN_RESUME, start_run
 from faultllm.schema import TrainJob
 from faultllm.splits import prepared_split
 
@@ -21,6 +21,6 @@ def run(cfg: TrainJob, run_dir: Path) -> dict:
     Under torchrun/accelerate every rank trains (DDP) and scores its share of the rows; the main
     process writes the files.
     """
-    run_dir = start_run(cfg, run_dir, "train") if is_main_process() else Path(run_dir)
+    run_dir = start_run(cfg, run_dir, "train", TRAIN_RESUME) if is_main_process() else Path(run_dir)
     split, scaler = prepared_split(cfg.data, cfg.seed)
     return train_on_split(cfg, split, scaler, run_dir)
