@@ -31,6 +31,7 @@ from faultllm.comparison import (
     selective_summary,
     without_forecasts,
 )
+from faultllm.files import write_csv, write_text
 from faultllm.reporting import (
     calibration_display,
     markdown,
@@ -39,7 +40,6 @@ from faultllm.reporting import (
     summary_display,
     tests_display,
 )
-from faultllm.files import write_csv, write_text
 from faultllm.rundir import start_run
 from faultllm.schema import ReportJob
 
