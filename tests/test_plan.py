@@ -180,3 +180,22 @@ def test_cli_plans_the_tep_protocol_offline_from_a_tokenizer_and_a_config_json(t
     assert plan["train_tokens"]["worst"] > plan["train_tokens"]["expected"]
     assert (run_dir / "plan.md").read_text().startswith("# plan: faultllm hpo")
     assert "GPU-h" in result.stdout + result.stderr
+
+
+def test_a_few_shot_plan_counts_the_shots_and_trains_nothing(compose_cfg):
+    """`faultllm plan job=train trainer.epochs=0 prompt.shots=4`: the prompts as the run renders them (shots from the
+    training rows), scored once at the end; no training tokens."""
+    overrides = ["job=train", "model=tiny", "data.train_size=8", "data.test_size=8", "trainer.epochs=0", "prompt.shots=4"]
+    cfg = compose_cfg("plan", overrides)
+    plan = planning.make_plan(cfg)
+    split, _ = prepared_split(cfg.data, cfg.seed)
+    serializer = Serializer.from_config(
+        cfg.prompt, cfg.data.system_prompt, split.features, split.labels, load_tokenizer(str(SHIPPED)), cfg.seed, split.train
+    )
+    tokenizer = load_tokenizer(str(SHIPPED))
+    texts = serializer.render(split.train, own_rows=True).texts + serializer.render(split.test).texts
+    prompts = np.array([len(tokenizer(text)["input_ids"]) for text in texts])
+    assert plan["prompt_tokens"] == {"min": prompts.min(), "mean": pytest.approx(prompts.mean()), "max": prompts.max()}
+    zero_shot = planning.make_plan(compose_cfg("plan", [*overrides[:-1], "prompt.shots=0"]))
+    assert plan["prompt_tokens"]["mean"] > 4 * zero_shot["prompt_tokens"]["mean"]
+    assert plan["train_tokens"]["expected"] == 0 and plan["scoring_tokens"]["expected"] == (prompts + 7).sum()

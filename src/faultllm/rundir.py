@@ -236,12 +236,13 @@ def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> Sav
 
 
 def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> SavedRun:
-    """`open_run` for the commands that load a train run's adapter; anything else is refused in one line, a
-    baselines run with what to use `instead`."""
+    """`open_run` for the commands that load a train run's adapter (or its base model alone, for a run with
+    trainer.epochs=0); anything else is refused in one line, a baselines run with what to use `instead`."""
     saved = open_run(run_dir)
     if saved.job == "baselines":
         raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
-    if not (saved.run_dir / "adapter").is_dir():
+    untrained = saved.cfg.trainer.epochs == 0  # trainer.epochs=0: the base model, reopened without an adapter
+    if not untrained and not (saved.run_dir / "adapter").is_dir():
         raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
     return saved
 
