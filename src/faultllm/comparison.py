@@ -221,10 +221,10 @@ def interval(values: np.ndarray, rows: np.ndarray, level: float = 0.95) -> tuple
     if len(values) < 2:
         return mean, float("nan"), float("nan"), float("nan")
     sd = float(values.std(ddof=1))
-    if not sd:
-        return mean, sd, mean, mean
     logits = logit((values * rows + 0.5) / (rows + 1))
     spread = float(logits.std(ddof=1)) / np.sqrt(len(values))
+    if not sd or not spread:  # the same score on every seed (macro-F1 may differ by float noise only)
+        return mean, sd, mean, mean
     low, high = stats.t.interval(level, len(values) - 1, loc=float(logits.mean()), scale=spread)
     return mean, sd, float(expit(low)), float(expit(high))
 

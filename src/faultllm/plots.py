@@ -88,12 +88,17 @@ def comparison(summary: pd.DataFrame, path: Path) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # off the bars
 
 
+def _style(model: str) -> dict:
+    """LLM rows dashed and thicker: more models than the colour cycle has colours stay apart."""
+    return {"linestyle": "--", "linewidth": 2.0} if model.startswith("LLM") else {"linewidth": 1.2}
+
+
 def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """Reliability diagram: accuracy against mean confidence in equal-mass bins, one line per model."""
-    with figure(path, (7.5, 5.0)) as (_, ax):
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    with figure(path, (10, 5.4)) as (_, ax):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
         for model, bins in curves.items():
-            ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, label=model)
+            ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, label=model, **_style(model))
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("confidence (probability of the label answered; bin mean)")
@@ -105,9 +110,9 @@ def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None
 
 def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """Selective prediction: accuracy on the rows answered against the share answered, most confident first."""
-    with figure(path, (7.5, 5.0)) as (_, ax):
+    with figure(path, (10, 5.4)) as (_, ax):
         for model, curve in curves.items():
-            ax.plot(curve["coverage"], curve["accuracy"], label=model)
+            ax.plot(curve["coverage"], curve["accuracy"], label=model, **_style(model))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("coverage (share of test rows answered, most confident first)")

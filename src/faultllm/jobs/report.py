@@ -97,14 +97,14 @@ def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
         return
     write_text(out_dir / "calibration.md", markdown(calibration_display(calibration)))
     write_csv(calibration, out_dir / "calibration.csv")
-    title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins)"
+    title = f"reliability, {largest} training rows\n(test rows pooled over seeds, 15 equal-mass bins)"
     plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
     print_table("calibration on the test rows (mean ± sd over seeds)", calibration_display(calibration))
     selective, curves = selective_summary(results)
     write_text(out_dir / "selective.md", markdown(selective_display(selective)))
     write_csv(selective, out_dir / "selective.csv")
     shown = {model: curve for (model, rows), curve in curves.items() if rows == largest}
-    title = f"selective prediction, {largest} training rows (test rows pooled over seeds)"
+    title = f"selective prediction, {largest} training rows\n(test rows pooled over seeds)"
     plots.risk_coverage(shown, out_dir / "selective.png", title)
     print_table("selective prediction: answer the most confident rows only", selective_display(selective))
     curve_rows = [curve.assign(Model=model, **{"Train rows": rows}) for (model, rows), curve in curves.items()]
