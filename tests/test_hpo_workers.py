@@ -27,7 +27,7 @@ def postgres_url(postgres_server):
 
 
 def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_path, monkeypatch):
-    with pytest.raises(FaultLLMError, match=r"hpo.workers=0: expected at least 1 worker process"):
+    with pytest.raises(FaultLLMError, match=r"hpo.workers=0: expected >= 1"):
         search(compose_cfg("hpo", ["hpo.workers=0"]), tmp_path / "a")
     with pytest.raises(FaultLLMError, match=r"hpo.storage=redis://x/0: unknown scheme 'redis'"):
         search(compose_cfg("hpo", ["model=tiny", "hpo.storage=redis://x/0"]), tmp_path / "b")

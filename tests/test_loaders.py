@@ -143,7 +143,8 @@ def _interleaved_parquet(directory: Path) -> Path:
     [
         ("rdata", [], "c98f1b399bf93585", "1b77b8b77f2b3932"),
         ("rdata", ["data.prefault=relabel"], "71ffebb143f928b9", "0b291e805505390b"),
-        ("parquet", ["data.labels=[5,0,4]", "data.allow_missing=true"], "4e8af35ebaf1e6bd", "none"),
+        ("parquet", ["data.labels=[5,0,4]", "data.train_size=300", "data.test_size=150", "data.allow_missing=true"],
+         "4e8af35ebaf1e6bd", "none"),
         ("parquet", ["data.labels=null", "data.allow_missing=true"], "8e1b531acc9ff383", "none"),
     ],
 )
