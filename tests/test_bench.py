@@ -96,3 +96,13 @@ def test_random_init_builds_the_tiny_architecture_from_its_config_alone_and_trai
     assert random_weights.keys() == shipped.keys()
     name = "model.layers.0.self_attn.q_proj.weight"
     assert random_weights[name].shape == shipped[name].shape and not random_weights[name].float().equal(shipped[name])
+
+
+@pytest.mark.slow
+def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, compose_cfg):
+    from faultllm.bench import run_bench
+
+    cfg = compose_cfg("bench", ["model=tiny", *SMALL, "prompt.shots=2", "bench.warmup_steps=1", "bench.steps=1",
+                                "bench.scoring_batches=1", "bench.generate_rows=1"])  # fmt: skip
+    bench = run_bench(cfg, cfg.bench)
+    assert bench["train_tokens"] > 0 and bench["scoring_tokens_per_second"] > 0

@@ -99,7 +99,9 @@ def setup(cfg: TrainJob) -> Setup:
     _sync(spec.plan)
     load_seconds = time.perf_counter() - started
     split, _ = prepared_split(data_cfg, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, data_cfg.system_prompt, split.features, split.labels, tokenizer)
+    serializer = Serializer.from_config(
+        cfg.prompt, data_cfg.system_prompt, split.features, split.labels, tokenizer, cfg.seed, split.train
+    )  # prompt.shots: in-context examples from the training rows, as `train` renders them
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     return Setup(spec, model, tokenizer, split, serializer, options, load_seconds, data_note=note)
 
@@ -248,7 +250,8 @@ def run_bench(cfg: TrainJob, bench: BenchConfig) -> dict:
     run = setup(cfg)
     per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum
     train_rows = run.split.train.head((bench.warmup_steps + bench.steps) * per_step)
-    window, memory = timed_training(run, run.serializer.render(train_rows).sft_rows(), bench.warmup_steps, bench.steps)
+    sft_rows = run.serializer.render(train_rows, own_rows=True).sft_rows()  # the first rows of the pool itself
+    window, memory = timed_training(run, sft_rows, bench.warmup_steps, bench.steps)
     tokens, seconds = window.tokens_and_seconds()
     test = run.serializer.render(run.split.test.head(bench.scoring_batches * cfg.eval.batch_size))
     scoring_rate, rows_rate = timed_scoring(run, test, cfg.eval.batch_size)
