@@ -112,10 +112,6 @@ def with_values(config: Any, values: dict[str, Any]) -> Any:
     return build(type(config), OmegaConf.to_container(tree, resolve=True))
 
 
-def to_yaml(config: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
 def as_tree(config: Any) -> dict:
     """A typed config as nested plain dicts (for comparing runs, logging parameters)."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)

@@ -93,19 +93,24 @@ def _style(model: str) -> dict:
     return {"linestyle": "--", "linewidth": 2.0} if model.startswith("LLM") else {"linewidth": 1.2}
 
 
+def _unit_axes(ax, xlabel: str, ylabel: str, title: str, xmax: float) -> None:
+    """Axes from 0 to about 1 on both sides, labelled, gridded, the models' legend beside them."""
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+
+
 def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """Reliability diagram: accuracy against mean confidence in equal-mass bins, one line per model."""
     with figure(path, (10, 5.4)) as (_, ax):
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
         for model, bins in curves.items():
             ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, label=model, **_style(model))
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("confidence (probability of the label answered; bin mean)")
-        ax.set_ylabel("accuracy in the bin")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+        _unit_axes(ax, "confidence (probability of the label answered; bin mean)", "accuracy in the bin", title, 1.02)
 
 
 def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
@@ -113,13 +118,8 @@ def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> No
     with figure(path, (10, 5.4)) as (_, ax):
         for model, curve in curves.items():
             ax.plot(curve["coverage"], curve["accuracy"], label=model, **_style(model))
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("coverage (share of test rows answered, most confident first)")
-        ax.set_ylabel("accuracy on the rows answered")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+        _unit_axes(ax, "coverage (share of test rows answered, most confident first)", "accuracy on the rows answered",
+                   title, 1)  # fmt: skip
 
 
 def train_size_curve(summary: pd.DataFrame, path: Path) -> None:
