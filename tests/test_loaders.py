@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from faultllm.errors import FaultLLMError
-from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, cached_parquet, load
+from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, ColumnFile, cached_columns, load
 
 
 def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):
@@ -23,8 +23,8 @@ def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):
     assert (raw.pool[LABEL] == 0).sum() == 6 * 30  # the fault-free runs keep every sample
     assert (raw.test_pool[LABEL] == 4).sum() == 2 * 10
     assert set(raw.pool[GROUP]) == set(range(1, 7))
-    cached = list(Path(cfg.data.cache_dir).glob("*.parquet"))
-    assert len(cached) == 4  # the columnar copies
+    cached = list(Path(cfg.data.cache_dir).glob("*.npy"))
+    assert len(cached) == 4  # the column caches
     start = time.perf_counter()
     again = load(cfg.data)
     assert time.perf_counter() - start < 5
@@ -167,15 +167,35 @@ def test_concurrent_cache_builds_end_with_one_good_file(tmp_path):
     builders = 4
     barrier = threading.Barrier(builders)
 
-    def read(_: Path) -> pd.DataFrame:
+    def read(_: Path) -> tuple[int, list[pd.DataFrame]]:
         barrier.wait()  # every builder has found no cache and writes at the same time
-        return frame
+        return len(frame), [frame.iloc[:70_000].copy(), frame.iloc[70_000:].copy()]
 
     with ThreadPoolExecutor(builders) as pool:
-        targets = list(pool.map(lambda _: cached_parquet(source, read, tmp_path / "cache"), range(builders)))
+        targets = list(pool.map(lambda _: cached_columns(source, read, list("hgfedcba"), tmp_path / "cache"), range(4)))
     assert len(set(targets)) == 1
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [targets[0].name]  # no temp file left behind
-    pd.testing.assert_frame_equal(pd.read_parquet(targets[0]), frame)
+    np.testing.assert_array_equal(np.load(targets[0]), frame[list("hgfedcba")].to_numpy().T)
+    with ColumnFile(targets[0], list("hgfedcba")) as columns:
+        np.testing.assert_array_equal(columns.read("c", 69_990, 70_010), frame["c"].to_numpy()[69_990:70_010])
+
+
+def test_column_cache_refuses_text_and_empty_ids(tmp_path, compose_cfg):
+    """Text anywhere in a Rieth table, or a row without a fault/run/sample number, is named when the cache is built."""
+    from tests.conftest import rieth_table
+
+    for column, value, expected in [("xmeas_7", "high", r"column 'xmeas_7' row 45 holds 'high'; expected a number"),
+                                    ("simulationRun", np.nan, r"column 'simulationRun' row 45 is empty")]:
+        directory = tmp_path / column
+        directory.mkdir()
+        table = rieth_table([0], runs=2, samples=40, seed=1).astype({column: object})
+        table.loc[45, column] = value
+        table.to_csv(directory / "TEP_FaultFree_Training.csv", index=False)
+        rieth_table([1], runs=2, samples=40, seed=2).to_csv(directory / "TEP_Faulty_Training.csv", index=False)
+        with pytest.raises(FaultLLMError, match=rf"TEP_FaultFree_Training.csv: {expected}"):
+            load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,1]",
+                                         "data.train_size=20", "data.test_size=20"]).data)
+        assert not list(Path(tmp_path / "cache").glob("*.npy"))  # no cache of a refused table
 
 
 def test_rieth_bad_value_names_the_row_of_the_file(tmp_path, compose_cfg):

@@ -11,10 +11,10 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,14 +22,12 @@ import pandas as pd
 from faultllm.errors import FaultLLMError
 from faultllm.schema import DataConfig
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 LABEL = "label"
 GROUP = "group"
 
 TEP_FEATURES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
 TEP_ID_COLUMNS = ["faultNumber", "simulationRun", "sample"]
+RIETH_COLUMNS = TEP_ID_COLUMNS + TEP_FEATURES
 RIETH_TABLES = {  # stem -> (split part, object name inside the .RData)
     "TEP_FaultFree_Training": ("train", "fault_free_training"),
     "TEP_Faulty_Training": ("train", "faulty_training"),
@@ -97,14 +95,10 @@ def validate_features(
     """Every feature numeric and finite (or empty, with `allow_missing`), else an error naming column, row and value."""
     for column in features:
         values = frame[column]
-        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            numeric = pd.to_numeric(values, errors="coerce")
-            bad = values[numeric.isna() & values.notna()]
-            if len(bad):
-                row = bad.index[0]
-                raise FaultLLMError(f"{source}: column {column!r} row {row} holds {bad.iloc[0]!r}; expected a number")
+        numeric = _numeric(values, source, column)
+        if numeric is not values:
             frame[column] = numeric
-        numbers = frame[column].to_numpy(dtype=np.float64)
+        numbers = numeric.to_numpy(dtype=np.float64)
         bad_mask = np.isinf(numbers) if allow_missing else ~np.isfinite(numbers)
         if bad_mask.any():
             row = frame.index[np.argmax(bad_mask)]
@@ -114,6 +108,17 @@ def validate_features(
             raise FaultLLMError(
                 f"{source}: column {column!r} row {row} holds {frame[column].loc[row]}; expected a finite number{hint}"
             )
+
+
+def _numeric(values: pd.Series, source: object, column: str) -> pd.Series:
+    """`values` if numeric, else converted; text (not a number, not empty) is an error naming its row."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = values[numeric.isna() & values.notna()]
+    if len(bad):
+        raise FaultLLMError(f"{source}: column {column!r} row {bad.index[0]} holds {bad.iloc[0]!r}; expected a number")
+    return numeric
 
 
 def normalize_labels(values: pd.Series, source: object, column: str) -> pd.Series:
@@ -127,57 +132,101 @@ def normalize_labels(values: pd.Series, source: object, column: str) -> pd.Serie
     return values.astype(str)
 
 
-# ---------------------------------------------------------------- columnar cache
+# ---------------------------------------------------------------- column cache
 
 
-CACHE_ROW_GROUP = 50_000  # rows; the Rieth tables are sorted by fault: a load reads only the wanted groups
+READ_CHUNK = 65_536  # rows of one column read at a time (512 KiB): a load reads only chunks holding wanted rows
+READ_THREADS = min(4, os.cpu_count() or 1)
+CACHE_FORMAT = "columns-v1"  # part of the cache key: a format change never reads an old file
 
 
-def cached_parquet(path: Path, read: Callable[[Path], pd.DataFrame], cache_dir: str | os.PathLike) -> Path:
-    """Parquet copy of a slow-to-parse file, keyed by path, size and mtime; Parquet files pass through."""
-    if path.suffix.lower() == ".parquet":
-        return path
+def cached_columns(
+    path: Path,
+    read: Callable[[Path], tuple[int, Iterable[pd.DataFrame]]],
+    columns: Sequence[str],
+    cache_dir: str | os.PathLike,
+) -> Path:
+    """A float64 copy of `columns` of a slow-to-parse file, one column after another (`.npy`, shape
+    columns x rows), keyed by path, size and mtime; built once from `read`'s row count and frames.
+
+    Column-major raw doubles let a load read each wanted span of a column straight from the page
+    cache with one copy: no decoding, no buffers of a columnar reader, no parse.
+    """
     stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = Path(cache_dir).expanduser() / f"{path.stem}-{key}.parquet"
+    key = hashlib.sha1(f"{CACHE_FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    target = Path(cache_dir).expanduser() / f"{path.stem}-{key[:16]}.npy"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_parquet_atomically(read(path), target)
+        rows, frames = read(path)
+        _write_columns_atomically(frames, rows, columns, path, target)
     return target
 
 
-def _write_parquet_atomically(frame: pd.DataFrame, target: Path) -> None:
-    """Write under a unique name beside `target`, then rename over it.
+def _write_columns_atomically(
+    frames: Iterable[pd.DataFrame], rows: int, columns: Sequence[str], source: Path, target: Path
+) -> None:
+    """Write the frames (the file's rows in order) under a unique name beside `target`, then rename over it.
 
     An interrupted build never leaves a half-written cache, and builders sharing the directory
     (processes here, or containers on other nodes with the same pids) never write the same file;
-    the last rename wins, with the same content. Slices go to Arrow one row group at a time, so
-    the frame is never held twice.
+    the last rename wins, with the same content. Each frame goes to disk a column at a time, so
+    nothing is held twice. Text in a column is refused here, naming its row of `source`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    os.close(handle)
     try:
-        writer = None
-        for start in range(0, max(len(frame), 1), CACHE_ROW_GROUP):
-            table = pa.Table.from_pandas(frame.iloc[start : start + CACHE_ROW_GROUP], preserve_index=False)
-            writer = writer or pq.ParquetWriter(partial, table.schema, use_dictionary=_dictionary_columns(table.schema))
-            writer.write_table(table.cast(writer.schema), row_group_size=CACHE_ROW_GROUP)
-        writer.close()
+        with open(handle, "r+b") as out:
+            header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
+            np.lib.format.write_array_header_1_0(out, header)
+            data_start = out.tell()
+            out.truncate(data_start + len(columns) * rows * 8)
+            first = 0
+            for frame in frames:
+                frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
+                for position, name in enumerate(columns):
+                    values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
+                    out.seek(data_start + (position * rows + first) * 8)
+                    out.write(memoryview(values).cast("B"))
+                first += len(frame)
         os.replace(partial, target)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
 
 
-def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Dictionary-encode all but the floating-point columns: measured values are nearly all distinct,
-    so a dictionary only makes the file larger and the read twice as slow."""
-    import pyarrow as pa
+class ColumnFile:
+    """Reads spans of columns from a `cached_columns` file, straight into arrays the caller owns."""
 
-    return [field.name for field in schema if not pa.types.is_floating(field.type)]
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path, self.columns = path, list(columns)
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close() / the with block
+        np.lib.format.read_magic(self.file)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(self.file)
+        if dtype != np.float64 or shape[0] != len(self.columns):
+            self.close()
+            raise FaultLLMError(f"{path}: not a column cache of {len(self.columns)} columns; delete it to rebuild")
+        self.rows, self.data_start = shape[1], self.file.tell()
+
+    def read(self, name: str, first: int = 0, last: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [first, last) of column `name`, into `out` (its first last - first elements) or a new array."""
+        last = self.rows if last is None else last
+        target = np.empty(last - first) if out is None else out[: last - first]
+        view = memoryview(target).cast("B")
+        self.file.seek(self.data_start + (self.columns.index(name) * self.rows + first) * 8)
+        while view:
+            got = self.file.readinto(view)
+            if not got:
+                raise FaultLLMError(f"{self.path}: the column cache is truncated; delete it to rebuild")
+            view = view[got:]
+        return target
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> ColumnFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------- HST
@@ -296,7 +345,7 @@ class _RiethRows:
     `kept` those that stay after the pre-fault rule; `labels` holds the kept rows' labels.
     """
 
-    columnar: Path
+    columns: Path  # the table's column cache
     source: Path
     wanted: np.ndarray
     kept: np.ndarray
@@ -304,43 +353,61 @@ class _RiethRows:
     allow_missing: bool
 
 
-def _read_rieth_whole(file: Path, object_name: str) -> pd.DataFrame:
+def _rieth_chunks(file: Path, object_name: str) -> tuple[int, Iterator[pd.DataFrame]]:
+    """The rows of one Rieth table as frames in file order, indexed by row of the file, ids checked.
+
+    A Parquet table is read a row group at a time; .RData and CSV are parsed whole (their readers
+    cannot stream), and that parse is the first load's cost.
+    """
+    if file.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(file)
+        require_columns(pd.DataFrame(columns=parquet.schema_arrow.names), RIETH_COLUMNS, file, RIETH_SCHEMA)
+        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        groups = (parquet.read_row_group(i, columns=RIETH_COLUMNS).to_pandas() for i in range(len(sizes)))
+        return int(starts[-1]), (_checked_ids(group, int(starts[i]), file) for i, group in enumerate(groups))
     frame = _read_rdata(file, object_name) if file.suffix.lower() == ".rdata" else read_table(file)
-    require_columns(frame, TEP_ID_COLUMNS + TEP_FEATURES, file, RIETH_SCHEMA)
-    frame = frame[TEP_ID_COLUMNS + TEP_FEATURES]
-    return frame.astype(dict.fromkeys(TEP_ID_COLUMNS, np.int32))  # stored as doubles in the .RData
+    require_columns(frame, RIETH_COLUMNS, file, RIETH_SCHEMA)
+    return len(frame), iter([_checked_ids(frame, 0, file)])
+
+
+def _checked_ids(frame: pd.DataFrame, first: int, source: Path) -> pd.DataFrame:
+    """`frame` indexed from row `first` of `source`, with every fault, run and sample number a number."""
+    frame.index = pd.RangeIndex(first, first + len(frame))
+    for column in TEP_ID_COLUMNS:
+        missing = ~np.isfinite(_numeric(frame[column], source, column).to_numpy(dtype=np.float64))
+        if missing.any():
+            raise FaultLLMError(
+                f"{source}: column {column!r} row {first + np.argmax(missing)} is empty; expected a number"
+            )
+    return frame
 
 
 def _read_rieth(path: Path, object_name: str, data_cfg: DataConfig, part: str) -> tuple[_RiethRows, set[int]]:
     """Where the requested labels' rows of one Rieth table are, and every label the table holds.
 
-    Only the id columns are read here (a few bytes a row); the features of the kept rows are
-    read later, a row group at a time, straight into the frame the loader returns.
+    Only the fault and sample columns are read here; the features of the kept rows are read
+    later, a chunk at a time, straight into the frame the loader returns.
     """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    columnar = cached_parquet(path, lambda file: _read_rieth_whole(file, object_name), data_cfg.cache_dir)
-    parquet = pq.ParquetFile(columnar)
-    require_columns(pd.DataFrame(columns=parquet.schema_arrow.names), TEP_ID_COLUMNS + TEP_FEATURES, path, RIETH_SCHEMA)
-    ids = parquet.read(columns=["faultNumber", "sample"])
-    fault = ids.column("faultNumber")
-    present = {int(v) for v in pc.unique(fault).to_pylist()}
-    fault = fault.to_numpy()
+    cache = cached_columns(path, lambda file: _rieth_chunks(file, object_name), RIETH_COLUMNS, data_cfg.cache_dir)
     requested = np.asarray([float(label) for label in data_cfg.labels or []])
-    wanted = np.isin(fault, requested) if len(requested) else np.ones(len(fault), dtype=bool)
-    rows = np.flatnonzero(wanted)
+    with ColumnFile(cache, RIETH_COLUMNS) as columns:
+        fault = columns.read("faultNumber")
+        wanted = np.isin(fault, requested) if len(requested) else np.ones(len(fault), dtype=bool)
+        rows = np.flatnonzero(wanted)
+        sample = columns.read("sample", rows[0], rows[-1] + 1)[rows - rows[0]] if len(rows) else rows
+    present = {int(v) for v in pd.unique(fault)}
     labels = normalize_labels(pd.Series(fault[rows], index=rows), path, "faultNumber")
-    prefault = _prefault_rows(
-        labels, ids.column("sample").to_numpy()[rows], data_cfg.fault_onset[part], data_cfg.prefault
-    )
+    prefault = _prefault_rows(labels, sample, data_cfg.fault_onset[part], data_cfg.prefault)
     kept = wanted.copy()
     if data_cfg.prefault == "drop":
         kept[rows[prefault]] = False
         labels = labels[~prefault]
     else:
         labels = labels.where(~prefault, 0)
-    return _RiethRows(columnar, path, wanted, kept, labels.reset_index(drop=True), data_cfg.allow_missing), present
+    return _RiethRows(cache, path, wanted, kept, labels.reset_index(drop=True), data_cfg.allow_missing), present
 
 
 def _rieth_frame(tables: list[_RiethRows]) -> pd.DataFrame:
@@ -348,60 +415,56 @@ def _rieth_frame(tables: list[_RiethRows]) -> pd.DataFrame:
 
     Features stay float64: the prompts print the values as stored. The block (column-major, as
     pandas keeps it) is the only large allocation: 416 bytes a kept row, 0.40 GB for the
-    970,000 rows of four full-size TEP faults; Arrow holds one row group (~22 MB) at a time.
+    970,000 rows of four full-size TEP faults; each reading thread needs one column chunk
+    (512 KiB) besides. Threads share out the columns: the copies, and the page faults that
+    first touch the block, run side by side.
     """
     values = np.empty((sum(len(table.labels) for table in tables), len(TEP_FEATURES)), order="F")
-    groups = np.empty(len(values), dtype=np.int64)
-    start = 0
-    for table in tables:
-        start = _fill_rieth(table, values, groups, start)
+    runs = np.empty(len(values))
+    targets = {name: values[:, position] for position, name in enumerate(TEP_FEATURES)} | {"simulationRun": runs}
+    shares = [list(targets)[thread::READ_THREADS] for thread in range(READ_THREADS)]
+    starts = np.cumsum([0, *(len(table.labels) for table in tables)])
+    jobs = [
+        (table, int(start), {name: targets[name] for name in share})
+        for table, start in zip(tables, starts[:-1], strict=True)
+        for share in shares
+    ]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        list(pool.map(lambda job: _fill_rieth(*job), jobs))  # list(): raises the first job's error
     frame = pd.DataFrame(values, columns=TEP_FEATURES, copy=False)
     frame[LABEL] = pd.concat([table.labels for table in tables], ignore_index=True)
-    frame[GROUP] = groups
+    frame[GROUP] = runs.astype(np.int64)
     return frame
 
 
-def _fill_rieth(table: _RiethRows, values: np.ndarray, groups: np.ndarray, start: int) -> int:
-    """Copy the kept rows of `table` into `values[start:]`, `groups[start:]`; returns the next free row."""
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(table.columnar)
-    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
-    offsets = np.cumsum([0, *sizes])
-    for index in range(parquet.num_row_groups):
-        first = offsets[index]
-        rows = np.flatnonzero(table.wanted[first : offsets[index + 1]])
-        if len(rows):
-            columns = _group_columns(parquet.read_row_group(index, columns=["simulationRun", *TEP_FEATURES]))
-            _validate_group(columns, rows, first, table)
+def _fill_rieth(table: _RiethRows, start: int, targets: dict[str, np.ndarray]) -> None:
+    """Copy the kept rows of `table` of each column named in `targets` into that array, from row `start` on."""
+    buffer = np.empty(READ_CHUNK)
+    with ColumnFile(table.columns, RIETH_COLUMNS) as columns:
+        for first in range(0, columns.rows, READ_CHUNK):
+            last = min(first + READ_CHUNK, columns.rows)
+            rows = np.flatnonzero(table.wanted[first:last])  # of this chunk
+            if not len(rows):
+                continue
             kept = rows[table.kept[first + rows]]
-            end, taken = start + len(kept), _as_slice(kept)
-            for position, name in enumerate(TEP_FEATURES):
-                values[start:end, position] = columns[name][taken]
-            groups[start:end] = columns["simulationRun"][taken].astype(np.int64)
+            end = start + len(kept)
+            for name, target in targets.items():
+                chunk = columns.read(name, first, last, out=buffer)
+                _check_finite(chunk, rows, first, name, table)
+                np.take(chunk, kept, out=target[start:end], mode="clip")  # "clip": no buffered copy
             start = end
-    return start
+
+
+def _check_finite(chunk: np.ndarray, rows: np.ndarray, first: int, name: str, table: _RiethRows) -> None:
+    """`validate_features` on the wanted `rows` of a chunk of column `name`, run only when one is not finite."""
+    if np.isfinite(chunk[_as_slice(rows)]).all():
+        return
+    validate_features(pd.DataFrame({name: chunk[rows]}, index=first + rows), [name], table.source, table.allow_missing)
 
 
 def _as_slice(rows: np.ndarray) -> np.ndarray | slice:
-    """Consecutive rows (the usual case: whole runs) as a slice, which copies as one block."""
+    """Consecutive rows (the usual case: whole runs) as a slice, a view instead of a copy."""
     return slice(rows[0], rows[-1] + 1) if len(rows) and rows[-1] - rows[0] + 1 == len(rows) else rows
-
-
-def _group_columns(group: pa.Table) -> dict[str, np.ndarray]:
-    return {name: group.column(name).to_numpy() for name in group.column_names}  # no copy for doubles
-
-
-def _validate_group(columns: dict[str, np.ndarray], rows: np.ndarray, first: int, table: _RiethRows) -> None:
-    """`validate_features` on the wanted `rows` of a row group, run only for columns not plainly finite doubles."""
-    suspect = [n for n in TEP_FEATURES if columns[n].dtype != np.float64 or not np.isfinite(columns[n]).all()]
-    if not suspect:
-        return
-    chunk = pd.DataFrame({name: columns[name][rows] for name in suspect}, index=first + rows)  # rows of the file
-    validate_features(chunk, suspect, table.source, table.allow_missing)
-    for name in suspect:
-        columns[name] = np.full(len(columns[name]), np.nan)
-        columns[name][rows] = chunk[name].to_numpy(dtype=np.float64)
 
 
 def _prefault_rows(labels: pd.Series, sample: np.ndarray, onset: int, prefault: str) -> np.ndarray:
