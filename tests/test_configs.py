@@ -110,6 +110,7 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "model.optimizer=adamw_torh", "model.optimizer='adamw_torh': expected auto or a transformers optim name"),
         ("predict", "predict.model=svn", "predict.model='svn': expected one of rf, lr, svm, knn, gbm, hgb, xgb, lgbm, catboost or null"),
         ("hpo", "trainer.epochs=0", "trainer.epochs=0: hpo tunes training; expected >= 1"),
+        ("hpo", "trainer.eval_each_epoch=false", "trainer.eval_each_epoch=false: hpo's objective and pruner read"),
         ("train", "trainer.epochs=-1", "trainer.epochs=-1: expected >= 0"),
         ("train", "prompt.shots=-1", "prompt.shots=-1: expected >= 0"),
         ("train", "prompt.shot_selection=closest", "prompt.shot_selection='closest': expected one of fixed, random, nearest"),

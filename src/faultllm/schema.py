@@ -467,6 +467,11 @@ class HpoJob(TrainJob):
             raise ConfigError("hpo.space", " is empty; name at least one hyperparameter to search (configs/hpo/)")
         if self.trainer.epochs < 1 and getattr(self, "job", "hpo") == "hpo":  # `plan job=train` may plan 0
             raise ConfigError("trainer.epochs", f"={self.trainer.epochs}: hpo tunes training; expected >= 1")
+        if not self.trainer.eval_each_epoch and self.results:  # `plan job=hpo` may still price it
+            raise ConfigError(
+                "trainer.eval_each_epoch", "=false: hpo's objective and pruner read every fold's validation scores "
+                "after each epoch; expected true"
+            )
         for name, param in self.hpo.space.items():
             try:
                 check_search_param(self, param)
