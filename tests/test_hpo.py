@@ -281,6 +281,34 @@ def test_with_halve_batch_an_out_of_memory_trial_is_retried_once_at_half_the_bat
     assert trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 3
 
 
+def test_a_finished_study_extended_with_more_trials_is_refitted_on_its_new_best(tiny_cache, easy_csv, tmp_path):
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    first = search(load_config("hpo", hpo_overrides(tiny_cache, easy_csv, 1)), run_dir)
+    assert first["trials_finished"] == 1 and first["final"]
+    assert search(load_config("hpo", hpo_overrides(tiny_cache, easy_csv, 1)), run_dir) == first  # done: no new work
+    more = search(load_config("hpo", hpo_overrides(tiny_cache, easy_csv, 2)), run_dir)
+    assert more["trials_finished"] == 2 and more["final"]
+    refit, best = OmegaConf.load(run_dir / "final" / "config.yaml"), more["best_params"]
+    assert (refit.lora.r, refit.trainer.learning_rate) == (best["lora_r"], best["learning_rate"])
+    set_aside = list(run_dir.glob("final.*"))  # the first refit, kept when another trial became the best
+    assert len(set_aside) == (more["best_trial"] != first["best_trial"])
+
+
+def test_an_earlier_refit_of_another_config_is_set_aside_not_overwritten(compose_cfg, tmp_path):
+    from faultllm.rundir import TRAIN_RESUME, set_aside_other_run, start_run
+
+    cfg = compose_cfg("hpo", ["model=tiny"])
+    final = start_run(cfg, tmp_path / "final", "hpo")
+    (final / "metrics.json").write_text("{}")
+    set_aside_other_run(cfg, final, TRAIN_RESUME)
+    assert final.exists() and not list(tmp_path.glob("final.*"))  # the same config: continued in place
+    set_aside_other_run(replace(cfg, lora=replace(cfg.lora, r=2 * cfg.lora.r)), final, TRAIN_RESUME)
+    (aside,) = tmp_path.glob("final.*")
+    assert (aside / "metrics.json").exists() and not final.exists()
+
+
 def test_a_study_is_resumed_only_with_the_config_it_was_made_with(tiny_cache, easy_csv, tmp_path):
     from faultllm.rundir import start_run
 

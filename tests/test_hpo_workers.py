@@ -105,19 +105,21 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
 
     cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
     study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path, worker_index=1)
-    with pytest.raises(RuntimeError), refit_claim(study) as mine:
+    with pytest.raises(RuntimeError), refit_claim(study, 4) as mine:
         assert mine
-        with refit_claim(other) as theirs:
+        with refit_claim(other, 4) as theirs:
             assert not theirs  # held by the first worker
         raise RuntimeError("the refit failed")
-    _claims(other).ask()  # freed by the failure, then claimed by a worker killed mid-refit: left running
-    with refit_claim(study) as mine:
+    _claims(other, 4).ask()  # freed by the failure, then claimed by a worker killed mid-refit: left running
+    with refit_claim(study, 4) as mine:
         assert not mine  # a running claim holds the refit
-    fail_interrupted(study)  # what a rerun on the run directory's own database does first
-    with refit_claim(study) as mine:
+    fail_interrupted(study, 4)  # what a rerun on the run directory's own database does first
+    with refit_claim(study, 4) as mine:
         assert mine
-    with refit_claim(other) as theirs:
+    with refit_claim(other, 4) as theirs:
         assert not theirs  # done once: nobody refits again
+    with refit_claim(other, 6) as theirs:
+        assert theirs  # unless the study is extended to more trials
 
 
 def _heartbeat_ids(url: str) -> set[int]:
@@ -142,22 +144,22 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     url = postgres_server.url("heartbeats", "faultllm", postgres.PASSWORD)
     cfg = compose_cfg("hpo", [f"hpo.storage={url}", "hpo.heartbeat_interval=1", "hpo.grace_period=2"])
     study = open_study(cfg.hpo, 0, tmp_path)
-    asked, claim = study.ask(), _claims(study).ask()  # then killed: no heartbeat thread ever started
+    asked, claim = study.ask(), _claims(study, 4).ask()  # then killed: no heartbeat thread ever started
     older = optuna.load_study(study_name="faultllm", storage=_with_driver(url)).ask()  # Optuna's own storage
     assert _heartbeat_ids(url) == {asked._trial_id, claim._trial_id}  # from the moment they exist
     other = open_study(cfg.hpo, 0, tmp_path, worker_index=1)
     optuna.storages.fail_stale_trials(other)  # what `optimize` does before each trial: none stale yet
     assert older._trial_id in _heartbeat_ids(url)  # found running without a heartbeat: given one, to go stale
-    with refit_claim(other) as mine:
+    with refit_claim(other, 4) as mine:
         assert not mine  # the claim is fresh: its worker may be alive
     time.sleep(3.5)  # > the grace period
     optuna.storages.fail_stale_trials(other)
     states = {t.number: t.state.name for t in other.trials}
     assert states[asked.number] == states[older.number] == "FAIL" and list(states.values()).count("WAITING") == 2
-    with refit_claim(other, patience=10, poll=0.5) as mine:
+    with refit_claim(other, 4, patience=10, poll=0.5) as mine:
         assert mine  # the dead worker's claim was failed and the refit claimed again
-    fail_stale(_claims(other))
-    assert [t.state.name for t in _claims(other).trials] == ["FAIL", "COMPLETE"]
+    fail_stale(_claims(other, 4))
+    assert [t.state.name for t in _claims(other, 4).trials] == ["FAIL", "COMPLETE"]
 
 
 def _count(url: str, states: tuple[str, ...], study: str = "faultllm") -> int:
@@ -258,7 +260,7 @@ def _check_the_study_after_chaos(url: str, run_dir: Path) -> None:
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6 and len({tuple(sorted(t.params.items())) for t in finished}) == 6
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    claims = [t.state.name for t in optuna.load_study(study_name="faultllm:refit", storage=storage).trials]
+    claims = [t.state.name for t in optuna.load_study(study_name="faultllm:refit:6", storage=storage).trials]
     assert claims.count("COMPLETE") == 1 and "RUNNING" not in claims  # one refit
     assert (run_dir / "final" / "metrics.json").exists() and (run_dir / "table_4_1.md").exists()
     assert json.loads((run_dir / "table_4_1.json").read_text())["trials_finished"] == 6

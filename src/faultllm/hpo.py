@@ -222,9 +222,9 @@ def _with_driver(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
-def fail_interrupted(study) -> None:
+def fail_interrupted(study, n_trials: int) -> None:
     """Mark trials left RUNNING by a killed process as failed and queue their parameters again;
-    free a refit claim it held.
+    free the refit claim (of `n_trials` trials) it held.
 
     Only for a study no live worker can share (its own database, before any worker starts):
     shared storages find dead workers by their heartbeats instead.
@@ -232,7 +232,7 @@ def fail_interrupted(study) -> None:
     for trial in _fail_running(study):
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         log.info(f"trial {trial.number} was interrupted: marked failed, queued again")
-    _fail_running(_claims(study))
+    _fail_running(_claims(study, n_trials))
 
 
 def _fail_running(study) -> list:
@@ -273,10 +273,11 @@ def finished_count(study) -> int:
 
 
 @contextlib.contextmanager
-def refit_claim(study, patience: float = 0.0, poll: float = 1.0):
+def refit_claim(study, n_trials: int, patience: float = 0.0, poll: float = 1.0):
     """Yields True in exactly one worker: the first claim not failed in a side study of the same
     storage (every Optuna storage numbers trials atomically). The claim completes when the block
-    does; a block that fails frees it for a rerun.
+    does; a block that fails frees it for a rerun. Each trial budget has its own claims: a finished
+    study extended with more trials (a larger hpo.n_trials) is refitted again.
 
     A claim carries a heartbeat from the moment it exists until its block ends: one whose worker was
     killed goes stale and is failed by the next worker or rerun, which claims again (the run
@@ -286,7 +287,7 @@ def refit_claim(study, patience: float = 0.0, poll: float = 1.0):
     from optuna.storages._heartbeat import get_heartbeat_thread  # what `optimize` keeps a trial alive with
     from optuna.trial import TrialState
 
-    claims = _claims(study)
+    claims = _claims(study, n_trials)
     claim = _claim(claims, patience, poll)
     if claim is None:
         yield False
@@ -355,11 +356,12 @@ def fail_stale(study) -> None:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
-def _claims(study):
+def _claims(study, n_trials: int):
     import optuna
 
     storage = study._storage  # the storage the study was opened with: Optuna has no public getter
-    return optuna.create_study(study_name=f"{study.study_name}:refit", storage=storage, load_if_exists=True)
+    name = f"{study.study_name}:refit:{n_trials}"
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
 
 
 class _PruningReporter:

@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -96,21 +97,40 @@ HPO_RESUME = ResumeKeys(
 
 def check_resume(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
     """Refuse, in one line naming the differing keys, to continue a run made with another config."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists() or not any(any(run_dir.glob(marker)) for marker in resumes.markers):
+    if not any(any(run_dir.glob(marker)) for marker in resumes.markers):
         return
-    wanted_config = redacted_config(config)
-    if resumes.switch is not None and not OmegaConf.select(wanted_config, resumes.switch):
+    if resumes.switch is not None and not OmegaConf.select(redacted_config(config), resumes.switch):
         return
-    saved = _shaping_values(OmegaConf.load(saved_path), resumes)
-    wanted = _shaping_values(wanted_config, resumes)
-    differing = sorted(key for key in saved.keys() & wanted.keys() if saved[key] != wanted[key])  # new keys: agree
+    differing = differing_values(config, run_dir, resumes)
     if differing:
-        shown = "; ".join(f"{key}: {_short(saved[key])} there, {_short(wanted[key])} here" for key in differing)
+        shown = "; ".join(
+            f"{key}: {_short(saved)} there, {_short(wanted)} here" for key, (saved, wanted) in differing.items()
+        )
         raise FaultLLMError(
             f"hydra.run.dir={run_dir} holds a run of another config ({shown}); "
             "resume it with its own values or choose another run directory"
         )
+
+
+def differing_values(config: Any, run_dir: Path, resumes: ResumeKeys) -> dict[str, tuple[Any, Any]]:
+    """{key: (value in run_dir's config.yaml, value in `config`)} for the resume keys on which they differ."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return {}
+    saved = _shaping_values(OmegaConf.load(saved_path), resumes)
+    wanted = _shaping_values(redacted_config(config), resumes)
+    return {key: (saved[key], wanted[key]) for key in sorted(saved.keys() & wanted.keys()) if saved[key] != wanted[key]}
+
+
+def set_aside_other_run(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
+    """Rename a run directory holding a run of another config to `<name>.<its date>`: a new run starts in its
+    place and nothing already computed is lost."""
+    if not differing_values(config, run_dir, resumes):
+        return
+    made = datetime.fromtimestamp((run_dir / "config.yaml").stat().st_mtime)
+    aside = run_dir.with_name(f"{run_dir.name}.{made:%Y%m%d-%H%M%S}")
+    run_dir.rename(aside)
+    log.info(f"{run_dir} held a run of another config; kept as {aside}")
 
 
 def _shaping_values(cfg: DictConfig, resumes: ResumeKeys) -> dict[str, Any]:

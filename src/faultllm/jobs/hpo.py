@@ -45,7 +45,7 @@ from faultllm.hpo import (
 )
 from faultllm.modeling import BaseModelCache, resolve_model_path
 from faultllm.reporting import print_summary, write_table
-from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, start_run
+from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
 from faultllm.schema import HpoJob
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 
@@ -60,7 +60,9 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
     study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index)
     if not cfg.hpo.storage and cfg.hpo.worker_index == 0:
-        fail_interrupted(study)  # our own database and no worker started yet: a RUNNING trial was killed
+        fail_interrupted(
+            study, cfg.hpo.n_trials
+        )  # our own database and no worker started yet: a RUNNING trial was killed
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
     started = time.perf_counter()
@@ -69,17 +71,19 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     if base_cache is not None:
         base_cache.clear()  # not held while waiting on another worker's refit; the refit loads its own
     if slots_taken(study) == (cfg.hpo.n_trials, 0):
-        with refit_claim(study, _patience(cfg.hpo), cfg.hpo.heartbeat_interval) as mine:
+        with refit_claim(study, cfg.hpo.n_trials, _patience(cfg.hpo), cfg.hpo.heartbeat_interval) as mine:
             if mine:
                 log.info(f"worker {cfg.hpo.worker_index}: the refit and Table 4.1 are this worker's")
                 return finish_study(study, cfg, raw, run_dir, time.perf_counter() - started)
+    summary = read_json(run_dir / "table_4_1.json") if (run_dir / "table_4_1.json").exists() else {}
+    if summary.get("trials_finished") == cfg.hpo.n_trials:
+        log.info(f"the study already holds its {cfg.hpo.n_trials} trials and Table 4.1: {run_dir / 'table_4_1.json'}")
+        return summary
     log.info(f"worker {cfg.hpo.worker_index}: trials done; the refit and Table 4.1 are another worker's")
     return {}
 
 
-def run_trials(
-    study, cfg: HpoJob, raw: Split, folds: list, run_dir: Path, base_cache: BaseModelCache | None
-) -> None:
+def run_trials(study, cfg: HpoJob, raw: Split, folds: list, run_dir: Path, base_cache: BaseModelCache | None) -> None:
     """Optuna's optimize loop until the study holds hpo.n_trials finished trials across all workers.
 
     While every remaining slot is held by another worker's running trial, wait: it finishes, or
@@ -183,6 +187,7 @@ def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
     """The train job with the best parameters, on the split the search already made."""
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
+    set_aside_other_run(refit_cfg, run_dir, TRAIN_RESUME)  # an earlier refit, of a best trial since beaten
     refit_dir = start_run(refit_cfg, run_dir, "hpo", TRAIN_RESUME)
     return train_on_split(refit_cfg, split, scaler, refit_dir, search_features(cfg, raw))
 
