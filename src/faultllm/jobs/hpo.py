@@ -60,9 +60,8 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
     study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index)
     if not cfg.hpo.storage and cfg.hpo.worker_index == 0:
-        fail_interrupted(
-            study, cfg.hpo.n_trials
-        )  # our own database and no worker started yet: a RUNNING trial was killed
+        # our own database and no worker started yet: a RUNNING trial was killed
+        fail_interrupted(study, cfg.hpo.n_trials)
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
     started = time.perf_counter()
