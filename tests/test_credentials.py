@@ -46,7 +46,7 @@ def test_log_records_and_tracebacks_are_redacted():
 
 
 def test_a_storage_error_names_the_url_without_its_password(compose_cfg, tmp_path):
-    from faultllm.hpo import open_study
+    from faultllm.studies import open_study
 
     cfg = compose_cfg("hpo", [f"hpo.storage=postgresql://me:{SECRET}@127.0.0.1:1/x"])
     with pytest.raises(FaultLLMError, match=r"hpo.storage=postgresql://me:\*\*\*@127.0.0.1:1/x: cannot open") as err:

@@ -15,10 +15,11 @@ import pytest
 
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
-from faultllm.hpo import open_study, study_rule
+from faultllm.hpo import study_rule
 from faultllm.jobs.hpo import run as search
 from faultllm.schema import SearchParam
 from faultllm.splits import cv_folds, fold_splits, make_split
+from faultllm.studies import open_study
 from tests.conftest import easy_overrides
 
 RULE = (3, 0.5)  # hpo.prune_early_epochs, hpo.prune_valid_mass

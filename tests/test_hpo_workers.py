@@ -101,7 +101,7 @@ def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
 
 
 def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(compose_cfg, tmp_path):
-    from faultllm.hpo import _claims, fail_interrupted, open_study, refit_claim
+    from faultllm.studies import _claims, fail_interrupted, open_study, refit_claim
 
     cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
     study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path, worker_index=1)
@@ -125,7 +125,7 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
 def _heartbeat_ids(url: str) -> set[int]:
     import sqlalchemy
 
-    from faultllm.hpo import _with_driver
+    from faultllm.studies import _with_driver
 
     engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
@@ -138,7 +138,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     """Workers killed right after `ask`, mid-refit, or running an older faultllm (no heartbeat at all)."""
     import optuna
 
-    from faultllm.hpo import _claims, _with_driver, fail_stale, open_study, refit_claim
+    from faultllm.studies import _claims, _with_driver, fail_stale, open_study, refit_claim
 
     postgres_server.createdb("heartbeats", owner="faultllm")
     url = postgres_server.url("heartbeats", "faultllm", postgres.PASSWORD)
@@ -165,7 +165,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
 def _count(url: str, states: tuple[str, ...], study: str = "faultllm") -> int:
     import sqlalchemy
 
-    from faultllm.hpo import _with_driver
+    from faultllm.studies import _with_driver
 
     query = sqlalchemy.text(
         "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
@@ -253,7 +253,7 @@ def _check_the_study_after_chaos(url: str, run_dir: Path) -> None:
 
     import optuna
 
-    from faultllm.hpo import _with_driver
+    from faultllm.studies import _with_driver
 
     storage = _with_driver(url)
     trials = optuna.load_study(study_name="faultllm", storage=storage).trials

@@ -26,20 +26,12 @@ from faultllm.files import write_csv, write_json
 from faultllm.finetune import train_on_split
 from faultllm.hpo import (
     OutOfMemoryStreak,
-    OverBudget,
     TrialOutOfMemory,
-    best_trial,
-    claim_within_budget,
-    fail_interrupted,
     mlflow_trial_logger,
-    open_study,
     plot_study,
-    refit_claim,
     run_trial,
     search_features,
     search_summary,
-    slots_taken,
-    study_url,
     table_4_1,
     with_params,
 )
@@ -48,6 +40,16 @@ from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
 from faultllm.schema import HpoJob
 from faultllm.splits import Split, cv_folds, make_split, scale_split
+from faultllm.studies import (
+    OverBudget,
+    best_trial,
+    claim_within_budget,
+    fail_interrupted,
+    open_study,
+    refit_claim,
+    slots_taken,
+    study_url,
+)
 
 log = logging.getLogger(__name__)
 
