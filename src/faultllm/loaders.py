@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +145,11 @@ def cached_columns(
     read: Callable[[Path], tuple[int, Iterable[pd.DataFrame]]],
     columns: Sequence[str],
     cache_dir: str | os.PathLike,
+    finite: Sequence[str] = (),
 ) -> Path:
     """A float64 copy of `columns` of a slow-to-parse file, one column after another (`.npy`, shape
     columns x rows), keyed by path, size and mtime; built once from `read`'s row count and frames.
+    The columns in `finite` (ids) must hold a number in every row.
 
     Column-major raw doubles let a load read each wanted span of a column straight from the page
     cache with one copy: no decoding, no buffers of a columnar reader, no parse.
@@ -158,19 +160,20 @@ def cached_columns(
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         rows, frames = read(path)
-        _write_columns_atomically(frames, rows, columns, path, target)
+        _write_columns_atomically(frames, rows, columns, finite, path, target)
     return target
 
 
 def _write_columns_atomically(
-    frames: Iterable[pd.DataFrame], rows: int, columns: Sequence[str], source: Path, target: Path
+    frames: Iterable[pd.DataFrame], rows: int, columns: Sequence[str], finite: Sequence[str], source: Path, target: Path
 ) -> None:
     """Write the frames (the file's rows in order) under a unique name beside `target`, then rename over it.
 
     An interrupted build never leaves a half-written cache, and builders sharing the directory
     (processes here, or containers on other nodes with the same pids) never write the same file;
     the last rename wins, with the same content. Each frame goes to disk a column at a time, so
-    nothing is held twice. Text in a column is refused here, naming its row of `source`.
+    nothing is held twice. Text in a column, or an empty row of a `finite` column, is refused here,
+    naming its row of `source`.
     """
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
@@ -184,6 +187,9 @@ def _write_columns_atomically(
                 frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
                 for position, name in enumerate(columns):
                     values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
+                    if name in finite and not np.isfinite(values).all():
+                        row = first + np.argmax(~np.isfinite(values))
+                        raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
                     out.seek(data_start + (position * rows + first) * 8)
                     out.write(memoryview(values).cast("B"))
                 first += len(frame)
@@ -353,8 +359,8 @@ class _RiethRows:
     allow_missing: bool
 
 
-def _rieth_chunks(file: Path, object_name: str) -> tuple[int, Iterator[pd.DataFrame]]:
-    """The rows of one Rieth table as frames in file order, indexed by row of the file, ids checked.
+def _rieth_chunks(file: Path, object_name: str) -> tuple[int, Iterable[pd.DataFrame]]:
+    """The rows of one Rieth table as frames in file order.
 
     A Parquet table is read a row group at a time; .RData and CSV are parsed whole (their readers
     cannot stream), and that parse is the first load's cost.
@@ -364,25 +370,11 @@ def _rieth_chunks(file: Path, object_name: str) -> tuple[int, Iterator[pd.DataFr
 
         parquet = pq.ParquetFile(file)
         require_columns(pd.DataFrame(columns=parquet.schema_arrow.names), RIETH_COLUMNS, file, RIETH_SCHEMA)
-        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
-        starts = np.cumsum([0, *sizes])
-        groups = (parquet.read_row_group(i, columns=RIETH_COLUMNS).to_pandas() for i in range(len(sizes)))
-        return int(starts[-1]), (_checked_ids(group, int(starts[i]), file) for i, group in enumerate(groups))
+        groups = range(parquet.num_row_groups)
+        return parquet.metadata.num_rows, (parquet.read_row_group(i, columns=RIETH_COLUMNS).to_pandas() for i in groups)
     frame = _read_rdata(file, object_name) if file.suffix.lower() == ".rdata" else read_table(file)
     require_columns(frame, RIETH_COLUMNS, file, RIETH_SCHEMA)
-    return len(frame), iter([_checked_ids(frame, 0, file)])
-
-
-def _checked_ids(frame: pd.DataFrame, first: int, source: Path) -> pd.DataFrame:
-    """`frame` indexed from row `first` of `source`, with every fault, run and sample number a number."""
-    frame.index = pd.RangeIndex(first, first + len(frame))
-    for column in TEP_ID_COLUMNS:
-        missing = ~np.isfinite(_numeric(frame[column], source, column).to_numpy(dtype=np.float64))
-        if missing.any():
-            raise FaultLLMError(
-                f"{source}: column {column!r} row {first + np.argmax(missing)} is empty; expected a number"
-            )
-    return frame
+    return len(frame), [frame]
 
 
 def _read_rieth(path: Path, object_name: str, data_cfg: DataConfig, part: str) -> tuple[_RiethRows, set[int]]:
@@ -391,7 +383,9 @@ def _read_rieth(path: Path, object_name: str, data_cfg: DataConfig, part: str) -
     Only the fault and sample columns are read here; the features of the kept rows are read
     later, a chunk at a time, straight into the frame the loader returns.
     """
-    cache = cached_columns(path, lambda file: _rieth_chunks(file, object_name), RIETH_COLUMNS, data_cfg.cache_dir)
+    cache = cached_columns(
+        path, lambda file: _rieth_chunks(file, object_name), RIETH_COLUMNS, data_cfg.cache_dir, TEP_ID_COLUMNS
+    )
     requested = np.asarray([float(label) for label in data_cfg.labels or []])
     with ColumnFile(cache, RIETH_COLUMNS) as columns:
         fault = columns.read("faultNumber")
