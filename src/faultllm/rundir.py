@@ -99,9 +99,10 @@ def check_resume(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
     """Refuse, in one line naming the differing keys, to continue a run made with another config."""
     if not any(any(run_dir.glob(marker)) for marker in resumes.markers):
         return
-    if resumes.switch is not None and not OmegaConf.select(redacted_config(config), resumes.switch):
+    wanted_config = redacted_config(config)
+    if resumes.switch is not None and not OmegaConf.select(wanted_config, resumes.switch):
         return
-    differing = differing_values(config, run_dir, resumes)
+    differing = _differing_values(wanted_config, run_dir, resumes)
     if differing:
         shown = "; ".join(
             f"{key}: {_short(saved)} there, {_short(wanted)} here" for key, (saved, wanted) in differing.items()
@@ -112,20 +113,20 @@ def check_resume(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
         )
 
 
-def differing_values(config: Any, run_dir: Path, resumes: ResumeKeys) -> dict[str, tuple[Any, Any]]:
-    """{key: (value in run_dir's config.yaml, value in `config`)} for the resume keys on which they differ."""
+def _differing_values(wanted_config: DictConfig, run_dir: Path, resumes: ResumeKeys) -> dict[str, tuple[Any, Any]]:
+    """{key: (value in run_dir's config.yaml, value in `wanted_config`)} for the resume keys on which they differ."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return {}
     saved = _shaping_values(OmegaConf.load(saved_path), resumes)
-    wanted = _shaping_values(redacted_config(config), resumes)
+    wanted = _shaping_values(wanted_config, resumes)
     return {key: (saved[key], wanted[key]) for key in sorted(saved.keys() & wanted.keys()) if saved[key] != wanted[key]}
 
 
 def set_aside_other_run(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
     """Rename a run directory holding a run of another config to `<name>.<its date>`: a new run starts in its
     place and nothing already computed is lost."""
-    if not differing_values(config, run_dir, resumes):
+    if not _differing_values(redacted_config(config), run_dir, resumes):
         return
     made = datetime.fromtimestamp((run_dir / "config.yaml").stat().st_mtime)
     aside = run_dir.with_name(f"{run_dir.name}.{made:%Y%m%d-%H%M%S}")
