@@ -21,7 +21,7 @@ import pandas as pd
 
 from faultllm import plots
 from faultllm.config import with_values
-from faultllm.errors import FaultLLMError
+from faultllm.errors import FaultLLMError, first_line
 from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
 from faultllm.prompts import Serializer
@@ -115,7 +115,7 @@ def run_trial(
     except Exception as err:
         if not is_out_of_memory(err):
             raise
-        message = _first_line(err)
+        message = first_line(err)
     free_memory()  # here, outside the handler: no traceback holds the fold's model, optimizer and activations
     raise out_of_memory(trial, trial_cfg, message)
 
@@ -154,7 +154,6 @@ class TrialOutOfMemory(Exception):
 
 OOM_RETRY = "oom_retry"  # user attribute of a trial queued again after running out of memory: its trainer keys
 OOM_REASON = "out of GPU memory"
-ON_OOM = ("fail", "halve_batch")
 # What CUDA, cuBLAS, cuDNN and bitsandbytes' kernels say when an allocation fails, besides torch.OutOfMemoryError
 _OOM_MESSAGES = (
     "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation",
@@ -213,11 +212,6 @@ class OutOfMemoryStreak:
                     f"hpo: the last {self.count} trials all ran out of GPU memory (the last: "
                     f"{trial.user_attrs['failed_because']}); lower trainer.batch_size or the space's ranges"
                 )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def reset_peak_memory() -> None:

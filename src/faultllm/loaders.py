@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.errors import FaultLLMError
+from faultllm.errors import FaultLLMError, first_line
 from faultllm.schema import DataConfig
 
 LABEL = "label"
@@ -74,12 +74,8 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         if suffix in (".csv", ".txt"):
             return pd.read_csv(path, usecols=list(columns) if columns else None)
     except (ValueError, OSError) as err:
-        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({_first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from None
     raise FaultLLMError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], source: object, expected: str) -> None:
@@ -335,7 +331,7 @@ def _read_rdata(path: Path, object_name: str) -> pd.DataFrame:
     try:
         objects = pyreadr.read_r(str(path))
     except Exception as err:  # pyreadr raises its own error types for corrupt files
-        raise FaultLLMError(f"{path}: cannot read as RData ({_first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as RData ({first_line(err)})") from None
     if object_name not in objects:
         if len(objects) != 1:
             raise FaultLLMError(f"{path}: expected an R object named {object_name!r}, found {list(objects)}")
@@ -516,7 +512,7 @@ def _read_dat(file: Path) -> np.ndarray:
     try:
         values = np.loadtxt(file, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({_first_line(err)})") from None
+        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from None
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise FaultLLMError(f"{file}: row {row} column {col} holds {values[row, col]}; expected a finite number")

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
+from faultllm.distributed import DDP_TIMEOUT
 from faultllm.errors import FaultLLMError
 
 MISSING = "???"  # Hydra's marker of a required value
@@ -96,6 +97,7 @@ LOADERS = ("hst", "tep", "table")
 BASELINE_MODELS = ("rf", "lr", "svm", "knn", "gbm", "hgb", "xgb", "lgbm", "catboost")
 BOOSTING_PACKAGES = {"xgb": "xgboost", "lgbm": "lightgbm", "catboost": "catboost"}  # the `boosting` extra
 SHOT_SELECTIONS = ("fixed", "random", "nearest")
+ON_OOM = ("fail", "halve_batch")  # hpo.on_oom: what a trial that ran out of GPU memory does
 EVAL_MODES = ("restricted", "generate")
 TEMPLATES = ("llama2", "chat")
 MISSING_STYLES = ("unknown", "omit")
@@ -273,7 +275,7 @@ class TrainerConfig:
     eval_each_epoch: bool = True  # restricted-label loss and accuracy on train and test after every epoch
     resume: bool = True  # continue from the last checkpoint in the run directory (rerun with hydra.run.dir=DIR)
     report_to: Any = "none"  # tensorboard | mlflow | wandb | ...; a list for several: [tensorboard,mlflow]
-    ddp_timeout: int = at_least(1800, 1)  # seconds a torchrun rank waits for the others (rank 0 loading data)
+    ddp_timeout: int = at_least(DDP_TIMEOUT, 1)  # seconds a torchrun rank waits for the others (rank 0 loading data)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -348,7 +350,7 @@ class HpoConfig:
     grace_period: int = at_least(180, 1)
     # a trial out of GPU memory fails alone (reason in trials.csv) and the search goes on; halve_batch: and is
     # queued once more at half trainer.batch_size, twice grad_accum
-    on_oom: str = one_of("fail", "halve_batch")
+    on_oom: str = one_of(*ON_OOM)
     reuse_model: bool = True  # load the base model once per worker; every fold gets fresh, seeded adapters
     refit: bool = True  # refit the best parameters on the whole training split, evaluate on test
     # name -> SearchParam fields (configs/hpo/default.yaml: the study's space); a dict on the command line too:

@@ -16,7 +16,7 @@ from pathlib import Path
 from optuna.storages import RDBStorage
 
 from faultllm.credentials import redact, with_password
-from faultllm.errors import FaultLLMError
+from faultllm.errors import FaultLLMError, first_line
 from faultllm.paths import install_hint
 from faultllm.schema import OBJECTIVES, HpoConfig
 
@@ -56,7 +56,7 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int =
         except FaultLLMError:
             raise
         except Exception as err:  # SQLAlchemy: unreachable server, bad credentials, racing schema creation
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            message = first_line(err)
             # schema creation by another worker (SQLite; PostgreSQL: "duplicate key value violates unique constraint")
             racing = ("already exists", "locked", "unique constraint", "duplicate key")
             if attempt + 1 < attempts and any(text in message.lower() for text in racing):
@@ -209,10 +209,6 @@ def slots_taken(study) -> tuple[int, int]:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return len(trials) - running, running
-
-
-def finished_count(study) -> int:
-    return slots_taken(study)[0]
 
 
 @contextlib.contextmanager
