@@ -47,19 +47,15 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     """`comparison.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds."""
 
-    def spread(row, key: str) -> str:
-        mean, sd = row[f"{key}_mean"], row[f"{key}_sd"]
-        return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
-
     def ci(row, key: str) -> str:
         low, high = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
         return "" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]"
 
     return pd.DataFrame({
         "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"],
-        "Test Accuracy": [spread(r, "test_accuracy") for _, r in summary.iterrows()],
+        "Test Accuracy": _mean_sd(summary, "test_accuracy"),
         "95% CI": [ci(r, "test_accuracy") for _, r in summary.iterrows()],
-        "Test macro-F1": [spread(r, "test_macro_f1") for _, r in summary.iterrows()],
+        "Test macro-F1": _mean_sd(summary, "test_macro_f1"),
         "Train Accuracy": summary["train_accuracy_mean"].round(3),
         "Seconds": summary["seconds_mean"].round(2),
     })  # fmt: skip
@@ -77,9 +73,9 @@ def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _mean_sd(table: pd.DataFrame, key: str, digits: int = 3) -> list[str]:
+def _mean_sd(table: pd.DataFrame, key: str) -> list[str]:
     return [
-        f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
         for mean, sd in zip(table[f"{key}_mean"], table[f"{key}_sd"], strict=True)
     ]
 
