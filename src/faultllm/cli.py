@@ -281,7 +281,8 @@ def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
     command's folder above it when that is left empty (run_dir/evaluate/ of a refused evaluate)."""
     from faultllm.distributed import is_main_process
 
-    print(f"faultllm {command}: error: {redact(message)}", file=sys.stderr)
+    message = redact(message)
+    print(f"faultllm {command}: error: {message}", file=sys.stderr)
     if is_main_process() and run_dir.is_dir():
         if {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -289,7 +290,7 @@ def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
                 run_dir.parent.rmdir()
         else:  # the log of the work that was done ends with why it stopped
             with (run_dir / "faultllm.log").open("a") as log_file:
-                log_file.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S},000][faultllm][ERROR] {redact(message)}\n")
+                log_file.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S},000][faultllm][ERROR] {message}\n")
     sys.exit(code)
 
 
