@@ -185,12 +185,15 @@ class EpochHistory:
         if self.writes and not through:
             path.unlink(missing_ok=True)
         elif self.writes and len(self.rows) < len(rows):  # replaced at once: other ranks may be reading the file
-            write_text(path, "".join(json.dumps(row) + "\n" for row in self.rows))
+            self._save()
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
         if self.writes:
-            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+            self._save()
+
+    def _save(self) -> None:
+        write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
 
 class _EpochCallback(TrainerCallback):
