@@ -271,7 +271,7 @@ def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
 ):
     """On CUDA accelerate trains (and the epochs' scoring runs) under bf16 autocast; `evaluate` on the reloaded
     adapter must score the same way. Forced here on the CPU: a bf16 plan, bf16 weights under bf16 autocast."""
-    from faultllm import evaluation, modeling
+    from faultllm import modeling
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
 
@@ -280,8 +280,7 @@ def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
     def bf16_plan(*args, **kwargs):
         return replace(cpu_plan(*args, **kwargs), dtype="bfloat16")
 
-    monkeypatch.setattr(modeling, "hardware_plan", bf16_plan)
-    monkeypatch.setattr(evaluation, "hardware_plan", bf16_plan)
+    monkeypatch.setattr(modeling, "hardware_plan", bf16_plan)  # reloading goes through ModelSpec too
     overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
     metrics = train(load_config("train", overrides), tmp_path / "run")
     assert metrics["hardware"]["dtype"] == "bfloat16"

@@ -27,14 +27,7 @@ from tqdm.auto import tqdm
 from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
-from faultllm.modeling import (
-    ModelSpec,
-    fit_embeddings,
-    hardware_plan,
-    load_base_model,
-    load_trained,
-    resolve_model_path,
-)
+from faultllm.modeling import ModelSpec, load_trained, load_untrained
 from faultllm.prompts import Prompts, Serializer
 from faultllm.rundir import SavedRun
 from faultllm.schema import EvalConfig
@@ -326,13 +319,11 @@ class TrainedLLM:
         alone for a run that trained nothing (trainer.epochs=0). In-context examples come from the run's
         own training rows."""
         cfg = run.cfg
-        if cfg.trainer.epochs == 0:
-            spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
-            tokenizer = spec.tokenizer(padding_side="left")  # as the run prepared it: the same config
-            model = fit_embeddings(load_base_model(spec.path, spec.plan), tokenizer).eval()
+        spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+        if run.untrained:  # the tokenizer as the run prepared it: the same config
+            model, tokenizer = load_untrained(spec)
         else:
-            base_path = resolve_model_path(cfg.model, cfg.cache_dir)
-            model, tokenizer = load_trained(run.run_dir / "adapter", base_path, hardware_plan(cfg.model))
+            model, tokenizer = load_trained(run.run_dir / "adapter", spec.path, spec.plan)
         features, labels = run.prompt_features(), run.split.labels
         serializer = Serializer.from_config(
             cfg.prompt, cfg.data.system_prompt, features, labels, tokenizer, cfg.seed, run.split.train

@@ -549,6 +549,12 @@ def keep_adapters_in_fp32(model) -> None:
             param.data = param.data.float()
 
 
+def load_untrained(spec: ModelSpec):
+    """(base model, tokenizer) for a run that trains nothing (trainer.epochs=0), ready to score prompts."""
+    tokenizer = spec.tokenizer(padding_side="left")
+    return fit_embeddings(base_model(spec), tokenizer).eval(), tokenizer
+
+
 def load_trained(adapter: Path, base_path: str, plan: HardwarePlan):
     """(model with the run's adapter, tokenizer) for evaluation or explanation."""
     from peft import PeftModel

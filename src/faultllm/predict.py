@@ -17,8 +17,8 @@ from faultllm.rundir import SavedRun
 
 def run_kind(run: SavedRun) -> str:
     """llm (a train run, or an HPO refit) or baselines, from the job that wrote the run."""
-    if run.job in ("train", "hpo") and ((run.run_dir / "adapter").is_dir() or run.cfg.trainer.epochs == 0):
-        return "llm"  # trainer.epochs=0: the base model, prompted as the run was
+    if run.job in ("train", "hpo") and run.has_llm:
+        return "llm"
     if run.job == "baselines" and (run.run_dir / "models").is_dir():
         return "baselines"
     raise FaultLLMError(

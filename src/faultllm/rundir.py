@@ -198,6 +198,16 @@ class SavedRun:
     split: Split  # scaled as at training time
     scaler: MinMaxScaler | None
 
+    @property
+    def untrained(self) -> bool:
+        """trainer.epochs=0: the base model, reopened without an adapter."""
+        return self.cfg.trainer.epochs == 0
+
+    @property
+    def has_llm(self) -> bool:
+        """A model to reopen: the run's adapter, or the base model alone for a run that trained nothing."""
+        return self.untrained or (self.run_dir / "adapter").is_dir()
+
     def prompt_features(self) -> list[str]:
         path = self.run_dir / PROMPT_FEATURES
         return read_json(path) if path.exists() else self.split.features  # runs made before feature_order
@@ -262,8 +272,7 @@ def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> Sa
     saved = open_run(run_dir)
     if saved.job == "baselines":
         raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
-    untrained = saved.cfg.trainer.epochs == 0  # trainer.epochs=0: the base model, reopened without an adapter
-    if not untrained and not (saved.run_dir / "adapter").is_dir():
+    if not saved.has_llm:
         raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
     return saved
 

@@ -31,11 +31,10 @@ from faultllm.modeling import (
     ModelDims,
     ModelSpec,
     attention_of,
-    base_model,
     build_for_training,
     checkpointing_off,
-    fit_embeddings,
     keep_adapters_in_fp32,
+    load_untrained,
     needs_checkpointing,
     release_adapters,
 )
@@ -96,8 +95,7 @@ class FitResult:
 
 def untrained(spec: ModelSpec, train: Prompts) -> FitResult:
     """The base model as it is, for trainer.epochs=0 (zero- and few-shot prompting): nothing is trained."""
-    tokenizer = spec.tokenizer(padding_side="left")
-    model = fit_embeddings(base_model(spec), tokenizer).eval()
+    model, tokenizer = load_untrained(spec)
     plan = replace(spec.plan, attn_implementation=attention_of(model))  # as run: after any fallback
     return FitResult(model, tokenizer, answer_space(tokenizer, train), plan, trained=False)
 
