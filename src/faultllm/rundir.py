@@ -43,10 +43,11 @@ def start_run(config: Any, run_dir: str | os.PathLike, job: str, resumes: Resume
     versions. With `resumes`, a directory holding a run to continue must first agree with `config` on those
     keys (`check_resume`): a refused resume leaves its files as they were."""
     run_dir = Path(run_dir)
+    wanted_config = redacted_config(config)
     if resumes is not None:
-        check_resume(config, run_dir, resumes)
+        check_resume(wanted_config, run_dir, resumes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(redacted_config(config)))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(wanted_config))
     command = [redact(arg) for arg in sys.argv]
     info = {"job": job, "seed": getattr(config, "seed", None), "command": command, "versions": library_versions()}
     write_json(run_dir / "run_info.json", info)
@@ -95,11 +96,11 @@ HPO_RESUME = ResumeKeys(
 )
 
 
-def check_resume(config: Any, run_dir: Path, resumes: ResumeKeys) -> None:
-    """Refuse, in one line naming the differing keys, to continue a run made with another config."""
+def check_resume(wanted_config: DictConfig, run_dir: Path, resumes: ResumeKeys) -> None:
+    """Refuse, in one line naming the differing keys, to continue a run made with another config
+    (`wanted_config`: `redacted_config` of it)."""
     if not any(any(run_dir.glob(marker)) for marker in resumes.markers):
         return
-    wanted_config = redacted_config(config)
     if resumes.switch is not None and not OmegaConf.select(wanted_config, resumes.switch):
         return
     differing = _differing_values(wanted_config, run_dir, resumes)
