@@ -57,18 +57,17 @@ class ModelDims:
         config = model.config.get_text_config()
         n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
         n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        adapted = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")]
-        dropped = [(n, m) for n, m in adapted if any(getattr(d, "p", 0) > 0 for d in m.lora_dropout.values())]
+        adapted = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")}
+        dropped = {name: m.in_features for name, m in adapted.items() if _has_dropout(m)}
+        attention = [size for name, size in dropped.items() if name.endswith(ATTENTION_INPUTS)]
         layers = config.num_hidden_layers
-        per_layer = lambda modules, size: sum(size(m) for _, m in modules) // layers  # noqa: E731
         return cls(
             n_params=n_params - n_lora, hidden=config.hidden_size, intermediate=config.intermediate_size,
             layers=layers, vocab=config.vocab_size, kv_hidden=kv_hidden(config), n_lora=n_lora,
-            lora_ranks=per_layer(adapted, lambda m: sum(m.r.values())),
-            lora_inputs=per_layer(adapted, lambda m: m.in_features * len(m.r)),
-            lora_dropped=per_layer(dropped, lambda m: m.in_features),
-            lora_dropped_attention=per_layer([(n, m) for n, m in dropped if n.endswith(ATTENTION_INPUTS)],
-                                             lambda m: m.in_features),
+            lora_ranks=sum(sum(m.r.values()) for m in adapted.values()) // layers,
+            lora_inputs=sum(m.in_features * len(m.r) for m in adapted.values()) // layers,
+            lora_dropped=sum(dropped.values()) // layers,
+            lora_dropped_attention=sum(attention) // layers,
         )  # fmt: skip
 
     @classmethod
@@ -84,6 +83,10 @@ class ModelDims:
             lora_ranks=lora.r * len(adapted) // shape.layers, lora_inputs=inputs,
             lora_dropped=inputs if dropout else 0, lora_dropped_attention=attention if dropout else 0,
         )  # fmt: skip
+
+
+def _has_dropout(adapted) -> bool:
+    return any(getattr(dropout, "p", 0) > 0 for dropout in adapted.lora_dropout.values())
 
 
 @dataclass(frozen=True)
