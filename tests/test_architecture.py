@@ -73,6 +73,7 @@ LAYERS = [
     {"prompts"},
     {"modeling"},
     {"evaluation"},
+    {"memory"},  # one memory model of a training step: plan and train decide checkpointing with it
     {"training"},
     {"finetune", "baselines", "bench"},
     {"hpo", "explain", "comparison", "predict"},

@@ -10,17 +10,15 @@ import torch
 
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
+from faultllm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
 from faultllm.modeling import (
     Gpu,
-    ModelDims,
     detect_gpu,
     hardware_plan,
     load_base_model,
-    needs_checkpointing,
     peft_lora_config,
     quantization_config,
     resolve_model_path,
-    training_memory_gib,
 )
 from faultllm.schema import ModelConfig
 from faultllm.training import TrainOptions, sft_config
@@ -33,7 +31,10 @@ H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, bf16=True)
 T4 = Gpu("Tesla T4", 14.6, bf16=False)
 LLAMA2_7B = ModelDims(n_params=6_738_415_616, hidden=4096, intermediate=11008, layers=32, vocab=32000)
 # LoRA r=64 with dropout on all seven projections: 7 x 64 rank outputs, the inputs of q, k, v, o, gate, up (h), down (i)
-LLAMA2_7B_R64 = replace(LLAMA2_7B, lora_ranks=7 * 64, lora_dropped=6 * 4096 + 11008)
+LLAMA2_7B_R64 = replace(
+    LLAMA2_7B, n_lora=159_907_840, lora_ranks=7 * 64, lora_inputs=6 * 4096 + 11008, lora_dropped=6 * 4096 + 11008,
+    lora_dropped_attention=3 * 4096,
+)  # fmt: skip
 
 
 def test_cuda_path_asks_for_nf4_double_quant_bf16_flash_attention_and_fused_adamw(compose_cfg):
@@ -70,15 +71,15 @@ def test_gpus_without_bf16_compute_in_fp16(compose_cfg):
 
 def test_checkpointing_is_decided_from_the_estimated_memory_need():
     plan = hardware_plan(ModelConfig(**AUTO), gpu=H100, flash_attn_available=True)
-    lora_r64 = 159_907_840
+    study, batch16 = Step(1000, 5), Step(16_000, 80)
     # the study's batch 1 at ~1000 tokens fits an 80 GB GPU: no recompute
-    assert training_memory_gib(LLAMA2_7B_R64, lora_r64, 1000, quantized=True, checkpointing=False) < 20
-    assert not needs_checkpointing(plan, LLAMA2_7B_R64, lora_r64, tokens=1000)
-    # batch 16 x 1000 tokens does not (~190 GB with the fp32 residual stream); checkpointing brings it near 20 GB
-    assert needs_checkpointing(plan, LLAMA2_7B_R64, lora_r64, tokens=16_000)
-    assert training_memory_gib(LLAMA2_7B_R64, lora_r64, 16_000, quantized=True, checkpointing=True) < 22
-    assert needs_checkpointing(replace(plan, gpu_memory_gib=14.6), LLAMA2_7B_R64, lora_r64, tokens=2000)  # a T4
-    assert not needs_checkpointing(replace(plan, gradient_checkpointing=False), LLAMA2_7B_R64, lora_r64, 16_000)
+    assert step_memory(LLAMA2_7B_R64, study, plan, checkpointing=False).total / GIB < 20
+    assert not needs_checkpointing(plan, LLAMA2_7B_R64, study)
+    # batch 16 x 1000 tokens does not (~150 GiB with the fp32 residual stream); checkpointing brings it near 20 GiB
+    assert needs_checkpointing(plan, LLAMA2_7B_R64, batch16)
+    assert step_memory(LLAMA2_7B_R64, batch16, plan, checkpointing=True).total / GIB < 22
+    assert needs_checkpointing(replace(plan, gpu_memory_gib=14.6), LLAMA2_7B_R64, Step(2000, 10))  # a T4
+    assert not needs_checkpointing(replace(plan, gradient_checkpointing=False), LLAMA2_7B_R64, batch16)
 
 
 def test_falls_back_to_sdpa_without_flash_attn_and_to_full_precision_on_cpu(compose_cfg):
@@ -165,7 +166,7 @@ def _step_peak_bytes(model, optimizer, ids) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(input_ids=ids, labels=ids).loss.backward()
+        model(input_ids=ids, labels=ids, fused_lm_head=True).loss.backward()  # TRL's SFT loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     live = peak = 0
@@ -179,18 +180,21 @@ def _step_peak_bytes(model, optimizer, ids) -> int:
 @pytest.mark.parametrize(("hidden", "checkpointing"), [(128, False), (192, False), (256, False), (192, True)])
 def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_cfg, hidden, checkpointing):
     """A small Llama with LoRA on every projection (dropout 0.1), fp32 on CPU: weights, the Adam moments
-    of the first step and the second step's measured peak against `training_memory_gib` (within 4% here)."""
+    of the first step and the second step's measured peak against `memory.step_memory`."""
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=1000, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=2,
         num_attention_heads=hidden // 64, tie_word_embeddings=False, attn_implementation="sdpa",
     )  # fmt: skip
-    model = get_peft_model(LlamaForCausalLM(config), peft_lora_config(compose_cfg("train", ["lora.r=8"]).lora))
+    base = LlamaForCausalLM(config)
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+    model = get_peft_model(base, peft_lora_config(compose_cfg("train", ["lora.r=8"]).lora))
     if checkpointing:
-        model.activation_checkpointing_enable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -199,7 +203,8 @@ def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_
     n_trainable = sum(p.numel() for p in trainable)
     held = sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * 4 * n_trainable
     measured = (held + _step_peak_bytes(model, optimizer, ids)) / 2**30
-    estimate = training_memory_gib(ModelDims.of(model), n_trainable, ids.numel(), False, checkpointing, dtype_bytes=4)
+    plan = hardware_plan(ModelConfig(**AUTO), gpu=None)  # fp32 on the CPU
+    estimate = step_memory(ModelDims.of(model), Step.of(plan, 2, 256 - 5, 5), plan, checkpointing).total / GIB
     assert estimate == pytest.approx(measured, rel=0.25)
 
 

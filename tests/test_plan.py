@@ -179,6 +179,8 @@ def test_cli_plans_the_tep_protocol_offline_from_a_tokenizer_and_a_config_json(t
     assert plan["data"]["stand_in"] and plan["study_ratio"] > 1
     assert plan["train_tokens"]["worst"] > plan["train_tokens"]["expected"]
     assert (run_dir / "plan.md").read_text().startswith("# plan: faultllm hpo")
+    assert "LoRA: " in (run_dir / "plan.md").read_text()  # the memory's LoRA terms, apart (docs/memory_model.md)
+    assert plan["memory_gib"]["terms_gib"]["lora_activations"] > 0
     assert "GPU-h" in result.stdout + result.stderr
 
 

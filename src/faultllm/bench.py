@@ -108,8 +108,7 @@ def setup(cfg: TrainJob) -> Setup:
 
 def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
     """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
-    prompts = Prompts([row["prompt"] for row in rows], [], run.serializer.labels, {})
-    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, prompts, run.options)
+    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, run.options)
     return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)
 
 

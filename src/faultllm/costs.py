@@ -129,21 +129,25 @@ class ModelShape:
     vocab: int
     context: int  # max_position_embeddings
     linears: tuple[tuple[str, int, int], ...]  # (module name, in, out) of every linear layer but the output head
+    kv_hidden: int = 0  # the k and v projections' width (grouped-query attention); 0: hidden
 
     @property
     def n_base(self) -> int:
         return self.n_params - self.n_lookup
 
-    def n_lora(self, r: int, target_modules: str | list) -> int:
-        """LoRA parameters of rank r on the targeted linear layers (all-linear: every one but the head, as peft)."""
+    def adapted(self, target_modules: str | list) -> list[tuple[str, int, int]]:
+        """The linear layers LoRA adapts (all-linear: every one but the head, as peft)."""
         if isinstance(target_modules, str) and target_modules != "all-linear":
             target_modules = [target_modules]
-        hit = [
-            (n_in, n_out)
+        return [
+            (name, n_in, n_out)
             for name, n_in, n_out in self.linears
             if target_modules == "all-linear" or any(name == t or name.endswith(f".{t}") for t in target_modules)
         ]
-        return int(r * sum(n_in + n_out for n_in, n_out in hit))
+
+    def n_lora(self, r: int, target_modules: str | list) -> int:
+        """LoRA parameters of rank r on the targeted linear layers."""
+        return int(r * sum(n_in + n_out for _, n_in, n_out in self.adapted(target_modules)))
 
 
 def model_shape(config_dir: str | Path) -> ModelShape:
@@ -174,7 +178,15 @@ def model_shape(config_dir: str | Path) -> ModelShape:
         vocab=text.vocab_size,
         context=int(getattr(text, "max_position_embeddings", 0) or 0),
         linears=linears,
+        kv_hidden=kv_hidden(text),
     )
+
+
+def kv_hidden(config) -> int:
+    """The k and v projections' width: fewer heads than the queries' under grouped-query attention."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
 # ---------------------------------------------------------------- stand-in data when the real files are absent

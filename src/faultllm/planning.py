@@ -42,16 +42,8 @@ from faultllm.costs import (
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import answer_space
 from faultllm.hpo import search_features
-from faultllm.modeling import (
-    Gpu,
-    ModelDims,
-    check_tokenizer,
-    hardware_plan,
-    load_tokenizer,
-    model_files,
-    needs_checkpointing,
-    training_memory_gib,
-)
+from faultllm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.modeling import Gpu, check_tokenizer, hardware_plan, load_tokenizer, model_files
 from faultllm.prompts import Serializer
 from faultllm.rundir import read_json
 from faultllm.schema import PlanJob, SearchParam
@@ -308,24 +300,26 @@ def rendering_key(values: dict) -> tuple:
 # ---------------------------------------------------------------- memory on the planned GPU
 
 
-def memory(cfg: PlanJob, gpu: GpuSpec, shape: ModelShape, n_lora: int, longest: int) -> dict:
-    """`modeling.training_memory_gib` for a batch of the longest rows, and whether checkpointing would be on
-    (`needs_checkpointing`, as `faultllm train` decides on that GPU)."""
+def memory(cfg: PlanJob, gpu: GpuSpec, shape: ModelShape, train: RowTokens) -> dict:
+    """`memory.step_memory` for a batch of the longest training rows, term by term, and whether checkpointing
+    would be on: decided by `memory.needs_checkpointing` as `faultllm train` decides it on that GPU."""
     plan = hardware_plan(cfg.model, Gpu(gpu.device_name, gpu.memory_gib, gpu.bf16), flash_attn_available=True)
-    dims = ModelDims(shape.n_params, shape.hidden, shape.intermediate, shape.layers, shape.vocab)
-    tokens = cfg.trainer.batch_size * (longest + 8)  # + the answer and EOS, as training.plan_for_run counts
-    quantized = plan.quantization == "nf4"
-    checkpointing = needs_checkpointing(plan, dims, n_lora, tokens)
-    need = {on: training_memory_gib(dims, n_lora, tokens, quantized, checkpointing=on) for on in (False, True)}
+    dims = ModelDims.from_shape(shape, cfg.lora)
+    step = Step.of(plan, cfg.trainer.batch_size, int(train.prompt.max()), int(train.completion.max()))
+    checkpointing = needs_checkpointing(plan, dims, step)
+    need = {on: step_memory(dims, step, plan, checkpointing=on) for on in (False, True)}
     return {
-        "estimate_gib": need[checkpointing],
-        "without_checkpointing_gib": need[False],
-        "with_checkpointing_gib": need[True],
+        "estimate_gib": need[checkpointing].total / GIB,
+        "without_checkpointing_gib": need[False].total / GIB,
+        "with_checkpointing_gib": need[True].total / GIB,
+        "terms_gib": need[checkpointing].gib(),
+        "lora_gib": need[checkpointing].lora / GIB,
         "gpu_memory_gib": gpu.memory_gib,
         "gradient_checkpointing": checkpointing,
-        "fits": need[checkpointing] <= gpu.memory_gib,
+        "fits": need[checkpointing].total / GIB <= gpu.memory_gib,
         "quantization": plan.quantization,
-        "tokens_per_step": tokens,
+        "tokens_per_step": step.tokens,
+        "head_tokens_per_step": step.head_tokens,
     }
 
 
@@ -400,8 +394,7 @@ def make_case(inputs: Inputs, values: dict) -> Case:
         inputs.renderings[key] = render_split(cfg, split, inputs.raw, inputs.features, inputs.tokenizer, inputs.folds)
     rendered = inputs.renderings[key]
     n_lora = inputs.shape.n_lora(cfg.lora.r, cfg.lora.target_modules)
-    longest = max(int(rows.prompt.max()) for rows in (rendered.train, rendered.test))
-    needs = memory(cfg, inputs.gpu, inputs.shape, n_lora, longest)
+    needs = memory(cfg, inputs.gpu, inputs.shape, rendered.train)
     return Case(values, cfg, rendered, Sizes(inputs.shape.n_base, n_lora, needs["gradient_checkpointing"]))
 
 
@@ -534,7 +527,6 @@ def make_plan(cfg: PlanJob) -> dict:
     rates, own, worst_case = inputs.rates, tallies.own.rendered, tallies.worst_case
     worst, expected, study = (tally.total() for tally in (tallies.worst, tallies.expected, tallies.study))
     hours = hours_record(tallies, rates, workers)
-    longest = max(int(rows.prompt.max()) for rows in (worst_case.rendered.train, worst_case.rendered.test))
     study_hours = tallies.study.hours(rates, 1)[0]
     both = lambda key: {"worst": work_record(worst)[key], "expected": work_record(expected)[key]}  # noqa: E731
     return {
@@ -550,7 +542,7 @@ def make_plan(cfg: PlanJob) -> dict:
         "generated_tokens": both("generated_tokens"),
         "model_loads": both("model_loads"),
         "flops": both("flops"),
-        "memory_gib": memory(worst_case.cfg, inputs.gpu, inputs.shape, worst_case.sizes.n_lora, longest),
+        "memory_gib": memory(worst_case.cfg, inputs.gpu, inputs.shape, worst_case.rendered.train),
         "throughput": {"source": rates.source, "gpu": cfg.plan.gpu, "train_tflops_per_s": rates.train_flops_per_s / 1e12,
                        "scoring_tflops_per_s": rates.scoring_flops_per_s / 1e12,
                        "decode_step_seconds": rates.decode_step_seconds, "load_seconds": rates.load_seconds},

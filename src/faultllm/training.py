@@ -26,16 +26,15 @@ from faultllm.distributed import (
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import AnswerSpace, answer_space, evaluate_restricted
 from faultllm.files import write_text
+from faultllm.memory import ModelDims, Step, longest_row, needs_checkpointing
 from faultllm.modeling import (
     HardwarePlan,
-    ModelDims,
     ModelSpec,
     attention_of,
     build_for_training,
     checkpointing_off,
     keep_adapters_in_fp32,
     load_untrained,
-    needs_checkpointing,
     release_adapters,
 )
 from faultllm.prompts import Prompts
@@ -118,13 +117,14 @@ def fit(
     resume = decide_resume(out_dir, options, checkpoints)
     model, tokenizer = build_for_training(spec, options.seed)
     space = answer_space(tokenizer, train)
-    plan = plan_for_run(spec.plan, model, tokenizer, train, options)
+    rows = train.sft_rows()
+    plan = plan_for_run(spec.plan, model, tokenizer, rows, options)
     if not plan.gradient_checkpointing:
         checkpointing_off(model)  # a reused base keeps what an earlier fold's Trainer turned on
     through = checkpoint_epoch(out_dir / "checkpoints") if resume else 0
     history = EpochHistory(out_dir / "epochs.jsonl", through=through)
     callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
-    trainer = sft_trainer(model, tokenizer, train.sft_rows(), options, plan, out_dir, callbacks, checkpoints)
+    trainer = sft_trainer(model, tokenizer, rows, options, plan, out_dir, callbacks, checkpoints)
     callbacks[0].trainer = trainer
     started = time.perf_counter()
     try:
@@ -148,17 +148,15 @@ def decide_resume(out_dir: Path, options: TrainOptions, checkpoints: bool) -> bo
     return options.resume and main_decides(lambda: any((out_dir / "checkpoints").glob("checkpoint-*")))
 
 
-def plan_for_run(plan: HardwarePlan, model, tokenizer, train: Prompts, options: TrainOptions) -> HardwarePlan:
+def plan_for_run(plan: HardwarePlan, model, tokenizer, rows: list[dict], options: TrainOptions) -> HardwarePlan:
     """The plan as run: the attention the model loaded with, and gradient checkpointing decided: as
-    configured, or from the estimated memory of a batch of the longest rows (auto on CUDA)."""
+    configured, or (auto on CUDA) by `memory.needs_checkpointing` for a batch of the longest prompt/completion
+    rows, as `faultllm plan` decides it."""
     plan = replace(plan, attn_implementation=attention_of(model))
     if plan.gradient_checkpointing is not None:
         return plan
-    longest = max(train.texts, key=len)
-    tokens = options.batch_size * (len(tokenizer(longest)["input_ids"]) + 8)  # + the answer and EOS
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    decided = needs_checkpointing(plan, ModelDims.of(model), n_trainable, tokens)
-    return replace(plan, gradient_checkpointing=decided)
+    step = Step.of(plan, options.batch_size, *longest_row(tokenizer, rows))
+    return replace(plan, gradient_checkpointing=needs_checkpointing(plan, ModelDims.of(model), step))
 
 
 def checkpoint_epoch(checkpoints: Path) -> int:

@@ -52,6 +52,7 @@ def summary(cfg: PlanJob, plan: dict) -> dict[str, str]:
         "FLOPs": _pair(plan["flops"]),
         "memory per GPU": f"{memory['estimate_gib']:.1f} GiB of {memory['gpu_memory_gib']:g} ({memory['quantization']}, "
         f"gradient checkpointing {'on' if memory['gradient_checkpointing'] else 'off'})",
+        "memory terms": memory_terms(memory["terms_gib"]),
         "rate": plan["throughput"]["source"],
         "GPU-hours": "; ".join(f"{workers(h)}: {_pair(h['gpu_hours'])}" for h in plan["hours"]),
         "wall-clock hours": "; ".join(f"{workers(h)}: {_pair(h['wall_hours'])}" for h in plan["hours"]),
@@ -59,6 +60,17 @@ def summary(cfg: PlanJob, plan: dict) -> dict[str, str]:
         f"{plan['study']['pad_to']}, {plan['study']['new_tokens']} tokens decoded at batch 1, unpruned, a load per fold)",
         **{f"note {i + 1}": note for i, note in enumerate(plan["notes"])},
     }  # fmt: skip
+
+
+def memory_terms(terms: dict[str, float]) -> str:
+    """The memory estimate's terms in GiB, the LoRA ones apart (docs/memory_model.md)."""
+    lora = " + ".join(f"{terms[key]:.2f} {name}" for key, name in LORA_TERMS.items())
+    return (f"base weights {terms['base_weights']:.2f}, activations {terms['activations']:.2f}, "
+            f"LM head {terms['head']:.2f} saved + {terms['backward']:.2f} backward; LoRA: {lora}")  # fmt: skip
+
+
+LORA_TERMS = {"lora_weights": "weights", "lora_gradients": "gradients", "lora_optimizer": "AdamW",
+              "lora_activations": "activations"}  # fmt: skip
 
 
 def markdown(cfg: PlanJob, plan: dict, lines: dict[str, str]) -> str:
