@@ -505,7 +505,20 @@ def prepare_base(model, plan: HardwarePlan):
         return model
     from peft import prepare_model_for_kbit_training
 
+    keep_4bit_weights_unpacked(model)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_4bit_weights_unpacked(model) -> None:
+    """4-bit layers never switch to bitsandbytes' AVX512-BF16 CPU kernel. On a CPU that has it, bitsandbytes
+    repacks a layer's weights at its first no-grad forward in eval mode; the repacking asserts
+    out_features % 32 == 0 and an even in_features (the tiny model's intermediate_size=341 fails), the
+    kernel computes in bf16 whatever the plan says, and a repacked layer passes no gradient to its input
+    when training resumes (the next epoch, the next HPO fold). Kept off: every CPU dequantizes and
+    multiplies in the plan's dtype, as training does; CUDA layers never take that path anyway."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def base_model(spec: ModelSpec):
