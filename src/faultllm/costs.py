@@ -146,8 +146,9 @@ class ModelShape:
         return int(r * sum(n_in + n_out for n_in, n_out in hit))
 
 
-def model_shape(config_dir: str | Path) -> ModelShape:
-    """The shape of the architecture config.json describes: the model is built on the meta device."""
+def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape:
+    """The shape of the architecture config.json describes (its first `layers` layers if given, as
+    model.init=random builds it): the model is built on the meta device."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -155,6 +156,8 @@ def model_shape(config_dir: str | Path) -> ModelShape:
         config = AutoConfig.from_pretrained(str(config_dir))
     except (OSError, ValueError) as err:
         raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from None
+    if layers is not None:
+        config.get_text_config().num_hidden_layers = layers
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
