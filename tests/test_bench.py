@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,3 +166,13 @@ def test_bench_of_a_random_2_layer_llama2_7b_runs_offline_with_an_empty_hub_cach
     assert json.loads((built / "tokenizer_config.json").read_text())["bos_token"] == "<s>"
     assert not [path for path in hf_home.rglob("*") if path.is_file()]  # nothing downloaded, nothing cached
 
+
+def test_the_gpu_install_line_brings_what_pytest_m_gpu_needs():
+    """docs/gpu.md's install line: the extras it names must hold pytest (`pip install -e .` alone has none)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    guide = (root / "docs" / "gpu.md").read_text().splitlines()
+    (line,) = [line for line in guide if line.startswith("pip install -e")]
+    named = re.fullmatch(r"pip install -e '\.\[([\w,]+)\]'.*", line).group(1).split(",")
+    assert any(requirement.startswith("pytest") for name in named for requirement in extras[name])
