@@ -141,6 +141,33 @@ def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_t
     assert (shape.layers, shape.hidden, shape.intermediate, shape.vocab) == (2, 4096, 11008, 32000)
 
 
+
+@pytest.mark.parametrize(
+    "preset", ["llama2_7b_chat", "llama2_13b_chat", "llama3_8b_instruct", "mistral_7b_instruct", "qwen2_5_7b_instruct"]
+)
+def test_every_model_preset_ships_a_stand_in_tokenizer_true_to_its_config(preset, compose_cfg, tmp_path, monkeypatch):
+    """The vocabulary size and BOS/EOS ids of its config.json, and (chat presets) a chat template faultllm's
+    rendering check accepts, once saved beside the config as model.init=random saves it."""
+    import huggingface_hub
+
+    from faultllm.modeling import load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.templates import template_for
+    from faultllm.tiny import stand_in_tokenizer
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # nothing cached
+    cfg = compose_cfg("bench", [f"model={preset}", "model.init=random"])
+    source = Path(random_model_tokenizer(model_files(cfg.model, cfg.cache_dir)))
+    config = json.loads((source.parent / "config.json").read_text())
+    stand_in = stand_in_tokenizer(config["vocab_size"], **json.loads(source.read_text()))
+    stand_in.save_pretrained(tmp_path)
+    shutil.copy(source.parent / "config.json", tmp_path)  # transformers picks the tokenizer class by model type
+    tokenizer = load_tokenizer(str(tmp_path), chat=cfg.prompt.template == "chat")
+    assert len(tokenizer) == config["vocab_size"] and tokenizer.eos_token_id == config["eos_token_id"]
+    assert tokenizer.bos_token_id in (config["bos_token_id"], None)  # Qwen adds none
+    assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
+    template = template_for(cfg.prompt.template, tokenizer)  # checks a chat template's rendering
+    assert len(tokenizer(template.prompt("You are an expert.", "a = 0.25"))["input_ids"]) < 60
+
 @pytest.mark.slow
 def test_bench_of_a_random_2_layer_llama2_7b_runs_offline_with_an_empty_hub_cache(tmp_path, easy_csv):
     """model.init=random with model.layers=2: Llama-2-7B's real shapes and 32000-token vocabulary on a CPU,
