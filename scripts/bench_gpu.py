@@ -1,6 +1,7 @@
 """GPU benchmark for the configured model: training tokens/s, MFU and HFU, peak memory, scoring and decoding.
 
     python scripts/bench_gpu.py                                   # Llama-2-7b-chat, 4-bit NF4, bundled TEP
+    python scripts/bench_gpu.py model.init=random                 # random weights: no download, offline too
     python scripts/bench_gpu.py model=llama2_13b_chat model.init=random trainer.batch_size=4 --peak-tflops 989.4
     python scripts/bench_gpu.py --warmup-steps 5 --steps 50
 

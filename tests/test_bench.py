@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,3 +108,98 @@ def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, com
                                 "bench.scoring_batches=1", "bench.generate_rows=1"])  # fmt: skip
     bench = run_bench(cfg, cfg.bench)
     assert bench["train_tokens"] > 0 and bench["scoring_tokens_per_second"] > 0
+
+
+def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_the_hub(compose_cfg, monkeypatch):
+    import huggingface_hub
+
+    from faultllm.costs import model_shape
+    from faultllm.modeling import STAND_IN, choose_pad_token, load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.tiny import stand_in_tokenizer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # nothing cached
+    monkeypatch.setattr(huggingface_hub, "auth_check", no_network)
+    cfg = compose_cfg("bench", ["model.init=random", "model.layers=2"])
+    files = model_files(cfg.model, cfg.cache_dir)
+    source = Path(random_model_tokenizer(files))
+    assert source.name == STAND_IN and source.parent == Path(files.config_dir)  # shipped with its config.json
+    config = json.loads((source.parent / "config.json").read_text())
+    tokenizer = stand_in_tokenizer(config["vocab_size"], **json.loads(source.read_text()))
+    assert len(tokenizer) == 32000 and tokenizer.pad_token is None  # Llama-2 has no pad token either
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    choose_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<unk>"  # faultllm's choice for Llama-2
+    text = "[INST] xmeas_1 = 0.25, xmv_3 = 41.5 [/INST] Y = 3</s>"
+    assert tokenizer.tokenize(text) == load_tokenizer(str(SHIPPED)).tokenize(text)  # as long as the tiny's
+    assert tokenizer(text)["input_ids"][0] == 1 and tokenizer(text)["input_ids"][-1] == 2
+    check_fits_here(cfg)  # 2 of its 32 layers fit a CPU
+    shape = model_shape(files.config_dir, layers=2)
+    assert (shape.layers, shape.hidden, shape.intermediate, shape.vocab) == (2, 4096, 11008, 32000)
+
+
+
+@pytest.mark.parametrize(
+    "preset", ["llama2_7b_chat", "llama2_13b_chat", "llama3_8b_instruct", "mistral_7b_instruct", "qwen2_5_7b_instruct"]
+)
+def test_every_model_preset_ships_a_stand_in_tokenizer_true_to_its_config(preset, compose_cfg, tmp_path, monkeypatch):
+    """The vocabulary size and BOS/EOS ids of its config.json, and (chat presets) a chat template faultllm's
+    rendering check accepts, once saved beside the config as model.init=random saves it."""
+    import huggingface_hub
+
+    from faultllm.modeling import load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.templates import template_for
+    from faultllm.tiny import stand_in_tokenizer
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # nothing cached
+    cfg = compose_cfg("bench", [f"model={preset}", "model.init=random"])
+    source = Path(random_model_tokenizer(model_files(cfg.model, cfg.cache_dir)))
+    config = json.loads((source.parent / "config.json").read_text())
+    stand_in = stand_in_tokenizer(config["vocab_size"], **json.loads(source.read_text()))
+    stand_in.save_pretrained(tmp_path)
+    shutil.copy(source.parent / "config.json", tmp_path)  # transformers picks the tokenizer class by model type
+    tokenizer = load_tokenizer(str(tmp_path), chat=cfg.prompt.template == "chat")
+    assert len(tokenizer) == config["vocab_size"] and tokenizer.eos_token_id == config["eos_token_id"]
+    assert tokenizer.bos_token_id in (config["bos_token_id"], None)  # Qwen adds none
+    assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
+    template = template_for(cfg.prompt.template, tokenizer)  # checks a chat template's rendering
+    assert len(tokenizer(template.prompt("You are an expert.", "a = 0.25"))["input_ids"]) < 60
+
+@pytest.mark.slow
+def test_bench_of_a_random_2_layer_llama2_7b_runs_offline_with_an_empty_hub_cache(tmp_path, easy_csv):
+    """model.init=random with model.layers=2: Llama-2-7B's real shapes and 32000-token vocabulary on a CPU,
+    with HF_HUB_OFFLINE, an empty HF_HOME and an endpoint that refuses every connection."""
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_CACHE", None)
+    run_dir, cache = tmp_path / "bench", tmp_path / "cache"
+    result = subprocess.run(
+        [sys.executable, "-m", "faultllm", "bench", "model=llama2_7b_chat", "model.init=random", "model.layers=2",
+         "data=csv", f"data.path={easy_csv}", "data.train_size=8", "data.test_size=2", "data.normalize=false",
+         "trainer.batch_size=1", "eval.batch_size=2", "eval.max_new_tokens=2", "lora.r=8", "bench.warmup_steps=1",
+         "bench.steps=1", "bench.scoring_batches=1", "bench.generate_rows=1", "progress=false",
+         f"cache_dir={cache}", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads((run_dir / "bench.json").read_text())
+    assert bench["steps"] == 1 and bench["train_tokens"] > 0 and bench["device"] == "cpu"
+    (built,) = cache.glob("random-Llama-2-7b-chat-hf-*")
+    config = json.loads((built / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (2, 4096, 32000)
+    assert json.loads((built / "tokenizer_config.json").read_text())["bos_token"] == "<s>"
+    assert not [path for path in hf_home.rglob("*") if path.is_file()]  # nothing downloaded, nothing cached
+
+
+def test_the_gpu_install_line_brings_what_pytest_m_gpu_needs():
+    """docs/gpu.md's install line: the extras it names must hold pytest (`pip install -e .` alone has none)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    guide = (root / "docs" / "gpu.md").read_text().splitlines()
+    (line,) = [line for line in guide if line.startswith("pip install -e")]
+    named = re.fullmatch(r"pip install -e '\.\[([\w,]+)\]'.*", line).group(1).split(",")
+    assert any(requirement.startswith("pytest") for name in named for requirement in extras[name])

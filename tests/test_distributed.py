@@ -217,3 +217,40 @@ def test_torchrun_with_two_ranks_trains_once_into_one_run_directory(tiny_cache, 
     alone = evaluate(load_config("evaluate", [f"run_dir={run_dir}"]), tmp_path / "eval")  # one process, all rows
     assert alone["accuracy"] == metrics["test"]["accuracy"]
     assert alone["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+
+
+# Under torchrun: generate_answers over PROMPTS (batch 2) on the tiny model, each rank leaving OUT/rank<N>.json
+# with the batch sizes it decoded and the answers it got back.
+PROMPTS = [f"[INST] a = {i / 10} [/INST]" for i in range(5)]
+GENERATE_SPY = f"""
+import json, os, sys
+from pathlib import Path
+from faultllm.config import load_config
+from faultllm.distributed import start_process_group
+from faultllm.evaluation import generate_answers
+from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+start_process_group()
+cfg = load_config("train", sys.argv[2:])
+path = resolve_model_path(cfg.model, cfg.cache_dir)
+model, rows = load_base_model(path, hardware_plan(cfg.model)).eval(), []
+generate = model.generate
+model.generate = lambda **kwargs: rows.append(len(kwargs["input_ids"])) or generate(**kwargs)
+texts = generate_answers(model, load_tokenizer(path), {PROMPTS!r}, max_new_tokens=3, batch_size=2)
+Path(sys.argv[1], "rank" + os.environ["RANK"] + ".json").write_text(json.dumps({{"rows": rows, "texts": texts}}))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_decode_a_share_of_the_rows_each_and_all_get_every_answer(tiny_cache, tiny_model, tmp_path):
+    from faultllm.evaluation import generate_answers
+
+    (tmp_path / "spy.py").write_text(GENERATE_SPY)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*launch, str(tmp_path / "spy.py"), str(tmp_path), f"cache_dir={tiny_cache}", "model=tiny"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    ranks = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
+    assert len(ranks) == 2, result.stderr[-3000:]
+    assert [rank["rows"] for rank in ranks] == [[2, 1], [2]]  # batches 0 and 2 on rank 0, batch 1 on rank 1
+    alone = generate_answers(*tiny_model, PROMPTS, max_new_tokens=3, batch_size=2)  # one process, every batch
+    assert ranks[0]["texts"] == ranks[1]["texts"] == alone

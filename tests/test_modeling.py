@@ -293,3 +293,27 @@ def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
     reloaded = evaluate(load_config("evaluate", [f"run_dir={tmp_path / 'run'}"]), tmp_path / "eval")
     assert reloaded["accuracy"] == metrics["test"]["accuracy"]
     assert reloaded["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-6)
+
+
+def test_4bit_scoring_never_takes_bitsandbytes_avx512_bf16_cpu_path(tiny_cache, monkeypatch):
+    """On a CPU with AVX512-BF16 bitsandbytes repacks 4-bit weights at the first eval-mode forward, which
+    asserts out_features % 32 == 0 and an even in_features: the tiny model's MLP (341) crashed scoring.
+    The path is forced here on any CPU; faultllm's layers keep the plain fp32 dequantize-and-matmul."""
+    import bitsandbytes as bnb
+
+    from faultllm.modeling import load_tokenizer
+
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # what Linear4bit asks when built
+    cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "model.quantization=nf4"])
+    path = resolve_model_path(cfg.model, cfg.cache_dir)
+    plan = hardware_plan(cfg.model, gpu=None)
+    model, tokenizer = load_base_model(path, plan).eval(), load_tokenizer(path)
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    refused = [m for m in four_bit if m.out_features % 32 or m.in_features % 2]
+    assert len(refused) == 2 * 3  # gate, up (341 out) and down (341 in) of both blocks: shapes the kernel refuses
+    batch = tokenizer(["[INST] a = 1.0 [/INST] Y = 1", "[INST] a = 0.2 [/INST]"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scored = model(**batch).logits
+    model.train()  # as training computes the same rows (no dropout in the tiny model)
+    assert scored.dtype == torch.float32 and scored.equal(model(**batch).logits.detach())
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)

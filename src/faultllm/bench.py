@@ -234,7 +234,8 @@ def check_fits_here(cfg: TrainJob) -> None:
     """A multi-billion-parameter model on a CPU would take hours per step: refuse it in one line."""
     if detect_gpu() is not None or cfg.model.build == "tiny":
         return
-    n_params = model_shape(model_files(cfg.model, cfg.cache_dir).config_dir).n_params
+    layers = cfg.model.layers if cfg.model.init == "random" else None  # a shrunk random model may fit
+    n_params = model_shape(model_files(cfg.model, cfg.cache_dir).config_dir, layers).n_params
     if n_params > CPU_PARAMETER_LIMIT:
         raise FaultLLMError(
             f"bench: no CUDA GPU here, and {cfg.model.path} has {n_params / 1e9:.1f} B parameters (hours per "

@@ -150,8 +150,9 @@ class ModelShape:
         return int(r * sum(n_in + n_out for _, n_in, n_out in self.adapted(target_modules)))
 
 
-def model_shape(config_dir: str | Path) -> ModelShape:
-    """The shape of the architecture config.json describes: the model is built on the meta device."""
+def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape:
+    """The shape of the architecture config.json describes (its first `layers` layers if given, as
+    model.init=random builds it): the model is built on the meta device."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -159,6 +160,8 @@ def model_shape(config_dir: str | Path) -> ModelShape:
         config = AutoConfig.from_pretrained(str(config_dir))
     except (OSError, ValueError) as err:
         raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from None
+    if layers is not None:
+        config.get_text_config().num_hidden_layers = layers
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()

@@ -285,21 +285,24 @@ def parse_answer(text: str, labels: list):
 
 
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1) -> list[str]:
-    """Greedy decoding, left padded; the study used batch 1 and 5 new tokens."""
+    """Greedy decoding, left padded; the study used batch 1 and 5 new tokens. Under torchrun/accelerate the
+    batches are shared out between the ranks and gathered, as in `score`: every rank gets every answer."""
     import torch
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    texts = []
+    starts = range(0, len(prompts), batch_size)
+    decoded = []  # (first row, the batch's answers)
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
+        for start in (starts[index] for index in shard(len(starts))):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,  # the answer's end: the template's end of turn, not the base's EOS
             )  # fmt: skip
-            texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return texts
+            answers = out[:, batch["input_ids"].shape[1] :]
+            decoded.append((start, tokenizer.batch_decode(answers, skip_special_tokens=True)))
+    return [text for _, texts in sorted(gather(decoded)) for text in texts]
 
 
 # ---------------------------------------------------------------- one split's metrics and predictions

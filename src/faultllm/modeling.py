@@ -10,6 +10,7 @@ run the model with the same dtypes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from faultllm.distributed import local_rank, world_size
 from faultllm.errors import FaultLLMError
 from faultllm.schema import LoraConfig, ModelConfig, PromptConfig
 from faultllm.templates import end_of_turn, use_chat_template
-from faultllm.tiny import ensure_tiny_model
+from faultllm.tiny import ensure_tiny_model, stand_in_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -238,35 +239,66 @@ def check_tokenizer(files: ModelFiles) -> None:
 def random_model(model_cfg: ModelConfig, cache_dir: str) -> Path:
     """A checkpoint of the model's architecture with random weights, from its config.json and tokenizer alone
     (model.init=random): built once and cached, then loaded the usual way (4-bit on CUDA), so a benchmark
-    measures the real model's speed and memory with no weight download. Never a result."""
+    measures the real model's speed and memory with no weight download. Never a result. With model.layers
+    only the first that many layers: the real shapes, small enough for a CPU smoke run."""
     files = model_files(model_cfg, cache_dir)
-    check_tokenizer(files)
+    tokenizer = random_model_tokenizer(files)
     config_text = (Path(files.config_dir) / "config.json").read_text()
-    key = hashlib.sha1(f"{config_text}|{files.tokenizer}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{config_text}|{tokenizer}|{model_cfg.layers}".encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / f"random-{Path(files.tokenizer).name}-{key}"
     if not (target / "config.json").exists():
         partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         log.info("model.init=random: building %s from its config.json alone (once; cached in %s)", files.tokenizer, target)
-        _save_random(files, partial)
+        _save_random(files.config_dir, tokenizer, model_cfg.layers, partial)
         partial.rename(target)  # atomic: concurrent builders never see half a checkpoint
     return target
 
 
-def _save_random(files: ModelFiles, target: Path) -> None:
+# next to a shipped config.json: the special tokens (with their ids) and chat template of the model's tokenizer
+STAND_IN = "tokenizer_stand_in.json"
+
+
+def random_model_tokenizer(files: ModelFiles) -> str:
+    """The tokenizer model.init=random saves with the weights: a local model's own, the hub's when cached, else
+    the stand-in shipped for the model (`stand_in_tokenizer`: no network, no licence), else the hub's."""
+    if Path(files.tokenizer).is_dir():
+        return files.tokenizer
+    from huggingface_hub import try_to_load_from_cache
+
+    stand_in = SHIPPED_CONFIGS / files.tokenizer / STAND_IN
+    if isinstance(try_to_load_from_cache(files.tokenizer, "tokenizer_config.json"), str) or not stand_in.exists():
+        check_tokenizer(files)
+        return files.tokenizer
+    log.info("model.init=random: %s's tokenizer is not cached; a stand-in of its vocabulary is used", files.tokenizer)
+    return str(stand_in)
+
+
+def _save_random(config_dir: str, tokenizer_source: str, layers: int | None, target: Path) -> None:
     """Seeded random weights in bf16 (half the disk of fp32; the load casts them as the plan says)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(files.tokenizer)
-    except OSError as err:
-        raise FaultLLMError(f"cannot load a tokenizer from {files.tokenizer!r}: {str(err).splitlines()[0]}") from None
+    config = AutoConfig.from_pretrained(config_dir)
+    if layers is not None:
+        config.get_text_config().num_hidden_layers = layers
+    tokenizer = _random_tokenizer(tokenizer_source, config.get_text_config().vocab_size)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initializing 7B on a GPU takes seconds
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(files.config_dir), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     del model
+
+
+def _random_tokenizer(source: str, vocab_size: int):
+    from transformers import AutoTokenizer
+
+    if source.endswith(STAND_IN):
+        return stand_in_tokenizer(vocab_size, **json.loads(Path(source).read_text()))
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise FaultLLMError(f"cannot load a tokenizer from {source!r}: {str(err).splitlines()[0]}") from None
 
 
 class BaseModelCache:
@@ -440,7 +472,20 @@ def prepare_base(model, plan: HardwarePlan):
         return model
     from peft import prepare_model_for_kbit_training
 
+    keep_4bit_weights_unpacked(model)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_4bit_weights_unpacked(model) -> None:
+    """4-bit layers never switch to bitsandbytes' AVX512-BF16 CPU kernel. On a CPU that has it, bitsandbytes
+    repacks a layer's weights at its first no-grad forward in eval mode; the repacking asserts
+    out_features % 32 == 0 and an even in_features (the tiny model's intermediate_size=341 fails), the
+    kernel computes in bf16 whatever the plan says, and a repacked layer passes no gradient to its input
+    when training resumes (the next epoch, the next HPO fold). Kept off: every CPU dequantizes and
+    multiplies in the plan's dtype, as training does; CUDA layers never take that path anyway."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def base_model(spec: ModelSpec):

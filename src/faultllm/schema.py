@@ -222,6 +222,7 @@ class ModelConfig:
     # build=tiny: the few-layer Llama built locally (shipped prebuilt for configs/model/tiny.yaml's spec)
     build: str | None = one_of("tiny", default=None, nullable=True)
     hidden_size: int | None = at_least(None, 1)
+    # also with init=random: only the first `layers` layers of the real architecture (a CPU smoke of its shapes)
     layers: int | None = at_least(None, 1)
     heads: int | None = at_least(None, 1)
     vocab_size: int | None = at_least(None, 1)

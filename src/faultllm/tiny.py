@@ -91,7 +91,7 @@ def bpe_tokenizer(corpus: list[str], vocab_size: int, special_tokens: list[str],
     """A Llama-2-like BPE tokenizer (Metaspace words, single digits) trained on `corpus`; `roles` name the
     bos/eos/unk/pad tokens among `special_tokens` (any may be absent). BOS, if any, is added by the tokenizer.
     `prepend_scheme="always"` puts `▁` after special tokens too, as sentencepiece's legacy mode does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=roles.get("unk_token")))
@@ -102,12 +102,42 @@ def bpe_tokenizer(corpus: list[str], vocab_size: int, special_tokens: list[str],
     alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;=?!'\"-_()[]<>/\n")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet)
     tokenizer.train_from_iterator(corpus, trainer=trainer)
-    bos = roles.get("bos_token")
+    _bos_first(tokenizer, roles.get("bos_token"))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
+
+
+def _bos_first(tokenizer, bos: str | None) -> None:
+    """The tokenizer puts `bos` (if any) before every text, as Llama's does."""
+    from tokenizers import processors
+
+    tokenizer.post_processor = None
     if bos:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
         )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
+
+
+def stand_in_tokenizer(vocab_size: int, special_tokens: dict[str, int], chat_template: str | None = None, **roles):
+    """The shipped tiny model's Llama-2-like tokenizer grown to `vocab_size` ids, for a model whose own
+    tokenizer is not at hand (model.init=random times the real architecture offline): `special_tokens`
+    (token -> id) at the model's own ids, `roles` naming bos/eos/unk/pad among them, the tiny vocabulary
+    in the free ids from 0 up and never-produced filler tokens in the rest. Prompts come out as long as
+    the tiny tokenizer makes them (every digit a token, as in Llama-2): right for timing, not for results."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads((SHIPPED / "tokenizer.json").read_text())
+    taken = set(special_tokens.values())
+    free = (i for i in range(vocab_size) if i not in taken)
+    ordinary = sorted((t for t in spec["model"]["vocab"] if t not in SPECIAL_TOKENS), key=spec["model"]["vocab"].get)
+    vocab = {token: next(free) for token in ordinary} | special_tokens
+    spec["model"]["vocab"] = vocab | {f"<unused_{i}>": i for i in free}  # the rest of the ids
+    spec["model"]["unk_token"] = roles.get("unk_token")
+    spec["added_tokens"], spec["padding"] = [], None  # the tiny tokenizer pads with its own <pad>
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    tokenizer.add_special_tokens(list(special_tokens))  # at the ids the vocabulary gives them
+    _bos_first(tokenizer, roles.get("bos_token"))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, chat_template=chat_template, **roles)
 
 
 def build_tiny_model(spec: dict, target: Path) -> None:
