@@ -172,6 +172,42 @@ def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
         assert (one.probabilities().argmax(1) == many.probabilities().argmax(1)).all()
 
 
+def _fresh_base(tiny_cache, dtype: str = "float32"):
+    """(the tiny base model, freshly loaded under a plan of `dtype`, tokenizer): tests that change the model."""
+    from dataclasses import replace
+
+    from faultllm.config import load_config
+    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+
+    cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "progress=false"])
+    path = resolve_model_path(cfg.model, cfg.cache_dir)
+    return load_base_model(path, replace(hardware_plan(cfg.model), dtype=dtype)), load_tokenizer(path)
+
+
+def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode(tiny_cache):
+    """A Trainer leaves its model in train mode: greedy decoding after training (train's final evaluation, HPO's
+    refit, bench, explain's probes) must not draw LoRA dropout, or the answers change from call to call."""
+    from peft import get_peft_model
+
+    from faultllm.evaluation import generate_answers
+    from faultllm.modeling import peft_lora_config
+    from faultllm.schema import LoraConfig
+
+    base, tokenizer = _fresh_base(tiny_cache)
+    model = get_peft_model(base, peft_lora_config(LoraConfig(r=8, alpha=16, dropout=0.5)))
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that matter, as after training (fresh ones are zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    texts = _prompts(7, [0, 1, 4, 5], seed=3)
+    expected = generate_answers(model.eval(), tokenizer, texts, max_new_tokens=5, batch_size=4)
+    model.train()
+    for _ in range(2):  # before: 8 of 8 answers changed between two calls
+        assert generate_answers(model, tokenizer, texts, max_new_tokens=5, batch_size=4) == expected
+    assert all(module.training for module in model.modules())  # training goes on as it was
+
+
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):
     _, tokenizer = tiny_model
     with pytest.raises(FaultLLMError, match="cannot be told apart"):

@@ -60,6 +60,24 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
     assert (by_restricted[valid] == by_generation[valid].astype(int)).mean() >= 0.95
 
 
+@pytest.mark.slow
+def test_generated_answers_of_a_run_with_lora_dropout_are_those_of_the_reopened_run(tiny_cache, easy_csv, tmp_path):
+    """train's final decoding gets the Trainer's model in train mode; with LoRA dropout on, its answers differed
+    from those of `evaluate` on the saved adapter (which reloads in eval mode)."""
+    from faultllm.jobs.evaluate import run as evaluate_run
+    from faultllm.jobs.train import run as train
+
+    decoding = ["eval.mode=generate", "eval.generate_batch_size=8"]
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
+    train(load_config("train", [*overrides, "lora.dropout=0.5", *decoding]), tmp_path / "run")
+    evaluate_run(load_config("evaluate", [f"run_dir={tmp_path / 'run'}", *decoding]), tmp_path / "eval")
+    in_run, reopened = (
+        pd.read_csv(tmp_path / name / "predictions.csv", keep_default_na=False)["output"].tolist()
+        for name in ("run", "eval")
+    )
+    assert in_run == reopened
+
+
 def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate_run
     from tests.conftest import easy_frame
