@@ -208,6 +208,33 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
     assert all(module.training for module in model.modules())  # training goes on as it was
 
 
+def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
+    """On CUDA the base model runs under bf16 autocast (`in_plan_precision`), which would round the head's
+    logits to bf16 before the log-softmax: scores must equal those of an exact head on the same hidden states.
+    Forced here on the CPU: a bf16 plan's autocast over fp32 weights."""
+    from faultllm.modeling import HardwarePlan, in_plan_precision
+
+    base, tokenizer = _fresh_base(tiny_cache)
+    model = in_plan_precision(base.eval(), HardwarePlan("cpu", "none", "sdpa", "bfloat16", "adamw_torch", False))
+    labels = [0, 1, 4, 5]
+    texts = _prompts(7, labels, seed=3)
+    truth = [labels[i % len(labels)] for i in range(len(texts))]
+    space = space_of(tokenizer, labels, texts[0])
+    scored = score(model, tokenizer, texts, truth, space, batch_size=4)
+
+    def exact_head(head, inputs, output):  # a hook: it replaces the output whatever the head's forward did
+        return torch.nn.functional.linear(inputs[0].double(), head.weight.double()).float()
+
+    hook = model.get_output_embeddings().register_forward_hook(exact_head)
+    try:
+        exact = score(model, tokenizer, texts, truth, space, batch_size=4)
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(scored.log_probs, exact.log_probs, atol=1e-4)  # before: 0.027 off
+    np.testing.assert_allclose(scored.loss, exact.loss, atol=1e-5)  # before: 0.005 off
+    assert "forward" not in model.get_output_embeddings().__dict__  # the head as it was
+
+
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):
     _, tokenizer = tiny_model
     with pytest.raises(FaultLLMError, match="cannot be told apart"):
