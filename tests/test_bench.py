@@ -57,6 +57,7 @@ def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
     assert tokens.prompt.tolist() == [len(ids) for ids in run.tokenizer(prompts.texts)["input_ids"]]
 
 
+@pytest.mark.filterwarnings("ignore:.*pin_memory")  # a CUDA plan on the CPU: the data loader would pin
 def test_cuda_peaks_are_the_timed_steps_own_not_what_the_setup_freed(compose_cfg, monkeypatch):
     """model.init=random builds the weights on the GPU and frees them, and loading leaves temporaries: torch's cache
     would keep them reserved and count them in the reserved and device-wide peaks. The cache is emptied, then the
