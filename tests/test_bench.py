@@ -59,6 +59,34 @@ def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
     assert tokens.prompt.tolist() == [len(ids) for ids in run.tokenizer(prompts.texts)["input_ids"]]
 
 
+@pytest.mark.filterwarnings("ignore:.*pin_memory")  # a CUDA plan on the CPU: the data loader would pin
+def test_cuda_peaks_are_the_timed_steps_own_not_what_the_setup_freed(compose_cfg, monkeypatch):
+    """model.init=random builds the weights on the GPU and frees them, and loading leaves temporaries: torch's cache
+    would keep them reserved and count them in the reserved and device-wide peaks. The cache is emptied, then the
+    peaks reset, before the first training step (the CUDA branch run on the CPU, torch.cuda spied on)."""
+    import gc
+    from dataclasses import replace
+
+    import torch
+
+    from faultllm.bench import timed_training
+
+    run = setup(compose_cfg("bench", ["model=tiny", *SMALL, "trainer.batch_size=2"]))
+    run.spec = replace(run.spec, plan=replace(run.spec.plan, device="cuda"))
+    calls = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append("gc.collect") or collect(*args))
+    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, name=name: calls.append(name))
+    monkeypatch.setattr(torch.cuda, "device_memory_used", lambda *args: calls.append("step") or 0)  # after each step
+    for name in ("max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: 0)
+    timed_training(run, run.serializer.render(run.split.train.head(4)).sft_rows(), warmup=1, steps=1)
+    first = calls.index("step")
+    assert calls.index("gc.collect") < calls.index("empty_cache") < calls.index("reset_peak_memory_stats") < first
+    assert "reset_peak_memory_stats" not in calls[first:]
+
+
 def test_bench_refuses_a_7b_model_on_a_cpu_in_one_line(compose_cfg):
     with pytest.raises(FaultLLMError, match=r"no CUDA GPU here, and meta-llama/Llama-2-7b-chat-hf has 6\.7 B") as err:
         check_fits_here(compose_cfg("bench", ["model.init=random"]))

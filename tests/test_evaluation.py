@@ -172,6 +172,69 @@ def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
         assert (one.probabilities().argmax(1) == many.probabilities().argmax(1)).all()
 
 
+def _fresh_base(tiny_cache, dtype: str = "float32"):
+    """(the tiny base model, freshly loaded under a plan of `dtype`, tokenizer): tests that change the model."""
+    from dataclasses import replace
+
+    from faultllm.config import load_config
+    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+
+    cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "progress=false"])
+    path = resolve_model_path(cfg.model, cfg.cache_dir)
+    return load_base_model(path, replace(hardware_plan(cfg.model), dtype=dtype)), load_tokenizer(path)
+
+
+def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode(tiny_cache):
+    """A Trainer leaves its model in train mode: greedy decoding after training (train's final evaluation, HPO's
+    refit, bench, explain's probes) must not draw LoRA dropout, or the answers change from call to call."""
+    from peft import get_peft_model
+
+    from faultllm.evaluation import generate_answers
+    from faultllm.modeling import peft_lora_config
+    from faultllm.schema import LoraConfig
+
+    base, tokenizer = _fresh_base(tiny_cache)
+    model = get_peft_model(base, peft_lora_config(LoraConfig(r=8, alpha=16, dropout=0.5)))
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that matter, as after training (fresh ones are zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    texts = _prompts(7, [0, 1, 4, 5], seed=3)
+    expected = generate_answers(model.eval(), tokenizer, texts, max_new_tokens=5, batch_size=4)
+    model.train()
+    for _ in range(2):  # before: 8 of 8 answers changed between two calls
+        assert generate_answers(model, tokenizer, texts, max_new_tokens=5, batch_size=4) == expected
+    assert all(module.training for module in model.modules())  # training goes on as it was
+
+
+def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
+    """On CUDA the base model runs under bf16 autocast (`in_plan_precision`), which would round the head's
+    logits to bf16 before the log-softmax: scores must equal those of an exact head on the same hidden states.
+    Forced here on the CPU: a bf16 plan's autocast over fp32 weights."""
+    from faultllm.modeling import HardwarePlan, in_plan_precision
+
+    base, tokenizer = _fresh_base(tiny_cache)
+    model = in_plan_precision(base.eval(), HardwarePlan("cpu", "none", "sdpa", "bfloat16", "adamw_torch", False))
+    labels = [0, 1, 4, 5]
+    texts = _prompts(7, labels, seed=3)
+    truth = [labels[i % len(labels)] for i in range(len(texts))]
+    space = space_of(tokenizer, labels, texts[0])
+    scored = score(model, tokenizer, texts, truth, space, batch_size=4)
+
+    def exact_head(head, inputs, output):  # a hook: it replaces the output whatever the head's forward did
+        return torch.nn.functional.linear(inputs[0].double(), head.weight.double()).float()
+
+    hook = model.get_output_embeddings().register_forward_hook(exact_head)
+    try:
+        exact = score(model, tokenizer, texts, truth, space, batch_size=4)
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(scored.log_probs, exact.log_probs, atol=1e-4)  # before: 0.027 off
+    np.testing.assert_allclose(scored.loss, exact.loss, atol=1e-5)  # before: 0.005 off
+    assert "forward" not in model.get_output_embeddings().__dict__  # the head as it was
+
+
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):
     _, tokenizer = tiny_model
     with pytest.raises(FaultLLMError, match="cannot be told apart"):

@@ -69,6 +69,36 @@ def test_gpus_without_bf16_compute_in_fp16(compose_cfg):
     assert args.fp16 and not args.bf16
 
 
+@pytest.mark.parametrize(
+    ("capability", "attention", "dtype"),
+    [((7, 0), "sdpa", "float16"), ((7, 5), "sdpa", "float16"), ((8, 0), "flash_attention_2", "bfloat16"),
+     ((9, 0), "flash_attention_2", "bfloat16")],
+)  # fmt: skip
+def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_installed(
+    compose_cfg, monkeypatch, capability, attention, dtype
+):
+    """FlashAttention-2's kernels and bf16 need compute capability 8+: a V100 (7.0) or T4 (7.5) with flash-attn
+    installed runs SDPA and fp16 with the Trainer's loss scaler, in every place that takes the dtype."""
+    from faultllm import modeling
+
+    cfg = compose_cfg("train")
+    with monkeypatch.context() as cuda:
+        cuda.setattr(torch.cuda, "is_available", lambda: True)
+        cuda.setattr(torch.cuda, "current_device", lambda: 0)
+        cuda.setattr(torch.cuda, "get_device_capability", lambda *device: capability)
+        cuda.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="GPU", total_memory=2**34))
+        cuda.setattr(modeling, "flash_attention_available", lambda: True)
+        plan = hardware_plan(cfg.model)
+        if capability < (8, 0):
+            with pytest.raises(FaultLLMError, match=r"compute capability 8\.0 or newer"):
+                hardware_plan(compose_cfg("train", ["model.attn_implementation=flash_attention_2"]).model)
+    assert (plan.attn_implementation, plan.dtype) == (attention, dtype)
+    assert quantization_config(plan).bnb_4bit_compute_dtype == getattr(torch, dtype)
+    options = TrainOptions.from_config(cfg.trainer, 0, 16, False)
+    args = sft_config(options, replace(plan, device="cpu"), 8, Path("x"), False)
+    assert (args.fp16, args.bf16) == (dtype == "float16", dtype == "bfloat16")  # fp16: a GradScaler
+
+
 def test_checkpointing_is_decided_from_the_estimated_memory_need():
     plan = hardware_plan(ModelConfig(**AUTO), gpu=H100, flash_attn_available=True)
     study, batch16 = Step(1000, 5), Step(16_000, 80)

@@ -60,6 +60,24 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
     assert (by_restricted[valid] == by_generation[valid].astype(int)).mean() >= 0.95
 
 
+@pytest.mark.slow
+def test_generated_answers_of_a_run_with_lora_dropout_are_those_of_the_reopened_run(tiny_cache, easy_csv, tmp_path):
+    """train's final decoding gets the Trainer's model in train mode; with LoRA dropout on, its answers differed
+    from those of `evaluate` on the saved adapter (which reloads in eval mode)."""
+    from faultllm.jobs.evaluate import run as evaluate_run
+    from faultllm.jobs.train import run as train
+
+    decoding = ["eval.mode=generate", "eval.generate_batch_size=8"]
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
+    train(load_config("train", [*overrides, "lora.dropout=0.5", *decoding]), tmp_path / "run")
+    evaluate_run(load_config("evaluate", [f"run_dir={tmp_path / 'run'}", *decoding]), tmp_path / "eval")
+    in_run, reopened = (
+        pd.read_csv(tmp_path / name / "predictions.csv", keep_default_na=False)["output"].tolist()
+        for name in ("run", "eval")
+    )
+    assert in_run == reopened
+
+
 def test_evaluate_on_a_table_given_by_path(trained_run, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate_run
     from tests.conftest import easy_frame
@@ -154,6 +172,46 @@ def test_loss_mask_covers_exactly_the_answer_and_bos_appears_once(tiny_cache, ea
         assert answer == ids[len(prompt_ids) :]
         label = row["completion"].removesuffix("</s>")[-1]
         assert tokenizer.convert_ids_to_tokens(answer) == ["▁Y", "▁=", "▁", label, "</s>"]  # one EOS: ours, not TRL's
+
+
+def test_flash_attention_2_trains_on_padding_free_batches_with_the_padded_loss(tiny_cache, easy_csv, tmp_path):
+    """FlashAttention-2 on a padded batch unpads it in every layer (a host sync each): with FA2 chosen the rows go
+    concatenated, with position ids and the sequence bounds, no attention mask. Checked with SDPA on the CPU
+    (transformers masks packed rows block-diagonally from their position ids): the loss, on the answer tokens
+    only, is the padded batch's."""
+    from dataclasses import replace
+
+    import torch
+
+    from faultllm.modeling import build_for_training
+    from faultllm.training import sft_config, sft_trainer
+
+    cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"])  # 0.5, 0.51: lengths vary
+    spec, prompts, options = _training_setup(cfg, 6)
+    assert not sft_config(options, spec.plan, 6, tmp_path, False).padding_free  # SDPA takes padded batches
+    model, tokenizer = build_for_training(spec, cfg.seed)  # SDPA: flash-attn needs CUDA
+    flash = replace(spec.plan, attn_implementation="flash_attention_2")
+    trainer = sft_trainer(model, tokenizer, prompts.sft_rows(), options, flash, tmp_path, checkpoints=False)
+    examples = [trainer.train_dataset[i] for i in range(6)]
+    free = trainer.data_collator(examples)
+    padded = replace(trainer.data_collator, padding_free=False)(examples)
+    lengths = [len(example["input_ids"]) for example in examples]
+    assert "attention_mask" not in free and free["input_ids"].shape == (1, sum(lengths))
+    assert free["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    assert free["cu_seq_lens_q"].tolist() == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert len(set(lengths)) > 1 and not padded["attention_mask"].all()  # the padded batch really is padded
+    answers = [[t for t, label in zip(*pair, strict=True) if label != -100] for pair in _rows(padded)]
+    assert [t for t in free["labels"][0].tolist() if t != -100] == [t for answer in answers for t in answer]
+    assert all(len(answer) == 5 for answer in answers)  # ▁Y ▁= ▁ k </s>: the answer tokens only
+    model.eval()  # no dropout: the two forwards see the same adapters
+    with torch.no_grad():
+        loss_free, loss_padded = (trainer.compute_loss(model, batch).item() for batch in (free, padded))
+    assert loss_free == pytest.approx(loss_padded, rel=1e-5)
+
+
+def _rows(batch: dict):
+    """(input ids, labels) per row of a padded batch."""
+    return zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True)
 
 
 def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):

@@ -9,6 +9,7 @@ so start-up, kernel selection and first allocations are not counted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import sys
@@ -130,6 +131,17 @@ def device_used_bytes() -> int:
         return total - free
 
 
+def peaks_from_here() -> None:
+    """CUDA peaks from now on only: what the setup freed (model.init=random's weights built on the GPU, the
+    load's temporaries) is handed back to the device first, else torch's cache keeps it reserved and the
+    reserved and device-wide peaks would count it as the training steps' memory."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
 def process_peak_bytes() -> int:
     """This process's peak resident memory (CPU runs): ru_maxrss is KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -176,7 +188,7 @@ def timed_training(run: Setup, rows: list[dict], warmup: int, steps: int) -> tup
     cuda = run.spec.plan.device == "cuda"
     window = TimedWindow(warmup, steps, lambda: _sync(run.spec.plan), device_used_bytes if cuda else lambda: 0)
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        peaks_from_here()
     with TemporaryDirectory() as tmp:
         trainer = sft_trainer(run, rows, Path(tmp))
         trainer.args.max_steps = warmup + steps  # overrides epochs; the data loader cycles when rows run out

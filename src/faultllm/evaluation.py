@@ -134,26 +134,66 @@ def score(
     `progress`: a progress bar with that title. Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
     rank gets every score, each batch computed once.
     """
-    import torch
-
     device = next(model.parameters()).device
     label_index = {label: i for i, label in enumerate(space.labels)}
     encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded])  # similar lengths per batch: less padding
     batches = [order[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
     scored = []
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), _attention_taking_masks(model) as attention:
+    with inference(model), _attention_taking_masks(model) as attention, _head_in_fp32(model):
         for index in tqdm(shard(len(batches)), desc=progress, disable=progress is None, unit="batch"):
             rows = batches[index]
             batch = _Batch([encoded[i] for i in rows], [label_index[true_labels[i]] for i in rows], attention)
             scored.append((rows, *_score_batch(model, batch, space, tokenizer.pad_token_id, device)))
-    model.train(was_training)
     log_probs, loss = np.zeros((len(prompts), len(space.labels))), np.zeros(len(prompts))
     for rows, batch_log_probs, batch_loss in gather(scored):
         log_probs[rows], loss[rows] = batch_log_probs, batch_loss
     return Scores(log_probs=log_probs, loss=loss)
+
+
+@contextmanager
+def inference(model):
+    """Eval mode (no LoRA dropout) without autograd for one scoring or decoding pass, then the model's mode
+    as it was: a Trainer leaves its model in train mode, and scoring between epochs must not change that."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+HEAD_CHUNK_ROWS = 16_384  # vocabulary rows cast to fp32 at a time: a bf16 head is never copied whole
+
+
+@contextmanager
+def _head_in_fp32(model):
+    """The LM head's logits in fp32, outside autocast: under bf16 autocast they would be rounded to bf16
+    (~0.05 nats on a 7B head) before the log-softmax that scores the labels. The head is fp32 already
+    on the 4-bit path (k-bit preparation upcasts it); a bf16 head is cast in chunks of rows."""
+    import torch
+
+    head = model.get_output_embeddings()
+    own_forward = head.__dict__.get("forward")
+
+    def forward(hidden):
+        with torch.autocast(hidden.device.type, enabled=False):
+            hidden, bias = hidden.float(), None if head.bias is None else head.bias.float()
+            chunks = [torch.nn.functional.linear(hidden, rows.float()) for rows in head.weight.split(HEAD_CHUNK_ROWS)]
+            logits = torch.cat(chunks, dim=-1)
+            return logits if bias is None else logits + bias
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if own_forward is None:
+            del head.forward
+        else:
+            head.forward = own_forward
 
 
 @contextmanager
@@ -285,15 +325,14 @@ def parse_answer(text: str, labels: list):
 
 
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1) -> list[str]:
-    """Greedy decoding, left padded; the study used batch 1 and 5 new tokens. Under torchrun/accelerate the
-    batches are shared out between the ranks and gathered, as in `score`: every rank gets every answer."""
-    import torch
-
+    """Greedy decoding in eval mode (no LoRA dropout), left padded; the study used batch 1 and 5 new tokens.
+    Under torchrun/accelerate the batches are shared out between the ranks and gathered, as in `score`: every
+    rank gets every answer."""
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     starts = range(0, len(prompts), batch_size)
     decoded = []  # (first row, the batch's answers)
-    with torch.inference_mode():
+    with inference(model):
         for start in (starts[index] for index in shard(len(starts))):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
             out = model.generate(

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Gpu:
     name: str
     memory_gib: float
-    bf16: bool  # Ampere and newer; T4 and V100 compute in fp16
+    bf16: bool  # compute capability 8+ (Ampere and newer): bf16 and FlashAttention-2; T4 and V100: fp16 on SDPA
 
 
 def detect_gpu() -> Gpu | None:
@@ -73,8 +73,8 @@ def hardware_plan(
     if gpu == DETECT:
         gpu = detect_gpu()
     cuda = gpu is not None
-    if flash_attn_available is None:
-        flash_attn_available = cuda and flash_attention_available()
+    if flash_attn_available is None:  # not asked on a GPU older than Ampere, which never runs it
+        flash_attn_available = cuda and gpu.bf16 and flash_attention_available()
     quantization = model_cfg.quantization
     if quantization == "auto":
         quantization = "nf4" if cuda else "none"
@@ -87,7 +87,7 @@ def hardware_plan(
     return HardwarePlan(
         device="cuda" if cuda else "cpu",
         quantization=quantization,
-        attn_implementation=_attention(model_cfg.attn_implementation, cuda, flash_attn_available),
+        attn_implementation=_attention(model_cfg.attn_implementation, gpu, flash_attn_available),
         dtype=("bfloat16" if gpu.bf16 else "float16") if cuda else "float32",
         optimizer=optimizer,
         gradient_checkpointing=checkpointing if checkpointing is None else bool(checkpointing),
@@ -96,12 +96,20 @@ def hardware_plan(
     )
 
 
-def _attention(requested: str, cuda: bool, flash_attn_available: bool) -> str:
+def _attention(requested: str, gpu: Gpu | None, flash_attn_available: bool) -> str:
+    """FlashAttention-2 where it runs: an Ampere or newer GPU (its kernels need compute capability 8+; on a
+    T4 or V100 they fail at the first forward) with flash-attn installed; else SDPA."""
+    usable = gpu is not None and gpu.bf16 and flash_attn_available
     if requested == "auto":
-        if cuda and not flash_attn_available:
+        if gpu is not None and gpu.bf16 and not flash_attn_available:
             log.warning("FlashAttention-2 is not installed for this torch/CUDA: attention runs on SDPA")
-        return "flash_attention_2" if cuda and flash_attn_available else "sdpa"
-    if requested == "flash_attention_2" and not (cuda and flash_attn_available):
+        return "flash_attention_2" if usable else "sdpa"
+    if requested == "flash_attention_2" and gpu is not None and not gpu.bf16:
+        raise FaultLLMError(
+            f"model.attn_implementation=flash_attention_2 needs compute capability 8.0 or newer (Ampere); "
+            f"{gpu.name} is older: use model.attn_implementation=sdpa"
+        )
+    if requested == "flash_attention_2" and not usable:
         raise FaultLLMError(
             "model.attn_implementation=flash_attention_2 needs CUDA and a flash-attn build matching torch "
             "(see README: GPU install); or use model.attn_implementation=sdpa"

@@ -307,6 +307,9 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         fp16=plan.dtype == "float16",
         completion_only_loss=True,  # loss on ` Y = k</s>` only: the study's whole-sequence loss rewarded copying numbers
         max_length=None,  # dynamic padding to the longest row of each batch; nothing is truncated
+        # FlashAttention-2 on a padded batch unpads it in every layer, a host sync each (cu_seqlens from the mask):
+        # its rows go concatenated instead, with position ids and sequence bounds the collator computes on the CPU
+        padding_free=plan.attn_implementation == "flash_attention_2",
         logging_steps=max(1, steps_per_epoch // 4),
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback that stops the run
         save_strategy="epoch" if checkpoints else "no",
