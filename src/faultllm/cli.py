@@ -119,7 +119,7 @@ def command_help(command: str, config_name: str, overrides: list[str] | None = N
     defaults = _composed_values(config_name, [o for o in overrides or [] if o not in ("-h", "--help")])
     keys = [
         f"\n{row.key}  {row.description}" if row.group
-        else f"  {row.key} ({row.kind}; default {_shown(defaults, row.key)}): {row.description}"
+        else f"  {row.key} ({row.kind}; {_default(defaults, row.key)}): {row.description}"
         for row in key_help(JOBS[config_name])
     ]  # fmt: skip
     return "\n".join([
@@ -141,15 +141,16 @@ def _composed_values(config_name: str, overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose(config_name), resolve=False)
 
 
-def _shown(values: dict, key: str, width: int = 60) -> str:
-    """A value as it is written on the command line (null, true, [a, b]), cut to `width` characters."""
+def _default(values: dict, key: str, width: int = 60) -> str:
+    """`default VALUE` as it is written on the command line (null, true, [a, b]), cut to `width` characters;
+    `required` for a key without one."""
     value = values
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     if value == "???":
         return "required"
     text = _yaml(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return "default " + (text if len(text) <= width else text[: width - 3] + "...")
 
 
 def _yaml(value: object) -> str:
