@@ -38,7 +38,7 @@ commands:
 {commands}
 
 Every command takes Hydra's flags too: --cfg job (print the config), --help, hydra.run.dir=DIR, -m (multirun).
-Configs: {config_dir} (what each key means: faultllm COMMAND --help); see README.md."""
+Configs: {config_dir} (every key with its type, default and meaning: faultllm COMMAND --help); see README.md."""
 
 
 def _usage() -> str:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = hide_passwords(argv[len(command.split()) :])  # Hydra, its files and the job never see the password
     config_name, module, _ = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in overrides):
-        print(command_help(command, config_name))
+        print(command_help(command, config_name, overrides))
         return 0
     if command == "report":
         overrides = report_overrides(overrides)
@@ -104,9 +104,11 @@ def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
     return overrides
 
 
-def command_help(command: str, config_name: str) -> str:
-    """What the command does (the opening comment of its config) and its config's top-level keys."""
-    from faultllm.config import CONFIG_DIR, config_keys
+def command_help(command: str, config_name: str, overrides: list[str] | None = None) -> str:
+    """What the command does (the opening comment of its config) and every key it reads: type, default (as
+    composed with the given overrides) and meaning, from `faultllm.schema`."""
+    from faultllm.config import CONFIG_DIR
+    from faultllm.schema import JOBS, key_help
 
     path = CONFIG_DIR / f"{config_name}.yaml"
     header = []
@@ -114,12 +116,51 @@ def command_help(command: str, config_name: str) -> str:
         if not line.startswith("#"):
             break
         header.append(line.lstrip("# ").rstrip())
-    keys = ", ".join(f"{key}.*" if is_group else key for key, is_group in config_keys(config_name).items())
+    defaults = _composed_values(config_name, [o for o in overrides or [] if o not in ("-h", "--help")])
+    keys = [
+        f"\n{row.key}  {row.description}" if row.group
+        else f"  {row.key} ({row.kind}; {_default(defaults, row.key)}): {row.description}"
+        for row in key_help(JOBS[config_name])
+    ]  # fmt: skip
     return "\n".join([
         f"faultllm {command}: {COMMANDS[command][2]}", "", *header, "",
-        f"config: {path}   keys: {keys}   (each key's type, default and meaning: faultllm/schema.py)",
-        f"faultllm {command} --cfg job [key=value ...] prints the whole composed config; see README.md.",
+        f"keys (set any with key=value; defaults from {path} and the overrides given):", *keys, "",
+        f"faultllm {command} --cfg job [key=value ...] prints the whole composed config.",
     ])  # fmt: skip
+
+
+def _composed_values(config_name: str, overrides: list[str]) -> dict:
+    """The command's config as plain values, interpolations unresolved; without the overrides if they fail."""
+    from omegaconf import OmegaConf
+
+    from faultllm.config import compose
+
+    try:
+        return OmegaConf.to_container(compose(config_name, overrides), resolve=False)
+    except Exception:  # a bad override: the defaults still answer --help
+        return OmegaConf.to_container(compose(config_name), resolve=False)
+
+
+def _default(values: dict, key: str, width: int = 60) -> str:
+    """`default VALUE` as it is written on the command line (null, true, [a, b]), cut to `width` characters;
+    `required` for a key without one."""
+    value = values
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value == "???":
+        return "required"
+    text = _yaml(value)
+    return "default " + (text if len(text) <= width else text[: width - 3] + "...")
+
+
+def _yaml(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_yaml, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 # Hydra flags that only print: their config is not checked first.

@@ -107,7 +107,7 @@ def _print_summary(cfg: TrainJob, metrics: dict, seconds: float, run_dir: Path) 
             "train accuracy / loss": f"{train['accuracy']:.3f} / {train.get('loss', nan):.4f}",
             "test accuracy / macro-F1": f"{test['accuracy']:.3f} / {test['macro_f1']:.3f}",
             "test loss": f"{test.get('loss', nan):.4f}",
-            "training time": f"{seconds:.1f} s",
+            "training time": f"{seconds:.1f} s" if cfg.trainer.epochs else "no training (epochs=0)",
             "written to": str(run_dir),
         },
     )

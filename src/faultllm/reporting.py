@@ -45,11 +45,12 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds."""
+    """`comparison.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds
+    (one run has neither, and says so)."""
 
     def ci(row, key: str) -> str:
         low, high = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
-        return "" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]"
+        return "n/a (1 seed)" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]"
 
     return pd.DataFrame({
         "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"],

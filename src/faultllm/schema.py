@@ -10,9 +10,16 @@ objects (or plain values), never Hydra's untyped config tree.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
+import io
+import tokenize
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from faultllm.distributed import DDP_TIMEOUT
@@ -135,31 +142,33 @@ def trackers(report_to: str | list) -> tuple[str, ...]:
 class DataConfig:
     """configs/data/*.yaml: where the rows come from, which labels, how many, and how they are scaled."""
 
-    loader: str = one_of(*LOADERS, default="table")
+    loader: str = one_of(*LOADERS, default="table")  # how data.path is read: the HST CSV, TEP files, any table
     display_name: str | None = "the monitored system"  # names the data set in summaries and system prompts
-    system_prompt: str = (
+    system_prompt: str = (  # the system turn of every prompt, at training and inference alike
         "You are an expert in fault diagnosis of industrial systems. You are capable of accurately determining "
         "the system state based on given variables and their values. Below is a sample of the monitoring data."
     )
     path: str | None = None  # a file (hst, table) or a directory (tep)
     test_path: str | None = None  # table: a separate test file
-    label_column: str = "label"  # table
+    label_column: str = "label"  # table: the column holding the label
     feature_columns: list[str] | None = None  # table; null: every column but label/group/drop_columns
-    drop_columns: list[str] = field(default_factory=list)  # table
+    drop_columns: list[str] = field(default_factory=list)  # table: columns that are never features (ids, times)
     group_column: str | None = None  # table: a run id; rows of one run stay on one side of a split
     labels: list[Any] | None = None  # null: every label present
     train_size: int = at_least(240, 1)  # balanced over the labels
-    test_size: int = at_least(60, 1)
+    test_size: int = at_least(60, 1)  # balanced over the labels
     drop_duplicates: bool = True  # a row copied on both sides would leak
     normalize: bool = True  # min-max scaling, fitted on training rows only
-    scale_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    scale_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [low, high] of the min-max scaling
     missing_rate: float = at_least(0.0, 0.0, below=1.0)  # MCAR: this fraction of the test rows' values blanked
     missing_in_train: bool = False  # blank the training rows too
     allow_missing: bool = False  # empty cells in the input files are missing values instead of an error
     use_testing_files: bool = True  # tep: test rows from the testing files (the study); false: hold out whole runs
     prefault: str = one_of("drop", "relabel")  # tep: rows of a faulty run before the fault starts
-    fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 160})  # tep (Rieth)
-    braatz_fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 0, "test": 160})  # tep (Braatz)
+    # tep, Rieth files: the sample at which a faulty run's fault starts, per side
+    fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 160})
+    # tep, Braatz files: the same
+    braatz_fault_onset: dict[str, int] = field(default_factory=lambda: {"train": 0, "test": 160})
     cache_dir: str = "${cache_dir}/tables"  # columnar copies of slow-to-parse files
 
     def __post_init__(self) -> None:
@@ -186,7 +195,7 @@ class PromptConfig:
     missing: str = one_of(*MISSING_STYLES)  # a missing value: "unknown" in its place, or omitted
     feature_order: str = one_of(*FEATURE_ORDERS)  # importance: by a baselines run's importances (importance_from)
     importance_from: str | None = None  # a `faultllm baselines` run (or multirun) on the same split
-    importance_model: str = one_of(*BASELINE_MODELS)
+    importance_model: str = one_of(*BASELINE_MODELS)  # whose importances order the features (importance_from)
     template: str = one_of(*TEMPLATES)  # llama2: the study's [INST] <<SYS>> layout; chat: the tokenizer's template
     chat_template: str | None = None  # with template=chat: a Jinja file used instead of the tokenizer's own
     # in-context examples: solved training rows (balanced over labels, seeded) put before the question,
@@ -221,13 +230,12 @@ class ModelConfig:
     gradient_checkpointing: Any = one_of("auto", True, False)  # auto: on CUDA, when the estimate says it is needed
     # build=tiny: the few-layer Llama built locally (shipped prebuilt for configs/model/tiny.yaml's spec)
     build: str | None = one_of("tiny", default=None, nullable=True)
-    hidden_size: int | None = at_least(None, 1)
-    # also with init=random: only the first `layers` layers of the real architecture (a CPU smoke of its shapes)
-    layers: int | None = at_least(None, 1)
-    heads: int | None = at_least(None, 1)
-    vocab_size: int | None = at_least(None, 1)
-    warmup_steps: int | None = at_least(None, 0)
-    seed: int | None = None
+    hidden_size: int | None = at_least(None, 1)  # build=tiny: width
+    layers: int | None = at_least(None, 1)  # build=tiny: transformer blocks; init=random: keep the first N (the real shapes on a CPU)
+    heads: int | None = at_least(None, 1)  # build=tiny: attention heads
+    vocab_size: int | None = at_least(None, 1)  # build=tiny: tokenizer vocabulary
+    warmup_steps: int | None = at_least(None, 0)  # build=tiny: steps warming it up on the prompt layout
+    seed: int | None = None  # build=tiny: the seed it is built from
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -250,9 +258,9 @@ def _check_optimizer(name: str) -> None:
 class LoraConfig:
     """LoRA adapters (`faultllm train lora.r=64 lora.alpha=16 lora.dropout=0.1`)."""
 
-    r: int = at_least(64, 1)
-    alpha: int = at_least(16, 1)
-    dropout: float = at_least(0.1, 0.0, below=1.0)  # at 1 LoRA would see only zeros
+    r: int = at_least(64, 1)  # rank of each adapter's low-rank update
+    alpha: int = at_least(16, 1)  # scaling: the update is multiplied by alpha / r
+    dropout: float = at_least(0.1, 0.0, below=1.0)  # on the adapters' input; below 1: at 1 LoRA would see only zeros
     target_modules: Any = "all-linear"  # every linear layer of every block (not lm_head); or [q_proj, v_proj]
 
     def __post_init__(self) -> None:
@@ -267,12 +275,12 @@ class TrainerConfig:
     """The study's setup by default: AdamW, constant learning rate, 20 epochs, batch 1, no accumulation."""
 
     epochs: int = at_least(20, 0)  # 0: no training; the base model is evaluated as it is (zero-/few-shot)
-    batch_size: int = at_least(1, 1)
-    grad_accum: int = at_least(1, 1)
-    learning_rate: float = at_least(2e-4, 0.0, strict=True)
-    lr_scheduler: str = one_of(*LR_SCHEDULERS, default="constant")
-    weight_decay: float = at_least(0.0, 0.0)
-    max_grad_norm: float = at_least(1.0, 0.0)  # 0: no clipping
+    batch_size: int = at_least(1, 1)  # rows per step (per process)
+    grad_accum: int = at_least(1, 1)  # steps whose gradients are summed per optimizer step
+    learning_rate: float = at_least(2e-4, 0.0, strict=True)  # AdamW's peak learning rate
+    lr_scheduler: str = one_of(*LR_SCHEDULERS, default="constant")  # transformers' schedule; the study's: constant
+    weight_decay: float = at_least(0.0, 0.0)  # AdamW's decoupled weight decay
+    max_grad_norm: float = at_least(1.0, 0.0)  # gradient clipping; 0: none
     eval_each_epoch: bool = True  # restricted-label loss and accuracy on train and test after every epoch
     resume: bool = True  # continue from the last checkpoint in the run directory (rerun with hydra.run.dir=DIR)
     report_to: Any = "none"  # tensorboard | mlflow | wandb | ...; a list for several: [tensorboard,mlflow]
@@ -290,8 +298,8 @@ class EvalConfig:
     """How a model is scored (`faultllm evaluate run_dir=DIR eval.mode=generate`)."""
 
     mode: str = one_of(*EVAL_MODES)  # restricted: score only the valid labels; generate: greedy tokens + parse
-    batch_size: int = at_least(16, 1)
-    max_new_tokens: int = at_least(5, 1)  # generate mode
+    batch_size: int = at_least(16, 1)  # rows per restricted-scoring forward pass
+    max_new_tokens: int = at_least(5, 1)  # generate mode: tokens decoded per answer
     generate_batch_size: int = at_least(1, 1)  # generate mode; the study decoded one row at a time
     split_path: str | None = None  # evaluate: a CSV/Parquet of raw rows instead of the run's test split
 
@@ -333,8 +341,8 @@ class SearchParam:
 class HpoConfig:
     """Optuna TPE over stratified K folds (configs/hpo/default.yaml holds the study's search space)."""
 
-    n_trials: int = at_least(100, 1)
-    folds: int = at_least(5, 2)
+    n_trials: int = at_least(100, 1)  # finished trials to run, over all workers (failed ones do not count)
+    folds: int = at_least(5, 2)  # stratified, run-grouped cross-validation folds per trial
     objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
     pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
     # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
@@ -346,9 +354,9 @@ class HpoConfig:
     # null: sqlite in the run directory; or sqlite:////path/db, postgresql://user@host/db (password: PGPASSWORD,
     # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), /nfs/study.log
     storage: str | None = None
-    study_name: str = "faultllm"
+    study_name: str = "faultllm"  # the Optuna study in the storage (several may share one database)
     heartbeat_interval: int = at_least(60, 1)  # a worker silent for grace_period s has its trial or claim redone
-    grace_period: int = at_least(180, 1)
+    grace_period: int = at_least(180, 1)  # seconds; heartbeats every heartbeat_interval seconds
     # a trial out of GPU memory fails alone (reason in trials.csv) and the search goes on; halve_batch: and is
     # queued once more at half trainer.batch_size, twice grad_accum
     on_oom: str = one_of(*ON_OOM)
@@ -383,10 +391,11 @@ class BaselinesConfig:
     # xgb, lgbm, catboost need the `boosting` extra; a missing package skips its model with a notice
     models: list[str] = field(default_factory=lambda: list(BASELINE_MODELS))
     tune: bool = False  # true: Optuna per model over the same stratified folds as `faultllm hpo`
-    n_trials: int = at_least(30, 1)
-    folds: int = at_least(5, 2)
+    n_trials: int = at_least(30, 1)  # with tune=true: Optuna trials per model
+    folds: int = at_least(5, 2)  # with tune=true: cross-validation folds
+    # models whose feature importances go into feature_importances.csv
     importances_for: list[str] = field(default_factory=lambda: ["rf", "gbm", "hgb", "xgb", "lgbm", "catboost"])
-    permutation_repeats: int = at_least(10, 1)
+    permutation_repeats: int = at_least(10, 1)  # shuffles per feature in the permutation importances
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -406,7 +415,7 @@ class ExplainConfig:
     n_attribution_rows: int = at_least(40, 1)  # rows averaged in the attribution (x features scoring passes)
     reference: str = one_of("median", "midpoint")  # occlusion value: training median, or the scaled range's middle
     baselines_dir: str | None = None  # a `faultllm baselines` run on the same split, for the comparison
-    top_k: int = at_least(5, 1)
+    top_k: int = at_least(5, 1)  # features compared with the baselines' top ones (top-k overlap)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -432,9 +441,10 @@ class PredictConfig:
 class RunSettings:
     """What every command that makes a split shares (configs/base.yaml)."""
 
-    seed: int = 42
+    seed: int = 42  # draws the split, the model's initialisation and every sample
     progress: bool | None = None  # progress bars; null: when the output is a terminal
-    cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"  # columnar copies of data files, built models
+    # columnar copies of data files, built models
+    cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
@@ -509,7 +519,7 @@ class PlanConfig:
     mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)
     throughput_from: str | None = None  # a `faultllm bench` run directory (or its bench.json): measured rates instead
     expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # HPO's expected case: the share of fold-epochs pruning
-    #   saves (0.28: measured on CPU, README "HPO pruning"); the worst case prunes nothing
+    #   saves (0.28: measured on CPU, docs/measurements.md, "HPO pruning"); the worst case prunes nothing
     tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
     #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id
     load_seconds: float | None = at_least(None, 0.0)  # one base-model load and quantization; null: 2 bytes/param at 1 GB/s
@@ -562,15 +572,15 @@ class BaselinesJob(RunSettings):
 @dataclass
 class EvaluateJob:
     run_dir: str = MISSING  # a `faultllm train` run directory
-    progress: bool | None = None
+    progress: bool | None = None  # progress bars; null: when the output is a terminal
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass
 class ExplainJob:
     run_dir: str = MISSING  # a `faultllm train` run directory
-    seed: int = 42
-    progress: bool | None = None
+    seed: int = 42  # seeds sampling and generation
+    progress: bool | None = None  # progress bars; null: when the output is a terminal
     eval: EvalConfig = field(default_factory=EvalConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
@@ -579,8 +589,8 @@ class ExplainJob:
 class PredictJob:
     run_dir: str = MISSING  # a `faultllm train` or `faultllm baselines` run directory
     input: str = MISSING  # the rows to diagnose: a CSV/Parquet table with the run's feature columns
-    seed: int = 42
-    progress: bool | None = None
+    seed: int = 42  # seeds sampling and generation
+    progress: bool | None = None  # progress bars; null: when the output is a terminal
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
@@ -588,7 +598,7 @@ class PredictJob:
 @dataclass
 class ReportJob:
     run_dirs: list[str] = MISSING  # the run directories to compare (the command line's positional arguments)
-    progress: bool | None = None
+    progress: bool | None = None  # progress bars; null: when the output is a terminal
 
 
 JOBS: dict[str, type] = {
@@ -596,3 +606,85 @@ JOBS: dict[str, type] = {
     "evaluate": EvaluateJob, "explain": ExplainJob, "predict": PredictJob, "report": ReportJob,
     "plan": PlanJob, "bench": BenchJob,
 }  # fmt: skip
+
+
+# ---------------------------------------------------------------- what `faultllm COMMAND --help` lists
+
+
+@dataclass(frozen=True)
+class KeyHelp:
+    """One line of `faultllm COMMAND --help`: a key (or, with `group`, a heading for a group of keys)."""
+
+    key: str  # dotted, e.g. lora.r
+    kind: str  # its type with its allowed values or range, e.g. "int >= 1"; "" for a group
+    description: str  # the comments on the field in this file; a group's: its dataclass's docstring
+    group: bool = False
+
+
+def key_help(job: type, prefix: str = "") -> list[KeyHelp]:
+    """Every key of a command's dataclass in declaration order, each group heading the keys under it."""
+    hints, comments, rows = typing.get_type_hints(job), _field_comments(), []
+    for spec in fields(job):
+        hint, key = hints[spec.name], f"{prefix}{spec.name}"
+        if is_dataclass(hint):
+            rows += [KeyHelp(f"{key}.*", "", _first_line(hint.__doc__), group=True), *key_help(hint, f"{key}.")]
+        else:
+            owner = next(c for c in job.__mro__ if spec.name in getattr(c, "__annotations__", {}))  # RunSettings' keys
+            rows.append(KeyHelp(key, _kind(spec, hint), comments.get((owner.__name__, spec.name), "")))
+    return rows
+
+
+def _first_line(doc: str | None) -> str:
+    return " ".join((doc or "").split("\n\n")[0].split())
+
+
+def _kind(spec: Any, hint: Any) -> str:
+    """`one of a, b`, `int >= 1`, `str or null`: what a key accepts, as its checks see it."""
+    meta = spec.metadata
+    if "choices" in meta:
+        return "one of " + ", ".join(map(str, meta["choices"])) + (" or null" if meta["null"] else "")
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    nullable = type(None) in args
+    names = " | ".join(_type_name(a) for a in args if a is not type(None))
+    if "low" in meta:
+        names += f" {'>' if meta['strict'] else '>='} {meta['low']:g}" + (
+            f", < {meta['below']:g}" if meta["below"] is not None else ""
+        )
+    return names.replace("Any", "any") + (" or null" if nullable else "")
+
+
+def _type_name(hint: Any) -> str:
+    return (str(hint) if typing.get_args(hint) else getattr(hint, "__name__", str(hint))).replace("typing.", "")
+
+
+@functools.cache
+def _field_comments() -> dict[tuple[str, str], str]:
+    """(class, field) -> the comments that describe a field in this file: the comment lines just above it,
+    those on its own lines and the indented ones (`#   ...`) that continue them."""
+    source = Path(__file__).read_text()
+    comments = {
+        token.start[0]: token.string
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and "fmt:" not in token.string
+    }
+    lines, described = source.splitlines(), {}
+    for node in ast.parse(source).body:
+        for stmt in node.body if isinstance(node, ast.ClassDef) else ():
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                above = _comment_lines(stmt.lineno - 1, -1, comments, lines, continuation=False)
+                after = _comment_lines(stmt.end_lineno + 1, 1, comments, lines, continuation=True)
+                own = [comments[row] for row in range(stmt.lineno, stmt.end_lineno + 1) if row in comments]
+                text = " ".join(c.lstrip("#").strip() for c in [*reversed(above), *own, *after])
+                described[(node.name, stmt.target.id)] = text
+    return described
+
+
+def _comment_lines(row: int, step: int, comments: dict, lines: list[str], *, continuation: bool) -> list[str]:
+    """The comment-only lines from `row` on (step -1: upwards), that are (or are not) `#   ` continuations."""
+    found = []
+    while row in comments and lines[row - 1].lstrip().startswith("#"):
+        if comments[row].startswith("#   ") != continuation:
+            break
+        found.append(comments[row])
+        row += step
+    return found
