@@ -112,7 +112,7 @@ def _attention(requested: str, gpu: Gpu | None, flash_attn_available: bool) -> s
     if requested == "flash_attention_2" and not usable:
         raise FaultLLMError(
             "model.attn_implementation=flash_attention_2 needs CUDA and a flash-attn build matching torch "
-            "(see README: GPU install); or use model.attn_implementation=sdpa"
+            "(see docs/gpu.md); or use model.attn_implementation=sdpa"
         )
     return requested
 
