@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 def run(cfg: ReportJob, out_dir: Path):
     results = load_runs(list(cfg.run_dirs))
     runs = runs_table(results)
+    log.info(f"report: intervals over seeds and paired tests for {len(results)} model runs")
     summary, tests = aggregate(runs), paired_tests(results)
     out_dir = start_run(cfg, out_dir, "report")
     shown = summary_display(summary)
@@ -92,12 +93,13 @@ def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
             "calibration and selective prediction skip %s: no per-row probabilities (eval.mode=generate, or a "
             "run written before they were kept)", ", ".join(skipped)
         )  # fmt: skip
+    log.info("report: calibration and selective prediction")
     calibration = calibration_summary(results)
     if calibration.empty:
         return
     write_text(out_dir / "calibration.md", markdown(calibration_display(calibration)))
     write_csv(calibration, out_dir / "calibration.csv")
-    title = f"reliability, {largest} training rows\n(test rows pooled over seeds, 15 equal-mass bins)"
+    title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
     plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
     print_table("calibration on the test rows (mean ± sd over seeds)", calibration_display(calibration))
     selective, curves = selective_summary(results)
