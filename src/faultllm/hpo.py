@@ -129,7 +129,8 @@ def _train_folds(
     options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
     serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
-    log.info(f"trial {trial.number} starts: {', '.join(f'{k}={v}' for k, v in trial.params.items())}")
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    log.info(f"trial {trial.number} starts: {shown}")
     fold_results = []
     try:
         for index, fold in enumerate(fold_splits(raw, folds, trial_cfg.data.normalize, trial_cfg.data.scale_range)):

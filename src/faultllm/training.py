@@ -233,7 +233,8 @@ class _EpochCallback(TrainerCallback):
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
             self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
-        log.info(f"epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
+        fold = "" if self.options.title == TrainOptions.title else f"{self.options.title}: "  # HPO's trial and fold
+        log.info(f"{fold}epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(row)
 
