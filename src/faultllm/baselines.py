@@ -20,6 +20,7 @@ from faultllm.errors import FaultLLMError
 from faultllm.files import atomic_path
 from faultllm.loaders import LABEL
 from faultllm.metrics import classification_metrics
+from faultllm.progress import Progress
 from faultllm.schema import BOOSTING_PACKAGES
 from faultllm.splits import Split
 
@@ -195,7 +196,11 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
         return float(np.mean(scores))
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=n_trials)
+    progress = Progress(f"{name}: tuning over {len(folds)} folds, trial", n_trials)
+    try:
+        study.optimize(objective, n_trials=n_trials, callbacks=[lambda *_: progress.advance()])
+    finally:
+        progress.close()
     return study.best_params | {"cv_accuracy": study.best_value}
 
 

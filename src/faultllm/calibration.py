@@ -3,6 +3,7 @@
 - Expected calibration error (ECE), top-label: rows sorted by the confidence of the label answered,
   cut into 15 bins of equal size (equal mass: the last bins take one row fewer when the rows do not
   divide evenly), and the mean |accuracy - mean confidence| over the bins, weighted by their rows.
+  Each bin's accuracy comes with its 95% Wilson score interval (the shaded band of calibration.png).
 - Brier score: mean over rows of sum over labels of (p - 1[label is true])^2 (0 best, 2 worst).
 - Negative log-likelihood: mean of -ln p(true label), p clipped at 1e-12 (a model certain of a wrong
   label would otherwise score infinity).
@@ -59,7 +60,15 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -
         "rows": [len(part) for part in parts],
         "confidence": [float(confidence[part].mean()) for part in parts],
         "accuracy": [float(correct[part].mean()) for part in parts],
-    })  # fmt: skip
+    }).pipe(_with_wilson_interval)  # fmt: skip
+
+
+def _with_wilson_interval(bins: pd.DataFrame, z: float = 1.959964) -> pd.DataFrame:
+    """accuracy_low / accuracy_high: each bin's 95% Wilson score interval (inside [0, 1], also at 0 or 1)."""
+    n, p = bins["rows"].to_numpy(np.float64), bins["accuracy"].to_numpy(np.float64)
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return bins.assign(accuracy_low=centre - half, accuracy_high=centre + half)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:

@@ -287,13 +287,17 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
 
     from faultllm.config import CONFIG_DIR, validate
     from faultllm.errors import FaultLLMError
+    from faultllm.progress import use_bars
 
     def task(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        # the first line, before the heavy imports (torch, transformers) that take seconds
+        logging.getLogger(__name__).info(f"faultllm {command} starting in {run_dir}; loading libraries")
         try:
             config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.schema)
-            if config.progress is None:  # bars on a terminal; one line per epoch in logs and CI
+            if config.progress is None:  # bars on a terminal; lines every few seconds in logs and CI
                 config.progress = sys.stdout.isatty()
+            use_bars(config.progress)
             _quiet_known_noise(config.progress)
             job = importlib.import_module(f"faultllm.jobs.{module}")
             job.run(config, run_dir)

@@ -25,6 +25,7 @@ import pandas as pd
 from faultllm.baselines import NAMES
 from faultllm.calibration import Forecast, reliability, risk_coverage, scores, selective_scores
 from faultllm.errors import FaultLLMError
+from faultllm.progress import steps
 from faultllm.results import BaselineMetrics, TrainMetrics
 from faultllm.rundir import expand_run_dirs, read_config_tree, read_json, run_job
 
@@ -72,7 +73,8 @@ def load_runs(paths: list) -> list[ModelRun]:
     configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
     check_comparable(configs)
     names = llm_names({d: c for d, c in configs.items() if _kind(d) == "train"})
-    results = [r for run_dir in run_dirs for r in _model_runs(run_dir, names.get(run_dir))]
+    read = steps(run_dirs, "report: runs read")
+    results = [r for run_dir in read for r in _model_runs(run_dir, names.get(run_dir))]
     seen: dict[tuple, Path] = {}
     for r in results:
         if (r.model, r.fingerprint) in seen:

@@ -16,21 +16,25 @@ log-probabilities are kept, never full-vocabulary logits for the whole sequence.
 
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from faultllm.distributed import gather, shard
 from faultllm.errors import FaultLLMError
 from faultllm.metrics import classification_metrics
 from faultllm.modeling import ModelSpec, load_trained, load_untrained
+from faultllm.progress import steps as progress_steps
 from faultllm.prompts import Prompts, Serializer
 from faultllm.rundir import SavedRun
 from faultllm.schema import EvalConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def score(
 ) -> Scores:  # fmt: skip
     """Whole-answer log-probabilities of every label and the true answer's loss for each prompt, batched.
 
-    `progress`: a progress bar with that title. Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
+    `progress`: a progress bar with that title (without one, lines only once it takes seconds). Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
     rank gets every score, each batch computed once.
     """
     device = next(model.parameters()).device
@@ -141,7 +145,8 @@ def score(
     batches = [order[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
     scored = []
     with inference(model), _attention_taking_masks(model) as attention, _head_in_fp32(model):
-        for index in tqdm(shard(len(batches)), desc=progress, disable=progress is None, unit="batch"):
+        title = f"{progress or f'scoring {len(prompts)} prompts'}: batch"
+        for index in progress_steps(shard(len(batches)), title, bar=progress is not None, announce=False):
             rows = batches[index]
             batch = _Batch([encoded[i] for i in rows], [label_index[true_labels[i]] for i in rows], attention)
             scored.append((rows, *_score_batch(model, batch, space, tokenizer.pad_token_id, device)))
@@ -324,16 +329,20 @@ def parse_answer(text: str, labels: list):
     return None
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1) -> list[str]:
+def generate_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1, progress: str | None = None
+) -> list[str]:
     """Greedy decoding in eval mode (no LoRA dropout), left padded; the study used batch 1 and 5 new tokens.
     Under torchrun/accelerate the batches are shared out between the ranks and gathered, as in `score`: every
-    rank gets every answer."""
+    rank gets every answer. `progress` as for `score`."""
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     starts = range(0, len(prompts), batch_size)
     decoded = []  # (first row, the batch's answers)
+    title = f"{progress or f'generating for {len(prompts)} prompts'}: batch"
     with inference(model):
-        for start in (starts[index] for index in shard(len(starts))):
+        for index in progress_steps(shard(len(starts)), title, bar=progress is not None, announce=False):
+            start = starts[index]
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
@@ -362,6 +371,8 @@ class TrainedLLM:
         own training rows."""
         cfg = run.cfg
         spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+        adapter = "" if run.untrained else f" with the adapter of {run.run_dir}"
+        log.info(f"loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization){adapter}")
         if run.untrained:  # the tokenizer as the run prepared it: the same config
             model, tokenizer = load_untrained(spec)
         else:
@@ -373,13 +384,15 @@ class TrainedLLM:
         return cls(model, tokenizer, serializer)
 
 
-def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int):
+def evaluate_restricted(
+    model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int, progress: str | None = None
+):  # fmt: skip
     """(metrics, predictions with per-label probabilities) by restricted scoring.
 
     Besides the classification metrics: `loss`, the true answer's mean NLL per token (the SFT loss);
     `class_loss`, the mean -log p(true label | allowed labels); `valid_mass`, the mean probability the
     model puts on the valid answers together (1 when it never answers anything else)."""
-    scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size=batch_size)
+    scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size, progress)
     probabilities = scores.probabilities()
     predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
     predictions = _predictions(prompts, predicted)
@@ -395,9 +408,11 @@ def evaluate_restricted(model, tokenizer, prompts: Prompts, space: AnswerSpace, 
     return classification_metrics(prompts.truth, predicted, space.labels) | losses, predictions
 
 
-def evaluate_generated(model, tokenizer, prompts: Prompts, labels: list, max_new_tokens: int, batch_size: int):
+def evaluate_generated(
+    model, tokenizer, prompts: Prompts, labels: list, max_new_tokens: int, batch_size: int, progress: str | None = None
+):  # fmt: skip
     """The study's protocol: greedy decoding, parse `Y = k`; an unparseable answer counts as wrong."""
-    texts = generate_answers(model, tokenizer, prompts.texts, max_new_tokens, batch_size)
+    texts = generate_answers(model, tokenizer, prompts.texts, max_new_tokens, batch_size, progress)
     predicted = [parse_answer(text, labels) for text in texts]
     predictions = _predictions(prompts, predicted)
     predictions["output"] = texts
@@ -406,14 +421,15 @@ def evaluate_generated(model, tokenizer, prompts: Prompts, labels: list, max_new
 
 
 def evaluate_prompts(
-    model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg: EvalConfig
+    model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg: EvalConfig, progress: str | None = None
 ) -> tuple[dict, pd.DataFrame]:
-    """Metrics and a predictions table for one split, by `eval.mode` (restricted or generate)."""
+    """Metrics and a predictions table for one split, by `eval.mode` (restricted or generate); `progress`: the
+    bar's title (`score`)."""
     if eval_cfg.mode == "generate":
         return evaluate_generated(
-            model, tokenizer, prompts, space.labels, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size
+            model, tokenizer, prompts, space.labels, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size, progress
         )
-    return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size)
+    return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size, progress)
 
 
 def _predictions(prompts: Prompts, predicted: list) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import pandas as pd
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import TrainedLLM, answer_space, generate_answers, parse_answer, score
 from faultllm.loaders import LABEL
+from faultllm.progress import steps
 from faultllm.prompts import WHY_QUESTION
 from faultllm.reporting import markdown
 from faultllm.rundir import SavedRun, load_importances, read_json
@@ -30,7 +31,7 @@ def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], toke
     serializer = llm.serializer
     examples = serializer.examples(test)  # a few-shot run's in-context examples, as its evaluation showed them
     records = []
-    for row in rows:
+    for row in steps(rows, f"explain: probe rows answered ({len(token_budgets)} token budgets each)"):
         user = serializer.question(test[serializer.features].iloc[row].to_numpy(np.float64)) + WHY_QUESTION
         for budget in token_budgets:
             (output,) = generate_answers(llm.model, llm.tokenizer, [serializer.chat(user, examples[row])], budget)
@@ -56,7 +57,7 @@ def reference_values(run: SavedRun, how: str) -> pd.Series:
 
 
 def occlusion(
-    llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: pd.Series, batch_size: int, progress: bool = False
+    llm: TrainedLLM, test: pd.DataFrame, rows: list[int], reference: pd.Series, batch_size: int
 ):  # fmt: skip
     """Per row and feature: p(predicted label | original) - p(predicted label | feature set to reference).
     A few-shot run's rows keep their in-context examples while a feature is occluded."""
@@ -73,7 +74,7 @@ def occlusion(
     # feature-major: block j holds every row with feature j occluded
     occluded = pd.concat([test.assign(**{feature: reference[feature]}) for feature in features], ignore_index=True)
     texts = llm.serializer.render(occluded, examples=examples * len(features)).texts
-    title = f"occluding {len(features)} features x {len(rows)} rows" if progress else None
+    title = f"explain: occluding {len(features)} features x {len(rows)} rows"
     probabilities = score(
         llm.model, llm.tokenizer, texts, truth * len(features), space, batch_size, title
     ).probabilities()

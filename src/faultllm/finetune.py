@@ -7,6 +7,7 @@ learning_curves.{csv,png}, confusion_matrix.png and the split (split.json, train
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,8 @@ from faultllm.rundir import PROMPT_FEATURES, baseline_importances, save_split, w
 from faultllm.schema import PromptConfig, TrainJob
 from faultllm.splits import MinMaxScaler, Split
 from faultllm.training import FitResult, TrainOptions, fit, untrained
+
+log = logging.getLogger(__name__)
 
 
 def prompt_features(prompt: PromptConfig, features: list[str], seed: int, split_fingerprint: str) -> list[str]:
@@ -48,13 +51,13 @@ def train_on_split(
     serializer = Serializer.from_config(
         cfg.prompt, cfg.data.system_prompt, features, split.labels, spec.tokenizer(), cfg.seed, split.train
     )
+    log.info(f"writing {len(split.train)} train and {len(split.test)} test rows as prompts")
     sets = {"train": serializer.render(split.train, own_rows=True), "test": serializer.render(split.test)}
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    if not options.epochs:
+        log.info(f"loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization), not trained")
     result = fit(spec, sets["train"], sets, options, run_dir) if options.epochs else untrained(spec, sets["train"])
-    final = {
-        name: evaluate_prompts(result.model, result.tokenizer, p, result.answer_space, cfg.eval)
-        for name, p in sets.items()
-    }
+    final = {name: _final_scores(result, name, prompts, cfg) for name, prompts in sets.items()}
     metrics = TrainMetrics(
         train=SplitMetrics.from_json(final["train"][0]),
         test=SplitMetrics.from_json(final["test"][0]),
@@ -71,6 +74,11 @@ def train_on_split(
         _write_outputs(result, metrics, final["test"][1], cfg.eval.mode, run_dir, title)
         _print_summary(cfg, metrics, result.seconds, run_dir)
     return metrics
+
+
+def _final_scores(result: FitResult, name: str, prompts, cfg: TrainJob) -> tuple[dict, pd.DataFrame]:
+    log.info(f"scoring the {len(prompts.texts)} {name} rows ({cfg.eval.mode})")
+    return evaluate_prompts(result.model, result.tokenizer, prompts, result.answer_space, cfg.eval, f"scoring {name}")
 
 
 def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str, run_dir: Path, title: str) -> None:

@@ -9,7 +9,6 @@ whole training split and evaluated on the test split (the study's Table 4.1).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -130,11 +129,14 @@ def _train_folds(
     options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
     serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
     reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    log.info(f"trial {trial.number} starts: {shown}")
     fold_results = []
     try:
         for index, fold in enumerate(fold_splits(raw, folds, trial_cfg.data.normalize, trial_cfg.data.scale_range)):
             out_dir = run_dir / "trials" / f"{trial.number:04d}" / f"fold{index}"
-            fold_results.append(_fit_fold(spec, serializer, fold, options, out_dir, reporter.for_fold(index)))
+            fold_options = replace(options, title=f"trial {trial.number} fold {index + 1}/{len(folds)}")
+            fold_results.append(_fit_fold(spec, serializer, fold, fold_options, out_dir, reporter.for_fold(index)))
     except NonFiniteLoss as err:
         trial.set_user_attr("pruned_because", "loss is NaN")
         raise optuna.TrialPruned(str(err)) from None
@@ -346,7 +348,22 @@ def plot_study(study, run_dir: Path) -> None:
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     plots.optuna_plot(lambda: plot_optimization_history(study), run_dir / "optimization_history.png")
-    completed = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if len(completed) >= 2 and len({str(t.params) for t in completed}) >= 2:
-        with contextlib.suppress(RuntimeError, ValueError):  # importances need variation in the values
+    why = no_importances_reason([t for t in study.trials if t.state.name == "COMPLETE"])
+    if why is None:
+        try:
             plots.optuna_plot(lambda: plot_param_importances(study), run_dir / "param_importances.png")
+        except (RuntimeError, ValueError) as err:  # e.g. every trial scored the same
+            why = f"Optuna could not rank the parameters ({first_line(err)})"
+    if why is not None:
+        log.info(f"param_importances.png not written: {why}")
+
+
+def no_importances_reason(completed: list) -> str | None:
+    """Why parameter importances cannot be computed from these completed trials, or None."""
+    if len(completed) < 2:
+        return f"{len(completed)} trial(s) completed unpruned; importances need at least 2"
+    if len({str(t.params) for t in completed}) < 2:
+        return "every completed trial had the same parameters"
+    if len({t.value for t in completed}) < 2:
+        return f"every completed trial scored the same ({completed[0].value:.4f})"
+    return None

@@ -13,14 +13,16 @@ from faultllm.files import atomic_path
 
 
 @contextmanager
-def figure(path: Path, size: tuple[float, float], title: str | None = None, ncols: int = 1) -> Iterator:
+def figure(
+    path: Path, size: tuple[float, float], title: str | None = None, ncols: int = 1, nrows: int = 1
+) -> Iterator:
     """Yield (fig, axes) and save the figure to `path` when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=size)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size)
     try:
         yield fig, axes
         if title:
@@ -76,9 +78,8 @@ def comparison(summary: pd.DataFrame, path: Path) -> None:
     with figure(path, (max(5, 1.1 * len(summary)), 4.2)) as (_, ax):
         positions = np.arange(len(summary))
         for offset, key, name in ((-0.2, "test_accuracy", "test accuracy"), (0.2, "test_macro_f1", "test macro-F1")):
-            mean = summary[f"{key}_mean"].to_numpy()
-            error = np.nan_to_num([mean - summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] - mean])
-            ax.bar(positions + offset, mean, width=0.4, yerr=error, capsize=3, label=name)
+            ax.bar(positions + offset, summary[f"{key}_mean"], width=0.4, label=name)
+            interval_bars(ax, positions + offset, summary[f"{key}_ci_low"], summary[f"{key}_ci_high"])
         ax.set_xticks(list(positions), summary["Model"], rotation=30, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("test score (mean over seeds)")
@@ -86,6 +87,27 @@ def comparison(summary: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"test accuracy and macro-F1, {rows} training rows (bars: 95% interval over seeds)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # off the bars
+
+
+def interval_bars(ax, positions: np.ndarray, low, high) -> None:
+    """Each interval drawn from its low to its high end, as given: also one that excludes the mean
+    (error bars measured from the mean would have to be negative there); none where there is none."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    shown = np.isfinite(low) & np.isfinite(high)
+    if shown.any():
+        low, high = np.minimum(low[shown], high[shown]), np.maximum(low[shown], high[shown])
+        ax.errorbar(positions[shown], (low + high) / 2, yerr=(high - low) / 2, fmt="none", ecolor="black", capsize=3)
+
+
+def colours(n: int) -> list:
+    """n distinct colours: tab10, tab20 for up to 20 lines, evenly spaced hues beyond."""
+    import matplotlib
+
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
 
 
 def _style(model: str) -> dict:
@@ -105,19 +127,34 @@ def _unit_axes(ax, xlabel: str, ylabel: str, title: str, xmax: float) -> None:
 
 
 def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
-    """Reliability diagram: accuracy against mean confidence in equal-mass bins, one line per model."""
-    with figure(path, (10, 5.4)) as (_, ax):
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
-        for model, bins in curves.items():
-            ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, label=model, **_style(model))
-        _unit_axes(ax, "confidence (probability of the label answered; bin mean)", "accuracy in the bin", title, 1.02)
+    """Reliability diagrams, one small panel per model: accuracy against mean confidence in equal-mass bins
+    (its rows pooled over seeds), the bins' 95% intervals shaded (`accuracy_low`/`accuracy_high` where given)."""
+    ncols = min(3, len(curves))
+    nrows = -(-len(curves) // ncols)
+    with figure(path, (4.2 * ncols, 3.6 * nrows + 0.8), title=title, ncols=ncols, nrows=nrows) as (_, axes):
+        panels = np.atleast_1d(axes).ravel()
+        for ax, (model, bins), colour in zip(panels, curves.items(), colours(len(curves)), strict=False):
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            if {"accuracy_low", "accuracy_high"} <= set(bins):
+                ax.fill_between(bins["confidence"], bins["accuracy_low"], bins["accuracy_high"], color=colour, alpha=0.2)
+            ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, color=colour)
+            ax.set(xlim=(0, 1.02), ylim=(0, 1.02), title=f"{model}\n({int(bins['rows'].sum())} rows)")
+            ax.title.set_fontsize("small")
+            ax.grid(alpha=0.3)
+        for ax in panels[len(curves) :]:
+            ax.set_visible(False)
+        for ax in panels[max(0, len(curves) - ncols) : len(curves)]:  # the lowest panel of each column
+            ax.set_xlabel("confidence (bin mean)")
+        for ax in panels[::ncols]:
+            ax.set_ylabel("accuracy in the bin")
 
 
 def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     """Selective prediction: accuracy on the rows answered against the share answered, most confident first."""
     with figure(path, (10, 5.4)) as (_, ax):
-        for model, curve in curves.items():
-            ax.plot(curve["coverage"], curve["accuracy"], label=model, **_style(model))
+        for (model, curve), colour in zip(curves.items(), colours(len(curves)), strict=True):
+            label = f"{model} (area {curve['accuracy'].mean():.3f})"
+            ax.plot(curve["coverage"], curve["accuracy"], label=label, color=colour, **_style(model))
         _unit_axes(ax, "coverage (share of test rows answered, most confident first)", "accuracy on the rows answered",
                    title, 1)  # fmt: skip
 

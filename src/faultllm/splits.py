@@ -8,6 +8,7 @@ that moment (the whole training split, or one fold's training part: `fold_splits
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +17,8 @@ import pandas as pd
 from faultllm.errors import FaultLLMError
 from faultllm.loaders import GROUP, LABEL, RawData, load
 from faultllm.schema import DataConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Split:
 
 def make_split(data_cfg: DataConfig, seed: int) -> Split:
     """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled."""
+    log.info(f"loading {data_cfg.display_name or 'the data'} and drawing the split (seed {seed})")
     raw = load(data_cfg)
     labels = select_labels(raw, data_cfg.labels)
     pool = raw.pool[raw.pool[LABEL].isin(labels)]

@@ -37,6 +37,7 @@ from faultllm.modeling import (
     load_untrained,
     release_adapters,
 )
+from faultllm.progress import Progress
 from faultllm.prompts import Prompts
 from faultllm.schema import EPOCH_METRICS, TrainerConfig, trackers
 
@@ -65,6 +66,7 @@ class TrainOptions:
     progress: bool
     report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
     ddp_timeout: int = DDP_TIMEOUT  # seconds a collective waits for the other ranks (torchrun)
+    title: str = "training"  # what the progress lines call it (HPO: the trial and fold)
 
     @classmethod
     def from_config(cls, trainer: TrainerConfig, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
@@ -115,6 +117,7 @@ def fit(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = decide_resume(out_dir, options, checkpoints)
+    log.info(f"{options.title}: loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization)")
     model, tokenizer = build_for_training(spec, options.seed)
     space = answer_space(tokenizer, train)
     rows = train.sft_rows()
@@ -123,7 +126,8 @@ def fit(
         checkpointing_off(model)  # a reused base keeps what an earlier fold's Trainer turned on
     through = checkpoint_epoch(out_dir / "checkpoints") if resume else 0
     history = EpochHistory(out_dir / "epochs.jsonl", through=through)
-    callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch)]
+    callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch), _StepLines(options.title)]
+    log.info(f"{options.title}: tokenizing {len(rows)} rows")
     trainer = sft_trainer(model, tokenizer, rows, options, plan, out_dir, callbacks, checkpoints)
     callbacks[0].trainer = trainer
     started = time.perf_counter()
@@ -227,7 +231,8 @@ class _EpochCallback(TrainerCallback):
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
             self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
-        log.info(f"epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
+        fold = "" if self.options.title == TrainOptions.title else f"{self.options.title}: "  # HPO's trial and fold
+        log.info(f"{fold}epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -256,6 +261,23 @@ def sft_trainer(
         trainer.add_callback(_BarsOnly)
     keep_adapters_in_fp32(trainer.model)  # the optimizer is created at train(): it sees fp32 weights
     return trainer
+
+
+class _StepLines(TrainerCallback):
+    """Optimizer steps done, with an ETA from the pace so far: lines beside (or, on a terminal, under)
+    transformers' bar."""
+
+    def __init__(self, title: str) -> None:
+        self.title, self.progress = title, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if is_main_process():
+            what = f"{self.title}: optimizer steps ({args.num_train_epochs:g} epochs)"
+            self.progress = Progress(what, state.max_steps, bar=False, start=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(state.global_step)
 
 
 class _BarsOnly(ProgressCallback):

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from faultllm.baselines import (
     check_models,
@@ -24,6 +23,7 @@ from faultllm.baselines import (
 from faultllm.errors import FaultLLMError
 from faultllm.files import write_csv
 from faultllm.loaders import LABEL
+from faultllm.progress import steps
 from faultllm.reporting import print_table, write_table
 from faultllm.results import BaselineMetrics
 from faultllm.rundir import save_split, start_run, write_json
@@ -44,9 +44,10 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
 
     results, tables = {}, []
     predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
-    for name in tqdm(names, desc="baselines", disable=not cfg.progress):
+    for name in steps(names, "baselines: models done"):
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
         cv_accuracy = params.pop("cv_accuracy", None)
+        log.info(f"{name}: fitting on {len(split.train)} rows")
         model, predictions[name], probabilities, results[name] = fit_and_score(name, split, cfg.seed, params)
         for label in split.labels:  # for `report`'s calibration and selective prediction
             predictions[f"{name}_prob_{label}"] = probabilities[str(label)].to_numpy()
@@ -54,7 +55,9 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
         if folds:
             results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
         if name in cfg.baselines.importances_for:
-            tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
+            repeats = cfg.baselines.permutation_repeats
+            log.info(f"{name}: permutation importances, {len(split.features)} features x {repeats} repeats")
+            tables.append(importances(name, model, split, cfg.seed, repeats))
 
     write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use

@@ -29,7 +29,7 @@ def run(cfg: EvaluateJob, out_dir: Path) -> dict:
     out_dir = start_run(cfg, out_dir, "evaluate")
     prompts = llm.serializer.render(frame)
     space = answer_space(llm.tokenizer, prompts)
-    metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval)
+    metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval, f"scoring {source}")
     written = EvaluateMetrics.from_json(metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)})
     write_json(out_dir / "metrics.json", written.to_json())
     write_csv(predictions, out_dir / "predictions.csv")

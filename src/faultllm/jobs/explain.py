@@ -36,7 +36,7 @@ def run(cfg: ExplainJob, out_dir: Path) -> dict:
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
     write_csv(transcripts, out_dir / "transcripts.csv")
     reference = reference_values(saved, cfg.explain.reference)
-    effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size, cfg.progress)
+    effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size)
     write_csv(effects, out_dir / "attribution_rows.csv")
     table = aggregate(effects, saved.split.features)
     write_csv(table, out_dir / "attribution.csv")

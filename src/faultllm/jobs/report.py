@@ -6,7 +6,7 @@ each LLM against each other LLM and each baseline on the same test rows: exact M
 paired t-test over seeds (the exact sign test where every seed has the same gap), raw and Holm-adjusted
 p-values (paired_tests.{md,csv}); accuracy against training rows when the runs vary data.train_size
 (train_size_curve.png). For every model that kept per-row probabilities: ECE, Brier score and NLL,
-mean ± sd over seeds, and a reliability diagram (calibration.{md,csv,png}); risk-coverage curves
+mean ± sd over seeds, and a reliability diagram per model (calibration.{md,csv,png}); risk-coverage curves
 pooled over seeds and their area (selective.{md,csv,png}).
 Runs on different data configs, and baselines runs that differ in more than the seed and
 data.train_size, are refused; LLM runs that differ become rows of their own.
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 def run(cfg: ReportJob, out_dir: Path):
     results = load_runs(list(cfg.run_dirs))
     runs = runs_table(results)
+    log.info(f"report: intervals over seeds and paired tests for {len(results)} model runs")
     summary, tests = aggregate(runs), paired_tests(results)
     out_dir = start_run(cfg, out_dir, "report")
     shown = summary_display(summary)
@@ -67,7 +68,7 @@ def run(cfg: ReportJob, out_dir: Path):
         write_csv(tests, out_dir / "paired_tests.csv")
         write_text(out_dir / "paired_tests.md", markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
-    _trust(results, largest, out_dir)
+    _trust(results, out_dir)
     log.info(f"written to {out_dir}")
     return summary
 
@@ -84,7 +85,7 @@ def _no_tests_reason(results: list[ModelRun]) -> str:
     )
 
 
-def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
+def _trust(results: list[ModelRun], out_dir: Path) -> None:
     """calibration.{md,csv,png} and selective.{md,csv,png} for the models that kept per-row probabilities."""
     skipped = without_forecasts(results)
     if skipped:
@@ -92,12 +93,14 @@ def _trust(results: list[ModelRun], largest: int, out_dir: Path) -> None:
             "calibration and selective prediction skip %s: no per-row probabilities (eval.mode=generate, or a "
             "run written before they were kept)", ", ".join(skipped)
         )  # fmt: skip
+    log.info("report: calibration and selective prediction")
     calibration = calibration_summary(results)
     if calibration.empty:
         return
     write_text(out_dir / "calibration.md", markdown(calibration_display(calibration)))
     write_csv(calibration, out_dir / "calibration.csv")
-    title = f"reliability, {largest} training rows\n(test rows pooled over seeds, 15 equal-mass bins)"
+    largest = calibration["Train rows"].max()  # among the runs with probabilities: the plots are never empty
+    title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
     plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
     print_table("calibration on the test rows (mean ± sd over seeds)", calibration_display(calibration))
     selective, curves = selective_summary(results)
