@@ -253,7 +253,7 @@ class SavedRun:
 
 
 def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> SavedRun:
-    run_dir = Path(run_dir)
+    run_dir = hpo_refit_dir(Path(run_dir))
     if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
         raise FaultLLMError(f"run_dir={run_dir}: not a finished `{command}` run (no config.yaml / split.json)")
     cfg = load_saved(run_dir / "config.yaml")
@@ -273,9 +273,32 @@ def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> Sa
     saved = open_run(run_dir)
     if saved.job == "baselines":
         raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
+    if saved.job not in ("train", "hpo"):
+        raise FaultLLMError(
+            f"run_dir={run_dir} is a `faultllm {COMMAND_OF_JOB.get(saved.job, saved.job)}` run (no model); "
+            f"{command} needs a `faultllm train` run (or an hpo run, for its refit in final/)"
+        )
     if not saved.has_llm:
         raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
     return saved
+
+
+COMMAND_OF_JOB = {"prepare": "data prepare"}  # run_info.json's job -> the command that wrote it, where they differ
+
+
+def hpo_refit_dir(run_dir: Path) -> Path:
+    """An hpo run's directory stands for its refit (final/): the best parameters trained on the whole
+    training split and tested, the one model the search leaves. Any other directory is itself."""
+    if run_job(run_dir) != "hpo" or (run_dir / "split.json").exists():
+        return run_dir
+    final = run_dir / "final"
+    if not (final / "config.yaml").exists():
+        raise FaultLLMError(
+            f"{run_dir} is a `faultllm hpo` run without a refit model (no final/): let it finish, or rerun it "
+            "with hpo.refit=true; or give a `faultllm train` run"
+        )
+    log.info(f"{run_dir} is an hpo run: using its refit, {final}")
+    return final
 
 
 def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | None]:
@@ -303,7 +326,7 @@ def expand_run_dirs(paths: list) -> list[Path]:
                 )
             found += finished
         else:
-            found.append(path)
+            found.append(hpo_refit_dir(path))
     return found
 
 
