@@ -23,9 +23,9 @@ from tests.conftest import easy_frame
 RUNNER = """
 import contextlib, io, json, os, sys
 import faultllm.cli as cli
-results = []
-for i, argv in enumerate(json.loads(sys.argv[1])):
-    cwd = os.path.join(sys.argv[2], str(i))
+cases, root, results = json.loads(sys.argv[1]), sys.argv[2], []  # cli.main hands sys.argv to Hydra
+for i, argv in enumerate(cases):
+    cwd = os.path.join(root, str(i))
     os.makedirs(cwd)
     os.chdir(cwd)
     err = io.StringIO()
@@ -34,7 +34,10 @@ for i, argv in enumerate(json.loads(sys.argv[1])):
             code = cli.main(argv)
         except SystemExit as exit_:
             code = exit_.code
-    results.append([code, err.getvalue(), "torch" in sys.modules, os.listdir(cwd)])
+        except Exception as crash:  # a traceback: recorded as a wrong answer, the other cases still run
+            code, err = 1, io.StringIO(f"{type(crash).__name__}: {crash}")
+    results.append([code, err.getvalue(), "torch" in sys.modules, os.listdir(cwd) if os.path.isdir(cwd) else None])
+    os.chdir(root)
 print(json.dumps(results))
 """
 
@@ -116,6 +119,7 @@ def _cases(p: dict[str, Path]) -> list[tuple[list[str], str]]:
         (data("inf"), "column 'a' row 0 holds inf"),
         (data("one_class"), "holds one class (1); a classifier needs rows of at least two labels"),
         (data("easy") + ["data.labels=[0,7]"], "data.labels: label 7 does not occur"),
+        (["data", "prepare", "data=tep_sim", "data.labels=[0,x]"], "data.labels: 'x' is not a fault number"),
         (data("easy") + ["data.train_size=1000"], "label 0 has 187 usable rows, 540 needed"),
         (data("easy") + ["data.paht=x"], "data.paht: no such config key"),
         (data("easy") + ["data.train_size=-4"], "data.train_size"),
@@ -130,6 +134,8 @@ def _cases(p: dict[str, Path]) -> list[tuple[list[str], str]]:
           f"prompt.importance_from={p['prepare']}"], "no feature_importances.csv"),
         (["train", *data("easy")[2:], f"model.path={p['root'] / 'no_model'}"], "no such model directory"),
         (["hpo", "model=tiny", *data("easy")[2:], "hpo.folds=90"], "90 folds need at least 90 training rows"),
+        (["hpo", "model=tiny", *data("easy")[2:], "hpo.storage=postgresql://u@127.0.0.1:9/db"], "hpo.storage="),
+        (["hpo", "model=tiny", *data("easy")[2:], "hpo.storage=nowhere"], "hpo.storage=nowhere: expected sqlite:///"),
         (["baselines", *data("easy")[2:], "baselines.tune=true", "baselines.folds=90"], "90 folds need"),
         (["baselines", *data("text")[2:]], "expected a number"),
         (["plan", "job=hpo", "model=tiny", *data("easy")[2:], "hpo.folds=90"], "90 folds need"),
@@ -188,7 +194,7 @@ def test_every_refusal_is_one_line_before_torch_and_leaves_no_run_directory(runs
     wrong = []
     for (argv, expected), (code, stderr, torch_loaded, left) in zip(cases, cli_results[:-1], strict=True):
         line = stderr.strip()
-        if code == 0 or "\n" in line or expected not in line or ": error: " not in line or torch_loaded or left:
+        if code == 0 or "\n" in line or expected not in line or ": error: " not in line or torch_loaded or left != []:
             wrong.append((argv[:2], code, line, torch_loaded, left))
     assert not wrong, "\n".join(map(str, wrong))
     assert not (runs["easy"].parent / "run").exists() and not (runs["root"] / "nowhere").exists()

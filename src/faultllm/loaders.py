@@ -304,6 +304,7 @@ def load_tep(data_cfg: DataConfig) -> RawData:
     if not directory.is_dir():
         raise FaultLLMError(f"data.path={directory}: expected a directory holding the TEP files")
     rieth = _find_rieth_files(directory)
+    _refuse_text_labels(data_cfg.labels, directory)
     if rieth:
         parts = {part: [] for part in ("train", "test")}
         present: set[int] = set()
@@ -332,6 +333,17 @@ def load_tep(data_cfg: DataConfig) -> RawData:
     if not data_cfg.use_testing_files:
         test_pool = None
     return RawData(pool=pool, test_pool=test_pool, features=list(TEP_FEATURES), source=str(directory))
+
+
+def _refuse_text_labels(labels, directory: Path) -> None:
+    """TEP's labels are fault numbers."""
+    for label in labels or []:
+        try:
+            float(label)
+        except (TypeError, ValueError):
+            raise FaultLLMError(
+                f"data.labels: {label!r} is not a fault number like the labels of {directory} (0, 1, ..., 20)"
+            ) from None
 
 
 def _find_rieth_files(directory: Path) -> dict[str, Path]:

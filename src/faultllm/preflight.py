@@ -10,6 +10,7 @@ its check are one code path. Nothing here imports torch (tests/test_refusals.py 
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from faultllm.schema import (
     TrainJob,
 )
 from faultllm.splits import Split, cv_folds, keep_last_split, make_split, scale_split
+from faultllm.studies import open_study
 
 BASELINES_INSTEAD = (
     "its models' test metrics are in its metrics.json and table_4_2.md, and "
@@ -139,6 +141,10 @@ def _hpo(cfg: HpoJob, run_dir: Path | None) -> None:
     raw = make_split(cfg.data, cfg.seed)
     cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     _importance_order(cfg, raw)
+    if cfg.hpo.storage:  # a bad URL or a server that cannot be reached (the default SQLite file is the run's)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".* is (experimental|an experimental feature)")  # Optuna
+            open_study(cfg.hpo, cfg.seed, Path("."), cfg.hpo.worker_index)
 
 
 def _baselines(cfg: BaselinesJob, run_dir: Path | None) -> None:
