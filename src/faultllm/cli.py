@@ -260,7 +260,10 @@ def report_overrides(args: list[str]) -> list[str]:
     for arg in args:
         if arg == "--out":
             out = next(args, None)
-            overrides.append("--out" if out is None or out.startswith("-") else f"hydra.run.dir={out}")
+            if out is None or out.startswith("-"):  # refused by `missing_value`
+                overrides += ["--out", *([out] if out else [])]
+            else:
+                overrides.append(f"hydra.run.dir={_quoted(out)}")
         elif "=" in arg or arg.startswith("-"):
             overrides.append(arg)
         else:

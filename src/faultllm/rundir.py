@@ -27,6 +27,7 @@ from faultllm.credentials import redact, redact_tree
 from faultllm.errors import FaultLLMError
 from faultllm.files import write_json, write_parquet, write_text
 from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
+from faultllm.schema import TrainJob
 from faultllm.splits import MinMaxScaler, Split, prepared_split
 
 log = logging.getLogger(__name__)
@@ -273,17 +274,14 @@ def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> Sa
     saved = open_run(run_dir)
     if saved.job == "baselines":
         raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
-    if saved.job not in ("train", "hpo"):
+    if not isinstance(saved.cfg, TrainJob):  # its config has no model: a `data prepare` run
         raise FaultLLMError(
-            f"run_dir={run_dir} is a `faultllm {COMMAND_OF_JOB.get(saved.job, saved.job)}` run (no model); "
+            f"run_dir={run_dir} is a `faultllm data prepare` run (no model); "
             f"{command} needs a `faultllm train` run (or an hpo run, for its refit in final/)"
         )
     if not saved.has_llm:
         raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
     return saved
-
-
-COMMAND_OF_JOB = {"prepare": "data prepare"}  # run_info.json's job -> the command that wrote it, where they differ
 
 
 def hpo_refit_dir(run_dir: Path) -> Path:
