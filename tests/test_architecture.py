@@ -77,7 +77,7 @@ LAYERS = [
     {"training"},
     {"finetune", "baselines", "bench"},
     {"hpo", "explain", "comparison", "predict"},
-    {"planning"},
+    {"planning", "preflight"},  # preflight: the CLI's checks before a job, with no model
     {"jobs"},  # faultllm.jobs.*
     {"cli"},
     {"__main__"},

@@ -10,6 +10,7 @@ import difflib
 import importlib
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "report":
         overrides = report_overrides(overrides)
-    error = config_error(config_name, overrides)
+    overrides = quote_unusual_values(overrides)
+    error = missing_value(overrides) or output_error(overrides) or config_error(config_name, overrides)
     if error:
         print(f"faultllm {command}: error: {redact(error)}", file=sys.stderr)
         return 2
@@ -167,19 +169,57 @@ def _yaml(value: object) -> str:
 _PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p", "--shell-completion", "-sc")
 
 
-def config_error(config_name: str, overrides: list[str]) -> str | None:
-    """The one-line reason the config of some job cannot be composed or does not validate, else None.
-    A multirun (-m) checks every job of its sweep before the first one runs."""
-    if any(arg.split("=")[0] in _PRINT_FLAGS for arg in overrides):
+def _prints_only(overrides: list[str]) -> bool:
+    return any(arg.split("=")[0] in _PRINT_FLAGS for arg in overrides)
+
+
+def _multirun(overrides: list[str]) -> bool:
+    return any(arg in ("-m", "--multirun") for arg in overrides)
+
+
+def missing_value(overrides: list[str]) -> str | None:
+    """An option given without its value: `data.path=` would mean an empty string, `--out` last the current
+    directory."""
+    for arg in overrides:
+        if arg == "--out":
+            return "--out needs a directory: faultllm report RUN_DIR... --out DIR"
+        key, equals, value = arg.partition("=")
+        if equals and not value.strip() and not key.startswith("-"):
+            return f"{key}= has no value; pass {key}=VALUE (or {key}=null for none)"
+    return None
+
+
+def output_error(overrides: list[str]) -> str | None:
+    """Why the run directory (hydra.run.dir; hydra.sweep.dir with -m; by default under ./runs) cannot be
+    written, before Hydra tries to create it."""
+    from faultllm.errors import FaultLLMError
+    from faultllm.preflight import check_writable
+
+    if _prints_only(overrides):
         return None
-    multirun = any(arg in ("-m", "--multirun") for arg in overrides)
+    key = "hydra.sweep.dir" if _multirun(overrides) else "hydra.run.dir"
+    try:
+        check_writable(key, _given(overrides, key) or "runs")
+    except FaultLLMError as err:
+        return str(err)
+    return None
+
+
+def config_error(config_name: str, overrides: list[str]) -> str | None:
+    """The one-line reason the config of some job cannot be composed or does not validate, or its inputs
+    cannot work (`faultllm.preflight`), else None. A multirun (-m) checks every job of its sweep before the
+    first one runs."""
+    if _prints_only(overrides):
+        return None
+    multirun = _multirun(overrides)
     keys = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra.")]
+    run_dir = None if multirun else _given(overrides, "hydra.run.dir")
     try:
         jobs = sweep_jobs(keys) if multirun else [keys]
     except Exception as err:  # Hydra's override grammar
         return _one_line(err)
     for job in jobs:
-        error = _job_error(config_name, job)
+        error = _job_error(config_name, job, Path(run_dir) if run_dir else None)
         if error:
             return f"{error} (in the sweep job {' '.join(job)})" if multirun and len(jobs) > 1 else error
     return None
@@ -194,26 +234,34 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _job_error(config_name: str, overrides: list[str]) -> str | None:
+def _job_error(config_name: str, overrides: list[str], run_dir: Path | None) -> str | None:
     from faultllm.config import compose, validate
-    from faultllm.errors import FaultLLMError
+    from faultllm.errors import FaultLLMError, first_line
+    from faultllm.preflight import check
 
+    config = None
     try:
-        validate(compose(config_name, overrides), config_name)
+        config = validate(compose(config_name, overrides), config_name)
+        check(config, run_dir)
     except FaultLLMError as err:
         return str(err)
-    except Exception as err:  # Hydra's override and composition errors
-        return composition_error(config_name, overrides, err)
+    except Exception as err:
+        if config is None:  # Hydra's override and composition errors
+            return composition_error(config_name, overrides, err)
+        if os.environ.get("FAULTLLM_DEBUG"):
+            raise
+        return f"{type(err).__name__}: {first_line(err)} (FAULTLLM_DEBUG=1 shows the full trace)"
     return None
 
 
 def composition_error(config_name: str, overrides: list[str], err: Exception) -> str:
     """Hydra's error as one line, with the closest valid names for a misspelled key or option."""
-    import re
-
     from faultllm.config import CONFIG_DIR, config_keys
     from faultllm.schema import suggestion
 
+    no_value = re.search(r"Error parsing override '([^']*)'\s+missing EQUAL", str(err))
+    if no_value:
+        return f"{no_value[1]}: no value given; pass {no_value[1]}=VALUE"
     missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", str(err))
     if missing_option:
         group, option = missing_option.groups()
@@ -252,15 +300,54 @@ def report_overrides(args: list[str]) -> list[str]:
     args = iter(args)
     for arg in args:
         if arg == "--out":
-            overrides.append(f"hydra.run.dir={next(args, '')}")
+            out = next(args, None)
+            if out is None or out.startswith("-"):  # refused by `missing_value`
+                overrides += ["--out", *([out] if out else [])]
+            else:
+                overrides.append(f"hydra.run.dir={_quoted(out)}")
         elif "=" in arg or arg.startswith("-"):
             overrides.append(arg)
         else:
             run_dirs.append(arg)
     if run_dirs:
-        quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in run_dirs)
-        overrides.insert(0, f"run_dirs=[{quoted}]")
+        overrides.insert(0, f"run_dirs=[{','.join(map(_quoted, run_dirs))}]")
     return overrides
+
+
+def quote_unusual_values(overrides: list[str]) -> list[str]:
+    """Hydra's override grammar takes no non-ASCII character unquoted, yet `data.path=/data/düse 1.csv` is an
+    ordinary path: such a value that does not parse as it is becomes one quoted string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, quoted = OverridesParser.create(), []
+    for arg in overrides:
+        key, equals, value = arg.partition("=")
+        if equals and not value.isascii() and not key.startswith("-"):
+            try:
+                parser.parse_override(arg)
+            except Exception:  # Hydra's grammar error
+                arg = f"{key}={_quoted(value)}"
+        quoted.append(arg)
+    return quoted
+
+
+def _quoted(value: str) -> str:
+    """`value` as a single-quoted Hydra string: quotes escaped, and the backslashes before a quote or the end
+    (Hydra reads a backslash elsewhere as itself)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    """The value of the last `key=...` override as Hydra reads it (unquoted), if one is given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = next((o for o in reversed(overrides) if o.startswith(f"{key}=")), None)
+    if given is None:
+        return None
+    try:
+        return str(OverridesParser.create().parse_override(given).value())
+    except Exception:  # Hydra's grammar error: composing the config reports it
+        return given.partition("=")[2]
 
 
 def _quiet_known_noise(progress: bool) -> None:

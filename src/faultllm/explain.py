@@ -23,7 +23,7 @@ from faultllm.loaders import LABEL
 from faultllm.progress import steps
 from faultllm.prompts import WHY_QUESTION
 from faultllm.reporting import markdown
-from faultllm.rundir import SavedRun, load_importances, read_json
+from faultllm.rundir import SavedRun, load_importances, read_json, run_job
 
 
 def probe_transcripts(llm: TrainedLLM, test: pd.DataFrame, rows: list[int], token_budgets: list[int]) -> pd.DataFrame:
@@ -107,8 +107,13 @@ def check_same_split(run: SavedRun, baselines_dir: Path) -> None:
     """A baselines run's importances are compared feature by feature: only one made on this run's very split
     (the same split fingerprint, as `faultllm report` pairs runs) is accepted."""
     path = baselines_dir / "split.json"
-    if not path.exists():
-        raise FaultLLMError(f"explain.baselines_dir={baselines_dir}: not a `faultllm baselines` run (no split.json)")
+    job = run_job(baselines_dir)
+    if not path.exists() or job != "baselines":
+        what = f"a `faultllm {job}` run" if job != "unknown" and path.exists() else "no split.json"
+        raise FaultLLMError(
+            f"explain.baselines_dir={baselines_dir}: not a `faultllm baselines` run ({what}); give the directory "
+            "of a `faultllm baselines` run made with this run's data config and seed"
+        )
     theirs = read_json(path)
     ours = read_json(run.run_dir / "split.json")
     if theirs["split_fingerprint"] == ours["split_fingerprint"]:

@@ -66,16 +66,35 @@ def _existing(path: str | os.PathLike | None, key: str) -> Path:
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """CSV or Parquet by extension."""
+    """CSV or Parquet by extension; a CSV with a column name twice is refused."""
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".txt"):
+        raise FaultLLMError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path, columns=list(columns) if columns else None)
-        if suffix in (".csv", ".txt"):
-            return pd.read_csv(path, usecols=list(columns) if columns else None)
+            frame = pd.read_parquet(path, columns=list(columns) if columns else None)
+        else:
+            _refuse_duplicate_columns(path)
+            frame = pd.read_csv(path, usecols=list(columns) if columns else None)
     except (ValueError, OSError) as err:
         raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from None
-    raise FaultLLMError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
+    return frame
+
+
+def read_data_table(path: Path) -> pd.DataFrame:
+    """`read_table` of a data file, which must hold rows."""
+    frame = read_table(path)
+    if frame.empty:
+        raise FaultLLMError(f"{path}: the table has no rows (a header only?); give a table with data rows")
+    return frame
+
+
+def _refuse_duplicate_columns(path: Path) -> None:
+    """pandas renames a repeated CSV column (`a`, `a.1`): two columns of one name would pass as two features."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    repeated = sorted({str(name) for name in header if header.count(name) > 1})
+    if repeated:
+        raise FaultLLMError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; rename them")
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], source: object, expected: str) -> None:
@@ -236,7 +255,7 @@ class ColumnFile:
 
 def load_hst(data_cfg: DataConfig) -> RawData:
     path = _existing(data_cfg.path, "data.path")
-    frame = read_table(path)
+    frame = read_data_table(path)
     if list(frame.columns) != HST_FEATURES + [LABEL]:
         shown = ",".join(map(str, frame.columns[:4])) + ",...," + ",".join(map(str, frame.columns[-2:]))
         raise FaultLLMError(f"{path}: header is {shown}; expected the HST header 0,1,...,45,label")
@@ -253,7 +272,7 @@ def load_table(data_cfg: DataConfig) -> RawData:
     label_column, group_column = data_cfg.label_column, data_cfg.group_column
 
     def read(file: Path) -> pd.DataFrame:
-        frame = read_table(file)
+        frame = read_data_table(file)
         require_columns(frame, [label_column], file, f"a label column {label_column!r} (data.label_column)")
         features = list(data_cfg.feature_columns or [])
         if not features:
@@ -285,6 +304,7 @@ def load_tep(data_cfg: DataConfig) -> RawData:
     if not directory.is_dir():
         raise FaultLLMError(f"data.path={directory}: expected a directory holding the TEP files")
     rieth = _find_rieth_files(directory)
+    _refuse_text_labels(data_cfg.labels, directory)
     if rieth:
         parts = {part: [] for part in ("train", "test")}
         present: set[int] = set()
@@ -313,6 +333,17 @@ def load_tep(data_cfg: DataConfig) -> RawData:
     if not data_cfg.use_testing_files:
         test_pool = None
     return RawData(pool=pool, test_pool=test_pool, features=list(TEP_FEATURES), source=str(directory))
+
+
+def _refuse_text_labels(labels, directory: Path) -> None:
+    """TEP's labels are fault numbers."""
+    for label in labels or []:
+        try:
+            float(label)
+        except (TypeError, ValueError):
+            raise FaultLLMError(
+                f"data.labels: {label!r} is not a fault number like the labels of {directory} (0, 1, ..., 20)"
+            ) from None
 
 
 def _find_rieth_files(directory: Path) -> dict[str, Path]:

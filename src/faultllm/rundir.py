@@ -27,6 +27,7 @@ from faultllm.credentials import redact, redact_tree
 from faultllm.errors import FaultLLMError
 from faultllm.files import write_json, write_parquet, write_text
 from faultllm.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
+from faultllm.schema import TrainJob
 from faultllm.splits import MinMaxScaler, Split, prepared_split
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class SavedRun:
 
 
 def open_run(run_dir: str | os.PathLike, command: str = "faultllm train") -> SavedRun:
-    run_dir = Path(run_dir)
+    run_dir = hpo_refit_dir(Path(run_dir))
     if not (run_dir / "config.yaml").exists() or not (run_dir / "split.json").exists():
         raise FaultLLMError(f"run_dir={run_dir}: not a finished `{command}` run (no config.yaml / split.json)")
     cfg = load_saved(run_dir / "config.yaml")
@@ -273,9 +274,29 @@ def open_train_run(run_dir: str | os.PathLike, command: str, instead: str) -> Sa
     saved = open_run(run_dir)
     if saved.job == "baselines":
         raise FaultLLMError(f"run_dir={run_dir} is a `faultllm baselines` run; {command} needs a train run: {instead}")
+    if not isinstance(saved.cfg, TrainJob):  # its config has no model: a `data prepare` run
+        raise FaultLLMError(
+            f"run_dir={run_dir} is a `faultllm data prepare` run (no model); "
+            f"{command} needs a `faultllm train` run (or an hpo run, for its refit in final/)"
+        )
     if not saved.has_llm:
         raise FaultLLMError(f"run_dir={run_dir}: no adapter found (adapter/); not a finished `faultllm train` run")
     return saved
+
+
+def hpo_refit_dir(run_dir: Path) -> Path:
+    """An hpo run's directory stands for its refit (final/): the best parameters trained on the whole
+    training split and tested, the one model the search leaves. Any other directory is itself."""
+    if run_job(run_dir) != "hpo" or (run_dir / "split.json").exists():
+        return run_dir
+    final = run_dir / "final"
+    if not (final / "config.yaml").exists():
+        raise FaultLLMError(
+            f"{run_dir} is a `faultllm hpo` run without a refit model (no final/): let it finish, or rerun it "
+            "with hpo.refit=true; or give a `faultllm train` run"
+        )
+    log.info(f"{run_dir} is an hpo run: using its refit, {final}")
+    return final
 
 
 def _read_split(run_dir: Path, summary: dict) -> tuple[Split, MinMaxScaler | None]:
@@ -303,7 +324,7 @@ def expand_run_dirs(paths: list) -> list[Path]:
                 )
             found += finished
         else:
-            found.append(path)
+            found.append(hpo_refit_dir(path))
     return found
 
 

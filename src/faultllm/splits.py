@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -54,7 +55,38 @@ class Split:
 
 
 def make_split(data_cfg: DataConfig, seed: int) -> Split:
-    """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled."""
+    """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled.
+    After `keep_last_split()`, the last split is kept (for the same config, seed and files) and copied out."""
+    if _last_split is None:
+        return _make_split(data_cfg, seed)
+    key = (repr(data_cfg), seed, *(_file_state(path) for path in (data_cfg.path, data_cfg.test_path)))
+    if key not in _last_split:
+        _last_split.clear()
+        _last_split[key] = _make_split(data_cfg, seed)
+    split = _last_split[key]
+    return replace(split, train=split.train.copy(), test=split.test.copy(), features=list(split.features))
+
+
+_last_split: dict[tuple, Split] | None = None
+
+
+def keep_last_split() -> None:
+    """The CLI checks a job's data before the job runs (`faultllm.preflight`) by making its split: the job
+    then takes a copy of it instead of reading the files again."""
+    global _last_split
+    if _last_split is None:
+        _last_split = {}
+
+
+def _file_state(path: str | None) -> tuple | None:
+    try:
+        stat = os.stat(os.path.expanduser(path)) if path else None
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat else None
+
+
+def _make_split(data_cfg: DataConfig, seed: int) -> Split:
     log.info(f"loading {data_cfg.display_name or 'the data'} and drawing the split (seed {seed})")
     raw = load(data_cfg)
     labels = select_labels(raw, data_cfg.labels)
@@ -102,6 +134,11 @@ def blank_values(split: Split, rate: float, in_train: bool, seed: int) -> Split:
 
 def select_labels(raw: RawData, requested) -> list:
     present = sorted(raw.pool[LABEL].unique().tolist())
+    if len(present) < 2:
+        raise FaultLLMError(
+            f"{raw.source}: the {LABEL!r} column holds one class ({', '.join(map(str, present))}); a classifier "
+            "needs rows of at least two labels"
+        )
     if not requested:
         return present
     integer_labels = pd.api.types.is_integer_dtype(raw.pool[LABEL])

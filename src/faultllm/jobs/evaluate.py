@@ -8,23 +8,15 @@ from pathlib import Path
 from faultllm import plots
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.files import write_csv
+from faultllm.preflight import evaluate_inputs
 from faultllm.reporting import print_summary
 from faultllm.results import EvaluateMetrics
-from faultllm.rundir import open_train_run, start_run, write_json
+from faultllm.rundir import start_run, write_json
 from faultllm.schema import EvaluateJob
-
-BASELINES_INSTEAD = (
-    "its models' test metrics are in its metrics.json and table_4_2.md, and "
-    "`faultllm predict run_dir=DIR input=TABLE` scores other rows with them"
-)
 
 
 def run(cfg: EvaluateJob, out_dir: Path) -> dict:
-    saved = open_train_run(cfg.run_dir, "evaluate", BASELINES_INSTEAD)
-    if cfg.eval.split_path:  # checked before the model loads
-        frame, source = saved.read_rows(Path(cfg.eval.split_path), "eval.split_path"), str(cfg.eval.split_path)
-    else:
-        frame, source = saved.split.test, "the run's test split"
+    saved, frame, source = evaluate_inputs(cfg)  # checked before the model loads
     llm = TrainedLLM.from_run(saved)
     out_dir = start_run(cfg, out_dir, "evaluate")
     prompts = llm.serializer.render(frame)

@@ -9,8 +9,6 @@ from faultllm import plots
 from faultllm.evaluation import TrainedLLM
 from faultllm.explain import (
     aggregate,
-    check_same_split,
-    choose_rows,
     compare_with_baselines,
     occlusion,
     probe_transcripts,
@@ -18,19 +16,15 @@ from faultllm.explain import (
     report_markdown,
 )
 from faultllm.files import write_csv, write_text
+from faultllm.preflight import explain_inputs
 from faultllm.reporting import print_summary
-from faultllm.rundir import open_train_run, start_run, write_json
+from faultllm.rundir import start_run, write_json
 from faultllm.schema import ExplainJob
 
 
 def run(cfg: ExplainJob, out_dir: Path) -> dict:
-    saved = open_train_run(cfg.run_dir, "explain", "give it as explain.baselines_dir=DIR, with run_dir=A_TRAIN_RUN")
-    if cfg.explain.baselines_dir:
-        check_same_split(saved, Path(cfg.explain.baselines_dir))
-    llm = TrainedLLM.from_run(saved)
-    test, n_test = saved.split.test, len(saved.split.test)
-    probe_rows = choose_rows(cfg.explain.rows, cfg.explain.n_probe_rows, n_test, cfg.seed)
-    attribution_rows = choose_rows(cfg.explain.rows, cfg.explain.n_attribution_rows, n_test, cfg.seed)
+    saved, probe_rows, attribution_rows = explain_inputs(cfg)
+    llm, test = TrainedLLM.from_run(saved), saved.split.test
     out_dir = start_run(cfg, out_dir, "explain")
 
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))

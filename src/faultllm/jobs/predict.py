@@ -13,18 +13,16 @@ from faultllm.predict import (
     predict_baseline,
     predict_llm,
     prediction_table,
-    run_kind,
 )
+from faultllm.preflight import predict_inputs
 from faultllm.reporting import print_summary
 from faultllm.results import PredictMetrics
-from faultllm.rundir import open_run, start_run, write_json
+from faultllm.rundir import start_run, write_json
 from faultllm.schema import PredictJob
 
 
 def run(cfg: PredictJob, out_dir: Path) -> dict:
-    saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
-    kind = run_kind(saved)
-    rows = saved.read_rows(Path(cfg.input), "input", False, "predict.input_scaled", cfg.predict.input_scaled)
+    saved, kind, rows = predict_inputs(cfg)
     if kind == "llm":
         model, predictions = (
             f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",
