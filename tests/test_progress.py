@@ -111,18 +111,24 @@ COMMANDS = {
     "baselines": ["baselines", "baselines.models=[lr]"],
     "hpo": ["hpo", "model=tiny", "hpo.n_trials=1"],
     "evaluate": ["evaluate", "run_dir={run}"],
-    "predict": ["predict", "run_dir={run}", "input={run}/test.parquet"],
+    "predict": ["predict", "run_dir={run}", "input={csv}"],
     "explain": ["explain", "run_dir={run}"],
     "report": ["report", "{run}", "--out", "{out}/report"],
 }
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
-def test_every_command_prints_its_first_line_within_seconds(command, tmp_path):
+READS_A_RUN = ("evaluate", "predict", "explain", "report")
+
+
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, marks=pytest.mark.slow) if c in READS_A_RUN else c for c in COMMANDS]
+)
+def test_every_command_prints_its_first_line_within_seconds(command, tmp_path, request):
     """Before torch and transformers are imported (they take seconds): the command, its run directory.
-    The run given to evaluate/predict/explain/report need not be finished: the line comes first."""
-    run = tmp_path / "run"
-    args = [arg.format(run=run, out=tmp_path) for arg in COMMANDS[command]]
+    evaluate/predict/explain/report read a finished train run (a missing one is refused before any line)."""
+    run = request.getfixturevalue("trained_run")[0] if command in READS_A_RUN else tmp_path / "run"
+    csv = request.getfixturevalue("easy_csv") if command == "predict" else None
+    args = [arg.format(run=run, out=tmp_path, csv=csv) for arg in COMMANDS[command]]
     if "{run}" not in " ".join(COMMANDS[command]):
         args.append(f"hydra.run.dir={run}")
     seconds, line = _first_line(args, tmp_path)
