@@ -191,7 +191,7 @@ def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cf
         storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("faultllm"), 0)
     )
     time.sleep(4.5)  # > grace period 2 s, with room for the storage's one-second timestamp resolution
-    other_worker = open_study(cfg.hpo, cfg.seed, tmp_path, worker_index=1)
+    other_worker = open_study(cfg.hpo, cfg.seed, tmp_path)
     optuna.storages.fail_stale_trials(other_worker)  # what study.optimize does before each trial
     states = [t.state.name for t in other_worker.trials]
     assert states[0] == "FAIL"

@@ -104,7 +104,7 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
     from faultllm.studies import _claims, fail_interrupted, open_study, refit_claim
 
     cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
-    study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path)
     with pytest.raises(RuntimeError), refit_claim(study, 4) as mine:
         assert mine
         with refit_claim(other, 4) as theirs:
@@ -147,7 +147,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     asked, claim = study.ask(), _claims(study, 4).ask()  # then killed: no heartbeat thread ever started
     older = optuna.load_study(study_name="faultllm", storage=_with_driver(url)).ask()  # Optuna's own storage
     assert _heartbeat_ids(url) == {asked._trial_id, claim._trial_id}  # from the moment they exist
-    other = open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    other = open_study(cfg.hpo, 0, tmp_path)
     optuna.storages.fail_stale_trials(other)  # what `optimize` does before each trial: none stale yet
     assert older._trial_id in _heartbeat_ids(url)  # found running without a heartbeat: given one, to go stale
     with refit_claim(other, 4) as mine:
