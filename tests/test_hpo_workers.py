@@ -94,7 +94,8 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_other(tiny_cache
 
 
 def _children_cmdlines(pid: int) -> dict[int, str]:
-    """{child pid: its command line, as every user of the machine can read it} of process `pid`."""
+    """{child pid: its command line, as every user of the machine can read it} of process `pid` (a child between
+    fork and exec still shows the parent's; an ended one, not yet waited for, shows '')."""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -120,12 +121,12 @@ def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
     with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
         sweep, workers = subprocess.Popen(command, stdout=out, stderr=err), {}
         while sweep.poll() is None:
-            workers |= _children_cmdlines(sweep.pid)
+            children = _children_cmdlines(sweep.pid).items()
+            workers |= {child: line for child, line in children if "hpo.worker_index=" in line}  # exec'd workers
             time.sleep(0.05)
     stdout, stderr = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
     assert sweep.returncode == 0, stderr[-3000:]
-    started = [line for line in workers.values() if "hpo.worker_index=" in line]
-    assert len(started) == 2 and all("hpo.storage=postgresql://faultllm:***@" in line for line in started)
+    assert len(workers) == 2 and all("hpo.storage=postgresql://faultllm:***@" in line for line in workers.values())
     assert not [line for line in workers.values() if postgres.PASSWORD in line]
     assert stderr.count("has its password on the command line") == 1  # the command's, not the workers'
     trials = optuna.load_study(study_name="faultllm", storage=url.replace("://", "+psycopg://")).trials
