@@ -23,10 +23,15 @@ def test_redact_hides_every_urls_password_and_nothing_else():
     assert redact("postgresql://me@db/x") == "postgresql://me@db/x"  # no password: unchanged
 
 
-def test_the_password_leaves_the_command_line_for_the_environment(monkeypatch):
+def test_the_password_leaves_the_command_line_for_the_environment(monkeypatch, capsys):
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     overrides = hide_passwords([f"hpo.storage=postgresql://me:{SECRET}@db/x", "seed=1"])
     assert overrides == ["hpo.storage=postgresql://me:***@db/x", "seed=1"]
+    (warning,) = capsys.readouterr().err.splitlines()  # this process's own argv still shows it: said once
+    assert "every user of this machine can read it" in warning and "FAULTLLM_STORAGE" in warning
+    assert SECRET not in warning
+    hide_passwords(overrides)
+    assert not capsys.readouterr().err  # a redacted URL (what the workers get): no warning
     import os
 
     assert os.environ[PASSWORD_ENV] == SECRET

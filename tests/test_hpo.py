@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -125,30 +126,53 @@ def _states(db) -> list[str]:
         return []
 
 
+KILL_SEED = 0  # see _kill_points
+
+
+def _kill_points(seed: int) -> list[tuple[int, float]]:
+    """Drawn from the seed: twice, once the study holds `finished` trials (0..5) and another is running, wait
+    `delay` seconds more and SIGKILL the sweep."""
+    rng = random.Random(seed)
+    return [(finished, rng.uniform(0, 1)) for finished in sorted(rng.sample(range(6), 2))]
+
+
+def _kill_mid_trial(process, db, finished: int, delay: float) -> bool:
+    """SIGKILL `process` `delay` s after the study holds `finished` finished trials and a running one."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        states = _states(db)
+        if sum(s in ("COMPLETE", "PRUNED") for s in states) >= finished and "RUNNING" in states:
+            time.sleep(delay)
+            os.killpg(process.pid, signal.SIGKILL)  # killed mid-trial, as a crash or a preempted node would
+            return process.wait() == -signal.SIGKILL
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.slow
-def test_a_killed_study_resumes_and_finishes_the_requested_trials(tiny_cache, easy_csv, tmp_path):
-    run_dir = tmp_path / "run"
-    overrides = [*hpo_overrides(tiny_cache, easy_csv, 3), f"hydra.run.dir={run_dir}", "hpo.refit=false"]
-    with open(tmp_path / "first.log", "w") as log:
-        first = _hpo_process(overrides, log)
-        deadline = time.time() + 300
-        while (
-            time.time() < deadline
-            and _states(run_dir / "study.db")[:2] != ["COMPLETE", "RUNNING"]
-            and first.poll() is None
-        ):
-            time.sleep(0.2)
-        assert _states(run_dir / "study.db")[:2] == ["COMPLETE", "RUNNING"], (tmp_path / "first.log").read_text()[
-            -2000:
-        ]
-        os.killpg(first.pid, signal.SIGKILL)  # killed mid-trial, as a crash or a preempted node would
-        first.wait()
+def test_a_sweep_killed_twice_resumes_without_repeating_a_trial(tiny_cache, easy_csv, tmp_path):
+    """kill -9 at two seeded points of a 6-trial sweep, rerun each time: 6 finished trials, every one with its
+    own parameters (a restarted sweep does not replay its first draws), each killed trial failed and run again
+    once, one refit."""
+    run_dir, db = tmp_path / "run", tmp_path / "run" / "study.db"
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 6), f"hydra.run.dir={run_dir}"]
+    for kill, (finished, delay) in enumerate(_kill_points(KILL_SEED)):
+        with open(tmp_path / f"life{kill}.log", "w") as log:
+            assert _kill_mid_trial(_hpo_process(overrides, log), db, finished, delay), log.name
     again = subprocess.run([sys.executable, "-m", "faultllm.cli", "hpo", *overrides], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "was interrupted: marked failed, queued again" in again.stdout
-    states = _states(run_dir / "study.db")
-    assert states[0] == "COMPLETE" and states[1] == "FAIL"
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3
+    trials = optuna.load_study(study_name="faultllm", storage=f"sqlite:///{db}").trials
+    params = {t.number: tuple(sorted(t.params.items())) for t in trials}
+    finished = [t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(finished) == 6 and len({params[n] for n in finished}) == 6  # no trial drew another's parameters
+    assert len(failed) == 2 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    retries = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    assert sorted(retries) == [t.number for t in failed]  # each killed trial queued again once, with the
+    assert all(set(params[t.number]) <= set(params[retries[t.number]]) for t in failed)  # parameters it had drawn
+    claims = optuna.load_study(study_name="faultllm:refit:6", storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in claims] == ["COMPLETE"] and (run_dir / "final" / "metrics.json").exists()
     assert (run_dir / "table_4_1.md").exists() and (run_dir / "trials.csv").exists()
     assert not list((run_dir / "trials").rglob("checkpoint-*"))  # folds keep epoch metrics, not checkpoints
 
@@ -191,7 +215,7 @@ def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cf
         storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("faultllm"), 0)
     )
     time.sleep(4.5)  # > grace period 2 s, with room for the storage's one-second timestamp resolution
-    other_worker = open_study(cfg.hpo, cfg.seed, tmp_path, worker_index=1)
+    other_worker = open_study(cfg.hpo, cfg.seed, tmp_path)
     optuna.storages.fail_stale_trials(other_worker)  # what study.optimize does before each trial
     states = [t.state.name for t in other_worker.trials]
     assert states[0] == "FAIL"

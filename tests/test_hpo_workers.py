@@ -20,12 +20,6 @@ from tests import postgres
 from tests.test_hpo import _hpo_process, _states, hpo_overrides
 
 
-@pytest.fixture(scope="module")
-def postgres_url(postgres_server):
-    postgres_server.createdb("faultllm")
-    return postgres_server.url("faultllm")
-
-
 def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_path, monkeypatch):
     with pytest.raises(FaultLLMError, match=r"hpo.workers=0: expected >= 1"):
         search(compose_cfg("hpo", ["hpo.workers=0"]), tmp_path / "a")
@@ -41,6 +35,26 @@ def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_pat
     )
     with pytest.raises(FaultLLMError, match=r"no PostgreSQL driver; pip install -e '.\[postgres\]'"):
         search(compose_cfg("hpo", ["model=tiny", "hpo.storage=postgresql://postgres@127.0.0.1:1/x"]), tmp_path / "d")
+
+
+def test_a_journal_file_is_refused_for_several_workers_and_recovered_when_alone(compose_cfg, tmp_path):
+    """A journal has no heartbeats: a dead worker's trial would stay running while others wait for it. Alone, the
+    rerun fails the killed trial and queues it again, as with the run directory's own database."""
+    from faultllm.studies import fail_interrupted, open_study, sole_user
+
+    journal = tmp_path / "study.log"
+    for workers in ("hpo.workers=2", "hpo.worker_index=1"):  # here, or another machine's workers
+        with pytest.raises(FaultLLMError, match=rf"^hpo.storage={journal}: a journal file has no heartbeats"):
+            compose_cfg("hpo", [f"hpo.storage={journal}", workers])
+    cfg = compose_cfg("hpo", [f"hpo.storage={journal}"])
+    killed = open_study(cfg.hpo, 0, tmp_path).ask()
+    killed.suggest_int("lora_r", 4, 256)  # then the process died: the trial is left running
+    rerun = open_study(cfg.hpo, 0, tmp_path)
+    assert sole_user(cfg.hpo) and not sole_user(compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path}/x.db"]).hpo)
+    fail_interrupted(rerun, cfg.hpo.n_trials)
+    assert [t.state.name for t in rerun.trials] == ["FAIL", "WAITING"]
+    assert rerun.trials[1].user_attrs["retry_of"] == 0
+    assert rerun.ask().suggest_int("lora_r", 4, 256) == killed.params["lora_r"]  # the killed trial's parameters
 
 
 def _heartbeats(db: Path) -> list:
@@ -79,24 +93,46 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_other(tiny_cache
     assert (tmp_path / "w1" / "table_4_1.md").exists() and not (tmp_path / "w0" / "table_4_1.md").exists()
 
 
+def _children_cmdlines(pid: int) -> dict[int, str]:
+    """{child pid: its command line, as every user of the machine can read it} of process `pid` (a child between
+    fork and exec still shows the parent's; an ended one, not yet waited for, shows '')."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):  # a process that just ended
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
-    tiny_cache, easy_csv, tmp_path, postgres_url
+    postgres_server, tiny_cache, easy_csv, tmp_path
 ):
+    """With the password on the command line: the command warns once, and no worker's command line
+    (/proc/PID/cmdline, readable by every user) holds it."""
     import optuna
 
-    overrides = [*hpo_overrides(tiny_cache, easy_csv, 4), "hpo.workers=2", f"hpo.storage={postgres_url}"]
-    result = subprocess.run(
-        [sys.executable, "-m", "faultllm", "hpo", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = optuna.load_study(study_name="faultllm", storage=postgres_url.replace("://", "+psycopg://")).trials
+    postgres_server.createdb("workers", owner="faultllm")
+    url = postgres_server.url("workers", "faultllm", postgres.PASSWORD)
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 4), "hpo.workers=2", f"hpo.storage={url}"]
+    command = [sys.executable, "-m", "faultllm", "hpo", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        sweep, workers = subprocess.Popen(command, stdout=out, stderr=err), {}
+        while sweep.poll() is None:
+            children = _children_cmdlines(sweep.pid).items()
+            workers |= {child: line for child, line in children if "hpo.worker_index=" in line}  # exec'd workers
+            time.sleep(0.05)
+    stdout, stderr = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert len(workers) == 2 and all("hpo.storage=postgresql://faultllm:***@" in line for line in workers.values())
+    assert not [line for line in workers.values() if postgres.PASSWORD in line]
+    assert stderr.count("has its password on the command line") == 1  # the command's, not the workers'
+    trials = optuna.load_study(study_name="faultllm", storage=url.replace("://", "+psycopg://")).trials
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
-    assert result.stdout.count("trained:") == 1 and result.stdout.count("hpo: ") == 1  # one refit, one Table 4.1
+    assert stdout.count("trained:") == 1 and stdout.count("hpo: ") == 1  # one refit, one Table 4.1
     assert (tmp_path / "run" / "final" / "metrics.json").exists() and (tmp_path / "run" / "table_4_1.md").exists()
 
 
@@ -104,7 +140,7 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
     from faultllm.studies import _claims, fail_interrupted, open_study, refit_claim
 
     cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
-    study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path)
     with pytest.raises(RuntimeError), refit_claim(study, 4) as mine:
         assert mine
         with refit_claim(other, 4) as theirs:
@@ -147,7 +183,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     asked, claim = study.ask(), _claims(study, 4).ask()  # then killed: no heartbeat thread ever started
     older = optuna.load_study(study_name="faultllm", storage=_with_driver(url)).ask()  # Optuna's own storage
     assert _heartbeat_ids(url) == {asked._trial_id, claim._trial_id}  # from the moment they exist
-    other = open_study(cfg.hpo, 0, tmp_path, worker_index=1)
+    other = open_study(cfg.hpo, 0, tmp_path)
     optuna.storages.fail_stale_trials(other)  # what `optimize` does before each trial: none stale yet
     assert older._trial_id in _heartbeat_ids(url)  # found running without a heartbeat: given one, to go stale
     with refit_claim(other, 4) as mine:

@@ -3,8 +3,10 @@
 `faultllm hpo hpo.storage=postgresql://user:PASSWORD@host/db` works, but the CLI takes the password
 out of the override before Hydra sees it (so Hydra's .hydra/*.yaml, config.yaml and run_info.json
 hold postgresql://user:***@host/db) and hands it to the job, and to the worker processes it starts,
-in an environment variable. Whatever still carries a password on its way to a file or the console
-(a resolved ${oc.env:...}, an error message, a log line) goes through `redact`.
+in an environment variable. The command's own process still shows it to every user of the machine
+(`ps`, /proc/PID/cmdline) while it runs: it warns once, naming the safe ways. Whatever still carries a
+password on its way to a file or the console (a resolved ${oc.env:...}, an error message, a log line)
+goes through `redact`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 
 REDACTED = "***"
 PASSWORD_ENV = "FAULTLLM_STORAGE_PASSWORD"  # the password taken out of hpo.storage, for this process and its workers
 SECRET_OVERRIDES = ("hpo.storage=",)  # the overrides whose password the job puts back (`with_password`)
+ARGV_WARNING = (
+    "faultllm: warning: {key} has its password on the command line, where every user of this machine can read it "
+    "(ps, /proc/PID/cmdline) while the command runs; instead export FAULTLLM_STORAGE=postgresql://user:PASSWORD@host/db "
+    "and pass '{key}=${{oc.env:FAULTLLM_STORAGE}}', or use PGPASSWORD or ~/.pgpass"
+)
 
 # scheme://user:password@ : the user part has no ':' '/' '@', the password no '@' '/' (URL-encoded otherwise)
 _USER_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@/\s]+)@")
@@ -43,13 +51,17 @@ def password_of(url: str) -> str | None:
 
 def hide_passwords(overrides: list[str]) -> list[str]:
     """The command line's overrides with the password of hpo.storage taken out into PASSWORD_ENV (this
-    process's environment, which the job and its worker processes read): Hydra never sees it."""
-    hidden = []
+    process's environment, which the job and its worker processes read): Hydra never sees it. This
+    process's own command line keeps it: one warning on stderr says so."""
+    hidden, warned = [], False
     for override in overrides:
         password = password_of(override) if override.startswith(SECRET_OVERRIDES) else None
         if password is not None:
             os.environ[PASSWORD_ENV] = password
             override = redact(override)
+            if not warned:
+                print(ARGV_WARNING.format(key=override.partition("=")[0]), file=sys.stderr)
+                warned = True
         hidden.append(override)
     return hidden
 

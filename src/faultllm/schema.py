@@ -350,9 +350,10 @@ class HpoConfig:
     prune_early_epochs: int = at_least(3, 0)
     prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
-    worker_index: int = at_least(0, 0)  # the sampler's seed is seed + worker_index: give each worker its own
+    worker_index: int = at_least(0, 0)  # another machine's workers: its first worker's index (docs/sweeps.md)
     # null: sqlite in the run directory; or sqlite:////path/db, postgresql://user@host/db (password: PGPASSWORD,
-    # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), /nfs/study.log
+    # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), or a journal file
+    # study.log (one worker only: no heartbeats find a dead worker there)
     storage: str | None = None
     study_name: str = "faultllm"  # the Optuna study in the storage (several may share one database)
     heartbeat_interval: int = at_least(60, 1)  # a worker silent for grace_period s has its trial or claim redone
@@ -369,6 +370,17 @@ class HpoConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         self.space = {name: _search_param(name, spec) for name, spec in self.space.items()}
+        if self.storage and is_journal(self.storage) and (self.workers > 1 or self.worker_index > 0):
+            raise ConfigError(
+                "storage", f"={self.storage}: a journal file has no heartbeats, so a dead worker's trial would stay "
+                "running forever; use it with one worker (hpo.workers=1, hpo.worker_index=0) or share a "
+                "postgresql:// (or sqlite:///) storage between workers",
+            )  # fmt: skip
+
+
+def is_journal(storage: str) -> bool:
+    """hpo.storage names an Optuna journal file (PATH.log or PATH.jsonl), not a database URL."""
+    return "://" not in storage and storage.endswith((".log", ".jsonl"))
 
 
 def _search_param(name: str, spec: SearchParam | dict) -> SearchParam:

@@ -1,24 +1,27 @@
 """The Optuna study behind `faultllm hpo`: where it lives, and how workers share it safely.
 
 Storage: SQLite in the run directory, any RDB URL (PostgreSQL for many machines) or a journal
-file; RDB trials carry heartbeats from the moment they exist, so a killed worker's trial goes
-stale and is run again. Workers share hpo.n_trials through slots claimed before a trial starts,
-and exactly one of them wins the claim to refit the best trial and write Table 4.1.
+file (one process only: it has no heartbeats); RDB trials carry heartbeats from the moment they
+exist, so a killed worker's trial goes stale and is run again. Workers share hpo.n_trials through
+slots claimed before a trial starts, and exactly one of them wins the claim to refit the best trial
+and write Table 4.1. Each trial's sampler is seeded from (seed, trial number): docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from pathlib import Path
 
-from optuna.storages import RDBStorage
+from optuna.samplers import BaseSampler, TPESampler
 
 from faultllm.credentials import redact, with_password
 from faultllm.errors import FaultLLMError, first_line
+from faultllm.heartbeats import HeartbeatStorage, heartbeat_thread, last_heartbeats, stale_trial_ids, storage_of
 from faultllm.paths import install_hint
-from faultllm.schema import OBJECTIVES, HpoConfig
+from faultllm.schema import OBJECTIVES, HpoConfig, is_journal
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,8 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
-def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int = 0, attempts: int = 5):
-    """Create or load the study, its sampler seeded per worker. Workers starting together may race
+def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5):
+    """Create or load the study, its sampler seeded per trial. Workers starting together may race
     to create the schema: retry."""
     import optuna
 
@@ -47,8 +50,7 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int =
             return optuna.create_study(
                 study_name=hpo_cfg.study_name,
                 storage=_storage(url, hpo_cfg),
-                # seed + worker index: reproducible, and no two workers draw the same start-up trials
-                sampler=optuna.samplers.TPESampler(seed=seed + worker_index),
+                sampler=TrialSeededSampler(seed),
                 pruner=make_pruner(hpo_cfg.pruner),
                 direction=OBJECTIVES[hpo_cfg.objective],
                 load_if_exists=True,
@@ -67,6 +69,44 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, worker_index: int =
     raise AssertionError("unreachable")
 
 
+class TrialSeededSampler(BaseSampler):
+    """Optuna's TPE, its random stream seeded afresh for each trial from (seed, trial number).
+
+    The storage numbers trials once across all workers and lives, so no trial draws the stream of
+    another, not even one a restarted worker or a second worker runs (one TPESampler per worker would
+    replay its start-up draws after a restart). A clean one-worker run stays reproducible.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self._number, self._sampler = seed, None, None
+
+    def _for(self, trial) -> BaseSampler:
+        if trial.number != self._number:  # one TPE per trial: the same one from before_trial to after_trial
+            self._number, self._sampler = trial.number, TPESampler(seed=trial_seed(self.seed, trial.number))
+        return self._sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+
+def trial_seed(seed: int, trial_number: int) -> int:
+    """The sampler seed of trial `trial_number` of a study seeded `seed` (32 bits, as numpy takes)."""
+    digest = hashlib.sha256(f"faultllm-trial:{seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def study_url(hpo_cfg: HpoConfig, run_dir: Path) -> str:
     """hpo.storage, or SQLite in the run directory."""
     return hpo_cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
@@ -74,14 +114,14 @@ def study_url(hpo_cfg: HpoConfig, run_dir: Path) -> str:
 
 def _storage(url: str, hpo_cfg: HpoConfig):
     if "://" not in url:
-        if url.endswith((".log", ".jsonl")):  # a journal file, for workers sharing NFS
+        if is_journal(url):  # one process only (HpoConfig refuses it for several workers): no heartbeats
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(url))
         raise FaultLLMError(
             f"hpo.storage={url}: expected sqlite:///PATH, postgresql://..., mysql://... or a journal file PATH.log"
         )
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback  # "RetryFailedTrialCallback" before Optuna 4.9
 
     return HeartbeatStorage(
         with_password(_with_driver(url)),
@@ -89,64 +129,6 @@ def _storage(url: str, hpo_cfg: HpoConfig):
         grace_period=hpo_cfg.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
-
-
-class HeartbeatStorage(RDBStorage):
-    """Optuna's RDBStorage with a heartbeat on every trial from the moment it runs.
-
-    Optuna records a trial's first heartbeat only once `optimize` starts its heartbeat thread, and
-    never one for a trial made by `ask` alone (a refit claim), and it never finds a running trial
-    without heartbeat stale: a worker killed in that window left it RUNNING for good. Here a trial
-    gets its heartbeat when it is created or taken from the queue, and a running trial found without
-    one (made by an older faultllm, or killed between the two statements) gets one, so that it goes
-    stale one grace period later unless its worker is alive to keep it fresh.
-    """
-
-    def _create_new_trial(self, study_id: int, template_trial=None):
-        trial = super()._create_new_trial(study_id, template_trial)
-        if trial.state.name == "RUNNING":
-            self.record_heartbeat(trial._trial_id)
-        return trial
-
-    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
-        changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state.name == "RUNNING":  # a queued trial taken by a worker
-            self.record_heartbeat(trial_id)
-        return changed
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
-        for trial_id in self._running_without_heartbeat(study_id):
-            self.record_heartbeat(trial_id)
-        return stale
-
-    def last_heartbeats(self, trial_ids: list[int]) -> dict:
-        from optuna.storages._rdb import models
-
-        heartbeat = models.TrialHeartbeatModel
-        session = self.scoped_session()
-        try:
-            rows = session.query(heartbeat.trial_id, heartbeat.heartbeat).filter(heartbeat.trial_id.in_(trial_ids))
-            return dict(rows.all())
-        finally:
-            session.close()
-
-    def _running_without_heartbeat(self, study_id: int) -> list[int]:
-        from optuna.storages._rdb import models
-        from optuna.trial import TrialState
-
-        session = self.scoped_session()
-        try:
-            rows = (
-                session.query(models.TrialModel.trial_id)
-                .outerjoin(models.TrialHeartbeatModel)
-                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
-                .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
-                .all()
-            )
-        finally:
-            session.close()
-        return [row[0] for row in rows]
 
 
 def _with_driver(url: str) -> str:
@@ -165,12 +147,18 @@ def _with_driver(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
+def sole_user(hpo_cfg: HpoConfig) -> bool:
+    """No other process can share the study before this one starts its workers: the run directory's own
+    database, or a journal file (refused for several workers), opened by the first worker."""
+    return hpo_cfg.worker_index == 0 and (not hpo_cfg.storage or is_journal(hpo_cfg.storage))
+
+
 def fail_interrupted(study, n_trials: int) -> None:
     """Mark trials left RUNNING by a killed process as failed and queue their parameters again;
     free the refit claim (of `n_trials` trials) it held.
 
-    Only for a study no live worker can share (its own database, before any worker starts):
-    shared storages find dead workers by their heartbeats instead.
+    Only for a study no live worker can share (`sole_user`): shared storages find dead workers by their
+    heartbeats instead.
     """
     for trial in _fail_running(study):
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
@@ -181,13 +169,17 @@ def fail_interrupted(study, n_trials: int) -> None:
 def _fail_running(study) -> list:
     from optuna.trial import TrialState
 
-    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
-    study_id = storage.get_study_id_from_name(study.study_name)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in running:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    for trial_id in _trial_ids(study, [trial.number for trial in running]):
+        storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
     return running
+
+
+def _trial_ids(study, numbers: list[int]) -> list[int]:
+    """The storage's ids of the study's trials `numbers`."""
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return [storage.get_trial_id_from_study_id_trial_number(study_id, number) for number in numbers]
 
 
 class OverBudget(Exception):
@@ -223,7 +215,6 @@ def refit_claim(study, n_trials: int, patience: float = 0.0, poll: float = 1.0):
     directory's own database is freed at once by `fail_interrupted`). While another worker holds a
     live claim, wait up to `patience` seconds for it to finish or go stale.
     """
-    from optuna.storages._heartbeat import get_heartbeat_thread  # what `optimize` keeps a trial alive with
     from optuna.trial import TrialState
 
     claims = _claims(study, n_trials)
@@ -231,7 +222,7 @@ def refit_claim(study, n_trials: int, patience: float = 0.0, poll: float = 1.0):
     if claim is None:
         yield False
         return
-    with get_heartbeat_thread(claim._trial_id, claims._storage):
+    with heartbeat_thread(storage_of(claims), *_trial_ids(claims, [claim.number])):
         try:
             yield True
         except BaseException:
@@ -253,7 +244,7 @@ def _claim(claims, patience: float, poll: float):
             return None
         if not held:
             return _ask_claim(claims)
-        beats = _last_heartbeats(claims, [other._trial_id for other in held])
+        beats = last_heartbeats(storage_of(claims), _trial_ids(claims, [other.number for other in held]))
         first_seen = beats if first_seen is None else first_seen
         if beats != first_seen or time.monotonic() >= deadline:  # a beat since we first looked: its worker lives
             return None
@@ -275,22 +266,14 @@ def _ask_claim(claims):
     return None
 
 
-def _last_heartbeats(study, trial_ids: list[int]) -> dict:
-    """{trial id: its last heartbeat} in a HeartbeatStorage; {} in others."""
-    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
-    return backend.last_heartbeats(trial_ids) if isinstance(backend, HeartbeatStorage) else {}
-
-
 def fail_stale(study) -> None:
     """Fail the running trials of `study` whose heartbeat went stale, without queueing them again (Optuna's
     `fail_stale_trials` also runs the storage's retry callback, which is for search trials, not claims)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
-    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
-        return  # a journal file: no heartbeats
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    storage = storage_of(study)
+    for trial_id in stale_trial_ids(storage, storage.get_study_id_from_name(study.study_name)):
         with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
@@ -298,9 +281,8 @@ def fail_stale(study) -> None:
 def _claims(study, n_trials: int):
     import optuna
 
-    storage = study._storage  # the storage the study was opened with: Optuna has no public getter
     name = f"{study.study_name}:refit:{n_trials}"
-    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
+    return optuna.create_study(study_name=name, storage=storage_of(study), load_if_exists=True)
 
 
 def best_trial(study):

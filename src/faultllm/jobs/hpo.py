@@ -48,6 +48,7 @@ from faultllm.studies import (
     open_study,
     refit_claim,
     slots_taken,
+    sole_user,
     study_url,
 )
 
@@ -60,9 +61,8 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
-    study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index)
-    if not cfg.hpo.storage and cfg.hpo.worker_index == 0:
-        # our own database and no worker started yet: a RUNNING trial was killed
+    study = open_study(cfg.hpo, cfg.seed, run_dir)
+    if sole_user(cfg.hpo):  # no worker started yet: a RUNNING trial was killed
         fail_interrupted(study, cfg.hpo.n_trials)
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
