@@ -144,7 +144,7 @@ def _hpo(cfg: HpoJob, run_dir: Path | None) -> None:
     if cfg.hpo.storage:  # a bad URL or a server that cannot be reached (the default SQLite file is the run's)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".* is (experimental|an experimental feature)")  # Optuna
-            open_study(cfg.hpo, cfg.seed, Path("."), cfg.hpo.worker_index)
+            open_study(cfg.hpo, cfg.seed, Path("."))
 
 
 def _baselines(cfg: BaselinesJob, run_dir: Path | None) -> None:
