@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from faultllm.comparison import ModelRun, aggregate, interval, mcnemar, paired_tests, seed_test
+from faultllm.comparison import ModelRun, aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
 from faultllm.jobs.baselines import run as run_baselines
@@ -246,6 +247,21 @@ def test_the_same_gap_on_every_seed_gets_the_smallest_p_value_three_seeds_allow(
     assert row["CI low"] < 0.05 < row["CI high"]  # tied gaps: the interval has the test rows' width
     no_gap = paired_tests(llm + [_seed_run(tmp_path, "B", "baseline", r.seed, r.test_accuracy) for r in llm]).iloc[0]
     assert no_gap["p-value"] == 1.0 and no_gap["CI low"] < 0 < no_gap["CI high"]
+
+
+def test_the_gap_interval_is_floored_by_the_discordant_rows(tmp_path):
+    """Three splits of 160 rows where A gets the same 4 rows more than B: t (2 df) times the floor's sd."""
+    right = np.arange(160) < 120
+    better = right | (np.arange(160) >= 156)
+    pairs = [
+        (_seed_run(tmp_path, "A", "llm", seed, better.mean()), _seed_run(tmp_path, "B", "baseline", seed, right.mean()))
+        for seed in (1, 2, 3)
+    ]
+    pairs = [(replace(a, test_rows=160, correct=better), replace(b, test_rows=160, correct=right)) for a, b in pairs]
+    half = stats.t.ppf(0.975, 2) * np.sqrt((4 + 1) / 160**2 / 3)
+    assert gap_interval(pairs) == pytest.approx((4 / 160 - half, 4 / 160 + half))
+    without_rows = [(replace(a, correct=None), replace(b, correct=None)) for a, b in pairs]
+    assert gap_interval(without_rows)[0] < gap_interval(pairs)[0]  # as if independent: wider
 
 
 def test_a_more_consistent_gap_never_gets_a_weaker_p_value():

@@ -388,16 +388,25 @@ def seed_test(gaps: list[Fraction]) -> float:
 
 def gap_interval(pairs: list[tuple[ModelRun, ModelRun]], level: float = 0.95) -> tuple[float, float]:
     """95% interval of the mean gap A - B over seeds: the t-interval on the raw scale, its variance floored
-    at a seed's binomial test-row variance of the gap (pA(1 - pA) + pB(1 - pB))/n (p shrunk as
-    (right + 1)/(n + 2), so never 0; A and B treated as independent, wider than paired rows need), clipped
-    to [-1, 1]: it contains the mean gap and never has zero width."""
+    at the mean over seeds of one seed's test-row variance of the gap (`_gap_variance`), clipped to
+    [-1, 1]: it contains the mean gap and never has zero width."""
     from scipy import stats
 
     gaps = np.array([a.test_accuracy - b.test_accuracy for a, b in pairs])
-    shrunk = lambda r: (r.test_correct + 1) / (r.test_rows + 2)  # noqa: E731
-    floor = np.mean([(shrunk(a) * (1 - shrunk(a)) + shrunk(b) * (1 - shrunk(b))) / a.test_rows for a, b in pairs])
+    floor = float(np.mean([_gap_variance(a, b) for a, b in pairs]))
     half = stats.t.ppf((1 + level) / 2, len(gaps) - 1) * math.sqrt(max(gaps.var(ddof=1), floor) / len(gaps))
     return max(-1.0, gaps.mean() - half), min(1.0, gaps.mean() + half)
+
+
+def _gap_variance(a: ModelRun, b: ModelRun) -> float:
+    """The binomial variance of one split's accuracy gap over its test rows, never 0: from the rows only one
+    of the two got right, (discordant + 1)/n^2, where both runs kept their rows (McNemar's view, an upper
+    bound); else from the accuracies as if A and B were independent, (pA(1 - pA) + pB(1 - pB))/n with p
+    shrunk as (right + 1)/(n + 2) (wider than paired rows need)."""
+    if a.correct is not None and b.correct is not None and len(a.correct) == len(b.correct):
+        return (int(np.sum(a.correct != b.correct)) + 1) / len(a.correct) ** 2
+    shrunk = lambda r: (r.test_correct + 1) / (r.test_rows + 2)  # noqa: E731
+    return (shrunk(a) * (1 - shrunk(a)) + shrunk(b) * (1 - shrunk(b))) / a.test_rows
 
 
 def _with_forecasts(results: list[ModelRun]) -> dict[tuple[str, int], list[ModelRun]]:

@@ -83,11 +83,13 @@ def _tests(results: list[ModelRun], tests: pd.DataFrame, out_dir: Path) -> None:
     else:
         write_csv(tests, out_dir / "paired_tests.csv")
         write_text(out_dir / "paired_tests.md", f"{UNIT}\n\n{markdown(tests_display(tests))}")
-        print_table(f"paired tests across seeds\n{UNIT}", tests_display(tests))
+        log.info(UNIT)
+        print_table("paired tests across seeds (the headline)", tests_display(tests))
     if not within.empty:
         write_csv(within, out_dir / "within_split_tests.csv")
         write_text(out_dir / "within_split_tests.md", f"{WITHIN_SPLIT}\n\n{markdown(within_split_display(within))}")
-        print_table(f"within-split evidence (per seed)\n{WITHIN_SPLIT}", within_split_display(within))
+        log.info(WITHIN_SPLIT)
+        print_table("within-split evidence: McNemar per split", within_split_display(within))
 
 
 def _no_tests_reason(results: list[ModelRun], within: pd.DataFrame) -> str:
