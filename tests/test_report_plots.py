@@ -84,6 +84,17 @@ def test_every_risk_coverage_line_has_its_own_colour_and_label(tmp_path, kept_fi
     assert len(set(labels)) == 12 and all(label.startswith(model) for label, model in zip(labels, curves, strict=True))
 
 
+def test_the_risk_coverage_spread_over_seeds_is_shaded_from_the_lowest_to_the_highest_seed(tmp_path, kept_figure):
+    coverage = np.linspace(0.01, 1, 100)
+    curve = pd.DataFrame({"coverage": coverage, "accuracy": 1 - 0.2 * coverage})
+    curves = {"LLM (tiny)": curve.assign(accuracy_low=curve["accuracy"] - 0.1, accuracy_high=curve["accuracy"] + 0.05)}
+    plots.risk_coverage(curves | {"one seed": curve}, tmp_path / "selective.png", "selective")
+    ax = kept_figure().axes[0]
+    (band,) = ax.collections  # the curve without a spread has none
+    (low, high) = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    assert (low, high) == pytest.approx((0.8 - 0.1, 1 - 0.2 * 0.01 + 0.05))
+
+
 def test_the_reliability_bins_interval_is_wilsons():
     confidence = np.linspace(0.5, 1, 40)
     correct = np.arange(40) % 3 != 0
@@ -164,8 +175,11 @@ def test_report_on_a_mixed_set_writes_every_table_and_plot(mixed_runs, tmp_path)
         and runs["Logistic Regression 40"] == 2
         and runs["K-Nearest Neighbors 20"] == 1
     )
-    for name in ("comparison", "paired_tests", "calibration", "selective"):
+    for name in ("comparison", "paired_tests", "within_split_tests", "calibration", "selective"):
         assert (tmp_path / f"{name}.md").stat().st_size > 0 and (tmp_path / f"{name}.csv").stat().st_size > 0
+    tests = pd.read_csv(tmp_path / "paired_tests.csv")  # two seeds shared: the zero-shot LLM against each baseline
+    assert (tests["n"] == 2).all() and (tests["CI low"] < tests["Accuracy A - B"]).all()
+    assert (tests["Accuracy A - B"] < tests["CI high"]).all()
     for name in ("comparison", "calibration", "selective", "train_size_curve"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     assert (tmp_path / "runs.csv").exists() and (tmp_path / "selective_curves.csv").exists()

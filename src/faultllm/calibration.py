@@ -3,10 +3,13 @@
 - Expected calibration error (ECE), top-label: rows sorted by the confidence of the label answered,
   cut into 15 bins of equal size (equal mass: the last bins take one row fewer when the rows do not
   divide evenly), and the mean |accuracy - mean confidence| over the bins, weighted by their rows.
-  Each bin's accuracy comes with its 95% Wilson score interval (the shaded band of calibration.png).
+  Rows of equal confidence that a bin edge cuts count with their tie group's mean accuracy, so no row
+  order decides a bin. Each bin's accuracy comes with its 95% Wilson score interval (the shaded band of
+  calibration.png). `calibrated_ece`: the ECE a perfectly calibrated model would show with the same
+  confidences in the same bins (its floor at that many rows, > 0 from sampling alone).
 - Brier score: mean over rows of sum over labels of (p - 1[label is true])^2 (0 best, 2 worst).
-- Negative log-likelihood: mean of -ln p(true label), p clipped at 1e-12 (a model certain of a wrong
-  label would otherwise score infinity).
+- Negative log-likelihood: mean of -ln p(true label), unclipped: a row that gave its true label
+  probability 0 makes it infinite, and `zero_probability_rows` says which rows those are.
 - Risk-coverage: answer only the most confident rows; accuracy against the share of rows answered
   (coverage k/N for k = 1..N, most confident first). Rows of equal confidence are answered together,
   so inside a tie the curve takes their mean accuracy and no row order decides it. The area under
@@ -26,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 BINS = 15
-CLIP = 1e-12
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,32 @@ class Forecast:
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> pd.DataFrame:
     """Equal-mass bins of rows sorted by confidence: rows, mean confidence and accuracy per bin."""
     order = np.argsort(confidence, kind="stable")
-    parts = [part for part in np.array_split(order, min(bins, len(order))) if len(part)]
+    confidence = np.asarray(confidence, np.float64)[order]
+    correct = tie_averaged(confidence, np.asarray(correct)[order])
+    parts = [part for part in np.array_split(np.arange(len(order)), min(bins, len(order))) if len(part)]
     return pd.DataFrame({
         "rows": [len(part) for part in parts],
         "confidence": [float(confidence[part].mean()) for part in parts],
         "accuracy": [float(correct[part].mean()) for part in parts],
     }).pipe(_with_wilson_interval)  # fmt: skip
+
+
+def tie_averaged(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Each row's correctness replaced by the mean over the rows of its confidence (sorted ascending):
+    where a bin edge cuts a tie, neither side depends on which tied rows came first."""
+    starts = np.flatnonzero(np.r_[True, confidence[1:] != confidence[:-1]])
+    sizes = np.diff(np.r_[starts, len(confidence)])
+    return np.repeat(np.add.reduceat(np.asarray(correct, np.float64), starts) / sizes, sizes)
+
+
+def calibrated_ece(confidence: np.ndarray, bins: int = BINS, draws: int = 2000, seed: int = 0) -> float:
+    """The expected ECE of a perfectly calibrated model with these confidences, in the same bins: each bin's
+    rows right drawn as Binomial(rows, its mean confidence) (a sum of Bernoulli(confidence) has a variance
+    no larger, so this floor errs slightly high), averaged over `draws`."""
+    table = reliability(np.asarray(confidence, np.float64), np.zeros(len(confidence), bool), bins)
+    rows, mean_confidence = table["rows"].to_numpy(), table["confidence"].to_numpy()
+    right = np.random.default_rng(seed).binomial(rows, np.clip(mean_confidence, 0, 1), size=(draws, len(rows)))
+    return float((np.abs(right - rows * mean_confidence).sum(axis=1) / rows.sum()).mean())
 
 
 def _with_wilson_interval(bins: pd.DataFrame, z: float = 1.959964) -> pd.DataFrame:
@@ -81,18 +103,30 @@ def brier_score(forecast: Forecast) -> float:
     return float(((forecast.probabilities - onehot) ** 2).sum(axis=1).mean())
 
 
+def _p_true(forecast: Forecast) -> np.ndarray:
+    return forecast.probabilities[np.arange(len(forecast.truth)), forecast.truth]
+
+
 def negative_log_likelihood(forecast: Forecast) -> float:
-    p_true = forecast.probabilities[np.arange(len(forecast.truth)), forecast.truth]
-    return float(-np.log(np.clip(p_true, CLIP, 1.0)).mean())
+    """Mean -ln p(true label); infinite where a row gave its true label probability 0 (not clipped)."""
+    with np.errstate(divide="ignore"):
+        return float(-np.log(_p_true(forecast)).mean())
+
+
+def zero_probability_rows(forecast: Forecast) -> np.ndarray:
+    """Positions of the rows that gave their true label probability 0 (each makes the NLL infinite)."""
+    return np.flatnonzero(_p_true(forecast) <= 0)
 
 
 def scores(forecast: Forecast) -> dict[str, float]:
-    """ECE, Brier score and NLL of one set of rows, with the mean confidence and the accuracy beside them."""
+    """ECE, Brier score and NLL of one set of rows (with the rows whose true label got probability 0), the
+    mean confidence and the accuracy beside them."""
     confidence, correct = forecast.confidence, forecast.correct
     return {
         "ece": expected_calibration_error(confidence, correct),
         "brier": brier_score(forecast),
         "nll": negative_log_likelihood(forecast),
+        "zero_p_true": len(zero_probability_rows(forecast)),
         "confidence": float(confidence.mean()),
         "accuracy": float(correct.mean()),
     }

@@ -150,11 +150,14 @@ def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None
 
 
 def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None:
-    """Selective prediction: accuracy on the rows answered against the share answered, most confident first."""
+    """Selective prediction: accuracy on the rows answered against the share answered, most confident first;
+    the spread over seeds shaded where a curve gives it (`accuracy_low`/`accuracy_high`)."""
     with figure(path, (10, 5.4)) as (_, ax):
         for (model, curve), colour in zip(curves.items(), colours(len(curves)), strict=True):
             label = f"{model} (area {curve['accuracy'].mean():.3f})"
             ax.plot(curve["coverage"], curve["accuracy"], label=label, color=colour, **_style(model))
+            if {"accuracy_low", "accuracy_high"} <= set(curve):
+                ax.fill_between(curve["coverage"], curve["accuracy_low"], curve["accuracy_high"], color=colour, alpha=0.12)
         _unit_axes(ax, "coverage (share of test rows answered, most confident first)", "accuracy on the rows answered",
                    title, 1)  # fmt: skip
 

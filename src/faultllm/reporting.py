@@ -62,16 +62,35 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     })  # fmt: skip
 
 
+# One line above the tests: what a claim about a method rests on.
+UNIT = (
+    "Unit of replication: the seed (a new split and a new fine-tune); n counts seeds, and the interval and "
+    "p-value are about the method, not one split's rows."
+)
+WITHIN_SPLIT = (
+    "Within-split evidence: exact McNemar on one split's test rows, about that split and that fine-tune only "
+    "(a new seed may reverse it); Holm over this table."
+)
+
+
 def tests_display(tests: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests as people read them: differences to 3 decimals, p-values (raw and Holm-adjusted) to 2
-    significant digits."""
-    return tests.assign(**{
-        "Accuracy A - B": tests["Accuracy A - B"].map(lambda d: f"{d:+.3f}"),
-        "p-value": tests["p-value"].map(lambda p: f"{p:.2g}"),
-        "p-value (Holm)": tests["p-value (Holm)"].map(lambda p: f"{p:.2g}"),
-        "A right only": tests["A right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
-        "B right only": tests["B right only"].map(lambda n: "" if pd.isna(n) else str(int(n))),
+    """Across-seed tests as people read them: mean gap and its interval to 3 decimals, p-values (raw and
+    Holm-adjusted) to 2 significant digits."""
+    return pd.DataFrame({
+        "A": tests["A"], "B": tests["B"], "Train rows": tests["Train rows"], "Seeds": tests["Seeds"], "n": tests["n"],
+        "Accuracy A - B (mean)": tests["Accuracy A - B"].map(lambda d: f"{d:+.3f}"),
+        "95% CI": [f"[{low:+.3f}, {high:+.3f}]" for low, high in zip(tests["CI low"], tests["CI high"], strict=True)],
+        "Test": tests["Test"], **_p_values(tests),
     })  # fmt: skip
+
+
+def within_split_display(tests: pd.DataFrame) -> pd.DataFrame:
+    """Per-split McNemar rows as people read them."""
+    return tests.assign(**{"Accuracy A - B": tests["Accuracy A - B"].map(lambda d: f"{d:+.3f}")}, **_p_values(tests))
+
+
+def _p_values(tests: pd.DataFrame) -> dict[str, pd.Series]:
+    return {name: tests[name].map(lambda p: f"{p:.2g}") for name in ("p-value", "p-value (Holm)")}
 
 
 def _mean_sd(table: pd.DataFrame, key: str) -> list[str]:
@@ -82,20 +101,26 @@ def _mean_sd(table: pd.DataFrame, key: str) -> list[str]:
 
 
 def calibration_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.calibration_summary` as people read it: mean ± sd over seeds."""
+    """`comparison.calibration_summary` as people read it: pooled ECE beside a calibrated model's at that size,
+    then mean ± sd over seeds."""
+    nll = [
+        f"inf ({zero} rows p=0)" if zero else shown
+        for shown, zero in zip(_mean_sd(summary, "nll"), summary["zero_p_true"], strict=True)
+    ]
     return pd.DataFrame({
-        "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"],
-        "ECE (15 bins)": _mean_sd(summary, "ece"), "Brier": _mean_sd(summary, "brier"), "NLL": _mean_sd(summary, "nll"),
+        "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"], "Rows": summary["Rows"],
+        "ECE pooled": summary["ece_pooled"].map("{:.3f}".format),
+        "ECE if calibrated": summary["ece_calibrated"].map("{:.3f}".format),
+        "ECE per seed": _mean_sd(summary, "ece"), "Brier": _mean_sd(summary, "brier"), "NLL": nll,
         "Mean confidence": _mean_sd(summary, "confidence"), "Accuracy": _mean_sd(summary, "accuracy"),
     })  # fmt: skip
 
 
 def selective_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.selective_summary` as people read it, 3 decimals."""
+    """`comparison.selective_summary` as people read it: mean ± sd over seeds, 3 decimals."""
     return pd.DataFrame({
         "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"], "Rows": summary["Rows"],
-        "Area (accuracy-coverage)": summary["area"].map("{:.3f}".format), "AURC": summary["aurc"].map("{:.3f}".format),
-        "Accuracy at 50%": summary["accuracy_at_50"].map("{:.3f}".format),
-        "Accuracy at 80%": summary["accuracy_at_80"].map("{:.3f}".format),
-        "Accuracy at 100%": summary["accuracy_at_100"].map("{:.3f}".format),
+        "Area (accuracy-coverage)": _mean_sd(summary, "area"), "AURC": _mean_sd(summary, "aurc"),
+        "Accuracy at 50%": _mean_sd(summary, "accuracy_at_50"), "Accuracy at 80%": _mean_sd(summary, "accuracy_at_80"),
+        "Accuracy at 100%": _mean_sd(summary, "accuracy_at_100"),
     })  # fmt: skip
