@@ -205,10 +205,10 @@ def output_error(overrides: list[str]) -> str | None:
     return None
 
 
-def config_error(config_name: str, overrides: list[str]) -> str | None:
-    """The one-line reason the config of some job cannot be composed or does not validate, or its inputs
-    cannot work (`faultllm.preflight`), else None. A multirun (-m) checks every job of its sweep before the
-    first one runs."""
+def config_error(config_name: str, overrides: list[str], inputs: bool = True) -> str | None:
+    """The one-line reason the config of some job cannot be composed or does not validate, or (with `inputs`)
+    its inputs cannot work (`faultllm.preflight`), else None. A multirun (-m) checks every job of its sweep
+    before the first one runs."""
     if _prints_only(overrides):
         return None
     multirun = _multirun(overrides)
@@ -219,7 +219,7 @@ def config_error(config_name: str, overrides: list[str]) -> str | None:
     except Exception as err:  # Hydra's override grammar
         return _one_line(err)
     for job in jobs:
-        error = _job_error(config_name, job, Path(run_dir) if run_dir else None)
+        error = _job_error(config_name, job, Path(run_dir) if run_dir else None, inputs)
         if error:
             return f"{error} (in the sweep job {' '.join(job)})" if multirun and len(jobs) > 1 else error
     return None
@@ -234,7 +234,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _job_error(config_name: str, overrides: list[str], run_dir: Path | None) -> str | None:
+def _job_error(config_name: str, overrides: list[str], run_dir: Path | None, inputs: bool = True) -> str | None:
     from faultllm.config import compose, validate
     from faultllm.errors import FaultLLMError, first_line
     from faultllm.preflight import check
@@ -242,7 +242,8 @@ def _job_error(config_name: str, overrides: list[str], run_dir: Path | None) -> 
     config = None
     try:
         config = validate(compose(config_name, overrides), config_name)
-        check(config, run_dir)
+        if inputs:
+            check(config, run_dir)
     except FaultLLMError as err:
         return str(err)
     except Exception as err:
