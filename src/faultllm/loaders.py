@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError, first_line
+from faultllm.files import atomic_path
 from faultllm.schema import DataConfig
 
 LABEL = "label"
@@ -190,28 +190,22 @@ def _write_columns_atomically(
     nothing is held twice. Text in a column, or an empty row of a `finite` column, is refused here,
     naming its row of `source`.
     """
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with open(handle, "r+b") as out:
-            header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
-            np.lib.format.write_array_header_1_0(out, header)
-            data_start = out.tell()
-            out.truncate(data_start + len(columns) * rows * 8)
-            first = 0
-            for frame in frames:
-                frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
-                for position, name in enumerate(columns):
-                    values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
-                    if name in finite and not np.isfinite(values).all():
-                        row = first + np.argmax(~np.isfinite(values))
-                        raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
-                    out.seek(data_start + (position * rows + first) * 8)
-                    out.write(memoryview(values).cast("B"))
-                first += len(frame)
-        os.replace(partial, target)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as partial, open(partial, "w+b") as out:
+        header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
+        np.lib.format.write_array_header_1_0(out, header)
+        data_start = out.tell()
+        out.truncate(data_start + len(columns) * rows * 8)
+        first = 0
+        for frame in frames:
+            frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
+            for position, name in enumerate(columns):
+                values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
+                if name in finite and not np.isfinite(values).all():
+                    row = first + np.argmax(~np.isfinite(values))
+                    raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
+                out.seek(data_start + (position * rows + first) * 8)
+                out.write(memoryview(values).cast("B"))
+            first += len(frame)
 
 
 class ColumnFile:
