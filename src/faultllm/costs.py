@@ -160,7 +160,7 @@ def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape
     try:
         config = AutoConfig.from_pretrained(str(config_dir))
     except (OSError, ValueError) as err:
-        raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from None
+        raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from err
     if layers is not None:
         config.get_text_config().num_hidden_layers = layers
     with torch.device("meta"):

@@ -77,7 +77,7 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
             _refuse_duplicate_columns(path)
             frame = pd.read_csv(path, usecols=list(columns) if columns else None)
     except (ValueError, OSError) as err:
-        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from err
     return frame
 
 
@@ -334,10 +334,10 @@ def _refuse_text_labels(labels, directory: Path) -> None:
     for label in labels or []:
         try:
             float(label)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
             raise FaultLLMError(
                 f"data.labels: {label!r} is not a fault number like the labels of {directory} (0, 1, ..., 20)"
-            ) from None
+            ) from err
 
 
 def _find_rieth_files(directory: Path) -> dict[str, Path]:
@@ -356,7 +356,7 @@ def _read_rdata(path: Path, object_name: str) -> pd.DataFrame:
     try:
         objects = pyreadr.read_r(str(path))
     except Exception as err:  # pyreadr raises its own error types for corrupt files
-        raise FaultLLMError(f"{path}: cannot read as RData ({first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as RData ({first_line(err)})") from err
     if object_name not in objects:
         if len(objects) != 1:
             raise FaultLLMError(f"{path}: expected an R object named {object_name!r}, found {list(objects)}")
@@ -537,7 +537,7 @@ def _read_dat(file: Path) -> np.ndarray:
     try:
         values = np.loadtxt(file, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from None
+        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from err
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise FaultLLMError(f"{file}: row {row} column {col} holds {values[row, col]}; expected a finite number")
