@@ -232,12 +232,13 @@ def _fail_with_a_cause(error: type[Exception], message: str):
 
 @pytest.fixture()
 def keep_logging():
-    """Hydra, run in this process, gives the root logger handlers on this test's captured stderr: remove them."""
+    """Hydra, run in this process, gives the root logger handlers (this test's stderr, the run's log): close them."""
     root = logging.getLogger()
     before = list(root.handlers)
     yield
     for handler in set(root.handlers) - set(before):
         root.removeHandler(handler)
+        handler.close()
 
 
 # where the failure happens -> what to patch to raise there, and how the one line starts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -535,9 +536,13 @@ def _read_braatz(directory: Path, data_cfg: DataConfig) -> tuple[pd.DataFrame, p
 
 def _read_dat(file: Path) -> np.ndarray:
     try:
-        values = np.loadtxt(file, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's warning of an empty file: refused below
+            values = np.loadtxt(file, dtype=np.float64, ndmin=2)
     except ValueError as err:
         raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from err
+    if values.size == 0:
+        raise FaultLLMError(f"{file}: holds no numbers; expected a whitespace-separated table of them")
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise FaultLLMError(f"{file}: row {row} column {col} holds {values[row, col]}; expected a finite number")
