@@ -292,3 +292,15 @@ def test_a_loader_error_keeps_the_library_exception_under_faultllm_debug(tmp_pat
     stderr = capsys.readouterr().err.strip()
     assert "pyarrow.lib.ArrowInvalid" in stderr and "was the direct cause" in stderr
     assert stderr.splitlines()[-1].startswith(f"faultllm data prepare: error: {bad}: cannot read as parquet")
+
+
+def test_no_translated_exception_drops_its_cause():
+    """`raise FaultLLMError(...) from err`, never `from None`: FAULTLLM_DEBUG=1 must be able to show the cause."""
+    source = Path(__file__).resolve().parents[1] / "src" / "faultllm"
+    dropped = [
+        f"{path.relative_to(source)}:{number}"
+        for path in sorted(source.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.rstrip().endswith("from None")
+    ]
+    assert not dropped, dropped
