@@ -204,3 +204,12 @@ def test_rieth_bad_value_names_the_row_of_the_file(tmp_path, compose_cfg):
         load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,5]"]).data)
     fine = load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,4]"]).data)
     assert len(fine.pool) == 5 * 40 + 5 * 20  # the bad row is not among the requested labels
+
+
+@pytest.mark.filterwarnings("error")  # numpy's "input contained no data" would be a second console line
+def test_an_empty_braatz_file_is_refused_by_name(tmp_path, compose_cfg):
+    (tmp_path / "d00.dat").write_text("")
+    np.savetxt(tmp_path / "d01.dat", np.ones((3, len(TEP_FEATURES))))
+    cfg = compose_cfg("prepare", ["data=tep", f"data.path={tmp_path}", "data.labels=[0,1]"])
+    with pytest.raises(FaultLLMError, match=r"d00\.dat: holds no numbers"):
+        load(cfg.data)

@@ -5,6 +5,7 @@ without torch); the run directories they reopen are made here from one `data pre
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from faultllm.config import load_config
+from faultllm.errors import FaultLLMError
 from faultllm.jobs.prepare import run as prepare_job
 from faultllm.rundir import expand_run_dirs, open_run, redacted_config
 from tests.conftest import easy_frame
@@ -216,3 +218,89 @@ def test_an_hpo_run_directory_stands_for_its_refit(runs):
     assert evaluate_inputs(load_config("evaluate", [f"run_dir={runs['hpo']}"]))[0].run_dir == final
     saved, kind, rows = predict_inputs(load_config("predict", [f"run_dir={runs['hpo']}", f"input={runs['easy']}"]))
     assert (saved.run_dir, kind, len(rows)) == (final, "llm", 400)
+
+
+def _fail_with_a_cause(error: type[Exception], message: str):
+    def fail(*args, **kwargs):
+        try:
+            {}["the original cause"]
+        except KeyError as err:
+            raise error(message) from err
+
+    return fail
+
+
+@pytest.fixture()
+def keep_logging():
+    """Hydra, run in this process, gives the root logger handlers (this test's stderr, the run's log): close them."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in set(root.handlers) - set(before):
+        root.removeHandler(handler)
+        handler.close()
+
+
+# where the failure happens -> what to patch to raise there, and how the one line starts
+FAILURE_POINTS = {
+    "job": ("faultllm.jobs.prepare.run", "faultllm data prepare: error: "),
+    "preflight": ("faultllm.preflight.check", "faultllm data prepare: error: "),
+    "dispatch": ("faultllm.cli.config_error", "faultllm: error: "),
+}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "FAULTLLM_DEBUG"])
+@pytest.mark.parametrize(
+    ("where", "error", "code"),
+    [
+        ("job", FaultLLMError, 2),
+        ("job", RuntimeError, 1),
+        ("preflight", FaultLLMError, 2),
+        ("dispatch", RuntimeError, 1),
+    ],
+)
+@pytest.mark.usefixtures("keep_logging")
+def test_one_line_and_with_faultllm_debug_the_chained_trace(tmp_path, monkeypatch, capsys, debug, where, error, code):
+    import faultllm.cli as cli
+
+    easy = tmp_path / "easy.csv"
+    easy_frame().to_csv(easy, index=False)
+    target, prefix = FAILURE_POINTS[where]
+    monkeypatch.setattr(target, _fail_with_a_cause(error, "it failed"))
+    monkeypatch.delenv("FAULTLLM_DEBUG", raising=False)
+    if debug:
+        monkeypatch.setenv("FAULTLLM_DEBUG", "1")
+    try:
+        returned = cli.main(["data", "prepare", *EASY, f"data.path={easy}", f"hydra.run.dir={tmp_path / 'run'}"])
+    except SystemExit as exit_:
+        returned = exit_.code
+    stderr = capsys.readouterr().err.strip()
+    line = "it failed" if error is FaultLLMError else "RuntimeError: it failed (FAULTLLM_DEBUG=1 shows the full trace)"
+    assert returned == code and stderr.splitlines()[-1] == prefix + line  # the one line, last, trace or not
+    cause = "KeyError: 'the original cause'\n\nThe above exception was the direct cause of the following exception:"
+    assert (cause in stderr) == debug and ("Traceback" in stderr) == debug
+    assert not (tmp_path / "run").exists()  # nothing written: no run directory left
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_a_loader_error_keeps_the_library_exception_under_faultllm_debug(tmp_path, monkeypatch, capsys):
+    import faultllm.cli as cli
+
+    bad = _write(tmp_path / "bad.parquet", "not parquet")
+    monkeypatch.setenv("FAULTLLM_DEBUG", "1")
+    assert cli.main(["data", "prepare", *EASY, f"data.path={bad}", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert "pyarrow.lib.ArrowInvalid" in stderr and "was the direct cause" in stderr
+    assert stderr.splitlines()[-1].startswith(f"faultllm data prepare: error: {bad}: cannot read as parquet")
+
+
+def test_no_translated_exception_drops_its_cause():
+    """`raise FaultLLMError(...) from err`, never `from None`: FAULTLLM_DEBUG=1 must be able to show the cause."""
+    source = Path(__file__).resolve().parents[1] / "src" / "faultllm"
+    dropped = [
+        f"{path.relative_to(source)}:{number}"
+        for path in sorted(source.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.rstrip().endswith("from None")
+    ]
+    assert not dropped, dropped

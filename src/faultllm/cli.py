@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,28 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _command(argv)
+    except Exception as err:  # what the job's own handler (run_job) did not see: the same one line
+        message, code = failure(err)
+        print(f"faultllm: error: {redact(message)}", file=sys.stderr)
+        return code
+
+
+def failure(err: BaseException) -> tuple[str, int]:
+    """The one line a failed command prints, and its exit code: a FaultLLMError's message (2: the input or the
+    config), else the exception's type and first line (1). With FAULTLLM_DEBUG=1 the full trace goes to stderr
+    first, with every exception it was raised from, passwords redacted."""
+    from faultllm.errors import FaultLLMError, first_line
+
+    if os.environ.get("FAULTLLM_DEBUG"):
+        print(redact("".join(traceback.format_exception(err))).rstrip(), file=sys.stderr)
+    if isinstance(err, FaultLLMError):
+        return str(err), 2
+    return f"{type(err).__name__}: {first_line(err)} (FAULTLLM_DEBUG=1 shows the full trace)", 1
+
+
+def _command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -236,7 +259,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 def _job_error(config_name: str, overrides: list[str], run_dir: Path | None, inputs: bool = True) -> str | None:
     from faultllm.config import compose, validate
-    from faultllm.errors import FaultLLMError, first_line
+    from faultllm.errors import FaultLLMError
     from faultllm.preflight import check
 
     config = None
@@ -244,14 +267,11 @@ def _job_error(config_name: str, overrides: list[str], run_dir: Path | None, inp
         config = validate(compose(config_name, overrides), config_name)
         if inputs:
             check(config, run_dir)
-    except FaultLLMError as err:
-        return str(err)
     except Exception as err:
-        if config is None:  # Hydra's override and composition errors
+        message, _ = failure(err)
+        if config is None and not isinstance(err, FaultLLMError):  # Hydra's override and composition errors
             return composition_error(config_name, overrides, err)
-        if os.environ.get("FAULTLLM_DEBUG"):
-            raise
-        return f"{type(err).__name__}: {first_line(err)} (FAULTLLM_DEBUG=1 shows the full trace)"
+        return message
     return None
 
 
@@ -374,7 +394,6 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
     from hydra.core.hydra_config import HydraConfig
 
     from faultllm.config import CONFIG_DIR, validate
-    from faultllm.errors import FaultLLMError
     from faultllm.progress import use_bars
 
     def task(cfg) -> None:
@@ -389,16 +408,11 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
             _quiet_known_noise(config.progress)
             job = importlib.import_module(f"faultllm.jobs.{module}")
             job.run(config, run_dir)
-        except FaultLLMError as err:
-            _fail(command, str(err), run_dir, 2)
         except KeyboardInterrupt:
             print(f"faultllm {command}: interrupted; finished work is kept in the run directory", file=sys.stderr)
             sys.exit(130)
         except Exception as err:
-            if os.environ.get("FAULTLLM_DEBUG"):
-                raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            _fail(command, f"{type(err).__name__}: {first} (FAULTLLM_DEBUG=1 shows the full trace)", run_dir, 1)
+            _fail(command, *failure(err), run_dir)
 
     sys.argv = [f"faultllm {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base=None)(task)()
@@ -409,7 +423,7 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
 _BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
 
 
-def _fail(command: str, message: str, run_dir: Path, code: int) -> None:
+def _fail(command: str, message: str, code: int, run_dir: Path) -> None:
     """One line on stderr; a run directory the failed job wrote nothing into is removed, and with it the
     command's folder above it when that is left empty (run_dir/evaluate/ of a refused evaluate)."""
     from faultllm.distributed import is_main_process

@@ -101,7 +101,7 @@ def build(schema: type, values: dict, path: str = "", strict: bool = False) -> A
     try:
         return schema(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{path}{err.key}", err.message) from None
+        raise ConfigError(f"{path}{err.key}", err.message) from err
 
 
 def with_values(config: Any, values: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_csv
 from faultllm.loaders import HST_FEATURES, LABEL
 from faultllm.paths import PROJECT_ROOT
 from faultllm.schema import DataConfig
@@ -159,7 +160,7 @@ def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape
     try:
         config = AutoConfig.from_pretrained(str(config_dir))
     except (OSError, ValueError) as err:
-        raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from None
+        raise FaultLLMError(f"cannot read a model config.json in {config_dir}: {str(err).splitlines()[0]}") from err
     if layers is not None:
         config.get_text_config().num_hidden_layers = layers
     with torch.device("meta"):
@@ -228,7 +229,5 @@ def synthetic_hst(cache_dir: str, rows: int = 2000, seed: int = 0) -> Path:
     path = Path(cache_dir).expanduser() / "stand_in" / f"hst-synthetic-{digest}.csv"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.tmp")
-        frame.to_csv(partial, index=False)
-        partial.replace(path)
+        write_csv(frame, path, durable=False)  # a stand-in, rebuilt when missing
     return path

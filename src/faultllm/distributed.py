@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from faultllm.errors import FaultLLMError
+from faultllm.files import write_text
 
 T = TypeVar("T")
 
@@ -137,7 +138,7 @@ def check_shared_dir(directory: Path, wait_s: float = 10.0) -> None:
     marker = directory / SHARED_MARKER
     if dist.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
-        marker.write_text(token[0])
+        write_text(marker, token[0])
     dist.broadcast_object_list(token, src=0)  # sent after the write
     deadline = time.monotonic() + wait_s
     while not (seen := _holds(marker, token[0])) and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from faultllm import plots
 from faultllm.distributed import is_main_process, world_size
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import evaluate_prompts
+from faultllm.files import atomic_directory, write_csv
 from faultllm.modeling import ModelSpec
 from faultllm.prompts import Serializer, ordered_features
 from faultllm.reporting import print_summary
@@ -85,16 +86,17 @@ def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str
     """adapter/ (not for an untrained run), metrics.json, the test predictions and confusion matrix, the
     learning curves."""
     if result.trained:
-        result.model.save_pretrained(run_dir / "adapter")
-        result.tokenizer.save_pretrained(run_dir / "adapter")
+        with atomic_directory(run_dir / "adapter") as adapter:
+            result.model.save_pretrained(adapter)
+            result.tokenizer.save_pretrained(adapter)
     write_json(run_dir / "metrics.json", metrics)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    write_csv(predictions, run_dir / "predictions.csv")
     labels = result.answer_space.labels
     plots.confusion_matrix(
         metrics["test"]["confusion_matrix"], labels, run_dir / "confusion_matrix.png", f"test ({eval_mode})"
     )
     if result.history:
-        pd.DataFrame(result.history).to_csv(run_dir / "learning_curves.csv", index=False)
+        write_csv(pd.DataFrame(result.history), run_dir / "learning_curves.csv")
         plots.learning_curves(result.history, run_dir / "learning_curves.png", title=title)
 
 

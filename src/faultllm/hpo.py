@@ -139,7 +139,7 @@ def _train_folds(
             fold_results.append(_fit_fold(spec, serializer, fold, fold_options, out_dir, reporter.for_fold(index)))
     except NonFiniteLoss as err:
         trial.set_user_attr("pruned_because", "loss is NaN")
-        raise optuna.TrialPruned(str(err)) from None
+        raise optuna.TrialPruned(str(err)) from err
     means = {
         key: float(np.mean([r[key] for r in fold_results]))
         for key in fold_results[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.errors import FaultLLMError, first_line
+from faultllm.files import atomic_path
 from faultllm.schema import DataConfig
 
 LABEL = "label"
@@ -77,7 +78,7 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
             _refuse_duplicate_columns(path)
             frame = pd.read_csv(path, usecols=list(columns) if columns else None)
     except (ValueError, OSError) as err:
-        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from err
     return frame
 
 
@@ -190,28 +191,22 @@ def _write_columns_atomically(
     nothing is held twice. Text in a column, or an empty row of a `finite` column, is refused here,
     naming its row of `source`.
     """
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with open(handle, "r+b") as out:
-            header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
-            np.lib.format.write_array_header_1_0(out, header)
-            data_start = out.tell()
-            out.truncate(data_start + len(columns) * rows * 8)
-            first = 0
-            for frame in frames:
-                frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
-                for position, name in enumerate(columns):
-                    values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
-                    if name in finite and not np.isfinite(values).all():
-                        row = first + np.argmax(~np.isfinite(values))
-                        raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
-                    out.seek(data_start + (position * rows + first) * 8)
-                    out.write(memoryview(values).cast("B"))
-                first += len(frame)
-        os.replace(partial, target)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as partial, open(partial, "w+b") as out:
+        header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
+        np.lib.format.write_array_header_1_0(out, header)
+        data_start = out.tell()
+        out.truncate(data_start + len(columns) * rows * 8)
+        first = 0
+        for frame in frames:
+            frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
+            for position, name in enumerate(columns):
+                values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
+                if name in finite and not np.isfinite(values).all():
+                    row = first + np.argmax(~np.isfinite(values))
+                    raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
+                out.seek(data_start + (position * rows + first) * 8)
+                out.write(memoryview(values).cast("B"))
+            first += len(frame)
 
 
 class ColumnFile:
@@ -340,10 +335,10 @@ def _refuse_text_labels(labels, directory: Path) -> None:
     for label in labels or []:
         try:
             float(label)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
             raise FaultLLMError(
                 f"data.labels: {label!r} is not a fault number like the labels of {directory} (0, 1, ..., 20)"
-            ) from None
+            ) from err
 
 
 def _find_rieth_files(directory: Path) -> dict[str, Path]:
@@ -362,7 +357,7 @@ def _read_rdata(path: Path, object_name: str) -> pd.DataFrame:
     try:
         objects = pyreadr.read_r(str(path))
     except Exception as err:  # pyreadr raises its own error types for corrupt files
-        raise FaultLLMError(f"{path}: cannot read as RData ({first_line(err)})") from None
+        raise FaultLLMError(f"{path}: cannot read as RData ({first_line(err)})") from err
     if object_name not in objects:
         if len(objects) != 1:
             raise FaultLLMError(f"{path}: expected an R object named {object_name!r}, found {list(objects)}")
@@ -541,9 +536,13 @@ def _read_braatz(directory: Path, data_cfg: DataConfig) -> tuple[pd.DataFrame, p
 
 def _read_dat(file: Path) -> np.ndarray:
     try:
-        values = np.loadtxt(file, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's warning of an empty file: refused below
+            values = np.loadtxt(file, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from None
+        raise FaultLLMError(f"{file}: not a whitespace-separated table of numbers ({first_line(err)})") from err
+    if values.size == 0:
+        raise FaultLLMError(f"{file}: holds no numbers; expected a whitespace-separated table of them")
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise FaultLLMError(f"{file}: row {row} column {col} holds {values[row, col]}; expected a finite number")

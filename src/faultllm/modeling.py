@@ -183,18 +183,18 @@ def check_hub_access(repo_id: str, filename: str = "config.json") -> None:
         raise FaultLLMError(f"model.path={repo_id}: not in the local cache and HF_HUB_OFFLINE is set; {hint}")
     try:
         auth_check(repo_id)  # raises for a gated or private model this token cannot read
-    except GatedRepoError:
+    except GatedRepoError as err:
         raise FaultLLMError(
             f"model.path={repo_id}: a gated model; accept its licence on huggingface.co, then "
             "`huggingface-cli login` (or set HF_TOKEN)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise FaultLLMError(f"model.path={repo_id}: no such model on the hub (or no access to it); {hint}") from None
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise FaultLLMError(f"model.path={repo_id}: no such model on the hub (or no access to it); {hint}") from err
     except Exception as err:  # connection refused, DNS, proxy, timeout: httpx/requests errors alike
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FaultLLMError(
             f"model.path={repo_id}: not cached and the hub cannot be reached ({reason}); {hint}"
-        ) from None
+        ) from err
 
 
 # ---------------------------------------------------------------- a model without its weights
@@ -306,7 +306,7 @@ def _random_tokenizer(source: str, vocab_size: int):
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        raise FaultLLMError(f"cannot load a tokenizer from {source!r}: {str(err).splitlines()[0]}") from None
+        raise FaultLLMError(f"cannot load a tokenizer from {source!r}: {str(err).splitlines()[0]}") from err
 
 
 class BaseModelCache:
@@ -358,7 +358,7 @@ def load_tokenizer(path: str, padding_side: str = "left", chat: bool = False, ch
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise FaultLLMError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
+        raise FaultLLMError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from err
     if chat:
         use_chat_template(tokenizer, path, chat_template_file)
         tokenizer.eos_token = end_of_turn(tokenizer)
@@ -423,7 +423,7 @@ def load_base_model(path: str, plan: HardwarePlan):
             log.warning("FlashAttention-2 failed to load (%s): attention runs on SDPA", str(err).splitlines()[0])
             model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except OSError as err:
-        raise FaultLLMError(f"cannot load a model from {path!r}: {str(err).splitlines()[0]}") from None
+        raise FaultLLMError(f"cannot load a model from {path!r}: {str(err).splitlines()[0]}") from err
     model.config.use_cache = False  # training; evaluation turns the cache on where it helps
     return prepare_base(in_plan_precision(model, plan), plan)
 

@@ -356,7 +356,7 @@ def open_tokenizer(cfg: PlanJob) -> tuple[object, str, bool]:
         check_tokenizer(files)
         return load_tokenizer(files.tokenizer, "left", chat, template_file), files.tokenizer, False
     except FaultLLMError as err:
-        raise FaultLLMError(f"plan: no tokenizer: {err}{hint}") from None
+        raise FaultLLMError(f"plan: no tokenizer: {err}{hint}") from err
 
 
 def gather_inputs(cfg: PlanJob) -> Inputs:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.files import atomic_path
+from faultllm.files import save_figure
 
 
 @contextmanager
@@ -28,8 +28,7 @@ def figure(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        with atomic_path(path) as temporary:
-            fig.savefig(temporary, dpi=120)
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close("all")
 
@@ -208,7 +207,6 @@ def optuna_plot(draw: Callable[[], object], path: Path) -> None:
             whole_numbers(axes.xaxis)
         plt.gcf().set_size_inches(7, 4)
         plt.tight_layout()
-        with atomic_path(path) as temporary:
-            plt.savefig(temporary, dpi=120)
+        save_figure(plt.gcf(), path, dpi=120)
     finally:
         plt.close("all")

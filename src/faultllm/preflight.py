@@ -79,7 +79,7 @@ def check_writable(key: str, value: str) -> None:
         reason = err.strerror or type(err).__name__
         raise FaultLLMError(
             f"{key}={value}: cannot write into {existing} ({reason}); choose another directory"
-        ) from None
+        ) from err
 
 
 def evaluate_inputs(cfg: EvaluateJob) -> tuple[SavedRun, pd.DataFrame, str]:

@@ -40,7 +40,7 @@ class Record:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as err:
-            raise FaultLLMError(f"{path}: not a faultllm metrics file ({type(err).__name__}: {err})") from None
+            raise FaultLLMError(f"{path}: not a faultllm metrics file ({type(err).__name__}: {err})") from err
 
 
 @dataclass

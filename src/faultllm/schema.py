@@ -393,7 +393,7 @@ def _search_param(name: str, spec: SearchParam | dict) -> SearchParam:
     try:
         return SearchParam(**spec)
     except ConfigError as err:
-        raise err.under(f"space.{name}") from None
+        raise err.under(f"space.{name}") from err
 
 
 @dataclass
@@ -501,7 +501,7 @@ class HpoJob(TrainJob):
             try:
                 check_search_param(self, param)
             except ConfigError as err:
-                raise err.under(f"hpo.space.{name}") from None
+                raise err.under(f"hpo.space.{name}") from err
 
 
 def check_search_param(job: object, param: SearchParam) -> None:
@@ -520,7 +520,7 @@ def check_search_param(job: object, param: SearchParam) -> None:
         try:
             replace(node, **{name: value})  # the key's own checks
         except ConfigError as err:
-            raise ConfigError(bound, f"={value!r}: {param.key}{err.message}") from None
+            raise ConfigError(bound, f"={value!r}: {param.key}{err.message}") from err
 
 
 @dataclass

@@ -146,8 +146,8 @@ def select_labels(raw: RawData, requested) -> list:
     for value in requested:
         try:
             label = int(value) if integer_labels else str(value)
-        except (TypeError, ValueError):
-            raise FaultLLMError(f"data.labels: {value!r} is not an integer label like those in {raw.source}") from None
+        except (TypeError, ValueError) as err:
+            raise FaultLLMError(f"data.labels: {value!r} is not an integer label like those in {raw.source}") from err
         if label not in present:
             shown = ", ".join(map(str, present[:25]))
             raise FaultLLMError(

@@ -65,7 +65,7 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5):
                 time.sleep(0.5 + attempt)
                 continue
             reason = f"{type(err).__name__}: {redact(message)}"
-            raise FaultLLMError(f"hpo.storage={redact(url)}: cannot open ({reason})") from None
+            raise FaultLLMError(f"hpo.storage={redact(url)}: cannot open ({reason})") from err
     raise AssertionError("unreachable")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faultllm.files import write_text
 from faultllm.templates import WHY_QUESTION, PromptFormat, answer, chat_prompt, question
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -164,7 +165,7 @@ def build_tiny_model(spec: dict, target: Path) -> None:
     _warm_up(model, tokenizer, rng, spec["warmup_steps"])
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    (target / "spec.json").write_text(json.dumps(spec, sort_keys=True) + "\n")
+    write_text(target / "spec.json", json.dumps(spec, sort_keys=True) + "\n")
 
 
 def _warm_up(model, tokenizer, rng: np.random.Generator, steps: int, batch_size: int = 8) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faultllm.files import write_text
 from faultllm.planning import make_plan
 from faultllm.reporting import print_summary
 from faultllm.rundir import start_run, write_json
@@ -16,7 +17,7 @@ def run(cfg: PlanJob, run_dir: Path) -> dict:
     plan = make_plan(cfg)
     write_json(run_dir / "plan.json", plan)
     lines = summary(cfg, plan)
-    (run_dir / "plan.md").write_text(markdown(cfg, plan, lines))
+    write_text(run_dir / "plan.md", markdown(cfg, plan, lines))
     print_summary(title(cfg, plan), lines | {"written to": str(run_dir / "plan.json")})
     return plan
 
