@@ -8,14 +8,21 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faultllm.calibration import (
     Forecast,
+    Recalibration,
     brier_score,
+    conformal_threshold,
     expected_calibration_error,
     negative_log_likelihood,
+    prediction_sets,
     risk_coverage,
     selective_scores,
+    set_text,
+    with_temperature,
 )
 from faultllm.config import load_config
 from tests.conftest import easy_overrides
@@ -102,3 +109,72 @@ def test_report_gives_fine_tuned_few_shot_and_baselines_their_own_calibrated_row
         assert (tmp_path / "report" / name).stat().st_size > 0
     tests = pd.read_csv(tmp_path / "report" / "paired_tests.csv")
     assert {"LLM (tiny, shots=0, epochs=8)"} == set(tests.loc[tests["B"].isin(llms), "A"])  # fine-tuned vs few-shot
+
+
+def _over_confident(rows: int, seed: int) -> Forecast:
+    """Rows whose model is right 70% of the time but says 0.97: logits scaled 4x too sharp."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 4, rows)
+    answered = np.where(rng.random(rows) < 0.7, truth, (truth + rng.integers(1, 4, rows)) % 4)
+    logits = np.where(np.arange(4) == answered[:, None], 2.0, 0.0) + rng.normal(0, 0.3, (rows, 4))
+    sharp = np.exp(4 * logits)
+    probabilities = sharp / sharp.sum(axis=1, keepdims=True)
+    return Forecast(probabilities, truth, probabilities.argmax(axis=1))
+
+
+def test_temperature_scaling_keeps_every_answer_and_lowers_the_nll_of_an_over_confident_model():
+    held_out, test = _over_confident(400, seed=0), _over_confident(400, seed=1)
+    repair = Recalibration.fit(held_out, coverage=0.9)
+    assert repair.temperature > 2  # the logits were 4x too sharp: it cools them
+    scaled, _ = repair.apply(test.probabilities, test.answered)
+    assert (scaled.argmax(axis=1) == test.probabilities.argmax(axis=1)).all()  # the same answers
+    assert np.allclose(scaled.sum(axis=1), 1.0)
+    numbers = repair.evaluate(test)
+    assert numbers["after"]["accuracy"] == numbers["before"]["accuracy"]
+    assert numbers["after"]["nll"] < numbers["before"]["nll"] - 0.2
+    assert numbers["after"]["ece"] < numbers["before"]["ece"] and numbers["after"]["brier"] < numbers["before"]["brier"]
+    assert numbers["sets"]["coverage"] >= 0.85 and 1 <= numbers["sets"]["mean_size"] <= 4
+    assert Recalibration.from_json(repair.to_json()) == repair
+
+
+def test_a_temperature_of_one_changes_nothing_and_a_zero_probability_stays_the_least_likely():
+    probabilities = np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3]])
+    assert with_temperature(probabilities, 1.0) == pytest.approx(probabilities, abs=1e-11)
+    hot = with_temperature(probabilities, 10.0)
+    assert hot[0].argmin() == 2 and hot[0, 2] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=60),
+    st.integers(min_value=2, max_value=6),
+    st.sampled_from([0.5, 0.8, 0.9, 0.95]),
+    st.integers(min_value=0, max_value=2**31),
+)
+def test_conformal_sets_cover_held_out_rows_at_least_at_the_nominal_rate(rows, labels, coverage, seed):
+    """Split conformal's guarantee, exactly: over the n+1 ways to hold one of n+1 exchangeable rows out as the new
+    row (the others calibrate), the share whose true label is in its set is >= the nominal coverage, and without
+    tied scores at most coverage + 1/(n+1) before the answered label is added. Any probabilities, any labels."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(labels, 0.5), rows + 1)
+    truth = rng.integers(0, labels, rows + 1)
+    answered = probabilities.argmax(axis=1)
+    covered, covered_by_score = [], []
+    for new in range(rows + 1):
+        rest = np.arange(rows + 1) != new
+        threshold = conformal_threshold(probabilities[rest], truth[rest], coverage)
+        covered.append(prediction_sets(probabilities[[new]], threshold, answered[[new]])[0, truth[new]])
+        covered_by_score.append(1 - probabilities[new, truth[new]] <= threshold)
+    assert np.mean(covered) >= coverage - 1e-12
+    scores = 1 - probabilities[np.arange(rows + 1), truth]
+    if len(np.unique(scores)) == len(scores) and np.ceil((rows + 1) * coverage - 1e-9) <= rows:
+        assert np.mean(covered_by_score) <= coverage + 1 / (rows + 1) + 1e-12
+
+
+def test_too_few_held_out_rows_for_the_coverage_put_every_label_in_the_set():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8]])
+    threshold = conformal_threshold(probabilities, np.array([0, 1]), coverage=0.9)  # ceil(3 * 0.9) = 3 > 2 rows
+    assert threshold == float("inf")
+    assert prediction_sets(probabilities, threshold, np.array([0, 1])).all()
+    assert set_text([4, 11, 7], np.array([True, True, False])) == "one of {4, 11}"
+    assert set_text([4, 11, 7], np.array([False, True, False])) == "11"
