@@ -63,12 +63,18 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -
     }).pipe(_with_wilson_interval)  # fmt: skip
 
 
-def _with_wilson_interval(bins: pd.DataFrame, z: float = 1.959964) -> pd.DataFrame:
-    """accuracy_low / accuracy_high: each bin's 95% Wilson score interval (inside [0, 1], also at 0 or 1)."""
-    n, p = bins["rows"].to_numpy(np.float64), bins["accuracy"].to_numpy(np.float64)
+def _with_wilson_interval(bins: pd.DataFrame) -> pd.DataFrame:
+    """accuracy_low / accuracy_high: each bin's 95% Wilson score interval."""
+    low, high = wilson_interval(bins["accuracy"].to_numpy(np.float64), bins["rows"].to_numpy(np.float64))
+    return bins.assign(accuracy_low=low, accuracy_high=high)
+
+
+def wilson_interval(accuracy, rows, z: float = 1.959964):
+    """The 95% Wilson score interval of an accuracy measured on `rows` rows (inside [0, 1], also at 0 or 1)."""
+    n, p = rows, accuracy
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return bins.assign(accuracy_low=centre - half, accuracy_high=centre + half)
+    return centre - half, centre + half
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:

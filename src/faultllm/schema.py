@@ -344,9 +344,11 @@ class HpoConfig:
     n_trials: int = at_least(100, 1)  # finished trials to run, over all workers (failed ones do not count)
     folds: int = at_least(5, 2)  # stratified, run-grouped cross-validation folds per trial
     objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
-    pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
+    # median: against the finished trials' values at the same fold and epoch; the study's rule always applies
+    pruner: str = one_of("median", "hyperband", "none")
     # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
-    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass.
+    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass, and only
+    # when its validation accuracy's 95% upper bound is already below the best finished trial's accuracy.
     prune_early_epochs: int = at_least(3, 0)
     prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
