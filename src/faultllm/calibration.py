@@ -52,6 +52,15 @@ class Forecast:
         )
 
 
+def forecast_of(frame: pd.DataFrame, labels: list, prefix: str = "prob_", answered: str = "predicted") -> Forecast:
+    """A Forecast from a predictions table: a `{prefix}{label}` column per label (in `labels`' order), the true
+    label in `label` and the answer in `answered` (labels matched by their text)."""
+    index = {str(label): i for i, label in enumerate(labels)}
+    probabilities = frame[[f"{prefix}{label}" for label in labels]].to_numpy(np.float64)
+    codes = lambda column: np.array([index[str(value)] for value in frame[column]], dtype=int)  # noqa: E731
+    return Forecast(probabilities, codes("label"), codes(answered))
+
+
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> pd.DataFrame:
     """Equal-mass bins of rows sorted by confidence: rows, mean confidence and accuracy per bin."""
     order = np.argsort(confidence, kind="stable")
@@ -134,6 +143,8 @@ def selective_scores(confidence: np.ndarray, correct: np.ndarray, coverages=(0.5
 # Both are fitted on held-out training rows (`calibrate.holdout`), never on the test rows.
 
 TEMPERATURES = (0.05, 20.0)  # the range a temperature is searched in
+CALIBRATION_FILE = "calibration.json"  # a run's fitted repairs, by model: LLM, or a baseline's name (rf, lr, ...)
+LLM = "llm"
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -220,6 +231,13 @@ class Recalibration:
     def to_json(self) -> dict:
         threshold = self.threshold if np.isfinite(self.threshold) else None  # null: every label in every set
         return {"temperature": self.temperature, "threshold": threshold, "coverage": self.coverage, "rows": self.rows}
+
+    @classmethod
+    def fitted_and_checked(cls, held_out: Forecast, test: Forecast, coverage: float) -> dict:
+        """calibration.json's entry of one model: fitted on the held-out rows, what it does there and on the
+        test rows."""
+        repair = cls.fit(held_out, coverage)
+        return repair.to_json() | {"held_out": repair.evaluate(held_out), "test": repair.evaluate(test)}
 
     @classmethod
     def from_json(cls, saved: dict) -> Recalibration:

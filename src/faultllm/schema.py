@@ -308,6 +308,17 @@ class EvalConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """Temperature scaling and conformal prediction sets fitted on held-out training rows
+    (docs/calibration_and_sets.md); `predict` applies them."""
+
+    # share of the training split held out from fitting (stratified, run-grouped; never test rows) to fit
+    # one temperature and the prediction sets' threshold: writes calibration.json; 0: no holdout, no sets
+    holdout: float = at_least(0.0, 0.0, below=1.0)
+    coverage: float = at_least(0.9, 0.0, strict=True, below=1.0)  # the prediction sets' target coverage
+
+
+@dataclass
 class SearchParam:
     """One hyperparameter of `hpo.space`: the config key it sets and the range it is drawn from."""
 
@@ -462,6 +473,7 @@ class TrainJob(RunSettings):
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
@@ -569,6 +581,7 @@ class BenchJob(TrainJob):
 @dataclass
 class BaselinesJob(RunSettings):
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
 
 @dataclass
