@@ -3,6 +3,7 @@ few-shot and baseline runs."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -178,3 +179,26 @@ def test_too_few_held_out_rows_for_the_coverage_put_every_label_in_the_set():
     assert prediction_sets(probabilities, threshold, np.array([0, 1])).all()
     assert set_text([4, 11, 7], np.array([True, True, False])) == "one of {4, 11}"
     assert set_text([4, 11, 7], np.array([False, True, False])) == "11"
+
+
+@pytest.mark.slow
+def test_a_tiny_llm_run_with_held_out_rows_gets_a_temperature_that_keeps_its_answers(tiny_cache, easy_csv, tmp_path):
+    """calibrate.holdout on a fine-tuned tiny model driven to over-confidence (a high learning rate, many epochs on
+    60 rows): one temperature fitted on rows it never trained on lowers their NLL (T = 1 was a candidate), keeps
+    the test accuracy, and `predict` applies it with prediction sets."""
+    from faultllm.jobs.predict import run as predict
+    from faultllm.jobs.train import run as train
+
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=80", "data.test_size=40",
+                 "trainer.epochs=10", "trainer.learning_rate=1e-2", "calibrate.holdout=0.25"]  # fmt: skip
+    metrics = train(load_config("train", overrides), tmp_path / "t")
+    fitted = json.loads((tmp_path / "t" / "calibration.json").read_text())["llm"]
+    assert fitted["rows"] == 20 and sum(metrics["split"]["rows"]["train"].values()) == 60
+    held, test = fitted["held_out"], fitted["test"]
+    assert held["after"]["nll"] <= held["before"]["nll"] + 1e-9 and fitted["temperature"] != 1.0
+    assert test["after"]["accuracy"] == test["before"]["accuracy"] == metrics["test"]["accuracy"]
+    assert held["sets"]["coverage"] >= 0.9
+    rows = pd.read_parquet(tmp_path / "t" / "test.parquet")
+    result = predict(load_config("predict", [f"run_dir={tmp_path / 't'}", f"input={tmp_path / 't' / 'test.parquet'}",
+                                             "predict.input_scaled=true"]), tmp_path / "p")  # fmt: skip
+    assert result["calibration"]["sets"] == pytest.approx(test["sets"]) and len(result["predictions"]) == len(rows)
