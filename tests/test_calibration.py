@@ -202,3 +202,17 @@ def test_a_tiny_llm_run_with_held_out_rows_gets_a_temperature_that_keeps_its_ans
     result = predict(load_config("predict", [f"run_dir={tmp_path / 't'}", f"input={tmp_path / 't' / 'test.parquet'}",
                                              "predict.input_scaled=true"]), tmp_path / "p")  # fmt: skip
     assert result["calibration"]["sets"] == pytest.approx(test["sets"]) and len(result["predictions"]) == len(rows)
+
+
+def test_a_train_run_is_resumed_only_with_the_held_out_rows_it_trained_without(tmp_path):
+    """calibrate.holdout decides which rows train; calibrate.coverage only the sets fitted after training."""
+    from faultllm.errors import FaultLLMError
+    from faultllm.rundir import TRAIN_RESUME, check_resume, redacted_config, start_run
+
+    common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
+    start_run(load_config("train", [*common, "calibrate.holdout=0.25"]), tmp_path / "run", "train")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    with pytest.raises(FaultLLMError, match=r"calibrate.holdout: 0.25 there, 0.0 here"):
+        check_resume(redacted_config(load_config("train", common)), tmp_path / "run", TRAIN_RESUME)
+    same_rows = load_config("train", [*common, "calibrate.holdout=0.25", "calibrate.coverage=0.8"])
+    check_resume(redacted_config(same_rows), tmp_path / "run", TRAIN_RESUME)
