@@ -216,3 +216,21 @@ def test_a_train_run_is_resumed_only_with_the_held_out_rows_it_trained_without(t
         check_resume(redacted_config(load_config("train", common)), tmp_path / "run", TRAIN_RESUME)
     same_rows = load_config("train", [*common, "calibrate.holdout=0.25", "calibrate.coverage=0.8"])
     check_resume(redacted_config(same_rows), tmp_path / "run", TRAIN_RESUME)
+
+
+def test_report_shows_each_runs_temperature_and_set_coverage_from_its_held_out_rows(compose_cfg, tmp_path):
+    from faultllm.jobs.baselines import run as baselines
+    from faultllm.jobs.report import run as report
+
+    models = ["baselines.models=[knn,lr]", "baselines.importances_for=[]", "calibrate.holdout=0.25"]
+    baselines(compose_cfg("baselines", models), tmp_path / "b")  # the bundled TEP
+    report(load_config("report", [f"run_dirs=[{tmp_path / 'b'}]"]), tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "recalibration.csv").set_index("Model")
+    saved = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    for key, name in (("knn", "K-Nearest Neighbors"), ("lr", "Logistic Regression")):
+        assert table.loc[name, "Set coverage"] == round(saved[key]["test"]["sets"]["coverage"], 3)
+        assert table.loc[name, "Temperature"] == round(saved[key]["temperature"], 3)
+        assert table.loc[name, "Target coverage"] == 0.9 and table.loc[name, "Held-out rows"] == saved[key]["rows"]
+    assert "| Model | Seed | Held-out rows | Temperature | ECE before / after |" in (
+        tmp_path / "report" / "recalibration.md"
+    ).read_text()

@@ -243,3 +243,17 @@ class Recalibration:
     def from_json(cls, saved: dict) -> Recalibration:
         threshold = float("inf") if saved["threshold"] is None else float(saved["threshold"])
         return cls(float(saved["temperature"]), threshold, float(saved["coverage"]), int(saved["rows"]))
+
+
+def recalibration_row(model: str, seed: int, entry: dict) -> dict:
+    """One model run's calibration.json entry as a row of `report`'s recalibration table (test rows)."""
+    test, sets = entry["test"], entry["test"]["sets"]
+    changes = {
+        f"{name} before / after": f"{test['before'][key]:.3f} / {test['after'][key]:.3f}"
+        for name, key in (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
+    }
+    return {
+        "Model": model, "Seed": seed, "Held-out rows": entry["rows"], "Temperature": round(entry["temperature"], 3),
+        **changes, "Target coverage": entry["coverage"], "Set coverage": round(sets["coverage"], 3),
+        "Mean set size": round(sets["mean_size"], 2),
+    }  # fmt: skip

@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from faultllm import plots
+from faultllm.baselines import NAMES
+from faultllm.calibration import CALIBRATION_FILE, LLM, recalibration_row
 from faultllm.comparison import (
     ModelRun,
     aggregate,
@@ -40,10 +42,11 @@ from faultllm.reporting import (
     summary_display,
     tests_display,
 )
-from faultllm.rundir import start_run
+from faultllm.rundir import read_json, start_run
 from faultllm.schema import ReportJob
 
 log = logging.getLogger(__name__)
+KEYS = {name: key for key, name in NAMES.items()}  # a baseline's display name -> its key in calibration.json
 
 
 def run(cfg: ReportJob, out_dir: Path):
@@ -69,6 +72,7 @@ def run(cfg: ReportJob, out_dir: Path):
         write_text(out_dir / "paired_tests.md", markdown(tests_display(tests)))
         print_table("paired tests on the same test rows", tests_display(tests))
     _trust(results, out_dir)
+    _recalibrated(results, out_dir)
     log.info(f"written to {out_dir}")
     return summary
 
@@ -112,3 +116,21 @@ def _trust(results: list[ModelRun], out_dir: Path) -> None:
     print_table("selective prediction: answer the most confident rows only", selective_display(selective))
     curve_rows = [curve.assign(Model=model, **{"Train rows": rows}) for (model, rows), curve in curves.items()]
     write_csv(pd.concat(curve_rows), out_dir / "selective_curves.csv")
+
+
+def _recalibrated(results: list[ModelRun], out_dir: Path) -> None:
+    """recalibration.{md,csv}: per model run with a calibration.json (`calibrate.holdout`), the temperature and
+    the conformal sets fitted on its held-out training rows, measured on its test rows."""
+    rows = []
+    for result in results:
+        path = result.run_dir / CALIBRATION_FILE
+        key = LLM if result.kind == "llm" else KEYS.get(result.model, result.model)
+        entry = read_json(path).get(key) if path.exists() else None
+        if entry is not None:
+            rows.append(recalibration_row(result.model, result.seed, entry))
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    write_text(out_dir / "recalibration.md", markdown(table))
+    write_csv(table, out_dir / "recalibration.csv")
+    print_table("temperature and prediction sets, fitted on held-out training rows (test rows)", table)
