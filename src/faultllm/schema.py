@@ -317,6 +317,9 @@ class CalibrateConfig:
     holdout: float = at_least(0.0, 0.0, below=1.0)
     coverage: float = at_least(0.9, 0.0, strict=True, below=1.0)  # the prediction sets' target coverage
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass
 class SearchParam:
