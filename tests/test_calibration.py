@@ -3,22 +3,30 @@ few-shot and baseline runs."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faultllm.calibration import (
     Forecast,
+    Recalibration,
     brier_score,
     calibrated_ece,
+    conformal_threshold,
     expected_calibration_error,
     negative_log_likelihood,
+    prediction_sets,
     reliability,
     risk_coverage,
     selective_scores,
+    set_text,
+    with_temperature,
     zero_probability_rows,
 )
 from faultllm.comparison import ModelRun, calibration_summary, selective_summary, zero_probability_table
@@ -176,3 +184,127 @@ def test_report_gives_fine_tuned_few_shot_and_baselines_their_own_calibrated_row
         assert (tmp_path / "report" / name).stat().st_size > 0
     tests = pd.read_csv(tmp_path / "report" / "within_split_tests.csv")  # one seed: within-split evidence only
     assert {"LLM (tiny, shots=0, epochs=8)"} == set(tests.loc[tests["B"].isin(llms), "A"])  # fine-tuned vs few-shot
+
+
+def _over_confident(rows: int, seed: int) -> Forecast:
+    """Rows whose model is right 70% of the time but says 0.97: logits scaled 4x too sharp."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 4, rows)
+    answered = np.where(rng.random(rows) < 0.7, truth, (truth + rng.integers(1, 4, rows)) % 4)
+    logits = np.where(np.arange(4) == answered[:, None], 2.0, 0.0) + rng.normal(0, 0.3, (rows, 4))
+    sharp = np.exp(4 * logits)
+    probabilities = sharp / sharp.sum(axis=1, keepdims=True)
+    return Forecast(probabilities, truth, probabilities.argmax(axis=1))
+
+
+def test_temperature_scaling_keeps_every_answer_and_lowers_the_nll_of_an_over_confident_model():
+    held_out, test = _over_confident(400, seed=0), _over_confident(400, seed=1)
+    repair = Recalibration.fit(held_out, coverage=0.9)
+    assert repair.temperature > 2  # the logits were 4x too sharp: it cools them
+    scaled, _ = repair.apply(test.probabilities, test.answered)
+    assert (scaled.argmax(axis=1) == test.probabilities.argmax(axis=1)).all()  # the same answers
+    assert np.allclose(scaled.sum(axis=1), 1.0)
+    numbers = repair.evaluate(test)
+    assert numbers["after"]["accuracy"] == numbers["before"]["accuracy"]
+    assert numbers["after"]["nll"] < numbers["before"]["nll"] - 0.2
+    assert numbers["after"]["ece"] < numbers["before"]["ece"] and numbers["after"]["brier"] < numbers["before"]["brier"]
+    assert numbers["sets"]["coverage"] >= 0.85 and 1 <= numbers["sets"]["mean_size"] <= 4
+    assert Recalibration.from_json(repair.to_json()) == repair
+
+
+def test_a_temperature_of_one_changes_nothing_and_a_zero_probability_stays_the_least_likely():
+    probabilities = np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3]])
+    assert with_temperature(probabilities, 1.0) == pytest.approx(probabilities, abs=1e-11)
+    hot = with_temperature(probabilities, 10.0)
+    assert hot[0].argmin() == 2 and hot[0, 2] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=60),
+    st.integers(min_value=2, max_value=6),
+    st.sampled_from([0.5, 0.8, 0.9, 0.95]),
+    st.integers(min_value=0, max_value=2**31),
+)
+def test_conformal_sets_cover_held_out_rows_at_least_at_the_nominal_rate(rows, labels, coverage, seed):
+    """Split conformal's guarantee, exactly: over the n+1 ways to hold one of n+1 exchangeable rows out as the new
+    row (the others calibrate), the share whose true label is in its set is >= the nominal coverage, and without
+    tied scores at most coverage + 1/(n+1) before the answered label is added. Any probabilities, any labels."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(labels, 0.5), rows + 1)
+    truth = rng.integers(0, labels, rows + 1)
+    answered = probabilities.argmax(axis=1)
+    covered, covered_by_score = [], []
+    for new in range(rows + 1):
+        rest = np.arange(rows + 1) != new
+        threshold = conformal_threshold(probabilities[rest], truth[rest], coverage)
+        covered.append(prediction_sets(probabilities[[new]], threshold, answered[[new]])[0, truth[new]])
+        covered_by_score.append(1 - probabilities[new, truth[new]] <= threshold)
+    assert np.mean(covered) >= coverage - 1e-12
+    scores = 1 - probabilities[np.arange(rows + 1), truth]
+    if len(np.unique(scores)) == len(scores) and np.ceil((rows + 1) * coverage - 1e-9) <= rows:
+        assert np.mean(covered_by_score) <= coverage + 1 / (rows + 1) + 1e-12
+
+
+def test_too_few_held_out_rows_for_the_coverage_put_every_label_in_the_set():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8]])
+    threshold = conformal_threshold(probabilities, np.array([0, 1]), coverage=0.9)  # ceil(3 * 0.9) = 3 > 2 rows
+    assert threshold == float("inf")
+    assert prediction_sets(probabilities, threshold, np.array([0, 1])).all()
+    assert set_text([4, 11, 7], np.array([True, True, False])) == "one of {4, 11}"
+    assert set_text([4, 11, 7], np.array([False, True, False])) == "11"
+
+
+@pytest.mark.slow
+def test_a_tiny_llm_run_with_held_out_rows_gets_a_temperature_that_keeps_its_answers(tiny_cache, easy_csv, tmp_path):
+    """calibrate.holdout on a fine-tuned tiny model driven to over-confidence (a high learning rate, many epochs on
+    60 rows): one temperature fitted on rows it never trained on lowers their NLL (T = 1 was a candidate), keeps
+    the test accuracy, and `predict` applies it with prediction sets."""
+    from faultllm.jobs.predict import run as predict
+    from faultllm.jobs.train import run as train
+
+    overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=80", "data.test_size=40",
+                 "trainer.epochs=10", "trainer.learning_rate=1e-2", "calibrate.holdout=0.25"]  # fmt: skip
+    metrics = train(load_config("train", overrides), tmp_path / "t")
+    fitted = json.loads((tmp_path / "t" / "calibration.json").read_text())["llm"]
+    assert fitted["rows"] == 20 and sum(metrics["split"]["rows"]["train"].values()) == 60
+    held, test = fitted["held_out"], fitted["test"]
+    assert held["after"]["nll"] <= held["before"]["nll"] + 1e-9 and fitted["temperature"] != 1.0
+    assert test["after"]["accuracy"] == test["before"]["accuracy"] == metrics["test"]["accuracy"]
+    assert held["sets"]["coverage"] >= 0.9
+    rows = pd.read_parquet(tmp_path / "t" / "test.parquet")
+    result = predict(load_config("predict", [f"run_dir={tmp_path / 't'}", f"input={tmp_path / 't' / 'test.parquet'}",
+                                             "predict.input_scaled=true"]), tmp_path / "p")  # fmt: skip
+    assert result["calibration"]["sets"] == pytest.approx(test["sets"]) and len(result["predictions"]) == len(rows)
+
+
+def test_a_train_run_is_resumed_only_with_the_held_out_rows_it_trained_without(tmp_path):
+    """calibrate.holdout decides which rows train; calibrate.coverage only the sets fitted after training."""
+    from faultllm.errors import FaultLLMError
+    from faultllm.rundir import TRAIN_RESUME, check_resume, redacted_config, start_run
+
+    common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
+    start_run(load_config("train", [*common, "calibrate.holdout=0.25"]), tmp_path / "run", "train")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    with pytest.raises(FaultLLMError, match=r"calibrate.holdout: 0.25 there, 0.0 here"):
+        check_resume(redacted_config(load_config("train", common)), tmp_path / "run", TRAIN_RESUME)
+    same_rows = load_config("train", [*common, "calibrate.holdout=0.25", "calibrate.coverage=0.8"])
+    check_resume(redacted_config(same_rows), tmp_path / "run", TRAIN_RESUME)
+
+
+def test_report_shows_each_runs_temperature_and_set_coverage_from_its_held_out_rows(compose_cfg, tmp_path):
+    from faultllm.jobs.baselines import run as baselines
+    from faultllm.jobs.report import run as report
+
+    models = ["baselines.models=[knn,lr]", "baselines.importances_for=[]", "calibrate.holdout=0.25"]
+    baselines(compose_cfg("baselines", models), tmp_path / "b")  # the bundled TEP
+    report(load_config("report", [f"run_dirs=[{tmp_path / 'b'}]"]), tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "recalibration.csv").set_index("Model")
+    saved = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    for key, name in (("knn", "K-Nearest Neighbors"), ("lr", "Logistic Regression")):
+        assert table.loc[name, "Set coverage"] == round(saved[key]["test"]["sets"]["coverage"], 3)
+        assert table.loc[name, "Temperature"] == round(saved[key]["temperature"], 3)
+        assert table.loc[name, "Target coverage"] == 0.9 and table.loc[name, "Held-out rows"] == saved[key]["rows"]
+    assert "| Model | Seed | Held-out rows | Temperature | ECE before / after |" in (
+        tmp_path / "report" / "recalibration.md"
+    ).read_text()

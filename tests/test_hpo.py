@@ -16,11 +16,11 @@ import pytest
 
 from faultllm.config import load_config
 from faultllm.errors import FaultLLMError
-from faultllm.hpo import study_rule
+from faultllm.hpo import _PruningReporter, study_rule
 from faultllm.jobs.hpo import run as search
 from faultllm.schema import SearchParam
 from faultllm.splits import cv_folds, fold_splits, make_split
-from faultllm.studies import open_study
+from faultllm.studies import EPOCHS_PER_FOLD, make_pruner, open_study, same_fold_values
 from tests.conftest import easy_overrides
 
 RULE = (3, 0.5)  # hpo.prune_early_epochs, hpo.prune_valid_mass
@@ -34,11 +34,88 @@ def hpo_overrides(tiny_cache, easy_csv, n_trials: int) -> list[str]:
 
 
 def test_the_studys_pruning_rule():
-    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_valid_mass": 0.9}, *RULE) == "loss is NaN"
-    reason = study_rule({"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.25, "val_valid_mass": 0.02}, *RULE)
-    assert reason == "valid answers get 2.0% of the probability at epoch 2 (hpo.prune_valid_mass)"
-    assert study_rule({"epoch": 5, "val_loss": 0.3, "val_valid_mass": 0.02}, *RULE) is None  # only early epochs
-    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.0, "val_valid_mass": 0.9}, *RULE) is None
+    best = (0.9, 40)  # the best finished trial's accuracy, this fold's validation rows
+    assert study_rule({"epoch": 1, "val_loss": float("nan"), "val_valid_mass": 0.9}, *RULE, None) == "loss is NaN"
+    row = {"epoch": 2, "val_loss": 0.3, "val_accuracy": 0.25, "val_valid_mass": 0.02}
+    assert study_rule(row, *RULE, best) == (
+        "valid answers get 2.0% of the probability at epoch 2 (hpo.prune_valid_mass) and its accuracy's 95% "
+        "upper bound 0.402 is below the best finished trial's 0.900"
+    )
+    assert study_rule(row, *RULE, None) is None  # nothing finished: nothing to be below
+    assert study_rule(row | {"val_accuracy": 0.82}, *RULE, best) is None  # 0.82 of 40 rows may still be 0.9
+    assert study_rule(row | {"epoch": 5}, *RULE, best) is None  # only early epochs
+    assert study_rule({"epoch": 1, "val_loss": 0.3, "val_accuracy": 0.0, "val_valid_mass": 0.9}, *RULE, best) is None
+
+
+# Per trial, per epoch of fold 0: (validation accuracy, valid-answer mass). Trial 2 is the best: it answers
+# right most of the time while still putting little mass on `Y = label` (restricted scoring picks the label).
+SCRIPTED = [
+    [(0.55, 0.60), (0.60, 0.70)],
+    [(0.20, 0.01), (0.25, 0.02)],
+    [(0.85, 0.03), (0.95, 0.05)],
+    [(0.30, 0.02), (0.30, 0.02)],
+    [(0.70, 0.40), (0.75, 0.50)],
+]
+
+
+def _scripted_study(pruner: str) -> optuna.Study:
+    """Run SCRIPTED through the pruning reporter (one fold of 40 validation rows, two epochs)."""
+    cfg = load_config("hpo", ["model=tiny", f"hpo.pruner={pruner}", "hpo.prune_valid_mass=0.1"]).hpo
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner))
+    for epochs in SCRIPTED:
+        trial = study.ask()
+        on_epoch = _PruningReporter(trial, cfg, len(epochs)).for_fold(0, val_rows=40)
+        try:
+            for epoch, (accuracy, mass) in enumerate(epochs, 1):
+                on_epoch({"epoch": epoch, "val_loss": 1.0, "val_accuracy": accuracy, "val_valid_mass": mass})
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_user_attr("val_accuracy", accuracy)
+        study.tell(trial, accuracy)
+    return study
+
+
+def test_the_valid_mass_rule_never_prunes_the_best_trial_of_a_scripted_study():
+    trials = _scripted_study("none").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED", "COMPLETE"]
+    assert trials[2].value == max(epochs[-1][0] for epochs in SCRIPTED)  # the best ran to the end
+    # trial 1: 0.20 of 40 rows is at most 0.35 (Wilson), below trial 0's 0.60; trial 3's 0.30 at most 0.46 < 0.95
+    assert "upper bound 0.348 is below the best finished trial's 0.600" in trials[1].user_attrs["pruned_because"]
+    assert "below the best finished trial's 0.950" in trials[3].user_attrs["pruned_because"]
+
+
+def _trial_with_values(study: optuna.Study, epochs: int, values: dict[tuple[int, int], float]) -> None:
+    """A finished trial whose value at (fold, epoch) is values[(fold, epoch)], reported at step fold * epochs + epoch."""
+    trial = study.ask()
+    trial.set_user_attr(EPOCHS_PER_FOLD, epochs)
+    for (fold, epoch), value in values.items():
+        trial.report(value, step=fold * epochs + epoch)
+    study.tell(trial, 0.5)
+
+
+def test_the_median_pruner_compares_a_fold_and_epoch_only_with_the_same_fold_and_epoch():
+    """Fold 1 is hard (0.3 for everyone), fold 0 easy (0.9). Finished trials trained 2 epochs a fold; a trial
+    of 3 epochs reports fold 0 epoch 3 at step 3, which for them is fold 1 epoch 1: Optuna's MedianPruner
+    would compare the new trial's best (0.9) with 0.3, and its fold 1 epoch 1 (0.35, step 4) with their fold 1
+    epoch 2 (step 4, 0.3). Here each value meets the values of its own fold and epoch."""
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median"))
+    for _ in range(3):
+        _trial_with_values(study, 2, {(0, 1): 0.85, (0, 2): 0.9, (1, 1): 0.3, (1, 2): 0.3})
+    trial = study.ask()
+    trial.set_user_attr(EPOCHS_PER_FOLD, 3)
+    trial.report(0.8, step=3)  # fold 0 epoch 3: the others never trained a third epoch
+    assert same_fold_values(study, trial, 3) == [] and not trial.should_prune()
+    trial.report(0.29, step=4)  # fold 1 epoch 1: below their fold 1 epoch 1 (0.3)
+    assert same_fold_values(study, trial, 4) == [0.3, 0.3, 0.3] and trial.should_prune()
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    assert not optuna.pruners.MedianPruner(n_startup_trials=2).prune(study, frozen)  # Optuna's: its best 0.8 > 0.3
+    other = study.ask()
+    other.set_user_attr(EPOCHS_PER_FOLD, 2)
+    other.report(0.88, step=1)  # fold 0 epoch 1: above their 0.85
+    assert same_fold_values(study, other, 1) == [0.85] * 3 and not other.should_prune()
+    other.report(0.31, step=3)  # fold 1 epoch 1, above 0.3, although far below fold 0's values
+    assert not other.should_prune()
 
 
 def test_scaler_is_fitted_per_fold_on_its_training_rows(compose_cfg):
@@ -90,20 +167,25 @@ def test_nan_trials_are_pruned(tiny_cache, easy_csv, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_trial_that_cannot_answer_with_a_label_is_pruned_by_the_studys_rule(tiny_cache, easy_csv, tmp_path):
+def test_a_trial_that_cannot_answer_with_a_label_is_not_pruned_while_no_trial_has_finished(
+    tiny_cache, easy_csv, tmp_path
+):
     """The study pruned trials whose generations were no valid `Y = label` in the first epochs. Restricted
     scoring always picks a label, so the rule reads the probability of the valid answers: a learning rate
-    of 1.0 wrecks the answer format in one epoch (0% on valid answers), 3e-3 keeps it (about a third)."""
+    of 1.0 wrecks the answer format in one epoch (0% on valid answers), 3e-3 keeps it (about a third).
+    Valid mass is not accuracy: the rule prunes only below the best finished trial, so the first trial runs on."""
     overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.pruner=none", "hpo.refit=false"]
     cfg = load_config("hpo", [*overrides, "hpo.objective=val_class_loss"])  # -log p(true label | allowed labels)
     space = {"lr": SearchParam("trainer.learning_rate", "categorical", choices=[3e-3, 1.0])}
     cfg = replace(cfg, hpo=replace(cfg.hpo, space=space))
+    for lr in (1.0, 3e-3):
+        open_study(cfg.hpo, cfg.seed, tmp_path).enqueue_trial({"lr": lr})
     search(cfg, tmp_path)
     study = optuna.load_study(study_name="faultllm", storage=f"sqlite:///{tmp_path}/study.db")
     trials = {trial.params["lr"]: trial for trial in study.trials}
     assert set(trials) == {3e-3, 1.0}
-    assert trials[1.0].state.name == "PRUNED"
-    assert trials[1.0].user_attrs["pruned_because"].startswith("valid answers get 0.0% of the probability at epoch 1")
+    wrecked = trials[1.0]
+    assert wrecked.state.name == "COMPLETE" and wrecked.user_attrs["val_valid_mass"] < 0.1
     learning = trials[3e-3]
     assert learning.state.name == "COMPLETE" and learning.user_attrs["val_valid_mass"] > 0.1
     assert learning.value == learning.user_attrs["val_class_loss"] != learning.user_attrs["val_loss"]

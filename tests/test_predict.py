@@ -81,3 +81,32 @@ def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_p
     make_split(cfg.data, cfg.seed).test.to_csv(tmp_path / "raw.csv", index=False)  # the same rows, raw
     raw = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'raw.csv'}"]), tmp_path / "r")
     assert raw["metrics"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_a_baselines_run_with_held_out_rows_gives_predict_a_temperature_and_prediction_sets(compose_cfg, tmp_path):
+    """calibrate.holdout: each model's temperature and conformal threshold come from training rows it was not
+    fitted on; the answers stay, predict applies both, and its sets on the run's own test rows are exactly the
+    sets calibration.json measured there."""
+    from faultllm.splits import make_split
+
+    models = ["baselines.models=[knn,lr]", "baselines.importances_for=[]"]
+    cfg = compose_cfg("baselines", [*models, "calibrate.holdout=0.25", "calibrate.coverage=0.8"])  # the bundled TEP
+    run_baselines(cfg, tmp_path / "b")
+    split = json.loads((tmp_path / "b" / "split.json").read_text())
+    plain = compose_cfg("baselines", models)
+    assert sum(split["rows"]["train"].values()) < len(make_split(plain.data, plain.seed).train)  # rows held out
+    saved = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    assert set(saved) == {"knn", "lr"}
+    for fitted in saved.values():
+        assert fitted["coverage"] == 0.8 and fitted["rows"] > 0 and 0.05 <= fitted["temperature"] <= 20
+        test, held = fitted["test"], fitted["held_out"]
+        assert test["after"]["accuracy"] == test["before"]["accuracy"]  # temperature keeps every answer
+        assert held["after"]["nll"] <= held["before"]["nll"] + 1e-9  # T = 1 was a candidate
+        assert held["sets"]["coverage"] >= 0.8  # in-sample: at least ceil((n+1) 0.8) of n rows
+    make_split(cfg.data, cfg.seed).test.to_csv(tmp_path / "raw.csv", index=False)
+    result = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'raw.csv'}",
+                                             "predict.model=knn"]), tmp_path / "p")  # fmt: skip
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert table["prediction_set"].notna().all() and table["prediction_set"].str.startswith("one of {").any()
+    assert result["calibration"]["sets"] == pytest.approx(saved["knn"]["test"]["sets"])
+    _check(table, len(table), sorted(int(label) for label in split["labels"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from faultllm.calibration import Forecast, Recalibration, forecast_of
 from faultllm.errors import FaultLLMError
 from faultllm.files import atomic_path
 from faultllm.loaders import LABEL
@@ -230,6 +231,19 @@ def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[obj
             "predict_seconds": round(predict_seconds, 4),
         },
     )
+
+
+def recalibrate(model, split: Split, held_out: pd.DataFrame, coverage: float) -> dict:
+    """A temperature and prediction sets fitted on the held-out training rows (calibration.json), with their
+    effect on the test rows."""
+    held, test = _forecast(model, held_out, split), _forecast(model, split.test, split)
+    return Recalibration.fitted_and_checked(held, test, coverage)
+
+
+def _forecast(model, rows: pd.DataFrame, split: Split) -> Forecast:
+    x, y = xy(rows, split.features)
+    probabilities = pd.DataFrame(model.predict_proba(x), columns=[f"prob_{label}" for label in model.classes_])
+    return forecast_of(probabilities.assign(label=y, predicted=model.predict(x)), split.labels)
 
 
 def importances(name: str, model, split: Split, seed: int, repeats: int) -> pd.DataFrame:

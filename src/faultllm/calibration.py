@@ -54,6 +54,15 @@ class Forecast:
         )
 
 
+def forecast_of(frame: pd.DataFrame, labels: list, prefix: str = "prob_", answered: str = "predicted") -> Forecast:
+    """A Forecast from a predictions table: a `{prefix}{label}` column per label (in `labels`' order), the true
+    label in `label` and the answer in `answered` (labels matched by their text)."""
+    index = {str(label): i for i, label in enumerate(labels)}
+    probabilities = frame[[f"{prefix}{label}" for label in labels]].to_numpy(np.float64)
+    codes = lambda column: np.array([index[str(value)] for value in frame[column]], dtype=int)  # noqa: E731
+    return Forecast(probabilities, codes("label"), codes(answered))
+
+
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> pd.DataFrame:
     """Equal-mass bins of rows sorted by confidence: rows, mean confidence and accuracy per bin."""
     order = np.argsort(confidence, kind="stable")
@@ -85,12 +94,18 @@ def calibrated_ece(confidence: np.ndarray, bins: int = BINS, draws: int = 2000, 
     return float((np.abs(right - rows * mean_confidence).sum(axis=1) / rows.sum()).mean())
 
 
-def _with_wilson_interval(bins: pd.DataFrame, z: float = 1.959964) -> pd.DataFrame:
-    """accuracy_low / accuracy_high: each bin's 95% Wilson score interval (inside [0, 1], also at 0 or 1)."""
-    n, p = bins["rows"].to_numpy(np.float64), bins["accuracy"].to_numpy(np.float64)
+def _with_wilson_interval(bins: pd.DataFrame) -> pd.DataFrame:
+    """accuracy_low / accuracy_high: each bin's 95% Wilson score interval."""
+    low, high = wilson_interval(bins["accuracy"].to_numpy(np.float64), bins["rows"].to_numpy(np.float64))
+    return bins.assign(accuracy_low=low, accuracy_high=high)
+
+
+def wilson_interval(accuracy, rows, z: float = 1.959964):
+    """The 95% Wilson score interval of an accuracy measured on `rows` rows (inside [0, 1], also at 0 or 1)."""
+    n, p = rows, accuracy
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return bins.assign(accuracy_low=centre - half, accuracy_high=centre + half)
+    return centre - half, centre + half
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
@@ -156,3 +171,124 @@ def selective_scores(confidence: np.ndarray, correct: np.ndarray, coverages=(0.5
         for c in coverages
     }
     return {"area": area, "aurc": 1.0 - area, **at, "accuracy_at_100": float(curve["accuracy"].iloc[-1])}
+
+
+# ---------------------------------------------------------------- repair: temperature and prediction sets
+# Both are fitted on held-out training rows (`calibrate.holdout`), never on the test rows.
+
+CLIP = 1e-12  # the floor of a probability of 0 before a temperature scales its log (NLL itself is never clipped)
+TEMPERATURES = (0.05, 20.0)  # the range a temperature is searched in
+CALIBRATION_FILE = "calibration.json"  # a run's fitted repairs, by model: LLM, or a baseline's name (rf, lr, ...)
+LLM = "llm"
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """ln p with a probability of 0 floored at CLIP: scaled by a temperature it stays the least likely label."""
+    return np.log(np.clip(np.asarray(probabilities, np.float64), CLIP, 1.0))
+
+
+def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """p_i^(1/T) renormalised (softmax of ln p / T): the ranking of the labels, and so every answer, is kept."""
+    scaled = log_probabilities(probabilities) / temperature
+    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature T in TEMPERATURES that minimises the mean NLL of the true labels (one scalar per model)."""
+    from scipy.optimize import minimize_scalar
+
+    rows = np.arange(len(truth))
+
+    def nll(log_t: float) -> float:
+        return float(-np.log(with_temperature(probabilities, float(np.exp(log_t)))[rows, truth]).mean())
+
+    found = minimize_scalar(nll, bounds=tuple(np.log(TEMPERATURES)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(found.x))
+
+
+def conformal_threshold(probabilities: np.ndarray, truth: np.ndarray, coverage: float) -> float:
+    """Split-conformal LAC: the ceil((n+1) coverage)-th smallest score 1 - p(true label) of n held-out rows
+    (inf when n is too small for that coverage: every label is then in every set). A new row exchangeable
+    with them has its true label in its set with probability >= coverage (Vovk et al. 2005; Sadinle et al. 2019)."""
+    scores = np.sort(1.0 - probabilities[np.arange(len(truth)), truth])
+    rank = int(np.ceil((len(scores) + 1) * coverage - 1e-9))
+    return float(scores[rank - 1]) if rank <= len(scores) else float("inf")
+
+
+def prediction_sets(probabilities: np.ndarray, threshold: float, answered: np.ndarray) -> np.ndarray:
+    """(rows, labels) bool: the labels whose score 1 - p is within the threshold, and always the answered label
+    (a set is never empty; adding a label can only raise the coverage)."""
+    inside = 1.0 - probabilities <= threshold
+    inside[np.arange(len(answered)), answered] = True
+    return inside
+
+
+def set_scores(sets: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Empirical coverage (the share of rows whose true label is in its set) and the mean set size."""
+    return {"coverage": float(sets[np.arange(len(truth)), truth].mean()), "mean_size": float(sets.sum(axis=1).mean())}
+
+
+def set_text(labels: list, inside: np.ndarray) -> str:
+    """One row's set as `one of {4, 11}` (or the single label when the set holds one)."""
+    chosen = [str(label) for label, kept in zip(labels, inside, strict=True) if kept]
+    return chosen[0] if len(chosen) == 1 else "one of {" + ", ".join(chosen) + "}"
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """What a run learns from its held-out training rows: a temperature, and the LAC threshold on the
+    temperature-scaled probabilities for prediction sets of the target coverage."""
+
+    temperature: float
+    threshold: float
+    coverage: float  # the target
+    rows: int  # held-out rows it was fitted on
+
+    @classmethod
+    def fit(cls, held_out: Forecast, coverage: float) -> Recalibration:
+        temperature = fit_temperature(held_out.probabilities, held_out.truth)
+        scaled = with_temperature(held_out.probabilities, temperature)
+        return cls(temperature, conformal_threshold(scaled, held_out.truth, coverage), coverage, len(held_out.truth))
+
+    def apply(self, probabilities: np.ndarray, answered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(temperature-scaled probabilities, prediction sets) of new rows."""
+        scaled = with_temperature(probabilities, self.temperature)
+        return scaled, prediction_sets(scaled, self.threshold, answered)
+
+    def evaluate(self, test: Forecast) -> dict:
+        """On the test rows: ECE/NLL/Brier before and after the temperature (accuracy unchanged: the answers
+        are kept), and the sets' empirical coverage and mean size."""
+        scaled, sets = self.apply(test.probabilities, test.answered)
+        after = Forecast(scaled, test.truth, test.answered)
+        return {"before": scores(test), "after": scores(after), "sets": set_scores(sets, test.truth)}
+
+    def to_json(self) -> dict:
+        threshold = self.threshold if np.isfinite(self.threshold) else None  # null: every label in every set
+        return {"temperature": self.temperature, "threshold": threshold, "coverage": self.coverage, "rows": self.rows}
+
+    @classmethod
+    def fitted_and_checked(cls, held_out: Forecast, test: Forecast, coverage: float) -> dict:
+        """calibration.json's entry of one model: fitted on the held-out rows, what it does there and on the
+        test rows."""
+        repair = cls.fit(held_out, coverage)
+        return repair.to_json() | {"held_out": repair.evaluate(held_out), "test": repair.evaluate(test)}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> Recalibration:
+        threshold = float("inf") if saved["threshold"] is None else float(saved["threshold"])
+        return cls(float(saved["temperature"]), threshold, float(saved["coverage"]), int(saved["rows"]))
+
+
+def recalibration_row(model: str, seed: int, entry: dict) -> dict:
+    """One model run's calibration.json entry as a row of `report`'s recalibration table (test rows)."""
+    test, sets = entry["test"], entry["test"]["sets"]
+    changes = {
+        f"{name} before / after": f"{test['before'][key]:.3f} / {test['after'][key]:.3f}"
+        for name, key in (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
+    }
+    return {
+        "Model": model, "Seed": seed, "Held-out rows": entry["rows"], "Temperature": round(entry["temperature"], 3),
+        **changes, "Target coverage": entry["coverage"], "Set coverage": round(sets["coverage"], 3),
+        "Mean set size": round(sets["mean_size"], 2),
+    }  # fmt: skip

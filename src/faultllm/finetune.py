@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from faultllm import plots
+from faultllm.calibration import CALIBRATION_FILE, LLM, Recalibration, forecast_of
 from faultllm.distributed import is_main_process, world_size
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import evaluate_prompts
@@ -23,7 +24,7 @@ from faultllm.reporting import print_summary
 from faultllm.results import SplitMetrics, TrainMetrics
 from faultllm.rundir import PROMPT_FEATURES, baseline_importances, save_split, write_json
 from faultllm.schema import PromptConfig, TrainJob
-from faultllm.splits import MinMaxScaler, Split
+from faultllm.splits import MinMaxScaler, Split, hold_out
 from faultllm.training import FitResult, TrainOptions, fit, untrained
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def train_on_split(
     """Fine-tune on `split`, evaluate train and test, write the run's files (the main process) and return
     metrics.json's content. `features`: the prompt's feature order when the caller fixed it (HPO's refit)."""
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)  # first: fails fast off the hub
+    split, held_out = hold_out(split, cfg.calibrate.holdout, cfg.seed)
     split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else split.summary(scaler, cfg.seed)
     features = features or prompt_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
     if is_main_process():
@@ -70,9 +72,12 @@ def train_on_split(
         effective_batch_size=options.batch_size * options.grad_accum * world_size(),
         split=split_info,
     ).to_json()
+    recalibration = _recalibrate(result, serializer, held_out, final["test"][1], cfg)
     if is_main_process():
         title = f"{cfg.data.display_name}: {Path(str(cfg.model.path or 'tiny')).name}"
         _write_outputs(result, metrics, final["test"][1], cfg.eval.mode, run_dir, title)
+        if recalibration:
+            write_json(run_dir / CALIBRATION_FILE, {LLM: recalibration})
         _print_summary(cfg, metrics, result.seconds, run_dir)
     return metrics
 
@@ -80,6 +85,21 @@ def train_on_split(
 def _final_scores(result: FitResult, name: str, prompts, cfg: TrainJob) -> tuple[dict, pd.DataFrame]:
     log.info(f"scoring the {len(prompts.texts)} {name} rows ({cfg.eval.mode})")
     return evaluate_prompts(result.model, result.tokenizer, prompts, result.answer_space, cfg.eval, f"scoring {name}")
+
+
+def _recalibrate(
+    result: FitResult, serializer: Serializer, held_out: pd.DataFrame | None, test: pd.DataFrame, cfg: TrainJob
+) -> dict | None:
+    """A temperature and prediction sets fitted on the held-out training rows, with what they do on the test
+    rows (calibration.json); None without held-out rows, and in generate mode (no probabilities)."""
+    if held_out is None:
+        return None
+    if cfg.eval.mode != "restricted":
+        log.warning("calibrate.holdout: eval.mode=generate gives no probabilities; no temperature, no sets")
+        return None
+    labels = result.answer_space.labels
+    _, held = _final_scores(result, "held-out", serializer.render(held_out), cfg)
+    return Recalibration.fitted_and_checked(forecast_of(held, labels), forecast_of(test, labels), cfg.calibrate.coverage)
 
 
 def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str, run_dir: Path, title: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm import plots
+from faultllm.calibration import wilson_interval
 from faultllm.config import with_values
 from faultllm.errors import FaultLLMError, first_line
 from faultllm.finetune import prompt_features
@@ -35,7 +36,7 @@ from faultllm.schema import (
     trackers,
 )
 from faultllm.splits import Split, fold_splits, scale_split
-from faultllm.studies import FINISHED
+from faultllm.studies import EPOCHS_PER_FOLD, FINISHED
 from faultllm.training import NonFiniteLoss, TrainOptions, fit
 
 log = logging.getLogger(__name__)
@@ -60,18 +61,36 @@ def with_params(cfg: HpoJob, params: dict) -> HpoJob:
     return with_values(cfg, params)
 
 
-def study_rule(row: dict, prune_early_epochs: int, min_valid_mass: float) -> str | None:
+def study_rule(row: dict, prune_early_epochs: int, min_valid_mass: float, best: tuple[float, int] | None) -> str | None:
     """The study's pruning rule, as it meant it: a NaN loss never recovers, nor a model that cannot produce a
     valid answer in its first epochs. The study saw that as validation accuracy 0 of parsed generations;
     restricted scoring always answers with a label (accuracy >= 1/K by chance), so the rule looks at the
-    probability mass the model puts on the valid answers instead."""
+    probability mass the model puts on the valid answers instead. Valid mass says nothing of accuracy, so a
+    low mass prunes only a trial whose validation accuracy is already out of the race: the upper end of its
+    95% Wilson interval below the best finished trial's accuracy. `best`: (that accuracy, this fold's
+    validation rows), None while no trial has finished."""
     losses = [row[key] for key in (f"val_{LOSS}", f"train_{LOSS}") if key in row]
     if not all(math.isfinite(loss) for loss in losses):
         return "loss is NaN"
-    mass = row.get(f"val_{VALID_MASS}")
-    if row["epoch"] <= prune_early_epochs and mass is not None and mass < min_valid_mass:
-        return f"valid answers get {mass:.1%} of the probability at epoch {row['epoch']} (hpo.prune_valid_mass)"
-    return None
+    mass, accuracy = row.get(f"val_{VALID_MASS}"), row.get(f"val_{ACCURACY}")
+    if row["epoch"] > prune_early_epochs or mass is None or mass >= min_valid_mass or best is None:
+        return None
+    bound = float(wilson_interval(accuracy, best[1])[1])
+    if bound >= best[0]:
+        return None
+    return (
+        f"valid answers get {mass:.1%} of the probability at epoch {row['epoch']} (hpo.prune_valid_mass) and "
+        f"its accuracy's 95% upper bound {bound:.3f} is below the best finished trial's {best[0]:.3f}"
+    )
+
+
+def best_accuracy(study) -> float | None:
+    """The highest fold-mean validation accuracy of the finished (not pruned) trials, or None."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    values = [t.user_attrs.get(f"val_{ACCURACY}", math.nan) for t in done]
+    return max((value for value in values if math.isfinite(value)), default=None)
 
 
 class _PruningReporter:
@@ -79,14 +98,17 @@ class _PruningReporter:
 
     def __init__(self, trial, hpo_cfg: HpoConfig, epochs: int) -> None:
         self.trial, self.hpo_cfg, self.epochs, self.trained = trial, hpo_cfg, epochs, 0
+        trial.set_user_attr(EPOCHS_PER_FOLD, epochs)  # the same-fold pruner maps other trials' steps with it
 
-    def for_fold(self, fold_index: int):
+    def for_fold(self, fold_index: int, val_rows: int):
         import optuna
 
         def on_epoch(row: dict) -> None:
             self.trained += 1
             self.trial.set_user_attr("fold_epochs_trained", self.trained)
-            reason = study_rule(row, self.hpo_cfg.prune_early_epochs, self.hpo_cfg.prune_valid_mass)
+            best = best_accuracy(self.trial.study)
+            against = None if best is None else (best, val_rows)
+            reason = study_rule(row, self.hpo_cfg.prune_early_epochs, self.hpo_cfg.prune_valid_mass, against)
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
@@ -136,7 +158,8 @@ def _train_folds(
         for index, fold in enumerate(fold_splits(raw, folds, trial_cfg.data.normalize, trial_cfg.data.scale_range)):
             out_dir = run_dir / "trials" / f"{trial.number:04d}" / f"fold{index}"
             fold_options = replace(options, title=f"trial {trial.number} fold {index + 1}/{len(folds)}")
-            fold_results.append(_fit_fold(spec, serializer, fold, fold_options, out_dir, reporter.for_fold(index)))
+            on_epoch = reporter.for_fold(index, len(fold.test))
+            fold_results.append(_fit_fold(spec, serializer, fold, fold_options, out_dir, on_epoch))
     except NonFiniteLoss as err:
         trial.set_user_attr("pruned_because", "loss is NaN")
         raise optuna.TrialPruned(str(err)) from err

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 
 from faultllm.baselines import NAMES, load_model
+from faultllm.calibration import CALIBRATION_FILE, Recalibration, forecast_of, set_scores, set_text
 from faultllm.errors import FaultLLMError
 from faultllm.evaluation import TrainedLLM, answer_space, evaluate_restricted
 from faultllm.loaders import LABEL
 from faultllm.metrics import classification_metrics
 from faultllm.results import BaselineMetrics
-from faultllm.rundir import SavedRun
+from faultllm.rundir import SavedRun, read_json
 
 
 def run_kind(run: SavedRun) -> str:
@@ -37,12 +38,16 @@ def predict_llm(run: SavedRun, rows: pd.DataFrame, batch_size: int) -> pd.DataFr
     return predictions.drop(columns=["row", "label", "loss"])
 
 
-def predict_baseline(run: SavedRun, rows: pd.DataFrame, name: str | None) -> tuple[str, pd.DataFrame]:
-    """(model name, predictions and per-label probabilities) of one saved baseline; by default the one most
-    accurate on the run's own test split."""
+def chosen_baseline(run: SavedRun, name: str | None) -> str:
+    """`predict.model`, or by default the saved baseline most accurate on the run's own test split."""
     if name is None:
         metrics = BaselineMetrics.read_all(run.run_dir / "metrics.json")
         name = max(metrics, key=lambda key: metrics[key].test_accuracy)
+    return name
+
+
+def predict_baseline(run: SavedRun, rows: pd.DataFrame, name: str) -> tuple[str, pd.DataFrame]:
+    """(model name, predictions and per-label probabilities) of one saved baseline."""
     model = load_model(run.run_dir, name)
     features = rows[run.split.features].to_numpy(np.float64)
     probabilities = model.predict_proba(features)
@@ -62,3 +67,22 @@ def prediction_table(rows: pd.DataFrame, features: list[str], predictions: pd.Da
 
 def metrics_if_labelled(rows: pd.DataFrame, predicted: pd.Series, labels: list) -> dict | None:
     return classification_metrics(rows[LABEL].tolist(), predicted.tolist(), labels) if LABEL in rows else None
+
+
+def recalibrated(run: SavedRun, key: str, rows: pd.DataFrame, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """With the model's temperature and threshold in the run's calibration.json (`calibrate.holdout`): the
+    temperature-scaled probabilities and each row's prediction set (`prediction_set`, e.g. `one of {4, 11}`),
+    and what was applied (with the sets' empirical coverage and mean size when the rows carry labels);
+    the predictions as they are, and {}, otherwise."""
+    path = run.run_dir / CALIBRATION_FILE
+    saved = read_json(path).get(key) if path.exists() else None
+    if saved is None:
+        return predictions, {}
+    repair, labels = Recalibration.from_json(saved), run.split.labels
+    truth = rows[LABEL].to_numpy() if LABEL in rows else predictions["predicted"].to_numpy()  # a placeholder
+    forecast = forecast_of(predictions.assign(label=truth), labels)
+    scaled, sets = repair.apply(forecast.probabilities, forecast.answered)
+    columns = {f"prob_{label}": scaled[:, i] for i, label in enumerate(labels)}
+    texts = [set_text(labels, inside) for inside in sets]
+    applied = repair.to_json() | ({"sets": set_scores(sets, forecast.truth)} if LABEL in rows else {})
+    return predictions.assign(**columns, prediction_set=texts), applied

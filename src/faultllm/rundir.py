@@ -84,7 +84,7 @@ class ResumeKeys:
     switch: str | None = None  # a config key that, false, starts afresh instead of continuing
 
 
-_SHAPING = ("seed", "data", "prompt", "model", "lora", "trainer")
+_SHAPING = ("seed", "data", "prompt", "model", "lora", "trainer", "calibrate.holdout")  # holdout: which rows train
 _NOT_SHAPING = (
     "data.display_name", "trainer.resume", "trainer.report_to", "trainer.eval_each_epoch",
     "model.attn_implementation", "model.gradient_checkpointing",

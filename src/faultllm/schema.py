@@ -308,6 +308,20 @@ class EvalConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """Temperature scaling and conformal prediction sets fitted on held-out training rows
+    (docs/calibration_and_sets.md); `predict` applies them."""
+
+    # share of the training split held out from fitting (stratified, run-grouped; never test rows) to fit
+    # one temperature and the prediction sets' threshold: writes calibration.json; 0: no holdout, no sets
+    holdout: float = at_least(0.0, 0.0, below=1.0)
+    coverage: float = at_least(0.9, 0.0, strict=True, below=1.0)  # the prediction sets' target coverage
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
 class SearchParam:
     """One hyperparameter of `hpo.space`: the config key it sets and the range it is drawn from."""
 
@@ -344,9 +358,11 @@ class HpoConfig:
     n_trials: int = at_least(100, 1)  # finished trials to run, over all workers (failed ones do not count)
     folds: int = at_least(5, 2)  # stratified, run-grouped cross-validation folds per trial
     objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
-    pruner: str = one_of("median", "hyperband", "none")  # the study's rule (prune_early_epochs) always applies
+    # median: against the finished trials' values at the same fold and epoch; the study's rule always applies
+    pruner: str = one_of("median", "hyperband", "none")
     # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
-    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass.
+    # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass, and only
+    # when its validation accuracy's 95% upper bound is already below the best finished trial's accuracy.
     prune_early_epochs: int = at_least(3, 0)
     prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
@@ -472,6 +488,7 @@ class TrainJob(RunSettings):
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
@@ -579,6 +596,7 @@ class BenchJob(TrainJob):
 @dataclass
 class BaselinesJob(RunSettings):
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
 
 @dataclass

@@ -215,6 +215,16 @@ def cv_folds(train: pd.DataFrame, k: int, seed: int) -> list[tuple[np.ndarray, n
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(train, y))
 
 
+def hold_out(split: Split, share: float, seed: int) -> tuple[Split, pd.DataFrame | None]:
+    """(the split without its held-out training rows, those rows; None when share is 0): the validation part of
+    the first of round(1 / share) `cv_folds` (stratified, grouped by run where runs exist)."""
+    if not share:
+        return split, None
+    fit_rows, held_rows = cv_folds(split.train, max(2, round(1 / share)), seed)[0]
+    kept = replace(split, train=split.train.iloc[fit_rows].reset_index(drop=True))
+    return kept, split.train.iloc[held_rows].reset_index(drop=True)
+
+
 def fold_splits(raw: Split, folds: list[tuple[np.ndarray, np.ndarray]], normalize: bool, feature_range) -> list[Split]:
     """`cv_folds` positions as train/validation splits, each min-max scaled with a scaler fitted on the
     fold's own training rows (validation rows never shape it). Used by HPO and tuned baselines alike."""

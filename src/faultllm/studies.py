@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 
+import numpy as np
+from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler, TPESampler
 
 from faultllm.credentials import redact, with_password
@@ -28,15 +31,56 @@ log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
 
 
+EPOCHS_PER_FOLD = "epochs_per_fold"  # a trial's user attribute: its steps are fold * epochs_per_fold + epoch
+
+
 def make_pruner(name: str):
     import optuna
 
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "median": lambda: SameFoldMedianPruner(n_startup_trials=2),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     return pruners[name]()
+
+
+class SameFoldMedianPruner(BasePruner):
+    """Prune a trial whose value at a fold and epoch is worse than the median of the finished trials' values
+    at the same fold and epoch. Optuna's MedianPruner compares a trial's best value over all its steps so far
+    (any fold) with other trials' values at its step number, which is another fold and epoch when the
+    trials train different numbers of epochs; folds differ in difficulty, so that compared unlike things."""
+
+    def __init__(self, n_startup_trials: int = 2) -> None:
+        self.n_startup_trials = n_startup_trials
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        value, others = trial.intermediate_values[step], same_fold_values(study, trial, step)
+        if len(others) < self.n_startup_trials:
+            return False
+        if math.isnan(value):
+            return True
+        median = float(np.median(others))
+        return value > median if study.direction.name == "MINIMIZE" else value < median
+
+
+def same_fold_values(study, trial, step: int) -> list[float]:
+    """The finished trials' values at the fold and epoch that `step` is for `trial` (fold * epochs + epoch)."""
+    from optuna.trial import TrialState
+
+    fold, epoch = divmod(step - 1, trial.user_attrs[EPOCHS_PER_FOLD])
+    values = []
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        epochs = other.user_attrs.get(EPOCHS_PER_FOLD)
+        if epochs is None or epoch + 1 > epochs:
+            continue
+        value = other.intermediate_values.get(fold * epochs + epoch + 1)
+        if value is not None and not math.isnan(value):
+            values.append(float(value))
+    return values
 
 
 def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5):

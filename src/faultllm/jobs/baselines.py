@@ -16,10 +16,12 @@ from faultllm.baselines import (
     fit_and_score,
     importances,
     missing_packages,
+    recalibrate,
     save_model,
     table_4_2,
     tune,
 )
+from faultllm.calibration import CALIBRATION_FILE
 from faultllm.errors import FaultLLMError
 from faultllm.files import write_csv
 from faultllm.loaders import LABEL
@@ -28,7 +30,7 @@ from faultllm.reporting import print_table, write_table
 from faultllm.results import BaselineMetrics
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.schema import BaselinesJob
-from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
+from faultllm.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,13 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
     run_dir = start_run(cfg, run_dir, "baselines")
     raw = make_split(cfg.data, cfg.seed)
     check_models(names, len(raw.train))
-    split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)
+    split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)  # as `train` does: then held out
+    split, held_out = hold_out(split, cfg.calibrate.holdout, cfg.seed)
+    raw = hold_out(raw, cfg.calibrate.holdout, cfg.seed)[0]  # the same rows: tuning folds never see them
     save_split(run_dir, split, scaler, cfg.seed)
     folds = _tuning_folds(raw, cfg) if cfg.baselines.tune else None
 
-    results, tables = {}, []
+    results, tables, recalibrations = {}, [], {}
     predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
     for name in steps(names, "baselines: models done"):
         params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
@@ -52,6 +56,8 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
         for label in split.labels:  # for `report`'s calibration and selective prediction
             predictions[f"{name}_prob_{label}"] = probabilities[str(label)].to_numpy()
         save_model(model, run_dir, name)
+        if held_out is not None:
+            recalibrations[name] = recalibrate(model, split, held_out, cfg.calibrate.coverage)
         if folds:
             results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
         if name in cfg.baselines.importances_for:
@@ -61,6 +67,8 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
 
     write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
+    if recalibrations:
+        write_json(run_dir / CALIBRATION_FILE, recalibrations)
     table = table_4_2(results)
     write_table(table, run_dir / "table_4_2")
     if tables:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faultllm.calibration import LLM
 from faultllm.files import write_csv
 from faultllm.predict import (
+    chosen_baseline,
     metrics_if_labelled,
     predict_baseline,
     predict_llm,
     prediction_table,
+    recalibrated,
 )
 from faultllm.preflight import predict_inputs
 from faultllm.reporting import print_summary
@@ -24,12 +27,12 @@ from faultllm.schema import PredictJob
 def run(cfg: PredictJob, out_dir: Path) -> dict:
     saved, kind, rows = predict_inputs(cfg)
     if kind == "llm":
-        model, predictions = (
-            f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})",
-            predict_llm(saved, rows, cfg.eval.batch_size),
-        )
+        key, model = LLM, f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})"
+        predictions = predict_llm(saved, rows, cfg.eval.batch_size)
     else:
-        model, predictions = predict_baseline(saved, rows, cfg.predict.model)
+        key = chosen_baseline(saved, cfg.predict.model)
+        model, predictions = predict_baseline(saved, rows, key)
+    predictions, applied = recalibrated(saved, key, rows, predictions)
     out_dir = start_run(cfg, out_dir, "predict")
     table = prediction_table(rows, saved.split.features, predictions)
     write_csv(table, out_dir / "predictions.csv")
@@ -39,5 +42,20 @@ def run(cfg: PredictJob, out_dir: Path) -> dict:
         written = PredictMetrics.from_json(metrics | {"model": model, "input": str(cfg.input)})
         write_json(out_dir / "metrics.json", written.to_json())
         summary["accuracy / macro-F1"] = f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}"
+    summary |= _sets_summary(applied)
     print_summary(f"predicted: {saved.run_dir}", summary | {"written to": str(out_dir / "predictions.csv")})
-    return {"model": model, "predictions": table, "metrics": metrics}
+    return {"model": model, "predictions": table, "metrics": metrics, "calibration": applied}
+
+
+def _sets_summary(applied: dict) -> dict:
+    """What the run's calibration.json changed: the temperature, and the sets' coverage (target, and measured)."""
+    if not applied:
+        return {}
+    lines = {
+        "temperature": f"{applied['temperature']:.3g} (fitted on {applied['rows']} held-out training rows)",
+        "prediction sets": f"contain the true label with probability >= {applied['coverage']:.0%} (split conformal)",
+    }
+    if "sets" in applied:
+        measured = applied["sets"]
+        lines["set coverage / mean size"] = f"{measured['coverage']:.3f} / {measured['mean_size']:.2f} on these rows"
+    return lines

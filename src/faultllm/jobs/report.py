@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from faultllm import plots
+from faultllm.baselines import NAMES
+from faultllm.calibration import CALIBRATION_FILE, LLM, recalibration_row
 from faultllm.comparison import (
     ModelRun,
     aggregate,
@@ -47,10 +49,11 @@ from faultllm.reporting import (
     tests_display,
     within_split_display,
 )
-from faultllm.rundir import start_run
+from faultllm.rundir import read_json, start_run
 from faultllm.schema import ReportJob
 
 log = logging.getLogger(__name__)
+KEYS = {name: key for key, name in NAMES.items()}  # a baseline's display name -> its key in calibration.json
 
 
 def run(cfg: ReportJob, out_dir: Path):
@@ -71,6 +74,7 @@ def run(cfg: ReportJob, out_dir: Path):
     print_table(f"comparison over {seeds} seed{'s' * (seeds > 1)} ({len(runs)} model runs)", shown)
     _tests(results, tests, out_dir)
     _trust(results, out_dir)
+    _recalibrated(results, out_dir)
     log.info(f"written to {out_dir}")
     return summary
 
@@ -150,3 +154,19 @@ def _zero_probabilities(results: list[ModelRun], out_dir: Path) -> None:
             "%s gave the true label probability 0 on %d test rows (NLL infinite; rows of predictions.csv in "
             "zero_probability_rows.csv)", model, len(rows)
         )  # fmt: skip
+def _recalibrated(results: list[ModelRun], out_dir: Path) -> None:
+    """recalibration.{md,csv}: per model run with a calibration.json (`calibrate.holdout`), the temperature and
+    the conformal sets fitted on its held-out training rows, measured on its test rows."""
+    rows = []
+    for result in results:
+        path = result.run_dir / CALIBRATION_FILE
+        key = LLM if result.kind == "llm" else KEYS.get(result.model, result.model)
+        entry = read_json(path).get(key) if path.exists() else None
+        if entry is not None:
+            rows.append(recalibration_row(result.model, result.seed, entry))
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    write_text(out_dir / "recalibration.md", markdown(table))
+    write_csv(table, out_dir / "recalibration.csv")
+    print_table("temperature and prediction sets, fitted on held-out training rows (test rows)", table)
