@@ -246,6 +246,8 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
 
     from faultllm.config import CONFIG_DIR, validate
     from faultllm.errors import FaultLLMError
+    from faultllm.threads import apply as apply_thread_budget
+    from faultllm.threads import available_cores, limit_torch
 
     def task(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -253,7 +255,9 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
             config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.schema)
             if config.progress is None:  # bars on a terminal; one line per epoch in logs and CI
                 config.progress = sys.stdout.isatty()
+            threads = apply_thread_budget(available_cores(config.threads))  # before numpy and torch load
             _quiet_known_noise(config.progress)
+            limit_torch(threads)
             job = importlib.import_module(f"faultllm.jobs.{module}")
             job.run(config, run_dir)
         except FaultLLMError as err:

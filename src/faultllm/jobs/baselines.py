@@ -12,15 +12,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from faultllm.baselines import (
-    check_models,
-    fit_and_score,
-    importances,
-    missing_packages,
-    save_model,
-    table_4_2,
-    tune,
-)
+from faultllm.baselines import ModelTask, check_models, fit_model, missing_packages, save_model, table_4_2
 from faultllm.errors import FaultLLMError
 from faultllm.files import write_csv
 from faultllm.loaders import LABEL
@@ -29,6 +21,7 @@ from faultllm.results import BaselineMetrics
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.schema import BaselinesJob
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
+from faultllm.threads import available_cores, loop_plan, parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +37,17 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
 
     results, tables = {}, []
     predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
-    for name in tqdm(names, desc="baselines", disable=not cfg.progress):
-        params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
-        cv_accuracy = params.pop("cv_accuracy", None)
-        model, predictions[name], probabilities, results[name] = fit_and_score(name, split, cfg.seed, params)
+    workers, n_jobs = loop_plan(available_cores(cfg.threads).count, len(names), len(split.train))
+    log.info(f"baselines: {len(names)} models in {workers} worker process(es) of {n_jobs} thread(s)")
+    outcomes = parallel_map(fit_model, _model_tasks(names, split, folds, cfg, n_jobs), workers, n_jobs)
+    outcomes = tqdm(outcomes, total=len(names), desc="baselines", disable=not cfg.progress)
+    for name, outcome in zip(names, outcomes, strict=True):
+        predictions[name], results[name] = outcome.predicted, outcome.metrics
         for label in split.labels:  # for `report`'s calibration and selective prediction
-            predictions[f"{name}_prob_{label}"] = probabilities[str(label)].to_numpy()
-        save_model(model, run_dir, name)
-        if folds:
-            results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
-        if name in cfg.baselines.importances_for:
-            tables.append(importances(name, model, split, cfg.seed, cfg.baselines.permutation_repeats))
+            predictions[f"{name}_prob_{label}"] = outcome.probabilities[str(label)].to_numpy()
+        save_model(outcome.model, run_dir, name)
+        if outcome.importances is not None:
+            tables.append(outcome.importances)
 
     write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
@@ -76,6 +69,12 @@ def available_models(names: list[str]) -> list[str]:
     if not kept:
         raise FaultLLMError(f"baselines.models={names}: none of their libraries is installed")
     return kept
+
+
+def _model_tasks(names: list[str], split: Split, folds: list[Split] | None, cfg: BaselinesJob, n_jobs: int) -> list:
+    settings = cfg.baselines
+    repeats = {name: settings.permutation_repeats if name in settings.importances_for else None for name in names}
+    return [ModelTask(name, split, cfg.seed, folds, settings.n_trials, repeats[name], n_jobs) for name in names]
 
 
 def _tuning_folds(raw: Split, cfg: BaselinesJob) -> list[Split]:
