@@ -49,9 +49,30 @@ def _cgroup(tmp_path: Path, v2: str | None = None, v1: tuple[str, str] | None = 
     ],
 )
 def test_the_budget_is_the_least_of_the_limits_unless_the_user_chose(eight_cpus, tmp_path, environ, v2, v1, expected):
-    cores = available_cores(0, environ, _cgroup(tmp_path, v2, v1))
+    cores = available_cores(0, environ, _cgroup(tmp_path, v2, v1), stat=None)
     assert cores.affinity == 8 and cores.count == expected
-    assert available_cores(5, environ, _cgroup(tmp_path)).count == 5  # the `threads` key overrides them all
+    assert available_cores(5, environ, _cgroup(tmp_path), stat=None).count == 5  # the `threads` key overrides all
+
+
+class _Stat:
+    """/proc/stat read twice: the CPUs' ticks (user nice system idle iowait irq softirq steal) then and later."""
+
+    def __init__(self, *snapshots: dict[int, list[int]]) -> None:
+        self.snapshots = list(snapshots)
+
+    def read_text(self) -> str:
+        ticks = self.snapshots.pop(0)
+        return "cpu 0 0 0 0 0 0 0 0\n" + "".join(f"cpu{c} {' '.join(map(str, v))}\n" for c, v in ticks.items())
+
+
+def test_cores_another_process_keeps_busy_are_left_out():
+    start = {0: [100, 0, 0, 900, 0, 0, 0, 0], 1: [100, 0, 0, 900, 0, 0, 0, 0], 2: [0] * 8}
+    later = {0: [120, 0, 0, 900, 0, 0, 0, 0], 1: [101, 0, 0, 918, 1, 0, 0, 0], 2: [0] * 8}  # cpu0 busy, cpu1 idle
+    assert threads.idle_cpus({0, 1}, _Stat(start, later), seconds=0) == pytest.approx(0.95)
+    assert threads.idle_cpus({0, 1}, Path("/nonexistent"), seconds=0) is None
+    assert Cores(affinity=2, idle=0.95).count == 1 and Cores(affinity=2, idle=1.8).count == 2
+    assert Cores(affinity=8, quota=2.0, idle=7.0).count == 2 and Cores(affinity=4, idle=0.1).count == 1
+    assert Cores(affinity=2, idle=0.0, omp=2).count == 2  # the user's choice stands
 
 
 def test_cgroup_quota_reads_v2_before_v1_and_none_without_files(tmp_path):
@@ -96,11 +117,13 @@ def test_parallel_workers_run_single_threaded_pools(monkeypatch):
 def test_apply_sets_the_pools_environment_and_logs_one_line(caplog):
     environ: dict[str, str] = {}
     with caplog.at_level(logging.INFO, logger="faultllm.threads"):
-        count = threads.apply(Cores(affinity=4, quota=2.0), environ)
+        count = threads.apply(Cores(affinity=4, quota=2.0, idle=3.0), environ)
     assert count == 2 and environ["OMP_NUM_THREADS"] == environ["RAYON_NUM_THREADS"] == "2"
     assert "TOKENIZERS_PARALLELISM" not in environ
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("threads: ")]
-    assert line.startswith("threads: 2 cores (affinity 4, cgroup quota 2, SLURM_CPUS_PER_TASK none) -> torch 2")
+    assert line.startswith(
+        "threads: 2 cores (affinity 4, cgroup quota 2, SLURM_CPUS_PER_TASK none, idle 3.0) -> torch 2"
+    )
     assert threads.pool_environment(1)["TOKENIZERS_PARALLELISM"] == "false"
 
 

@@ -5,7 +5,8 @@ threads, OpenMP in HistGradientBoosting, a random forest's n_jobs=-1, OpenBLAS, 
 pool) and on cores shared with other processes, they made the same commands 3-10x slower. Here:
 
 - the budget is the cores this process may use: the `threads` config key when > 0, else the user's
-  OMP_NUM_THREADS when set, else the least of the CPU affinity, the cgroup CPU quota and SLURM_CPUS_PER_TASK;
+  OMP_NUM_THREADS when set, else the least of the CPU affinity, the cgroup CPU quota, SLURM_CPUS_PER_TASK
+  and the CPUs other processes leave idle when it starts (a team spread over a busy core waits for it);
 - the process's own pools (torch intra-op, BLAS/OpenMP, tokenizers) get the whole budget, torch's
   inter-op pool 1 thread: they run one after another, never at once;
 - a loop of independent work (models, folds) runs in min(tasks, budget) worker processes with
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 CGROUP = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
 SMALL_TABLE_ROWS = 20_000  # below: single-threaded models inside the workers
 PARALLEL_MIN_ROWS = 200  # below: the whole loop runs in this process (starting workers costs more than it saves)
 # Read once, when a library loads: set before numpy, scikit-learn and torch are imported.
@@ -49,6 +52,7 @@ class Cores:
     slurm: int | None = None  # SLURM_CPUS_PER_TASK
     omp: int | None = None  # the user's OMP_NUM_THREADS
     requested: int = 0  # the `threads` config key; 0: automatic
+    idle: float | None = None  # how many of the affinity's CPUs other processes left idle at the start
 
     @property
     def count(self) -> int:
@@ -57,13 +61,16 @@ class Cores:
         if self.omp:
             return self.omp
         limits = [self.affinity, self.slurm, max(1, math.floor(self.quota)) if self.quota else None]
-        return max(1, min(limit for limit in limits if limit))
+        count = min(limit for limit in limits if limit)
+        # cores another process keeps busy: a team spread over them waits for its slowest thread
+        return max(1, min(count, round(self.idle)) if self.idle is not None else count)
 
     def describe(self) -> str:
         """The run log's line: the budget, where it came from, and what each pool gets."""
         n = self.count
         source = f"threads={self.requested}" if self.requested else f"OMP_NUM_THREADS={self.omp}" if self.omp else (
-            f"affinity {self.affinity}, cgroup quota {_shown(self.quota)}, SLURM_CPUS_PER_TASK {_shown(self.slurm)}"
+            f"affinity {self.affinity}, cgroup quota {_shown(self.quota)}, SLURM_CPUS_PER_TASK {_shown(self.slurm)}, "
+            f"idle {'unknown' if self.idle is None else f'{self.idle:.1f}'}"
         )  # fmt: skip
         return (
             f"threads: {n} core{'s' * (n > 1)} ({source}) -> torch {n} intra-op + 1 inter-op, BLAS/OpenMP {n}, "
@@ -76,15 +83,49 @@ def _shown(value: float | None) -> str:
     return "none" if value is None else f"{value:g}"
 
 
-def available_cores(requested: int = 0, environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP) -> Cores:
-    """The budget of this process; `requested` (the `threads` key) > 0 overrides every other source."""
+def available_cores(
+    requested: int = 0, environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP, stat: Path | None = PROC_STAT
+) -> Cores:
+    """The budget of this process; `requested` (the `threads` key) > 0 overrides every other source.
+    Without `requested` or OMP_NUM_THREADS, the CPUs' idleness is measured (`stat`; None: not measured)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    omp = _positive_int(environ.get("OMP_NUM_THREADS"))
     return Cores(
-        affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        affinity=len(cpus),
         quota=cgroup_quota(cgroup),
         slurm=_positive_int(environ.get("SLURM_CPUS_PER_TASK")),
-        omp=_positive_int(environ.get("OMP_NUM_THREADS")),
+        omp=omp,
         requested=requested,
+        idle=idle_cpus(cpus, stat) if stat and not requested and not omp else None,
     )
+
+
+def idle_cpus(cpus: set[int], stat: Path = PROC_STAT, seconds: float = 0.2) -> float | None:
+    """How many of `cpus` were idle over the next `seconds` (Linux's /proc/stat); None where it cannot be read."""
+    try:
+        before = _cpu_times(stat, cpus)
+        time.sleep(seconds)
+        after = _cpu_times(stat, cpus)
+    except (OSError, ValueError):
+        return None
+    if not before:
+        return None
+    shares = [
+        (after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1]) if after[cpu][1] > before[cpu][1] else 1.0
+        for cpu in before.keys() & after.keys()
+    ]
+    return sum(shares)
+
+
+def _cpu_times(stat: Path, cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """cpu -> (idle + iowait ticks, all ticks) since boot, for the given CPUs."""
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, *ticks = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(tick) for tick in ticks[:8]]
+            times[int(name[3:])] = (values[3] + values[4], sum(values))
+    return times
 
 
 def _positive_int(text: str | None) -> int | None:
