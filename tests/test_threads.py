@@ -152,3 +152,26 @@ def test_the_cpu_extras_pull_no_cuda_libraries():
         assert linux_xgboost == ["xgboost-cpu>=2.1.1; sys_platform == 'linux'"], extra
         assert not [r for r in extras[extra] if r.startswith(("nvidia", "cupy", "torch"))], extra
     assert any(r.startswith("xgboost>=") for r in extras["boosting-gpu"])
+
+
+def test_hpo_worker_processes_share_the_budget(compose_cfg, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from faultllm.jobs import hpo as hpo_job
+
+    started = []
+
+    class Worker:
+        def __init__(self, args: list[str], env: dict) -> None:
+            started.append(args)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(hpo_job.subprocess, "Popen", Worker)
+    overrides = SimpleNamespace(task=["threads=4", "seed=1"])  # the command line the workers repeat
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(overrides=overrides)))
+    hpo_job.launch_workers(compose_cfg("hpo", ["model=tiny", "hpo.workers=2", "threads=4"]), tmp_path)
+    assert [[arg for arg in args if arg.startswith("threads=")] for args in started] == [["threads=2"]] * 2
