@@ -63,7 +63,7 @@ def test_no_import_cycles_counting_function_level_imports():
 # The library's layers, lowest first: a module imports only modules of lower layers (the jobs, one per
 # command, sit above the library; the CLI above the jobs).
 LAYERS = [
-    {"errors", "paths", "metrics", "credentials", "files", "calibration", "progress", "heartbeats"},  # no faultllm imports
+    {"errors", "paths", "metrics", "credentials", "files", "calibration", "progress", "heartbeats", "threads"},  # no faultllm imports
     {"distributed", "results", "plots", "reporting"},  # processes and GPUs; metrics.json shapes; output
     {"schema"},  # what every config key is
     {"config"},  # Hydra's DictConfig -> the typed schema

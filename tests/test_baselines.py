@@ -90,6 +90,7 @@ def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg,
     assert cli.returncode == 0, cli.stderr
     pooled = pd.read_csv(tmp_path / "r3" / "comparison.csv")
     assert list(pooled["Runs"]) == [2] and "comparison over 2 seeds" in cli.stdout
+    assert "][faultllm.threads][INFO] threads: " in (tmp_path / "r3" / "faultllm.log").read_text()  # the budget
 
 
 BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_for=[xgb,lgbm,catboost]",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,11 @@ class Encoded:
         return np.asarray(self.estimator.feature_importances_, dtype=np.float64)
 
 
-def make_model(name: str, seed: int, impute: bool = False, **params):
+def make_model(name: str, seed: int, impute: bool = False, n_jobs: int = 1, **params):
     """The model, behind a median imputer fitted on its training rows when values are missing
-    (HistGradientBoosting handles NaN natively)."""
-    model = _boosting(name, seed, **params) if name in BOOSTING_PACKAGES else _estimator(name, seed, **params)
+    (HistGradientBoosting handles NaN natively). `n_jobs`: the random forest's threads (faultllm.threads);
+    the other models' OpenMP/BLAS threads are whatever the caller's pools are limited to."""
+    model = _boosting(name, seed, **params) if name in BOOSTING_PACKAGES else _estimator(name, seed, n_jobs, **params)
     if not impute or name in NATIVE_NAN:
         return model
     from sklearn.impute import SimpleImputer
@@ -93,14 +95,14 @@ def has_missing(split: Split) -> bool:
     return bool(split.train[split.features].isna().any().any() or split.test[split.features].isna().any().any())
 
 
-def _estimator(name: str, seed: int, **params):
+def _estimator(name: str, seed: int, n_jobs: int, **params):
     from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.svm import SVC
 
     factories: dict[str, Callable] = {
-        "rf": lambda: RandomForestClassifier(**({"n_estimators": 100} | params), random_state=seed, n_jobs=-1),
+        "rf": lambda: RandomForestClassifier(**({"n_estimators": 100} | params), random_state=seed, n_jobs=n_jobs),
         "lr": lambda: LogisticRegression(**({"max_iter": 1000} | params)),
         # probability=True: `predict` gives per-class probabilities (SVC.predict itself is unchanged by it)
         "svm": lambda: SVC(**({"kernel": "rbf"} | params), probability=True, random_state=seed),
@@ -182,7 +184,7 @@ def xy(frame: pd.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray
     return frame[features].to_numpy(np.float64), frame[LABEL].astype(str).to_numpy()
 
 
-def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
+def tune(name: str, folds: list[Split], seed: int, n_trials: int, n_jobs: int = 1) -> dict:
     """Best params by mean accuracy over the (already scaled) folds, and that accuracy as `cv_accuracy`."""
     import optuna
 
@@ -192,7 +194,7 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
         params = search_space(name, trial, min(len(fold.train) for fold in folds))
         scores = []
         for fold in folds:
-            model = make_model(name, seed, has_missing(fold), **params).fit(*xy(fold.train, fold.features))
+            model = make_model(name, seed, has_missing(fold), n_jobs, **params).fit(*xy(fold.train, fold.features))
             scores.append(model.score(*xy(fold.test, fold.features)))
         return float(np.mean(scores))
 
@@ -205,13 +207,15 @@ def tune(name: str, folds: list[Split], seed: int, n_trials: int) -> dict:
     return study.best_params | {"cv_accuracy": study.best_value}
 
 
-def fit_and_score(name: str, split: Split, seed: int, params: dict) -> tuple[object, np.ndarray, pd.DataFrame, dict]:
+def fit_and_score(
+    name: str, split: Split, seed: int, params: dict, n_jobs: int = 1
+) -> tuple[object, np.ndarray, pd.DataFrame, dict]:
     """The fitted model, its test predictions, its test probabilities (a column per label, named by it)
     and its metrics."""
     x_train, y_train = xy(split.train, split.features)
     x_test, y_test = xy(split.test, split.features)
     start = time.perf_counter()
-    model = make_model(name, seed, has_missing(split), **params).fit(x_train, y_train)
+    model = make_model(name, seed, has_missing(split), n_jobs, **params).fit(x_train, y_train)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predicted = model.predict(x_test)
@@ -244,6 +248,41 @@ def _forecast(model, rows: pd.DataFrame, split: Split) -> Forecast:
     x, y = xy(rows, split.features)
     probabilities = pd.DataFrame(model.predict_proba(x), columns=[f"prob_{label}" for label in model.classes_])
     return forecast_of(probabilities.assign(label=y, predicted=model.predict(x)), split.labels)
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """One model's whole share of a baselines run (tuning, fit, scores, importances): what a worker
+    process of `faultllm.threads.parallel_map` receives."""
+
+    name: str
+    split: Split
+    seed: int
+    folds: list[Split] | None = None  # tuning folds; None: the study's settings
+    n_trials: int = 0
+    permutation_repeats: int | None = None  # None: no importances
+    n_jobs: int = 1  # the model's own threads (a random forest's n_jobs)
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    model: object
+    predicted: np.ndarray
+    probabilities: pd.DataFrame  # a column per label, named by it
+    metrics: dict
+    importances: pd.DataFrame | None
+
+
+def fit_model(task: ModelTask) -> ModelOutcome:
+    """Tune (with folds), fit and score one model, and measure its importances (with repeats)."""
+    params = tune(task.name, task.folds, task.seed, task.n_trials, task.n_jobs) if task.folds else {}
+    cv_accuracy = params.pop("cv_accuracy", None)
+    model, predicted, probabilities, metrics = fit_and_score(task.name, task.split, task.seed, params, task.n_jobs)
+    if task.folds:
+        metrics |= {"params": params, "cv_accuracy": cv_accuracy}
+    repeats = task.permutation_repeats
+    table = None if repeats is None else importances(task.name, model, task.split, task.seed, repeats)
+    return ModelOutcome(model, predicted, probabilities, metrics, table)
 
 
 def importances(name: str, model, split: Split, seed: int, repeats: int) -> pd.DataFrame:

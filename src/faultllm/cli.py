@@ -395,6 +395,8 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
 
     from faultllm.config import CONFIG_DIR, validate
     from faultllm.progress import use_bars
+    from faultllm.threads import apply as apply_thread_budget
+    from faultllm.threads import available_cores, limit_torch
 
     def task(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -405,7 +407,9 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
             if config.progress is None:  # bars on a terminal; lines every few seconds in logs and CI
                 config.progress = sys.stdout.isatty()
             use_bars(config.progress)
+            threads = apply_thread_budget(available_cores(config.threads))  # sizes every pool before torch loads
             _quiet_known_noise(config.progress)
+            limit_torch(threads)
             job = importlib.import_module(f"faultllm.jobs.{module}")
             job.run(config, run_dir)
         except KeyboardInterrupt:

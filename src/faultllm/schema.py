@@ -471,10 +471,13 @@ class RunSettings:
 
     seed: int = 42  # draws the split, the model's initialisation and every sample
     progress: bool | None = None  # progress bars; null: when the output is a terminal
-    # columnar copies of data files, built models
-    cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"
+    threads: int = at_least(0, 0)  # every thread pool's budget (faultllm/threads.py); 0: the cores this process may use
+    cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"  # columnar copies of data files, built models
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -492,6 +495,7 @@ class TrainJob(RunSettings):
     results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.model.build is None and not self.model.path:
             raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
         if self.results and self.model.init == "random" and not self.model.allow_random:
@@ -603,7 +607,11 @@ class BaselinesJob(RunSettings):
 class EvaluateJob:
     run_dir: str = MISSING  # a `faultllm train` run directory
     progress: bool | None = None  # progress bars; null: when the output is a terminal
+    threads: int = at_least(0, 0)  # 0: the cores this process may use (RunSettings.threads)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -611,8 +619,12 @@ class ExplainJob:
     run_dir: str = MISSING  # a `faultllm train` run directory
     seed: int = 42  # seeds sampling and generation
     progress: bool | None = None  # progress bars; null: when the output is a terminal
+    threads: int = at_least(0, 0)  # 0: the cores this process may use (RunSettings.threads)
     eval: EvalConfig = field(default_factory=EvalConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -621,14 +633,22 @@ class PredictJob:
     input: str = MISSING  # the rows to diagnose: a CSV/Parquet table with the run's feature columns
     seed: int = 42  # seeds sampling and generation
     progress: bool | None = None  # progress bars; null: when the output is a terminal
+    threads: int = at_least(0, 0)  # 0: the cores this process may use (RunSettings.threads)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
 class ReportJob:
     run_dirs: list[str] = MISSING  # the run directories to compare (the command line's positional arguments)
     progress: bool | None = None  # progress bars; null: when the output is a terminal
+    threads: int = at_least(0, 0)  # 0: the cores this process may use (RunSettings.threads)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 JOBS: dict[str, type] = {

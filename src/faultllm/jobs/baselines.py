@@ -12,14 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from faultllm.baselines import (
+    ModelTask,
     check_models,
-    fit_and_score,
-    importances,
+    fit_model,
     missing_packages,
     recalibrate,
     save_model,
     table_4_2,
-    tune,
 )
 from faultllm.calibration import CALIBRATION_FILE
 from faultllm.errors import FaultLLMError
@@ -31,6 +30,7 @@ from faultllm.results import BaselineMetrics
 from faultllm.rundir import save_split, start_run, write_json
 from faultllm.schema import BaselinesJob
 from faultllm.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
+from faultllm.threads import available_cores, loop_plan, parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,18 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
 
     results, tables, recalibrations = {}, [], {}
     predictions = pd.DataFrame({"row": range(len(split.test)), "label": split.test[LABEL]})
-    for name in steps(names, "baselines: models done"):
-        params = tune(name, folds, cfg.seed, cfg.baselines.n_trials) if folds else {}
-        cv_accuracy = params.pop("cv_accuracy", None)
-        log.info(f"{name}: fitting on {len(split.train)} rows")
-        model, predictions[name], probabilities, results[name] = fit_and_score(name, split, cfg.seed, params)
+    workers, n_jobs = loop_plan(available_cores(cfg.threads).count, len(names), len(split.train))
+    log.info(f"baselines: {len(names)} models in {workers} worker process(es) of {n_jobs} thread(s)")
+    outcomes = parallel_map(fit_model, _model_tasks(names, split, folds, cfg, n_jobs), workers, n_jobs)
+    for name, outcome in zip(names, steps(outcomes, "baselines: models done", total=len(names)), strict=True):
+        predictions[name], results[name] = outcome.predicted, outcome.metrics
         for label in split.labels:  # for `report`'s calibration and selective prediction
-            predictions[f"{name}_prob_{label}"] = probabilities[str(label)].to_numpy()
-        save_model(model, run_dir, name)
+            predictions[f"{name}_prob_{label}"] = outcome.probabilities[str(label)].to_numpy()
+        save_model(outcome.model, run_dir, name)
         if held_out is not None:
-            recalibrations[name] = recalibrate(model, split, held_out, cfg.calibrate.coverage)
-        if folds:
-            results[name] |= {"params": params, "cv_accuracy": cv_accuracy}
-        if name in cfg.baselines.importances_for:
-            repeats = cfg.baselines.permutation_repeats
-            log.info(f"{name}: permutation importances, {len(split.features)} features x {repeats} repeats")
-            tables.append(importances(name, model, split, cfg.seed, repeats))
+            recalibrations[name] = recalibrate(outcome.model, split, held_out, cfg.calibrate.coverage)
+        if outcome.importances is not None:
+            tables.append(outcome.importances)
 
     write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
@@ -87,6 +83,12 @@ def available_models(names: list[str]) -> list[str]:
     if not kept:
         raise FaultLLMError(f"baselines.models={names}: none of their libraries is installed")
     return kept
+
+
+def _model_tasks(names: list[str], split: Split, folds: list[Split] | None, cfg: BaselinesJob, n_jobs: int) -> list:
+    settings = cfg.baselines
+    repeats = {name: settings.permutation_repeats if name in settings.importances_for else None for name in names}
+    return [ModelTask(name, split, cfg.seed, folds, settings.n_trials, repeats[name], n_jobs) for name in names]
 
 
 def _tuning_folds(raw: Split, cfg: BaselinesJob) -> list[Split]:

@@ -51,6 +51,7 @@ from faultllm.studies import (
     sole_user,
     study_url,
 )
+from faultllm.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,14 @@ def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
     url = study_url(cfg.hpo, run_dir)
     secret = worker_environment(url)  # the workers get the storage's password in their environment, not argv
     gpus = visible_gpus()
+    threads = max(1, available_cores(cfg.threads).count // cfg.hpo.workers)  # the workers share this budget
     workers = []
     for index in range(cfg.hpo.workers):
         env = os.environ | secret | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
         worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
         worker = [
-            "hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}", f"hydra.run.dir={run_dir}"
+            "hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}", f"hydra.run.dir={run_dir}",
+            f"threads={threads}",
         ]  # fmt: skip
         workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
     codes = [worker.wait() for worker in workers]
@@ -181,7 +184,7 @@ def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
     return read_json(summary_path) if summary_path.exists() else {}
 
 
-WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=")
+WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=", "threads=")
 
 
 def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
