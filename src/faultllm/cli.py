@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
-    from faultllm.distributed import pin_first_gpu, world_size
+    from faultllm.distributed import cap_threads_to_slurm, pin_first_gpu, world_size
 
+    cap_threads_to_slurm()
     # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
     # import, and torch counts once): never DataParallel. hpo's workers get the GPUs listed before this.
     pin_first_gpu()
@@ -218,8 +219,10 @@ def config_error(config_name: str, overrides: list[str]) -> str | None:
         jobs = sweep_jobs(keys) if multirun else [keys]
     except Exception as err:  # Hydra's override grammar
         return _one_line(err)
+    # the sweep's directory, when its jobs run on other machines (hydra/launcher=slurm)
+    sweep_dir = (_given(overrides, "hydra.sweep.dir") or "runs") if "hydra/launcher=slurm" in overrides else None
     for job in jobs:
-        error = _job_error(config_name, job, Path(run_dir) if run_dir else None)
+        error = _job_error(config_name, job, Path(run_dir) if run_dir else None, sweep_dir)
         if error:
             return f"{error} (in the sweep job {' '.join(job)})" if multirun and len(jobs) > 1 else error
     return None
@@ -234,15 +237,17 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _job_error(config_name: str, overrides: list[str], run_dir: Path | None) -> str | None:
+def _job_error(config_name: str, overrides: list[str], run_dir: Path | None, sweep_dir: str | None) -> str | None:
     from faultllm.config import compose, validate
     from faultllm.errors import FaultLLMError, first_line
-    from faultllm.preflight import check
+    from faultllm.preflight import check, check_submission
 
     config = None
     try:
         config = validate(compose(config_name, overrides), config_name)
         check(config, run_dir)
+        if sweep_dir is not None:
+            check_submission(config, "hydra.sweep.dir", sweep_dir)
     except FaultLLMError as err:
         return str(err)
     except Exception as err:

@@ -30,6 +30,15 @@ def is_main_process(environ: MutableMapping[str, str] = os.environ) -> bool:
     return int(environ.get("RANK", "0")) == 0
 
 
+def cap_threads_to_slurm(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Inside a SLURM job, PyTorch and BLAS use the job's CPUs only (without cgroups a job sees every core);
+    call it before torch is imported."""
+    cpus = environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            environ.setdefault(name, cpus)
+
+
 GPU_LIST = "FAULTLLM_GPUS"  # the GPUs this process was given, kept when it pins itself to the first one
 ALL_GPUS = "all"  # GPU_LIST when CUDA_VISIBLE_DEVICES was unset: every GPU nvidia-smi lists
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from faultllm.schema import (
     PredictJob,
     PrepareJob,
     ReportJob,
+    RunSettings,
     TrainJob,
 )
 from faultllm.splits import Split, cv_folds, keep_last_split, make_split, scale_split
@@ -80,6 +81,34 @@ def check_writable(key: str, value: str) -> None:
         raise FaultLLMError(
             f"{key}={value}: cannot write into {existing} ({reason}); choose another directory"
         ) from None
+
+
+def check_shared(key: str, value: str | Path, node_local: Sequence[str]) -> None:
+    """Refuse, in one line, a path the compute nodes may not see: one under a node-local directory."""
+    path = Path(str(value).split("${")[0] or ".").expanduser().absolute()
+    for local in node_local:
+        if path == Path(local) or Path(local) in path.parents:
+            raise FaultLLMError(
+                f"{key}={value}: {local} is node-local; SLURM jobs run on other machines. Put it on storage every "
+                "node mounts (a home or project directory), or set slurm.node_local=[] on a one-node cluster"
+            )
+
+
+def check_storage(url: str | None, node_local: Sequence[str]) -> None:
+    """The study's storage must be a database server every node reaches: not SQLite, not a local journal."""
+    if not url or url.startswith("sqlite"):
+        raise FaultLLMError(
+            f"hpo.storage={url or 'null (SQLite in the run directory)'}: hpo.launcher=slurm needs a database every "
+            "node reaches, e.g. hpo.storage=postgresql://user@host/db (SQLite's locking fails on network disks)"
+        )
+    if "://" not in url:
+        check_shared("hpo.storage", url, node_local)
+
+
+def check_submission(cfg: RunSettings, key: str, run_dir: str | Path) -> None:
+    """What SLURM jobs of `cfg` need before anything is queued: a run directory and a cache every node sees."""
+    check_shared(key, run_dir, cfg.slurm.node_local)
+    check_shared("cache_dir", cfg.cache_dir, cfg.slurm.node_local)
 
 
 def evaluate_inputs(cfg: EvaluateJob) -> tuple[SavedRun, pd.DataFrame, str]:
@@ -141,6 +170,9 @@ def _hpo(cfg: HpoJob, run_dir: Path | None) -> None:
     raw = make_split(cfg.data, cfg.seed)
     cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     _importance_order(cfg, raw)
+    if cfg.hpo.launcher == "slurm":
+        check_submission(cfg, "hydra.run.dir", run_dir or "runs")
+        check_storage(cfg.hpo.storage, cfg.slurm.node_local)
     if cfg.hpo.storage:  # a bad URL or a server that cannot be reached (the default SQLite file is the run's)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".* is (experimental|an experimental feature)")  # Optuna

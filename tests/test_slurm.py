@@ -1,0 +1,80 @@
+"""SLURM for real: a one-node cluster (scripts/slurm_cluster.sh, the `slurm_cluster` fixture) runs a Hydra
+multirun and an HPO array; a run directory or study the compute nodes cannot see is refused first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import easy_overrides
+from tests.test_hpo import hpo_overrides
+
+ONE_NODE = ["slurm=one_node", "slurm.gpus=0"]
+
+
+def faultllm(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faultllm", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def queued() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+
+
+def array_tasks(folder: Path) -> set[str]:
+    """The array tasks that ran: submitit's output files, one per task (`<array>_<task>_0_log.out`)."""
+    return {path.name.rsplit("_", 2)[0] for path in folder.glob("*/*_log.out")}
+
+
+def test_a_node_local_run_directory_or_study_is_one_line_and_nothing_is_queued(slurm_cluster, tiny_cache, easy_csv):
+    before = queued()
+    local = ["slurm.node_local=[/tmp]"]
+    done = faultllm("train", "-m", *easy_overrides(tiny_cache, easy_csv), "seed=1,2", "hydra/launcher=slurm", *ONE_NODE,
+                    *local, "hydra.sweep.dir=/tmp/faultllm-sweep")  # fmt: skip
+    assert done.returncode == 2 and "hydra.sweep.dir=/tmp/faultllm-sweep: /tmp is node-local" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/tmp/faultllm-sweep").exists()
+    done = faultllm("hpo", *hpo_overrides(tiny_cache, easy_csv, 2), "hpo.launcher=slurm", *ONE_NODE,
+                    "hydra.run.dir=/tmp/faultllm-hpo", "hpo.storage=sqlite:////tmp/study.db")  # fmt: skip
+    assert (
+        done.returncode == 2
+        and "hpo.storage=sqlite:////tmp/study.db: hpo.launcher=slurm needs a database" in done.stderr
+    )
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/tmp/faultllm-hpo").exists()
+    assert queued() == before
+
+
+@pytest.mark.slow
+def test_a_train_multirun_runs_as_slurm_jobs_and_reports_over_seeds(slurm_cluster, tiny_cache, easy_csv, tmp_path):
+    quick = [*easy_overrides(tiny_cache, easy_csv), "trainer.epochs=1", "data.train_size=40", "data.test_size=20"]
+    sweep = tmp_path / "sweep"
+    done = faultllm("train", "-m", *quick, "seed=1,2", "hydra/launcher=slurm", *ONE_NODE, f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(array_tasks(sweep / ".submitit")) == 2  # two SLURM jobs (one array of two tasks)
+    assert all((sweep / str(job) / "metrics.json").exists() for job in (0, 1))
+    done = faultllm("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "comparison over 2 seeds" in done.stdout and (tmp_path / "report" / "comparison.md").exists()
+
+
+@pytest.mark.slow
+def test_hpo_workers_as_a_slurm_array_share_one_postgresql_study(
+    slurm_cluster, postgres_server, tiny_cache, easy_csv, tmp_path
+):
+    import optuna
+
+    postgres_server.createdb("slurm_hpo")
+    url = postgres_server.url("slurm_hpo")
+    run_dir = tmp_path / "run"
+    done = faultllm("hpo", *hpo_overrides(tiny_cache, easy_csv, 4), "hpo.launcher=slurm", "hpo.workers=2", "hpo.wait=true",
+                    f"hpo.storage={url}", *ONE_NODE, f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SLURM array job" in done.stderr + done.stdout and "optuna-dashboard" in done.stderr + done.stdout
+    assert len(array_tasks(run_dir / "slurm")) == 2  # two array tasks ran
+    trials = optuna.load_study(study_name="faultllm", storage=url.replace("://", "+psycopg://")).trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    logs = "".join(path.read_text() for path in (run_dir / "slurm").glob("*/*_log.out"))
+    assert logs.count("trained:") == 1 and logs.count("hpo: ") == 1  # one refit, one Table 4.1
+    assert (run_dir / "final" / "metrics.json").exists() and (run_dir / "table_4_1.md").exists()
