@@ -3,6 +3,7 @@ multirun and an HPO array; a run directory or study the compute nodes cannot see
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,26 @@ def test_hpo_workers_as_a_slurm_array_share_one_postgresql_study(
     logs = "".join(path.read_text() for path in (run_dir / "slurm").glob("*/*_log.out"))
     assert logs.count("trained:") == 1 and logs.count("hpo: ") == 1  # one refit, one Table 4.1
     assert (run_dir / "final" / "metrics.json").exists() and (run_dir / "table_4_1.md").exists()
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_train_as_two_torchrun_ranks_do(slurm_cluster, tiny_cache, easy_csv, tmp_path):
+    overrides = [
+        *easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1",
+        "trainer.batch_size=2",
+    ]  # fmt: skip
+    runs = {
+        "srun": ["srun", "-n", "2", "-c", "1", sys.executable, "-m", "faultllm"],
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "faultllm"],
+    }  # fmt: skip
+    metrics = {}
+    for name, launch in runs.items():
+        run_dir = tmp_path / name
+        done = subprocess.run([*launch, "train", *overrides, f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics[name] = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["srun"]["processes"] == 2 and metrics["srun"]["test"]["n"] == 16
+    for split in ("train", "test"):
+        assert metrics["srun"][split]["accuracy"] == metrics["torchrun"][split]["accuracy"]
+        assert metrics["srun"][split]["loss"] == pytest.approx(metrics["torchrun"][split]["loss"], rel=1e-5)

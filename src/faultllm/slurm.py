@@ -89,7 +89,7 @@ def submit_array(commands: list[list[str]], slurm: SlurmConfig, folder: Path, na
     The tasks inherit this process's environment (sbatch exports it), so a password never goes to disk."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder / "%A_%a", cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     executor.update_parameters(name=name, **executor_parameters(slurm))
     return executor.map_array(run_command, commands)
 
