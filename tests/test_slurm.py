@@ -4,8 +4,10 @@ multirun and an HPO array; a run directory or study the compute nodes cannot see
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,42 @@ def test_two_srun_tasks_train_as_two_torchrun_ranks_do(slurm_cluster, tiny_cache
     for split in ("train", "test"):
         assert metrics["srun"][split]["accuracy"] == metrics["torchrun"][split]["accuracy"]
         assert metrics["srun"][split]["loss"] == pytest.approx(metrics["torchrun"][split]["loss"], rel=1e-5)
+
+
+def _running_trials(url: str) -> int:
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name="faultllm", storage=url).trials
+    except KeyError:  # the study is not made yet
+        return 0
+    return sum(t.state.name == "RUNNING" for t in trials)
+
+
+@pytest.mark.slow
+def test_a_worker_cancelled_mid_trial_is_resumed_by_resubmitting(
+    slurm_cluster, postgres_server, tiny_cache, easy_csv, tmp_path
+):
+    import optuna
+
+    postgres_server.createdb("slurm_cancel")
+    url = postgres_server.url("slurm_cancel")
+    study_url = url.replace("://", "+psycopg://")
+    command = [
+        "hpo", *hpo_overrides(tiny_cache, easy_csv, 3), "hpo.launcher=slurm", "hpo.refit=false", f"hpo.storage={url}",
+        "hpo.heartbeat_interval=1", "hpo.grace_period=3", *ONE_NODE, f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    done = faultllm(*command)  # submits and returns
+    assert done.returncode == 0, done.stderr[-3000:]
+    (array_id,) = re.findall(r"SLURM array job (\d+)", done.stdout + done.stderr)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _running_trials(study_url):
+        time.sleep(0.5)
+    subprocess.run(["scancel", array_id], check=True)  # mid-trial
+    while time.time() < deadline and any(job.startswith(array_id) for job in queued()):
+        time.sleep(0.5)
+    assert _running_trials(study_url) == 1  # left behind by the cancelled worker
+    done = faultllm(*command, "hpo.wait=true")  # the same command again: resubmitted, the study resumed
+    assert done.returncode == 0, done.stderr[-3000:]
+    states = [t.state.name for t in optuna.load_study(study_name="faultllm", storage=study_url).trials]
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3 and "RUNNING" not in states and "FAIL" in states
