@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from faultllm.errors import FaultLLMError
+from faultllm.preflight import _minutes, check_partition
+from faultllm.schema import SlurmConfig
 from tests.conftest import easy_overrides
 from tests.test_hpo import hpo_overrides
 
@@ -45,7 +48,23 @@ def test_a_node_local_run_directory_or_study_is_one_line_and_nothing_is_queued(s
         and "hpo.storage=sqlite:////tmp/study.db: hpo.launcher=slurm needs a database" in done.stderr
     )
     assert len(done.stderr.strip().splitlines()) == 1 and not Path("/tmp/faultllm-hpo").exists()
+    for wrong, why in [
+        ("slurm.partition=gpu", "slurm.partition=gpu: no such partition; expected one of debug"),
+        ("slurm.gpus=1", "slurm.gpus=1: debug has no GPUs (GRES (null)); slurm.gpus=0 on CPU nodes"),
+    ]:
+        done = faultllm("train", "-m", *easy_overrides(tiny_cache, easy_csv), "seed=1,2", "hydra/launcher=slurm",
+                        "slurm=one_node", wrong, "hydra.sweep.dir=/tmp/faultllm-sweep")  # fmt: skip
+        assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert queued() == before
+
+
+def test_partition_time_limits_and_gpus_are_checked_against_sinfos_answer():
+    partitions = {"short": (_minutes("30:00"), "(null)"), "long": (_minutes("2-01:30:00"), "gpu:a100:4(S:0-1)")}
+    assert partitions["long"][0] == 2 * 1440 + 90 and _minutes("infinite") == float("inf")
+    check_partition(SlurmConfig(partition="long", time_min=2000, gpus=4), partitions)
+    with pytest.raises(FaultLLMError, match=r"^slurm.time_min=31: short allows 30 minutes at most$"):
+        check_partition(SlurmConfig(partition="short", time_min=31, gpus=0), partitions)
+    check_partition(SlurmConfig(partition="nowhere"), {})  # no sinfo answer: sbatch says why
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ its check are one code path. Nothing here imports torch (tests/test_refusals.py 
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from faultllm.schema import (
     PrepareJob,
     ReportJob,
     RunSettings,
+    SlurmConfig,
     TrainJob,
 )
 from faultllm.splits import Split, cv_folds, keep_last_split, make_split, scale_split
@@ -106,9 +108,53 @@ def check_storage(url: str | None, node_local: Sequence[str]) -> None:
 
 
 def check_submission(cfg: RunSettings, key: str, run_dir: str | Path) -> None:
-    """What SLURM jobs of `cfg` need before anything is queued: a run directory and a cache every node sees."""
+    """What SLURM jobs of `cfg` need before anything is queued: a run directory and a cache every node sees,
+    and a partition that has the time and GPUs asked for."""
     check_shared(key, run_dir, cfg.slurm.node_local)
     check_shared("cache_dir", cfg.cache_dir, cfg.slurm.node_local)
+    check_partition(cfg.slurm, _partitions())
+
+
+def _partitions() -> dict[str, tuple[float, str]]:
+    """Each partition of the cluster (the default one also as ""): its time limit in minutes and its GRES;
+    {} where sinfo is missing or does not answer (sbatch then says why)."""
+    try:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%l|%G"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    partitions = {}
+    for line in listed.stdout.split() if listed.returncode == 0 else []:
+        name, limit, gres = line.split("|", 2)
+        partitions[name.rstrip("*")] = partitions.get(name.rstrip("*"), (_minutes(limit), gres))
+        if name.endswith("*"):
+            partitions[""] = partitions[name.rstrip("*")]
+    return partitions
+
+
+def _minutes(limit: str) -> float:
+    """sinfo's time limit (`infinite`, `30:00`, `4:00:00`, `2-00:00:00`) in minutes."""
+    if limit in ("infinite", "n/a"):
+        return float("inf")
+    days, _, clock = limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, minutes, seconds = [0] * (3 - len(parts)) + parts
+    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+
+
+def check_partition(slurm: SlurmConfig, partitions: dict[str, tuple[float, str]]) -> None:
+    """slurm.partition exists, its time limit holds slurm.time_min, and it has GPUs when slurm.gpus > 0."""
+    if not partitions:
+        return
+    name = slurm.partition or ""
+    if name not in partitions:
+        known = sorted(p for p in partitions if p)
+        raise FaultLLMError(f"slurm.partition={name or 'null'}: no such partition; expected one of {', '.join(known)}")
+    limit, gres = partitions[name]
+    shown = slurm.partition or "the default partition"
+    if slurm.time_min > limit:
+        raise FaultLLMError(f"slurm.time_min={slurm.time_min}: {shown} allows {limit:g} minutes at most")
+    if slurm.gpus > 0 and "gpu" not in gres:
+        raise FaultLLMError(f"slurm.gpus={slurm.gpus}: {shown} has no GPUs (GRES {gres}); slurm.gpus=0 on CPU nodes")
 
 
 def evaluate_inputs(cfg: EvaluateJob) -> tuple[SavedRun, pd.DataFrame, str]:

@@ -447,6 +447,9 @@ class SlurmConfig:
     cpus: int = at_least(8, 1)  # CPUs per job; its PyTorch and BLAS threads are capped to them
     mem_gb: int | None = at_least(64, 1)  # memory per job in GB; null: the partition's default
     array_parallelism: int = at_least(64, 1)  # jobs of one sweep or array running at once
+    # times a sweep job stopped at its time limit is requeued (it resumes from its last epoch checkpoint);
+    # a preempted one is always requeued
+    requeues: int = at_least(3, 0)
     # extra sbatch options without the dashes: {account: lab, qos: long, constraint: a100}
     sbatch: dict[str, Any] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)  # shell lines run before each job: module load cuda, source venv

@@ -58,13 +58,17 @@ def launcher_parameters(slurm: SlurmConfig) -> dict[str, Any]:
         "additional_parameters": dict(slurm.sbatch),
         "setup": list(slurm.setup),
         "signal_delay_s": SIGNAL_DELAY_S,
+        "max_num_timeout": slurm.requeues,
     }
 
 
 def executor_parameters(slurm: SlurmConfig) -> dict[str, Any]:
-    """The same values as `submitit.AutoExecutor.update_parameters` takes them."""
+    """The same values as `submitit.AutoExecutor.update_parameters` takes them (HPO workers are not requeued:
+    a stopped worker's trial is retried through the study's heartbeat)."""
     common = {"timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb"}
-    return {key if key in common else f"slurm_{key}": value for key, value in launcher_parameters(slurm).items()}
+    parameters = launcher_parameters(slurm)
+    del parameters["max_num_timeout"]
+    return {key if key in common else f"slurm_{key}": value for key, value in parameters.items()}
 
 
 def slurm_config(config) -> SlurmConfig:
