@@ -162,3 +162,25 @@ def test_a_worker_cancelled_mid_trial_is_resumed_by_resubmitting(
     assert done.returncode == 0, done.stderr[-3000:]
     states = [t.state.name for t in optuna.load_study(study_name="faultllm", storage=study_url).trials]
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3 and "RUNNING" not in states and "FAIL" in states
+
+
+def test_a_job_killed_without_a_result_is_seen_ended_through_squeue_without_sacct(slurm_cluster, tmp_path):
+    """The test cluster has no accounting (sacct fails): submitit alone would wait for ever on this job."""
+    import submitit
+
+    import faultllm.slurm  # noqa: F401  (its watcher asks squeue where sacct fails)
+
+    assert subprocess.run(["sacct"], capture_output=True).returncode != 0
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
+    executor.update_parameters(timeout_min=5, slurm_partition="debug", cpus_per_task=1)
+    job = executor.submit(time.sleep, 300)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / job.job_id / f"{job.job_id}_0_log.out").exists():
+        time.sleep(0.5)  # running
+    subprocess.run(["scancel", "--signal=KILL", job.job_id], check=True)  # dies without writing its result
+    deadline = time.time() + 60
+    while time.time() < deadline and not job.done():
+        time.sleep(1)
+    assert job.done()  # submitit's own watcher says RUNNING for ever
+    with pytest.raises(submitit.core.utils.UncompletedJobError, match="has not produced any output"):
+        job.result()
