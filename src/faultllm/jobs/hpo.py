@@ -186,6 +186,11 @@ def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
     codes = [worker.wait() for worker in workers]
     if any(codes):
         raise FaultLLMError(f"hpo: worker exit codes {codes}; rerun the same command to resume the study")
+    return _written_summary(run_dir)
+
+
+def _written_summary(run_dir: Path) -> dict:
+    """Table 4.1's summary as the worker that made it wrote it ({} before that)."""
     summary_path = run_dir / "table_4_1.json"
     return read_json(summary_path) if summary_path.exists() else {}
 
@@ -208,8 +213,7 @@ def submit_workers(cfg: HpoJob, run_dir: Path) -> dict:
     failures = wait_for(jobs, "hpo workers")
     if failures:
         raise FaultLLMError(f"hpo: {'; '.join(failures)}; rerun the same command to resume the study")
-    summary_path = run_dir / "table_4_1.json"
-    return read_json(summary_path) if summary_path.exists() else {}
+    return _written_summary(run_dir)
 
 
 def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
