@@ -145,7 +145,7 @@ def test_a_worker_cancelled_mid_trial_is_resumed_by_resubmitting(
     url = postgres_server.url("slurm_cancel")
     study_url = url.replace("://", "+psycopg://")
     command = [
-        "hpo", *hpo_overrides(tiny_cache, easy_csv, 3), "hpo.launcher=slurm", "hpo.refit=false", f"hpo.storage={url}",
+        "hpo", *hpo_overrides(tiny_cache, easy_csv, 2), "hpo.launcher=slurm", "hpo.refit=false", f"hpo.storage={url}",
         "hpo.heartbeat_interval=1", "hpo.grace_period=3", *ONE_NODE, f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
     done = faultllm(*command)  # submits and returns
@@ -161,9 +161,10 @@ def test_a_worker_cancelled_mid_trial_is_resumed_by_resubmitting(
     done = faultllm(*command, "hpo.wait=true")  # the same command again: resubmitted, the study resumed
     assert done.returncode == 0, done.stderr[-3000:]
     states = [t.state.name for t in optuna.load_study(study_name="faultllm", storage=study_url).trials]
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3 and "RUNNING" not in states and "FAIL" in states
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2 and "RUNNING" not in states and "FAIL" in states
 
 
+@pytest.mark.slow
 def test_a_job_killed_without_a_result_is_seen_ended_through_squeue_without_sacct(slurm_cluster, tmp_path):
     """The test cluster has no accounting (sacct fails): submitit alone would wait for ever on this job."""
     import submitit
