@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,26 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+SLURM_SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm_cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM cluster (scripts/slurm_cluster.sh) for the session; SLURM_CONF set for every
+    process the tests start. Skips where it cannot start (not root, no apt), fails under CI."""
+    started = subprocess.run([str(SLURM_SCRIPT), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        reason = f"SLURM could not be started: {(started.stderr or started.stdout).strip()[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        print(reason)
+        pytest.skip(reason)
+    conf = started.stdout.strip().splitlines()[-1].partition("=")[2]
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield Path(conf)
+    finally:
+        subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True)
+        subprocess.run([str(SLURM_SCRIPT), "stop"], capture_output=True)

@@ -89,8 +89,10 @@ def _command(argv: list[str]) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
-    from faultllm.distributed import pin_first_gpu, world_size
+    from faultllm.distributed import cap_threads_to_slurm, pin_first_gpu, ranks_from_srun, world_size
 
+    cap_threads_to_slurm()
+    ranks_from_srun()  # `srun -n 2 faultllm train ...`: the ranks torchrun would start
     # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
     # import, and torch counts once): never DataParallel. hpo's workers get the GPUs listed before this.
     pin_first_gpu()
@@ -241,8 +243,10 @@ def config_error(config_name: str, overrides: list[str], inputs: bool = True) ->
         jobs = sweep_jobs(keys) if multirun else [keys]
     except Exception as err:  # Hydra's override grammar
         return _one_line(err)
+    # the sweep's directory, when its jobs run on other machines (hydra/launcher=slurm)
+    sweep_dir = (_given(overrides, "hydra.sweep.dir") or "runs") if "hydra/launcher=slurm" in overrides else None
     for job in jobs:
-        error = _job_error(config_name, job, Path(run_dir) if run_dir else None, inputs)
+        error = _job_error(config_name, job, Path(run_dir) if run_dir else None, sweep_dir, inputs)
         if error:
             return f"{error} (in the sweep job {' '.join(job)})" if multirun and len(jobs) > 1 else error
     return None
@@ -257,16 +261,20 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _job_error(config_name: str, overrides: list[str], run_dir: Path | None, inputs: bool = True) -> str | None:
+def _job_error(
+    config_name: str, overrides: list[str], run_dir: Path | None, sweep_dir: str | None = None, inputs: bool = True
+) -> str | None:
     from faultllm.config import compose, validate
     from faultllm.errors import FaultLLMError
-    from faultllm.preflight import check
+    from faultllm.preflight import check, check_submission
 
     config = None
     try:
         config = validate(compose(config_name, overrides), config_name)
         if inputs:
             check(config, run_dir)
+            if sweep_dir is not None:
+                check_submission(config, "hydra.sweep.dir", sweep_dir)
     except Exception as err:
         message, _ = failure(err)
         if config is None and not isinstance(err, FaultLLMError):  # Hydra's override and composition errors

@@ -31,6 +31,33 @@ def is_main_process(environ: MutableMapping[str, str] = os.environ) -> bool:
     return int(environ.get("RANK", "0")) == 0
 
 
+def cap_threads_to_slurm(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Inside a SLURM job, PyTorch and BLAS use the job's CPUs only (without cgroups a job sees every core);
+    call it before torch is imported."""
+    cpus = environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            environ.setdefault(name, cpus)
+
+
+def ranks_from_srun(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Under `srun -n N` (a job step of N > 1 tasks, no torchrun around it): the torchrun variables from
+    SLURM's, the rendezvous on the step's first node at a port drawn from the job id."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))  # srun's; a batch script's own SLURM_NTASKS is not
+    if tasks < 2 or "WORLD_SIZE" in environ:
+        return
+    import subprocess
+
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
+    environ.update({
+        "RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": environ.get("SLURM_STEP_TASKS_PER_NODE", str(tasks)).split("(")[0].split(",")[0],
+        "MASTER_ADDR": environ.get("MASTER_ADDR", hosts[0] if hosts else nodes),
+        "MASTER_PORT": environ.get("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)),
+    })  # fmt: skip
+
+
 GPU_LIST = "FAULTLLM_GPUS"  # the GPUs this process was given, kept when it pins itself to the first one
 ALL_GPUS = "all"  # GPU_LIST when CUDA_VISIBLE_DEVICES was unset: every GPU nvidia-smi lists
 

@@ -9,9 +9,10 @@ its check are one code path. Nothing here imports torch (tests/test_refusals.py 
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ from faultllm.schema import (
     PredictJob,
     PrepareJob,
     ReportJob,
+    RunSettings,
+    SlurmConfig,
     TrainJob,
 )
 from faultllm.splits import Split, cv_folds, keep_last_split, make_split, scale_split
@@ -80,6 +83,78 @@ def check_writable(key: str, value: str) -> None:
         raise FaultLLMError(
             f"{key}={value}: cannot write into {existing} ({reason}); choose another directory"
         ) from err
+
+
+def check_shared(key: str, value: str | Path, node_local: Sequence[str]) -> None:
+    """Refuse, in one line, a path the compute nodes may not see: one under a node-local directory."""
+    path = Path(str(value).split("${")[0] or ".").expanduser().absolute()
+    for local in node_local:
+        if path == Path(local) or Path(local) in path.parents:
+            raise FaultLLMError(
+                f"{key}={value}: {local} is node-local; SLURM jobs run on other machines. Put it on storage every "
+                "node mounts (a home or project directory), or set slurm.node_local=[] on a one-node cluster"
+            )
+
+
+def check_storage(url: str | None, node_local: Sequence[str]) -> None:
+    """The study's storage must be a database server every node reaches: not SQLite, not a local journal."""
+    if not url or url.startswith("sqlite"):
+        raise FaultLLMError(
+            f"hpo.storage={url or 'null (SQLite in the run directory)'}: hpo.launcher=slurm needs a database every "
+            "node reaches, e.g. hpo.storage=postgresql://user@host/db (SQLite's locking fails on network disks)"
+        )
+    if "://" not in url:
+        check_shared("hpo.storage", url, node_local)
+
+
+def check_submission(cfg: RunSettings, key: str, run_dir: str | Path) -> None:
+    """What SLURM jobs of `cfg` need before anything is queued: a run directory and a cache every node sees,
+    and a partition that has the time and GPUs asked for."""
+    check_shared(key, run_dir, cfg.slurm.node_local)
+    check_shared("cache_dir", cfg.cache_dir, cfg.slurm.node_local)
+    check_partition(cfg.slurm, _partitions())
+
+
+def _partitions() -> dict[str, tuple[float, str]]:
+    """Each partition of the cluster (the default one also as ""): its time limit in minutes and its GRES;
+    {} where sinfo is missing or does not answer (sbatch then says why)."""
+    try:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%l|%G"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    partitions = {}
+    for line in listed.stdout.split() if listed.returncode == 0 else []:
+        name, limit, gres = line.split("|", 2)
+        partitions[name.rstrip("*")] = partitions.get(name.rstrip("*"), (_minutes(limit), gres))
+        if name.endswith("*"):
+            partitions[""] = partitions[name.rstrip("*")]
+    return partitions
+
+
+def _minutes(limit: str) -> float:
+    """sinfo's time limit (`infinite`, `30:00`, `4:00:00`, `2-00:00:00`) in minutes."""
+    if limit in ("infinite", "n/a"):
+        return float("inf")
+    days, _, clock = limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, minutes, seconds = [0] * (3 - len(parts)) + parts
+    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+
+
+def check_partition(slurm: SlurmConfig, partitions: dict[str, tuple[float, str]]) -> None:
+    """slurm.partition exists, its time limit holds slurm.time_min, and it has GPUs when slurm.gpus > 0."""
+    if not partitions:
+        return
+    name = slurm.partition or ""
+    if name not in partitions:
+        known = sorted(p for p in partitions if p)
+        raise FaultLLMError(f"slurm.partition={name or 'null'}: no such partition; expected one of {', '.join(known)}")
+    limit, gres = partitions[name]
+    shown = slurm.partition or "the default partition"
+    if slurm.time_min > limit:
+        raise FaultLLMError(f"slurm.time_min={slurm.time_min}: {shown} allows {limit:g} minutes at most")
+    if slurm.gpus > 0 and "gpu" not in gres:
+        raise FaultLLMError(f"slurm.gpus={slurm.gpus}: {shown} has no GPUs (GRES {gres}); slurm.gpus=0 on CPU nodes")
 
 
 def evaluate_inputs(cfg: EvaluateJob) -> tuple[SavedRun, pd.DataFrame, str]:
@@ -141,6 +216,9 @@ def _hpo(cfg: HpoJob, run_dir: Path | None) -> None:
     raw = make_split(cfg.data, cfg.seed)
     cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     _importance_order(cfg, raw)
+    if cfg.hpo.launcher == "slurm":
+        check_submission(cfg, "hydra.run.dir", run_dir or "runs")
+        check_storage(cfg.hpo.storage, cfg.slurm.node_local)
     if cfg.hpo.storage:  # a bad URL or a server that cannot be reached (the default SQLite file is the run's)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".* is (experimental|an experimental feature)")  # Optuna

@@ -367,6 +367,9 @@ class HpoConfig:
     prune_valid_mass: float = at_least(0.1, 0.0, below=1.0)  # 0.1: greedy decoding would rarely say `Y = label`
     workers: int = at_least(1, 1)  # worker processes over one storage, each on its own GPU when there are GPUs
     worker_index: int = at_least(0, 0)  # another machine's workers: its first worker's index (docs/sweeps.md)
+    # local: the workers are processes on this machine; slurm: one SLURM array of hpo.workers tasks (the slurm keys)
+    launcher: str = one_of("local", "slurm")
+    wait: bool = False  # with launcher=slurm: wait for the array (progress lines) instead of returning at once
     # null: sqlite in the run directory; or sqlite:////path/db, postgresql://user@host/db (password: PGPASSWORD,
     # ~/.pgpass or ${oc.env:FAULTLLM_STORAGE}; one given on the command line is never saved), or a journal file
     # study.log (one worker only: no heartbeats find a dead worker there)
@@ -462,6 +465,29 @@ class PredictConfig:
         check_fields(self)
 
 
+@dataclass
+class SlurmConfig:
+    """One cluster's SLURM values (configs/slurm/*.yaml), read by `hydra/launcher=slurm` and `hpo.launcher=slurm`."""
+
+    partition: str | None = None  # null: the cluster's default partition
+    time_min: int = at_least(240, 1)  # each job's time limit in minutes (SIGUSR2 90 s before it: checkpoint)
+    gpus: int = at_least(1, 0)  # GPUs per job (0 on CPU partitions; `--gpus-per-node` needs a GPU GRES)
+    cpus: int = at_least(8, 1)  # CPUs per job; its PyTorch and BLAS threads are capped to them
+    mem_gb: int | None = at_least(64, 1)  # memory per job in GB; null: the partition's default
+    array_parallelism: int = at_least(64, 1)  # jobs of one sweep or array running at once
+    # times a sweep job stopped at its time limit is requeued (it resumes from its last epoch checkpoint);
+    # a preempted one is always requeued
+    requeues: int = at_least(3, 0)
+    # extra sbatch options without the dashes: {account: lab, qos: long, constraint: a100}
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job: module load cuda, source venv
+    # directories the compute nodes do not share: a run directory, study or cache there is refused before submitting
+    node_local: list[str] = field(default_factory=lambda: ["/tmp", "/var/tmp", "/dev/shm", "/run"])
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 # ---------------------------------------------------------------- one per command
 
 
@@ -475,6 +501,7 @@ class RunSettings:
     cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"  # columnar copies of data files, built models
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # the cluster, for hydra/launcher=slurm and hpo.launcher
 
     def __post_init__(self) -> None:
         check_fields(self)

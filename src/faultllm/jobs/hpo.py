@@ -39,6 +39,7 @@ from faultllm.modeling import BaseModelCache, resolve_model_path
 from faultllm.reporting import print_summary, write_table
 from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
 from faultllm.schema import HpoJob
+from faultllm.slurm import submit_array, wait_for
 from faultllm.splits import Split, cv_folds, make_split, scale_split
 from faultllm.studies import (
     OverBudget,
@@ -65,6 +66,8 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     study = open_study(cfg.hpo, cfg.seed, run_dir)
     if sole_user(cfg.hpo):  # no worker started yet: a RUNNING trial was killed
         fail_interrupted(study, cfg.hpo.n_trials)
+    if cfg.hpo.launcher == "slurm":
+        return submit_workers(cfg, run_dir)
     if cfg.hpo.workers > 1:
         return launch_workers(cfg, run_dir)
     started = time.perf_counter()
@@ -159,11 +162,22 @@ def finish_study(study, cfg: HpoJob, raw: Split, run_dir: Path, seconds: float) 
     return summary
 
 
-def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
-    """hpo.workers processes of this same command over one storage, each on its own GPU when there are GPUs."""
+def worker_command(cfg: HpoJob, run_dir: Path, url: str, index: int, threads: int | None = None) -> list[str]:
+    """This same command as one worker of the study: worker `index` of those this command starts, with `threads`
+    (None: its own budget, e.g. a SLURM task's CPUs)."""
     from hydra.core.hydra_config import HydraConfig
 
     keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(WORKER_KEYS)]
+    worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
+    worker = [
+        "hpo.workers=1", "hpo.launcher=local", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}",
+        f"hydra.run.dir={run_dir}", *([f"threads={threads}"] if threads else []),
+    ]  # fmt: skip
+    return [sys.executable, "-m", "faultllm", "hpo", *keep, *worker]
+
+
+def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
+    """hpo.workers processes of this same command over one storage, each on its own GPU when there are GPUs."""
     url = study_url(cfg.hpo, run_dir)
     secret = worker_environment(url)  # the workers get the storage's password in their environment, not argv
     gpus = visible_gpus()
@@ -171,20 +185,40 @@ def launch_workers(cfg: HpoJob, run_dir: Path) -> dict:
     workers = []
     for index in range(cfg.hpo.workers):
         env = os.environ | secret | ({"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {})
-        worker_index = cfg.hpo.worker_index + index  # another machine's workers start from its own hpo.worker_index
-        worker = [
-            "hpo.workers=1", f"hpo.worker_index={worker_index}", f"hpo.storage={redact(url)}", f"hydra.run.dir={run_dir}",
-            f"threads={threads}",
-        ]  # fmt: skip
-        workers.append(subprocess.Popen([sys.executable, "-m", "faultllm", "hpo", *keep, *worker], env=env))
+        workers.append(subprocess.Popen(worker_command(cfg, run_dir, url, index, threads), env=env))
     codes = [worker.wait() for worker in workers]
     if any(codes):
         raise FaultLLMError(f"hpo: worker exit codes {codes}; rerun the same command to resume the study")
+    return _written_summary(run_dir)
+
+
+def _written_summary(run_dir: Path) -> dict:
+    """Table 4.1's summary as the worker that made it wrote it ({} before that)."""
     summary_path = run_dir / "table_4_1.json"
     return read_json(summary_path) if summary_path.exists() else {}
 
 
-WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=", "threads=")
+WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=", "hpo.launcher=", "hpo.wait=", "threads=")
+
+
+def submit_workers(cfg: HpoJob, run_dir: Path) -> dict:
+    """hpo.workers tasks of one SLURM array, each one worker on the shared study; returns at once, or waits
+    for them with hpo.wait=true. The last task to finish makes the refit and Table 4.1, as local workers do."""
+    url = study_url(cfg.hpo, run_dir)
+    os.environ.update(worker_environment(url))  # sbatch exports it to the tasks: no password in their files
+    commands = [worker_command(cfg, run_dir, url, index) for index in range(cfg.hpo.workers)]
+    jobs = submit_array(commands, cfg.slurm, run_dir / "slurm", f"faultllm-hpo-{cfg.hpo.study_name}")
+    array_id = jobs[0].job_id.split("_")[0]
+    log.info(f"hpo: SLURM array job {array_id} ({cfg.hpo.workers} workers); logs in {run_dir / 'slurm'}")
+    log.info(f"watch it: squeue -j {array_id}; the study: optuna-dashboard {redact(url)}")
+    if not cfg.hpo.wait:
+        return {}
+    failures = wait_for(jobs, "hpo workers")
+    if failures:
+        raise FaultLLMError(f"hpo: {'; '.join(failures)}; rerun the same command to resume the study")
+    return _written_summary(run_dir)
+
+
 
 
 def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
