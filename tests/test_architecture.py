@@ -68,7 +68,7 @@ LAYERS = [
     {"schema"},  # what every config key is
     {"config"},  # Hydra's DictConfig -> the typed schema
     {"loaders", "templates"},
-    {"splits", "tiny", "costs", "shots", "studies"},
+    {"splits", "tiny", "costs", "shots", "studies", "schedules"},
     {"rundir"},
     {"prompts"},
     {"modeling"},

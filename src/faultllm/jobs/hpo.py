@@ -60,7 +60,7 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
-    study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index)
+    study = open_study(cfg.hpo, cfg.seed, run_dir, cfg.hpo.worker_index, epochs=cfg.trainer.epochs)
     if not cfg.hpo.storage and cfg.hpo.worker_index == 0:
         # our own database and no worker started yet: a RUNNING trial was killed
         fail_interrupted(study, cfg.hpo.n_trials)
