@@ -3,6 +3,7 @@ workers and resume work under them as under full; `faultllm plan` knows what eac
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -131,3 +132,18 @@ def test_two_workers_share_one_study_under_each_schedule_and_refit_its_best_comp
     saved = (run_dir / "final" / "config.yaml").read_text()
     assert f"r: {best['params_lora_r']}" in saved and refit.schedule == schedule
     assert result.stdout.count("trained:") == 1  # one refit
+
+
+def test_asha_never_stops_a_trial_at_its_last_fold_epoch():
+    """3 folds x 2 epochs puts the second rung (2 x 3) on the last step: the trial's work is done, it completes."""
+    hpo_cfg = HpoConfig(schedule="asha", folds=3, min_epochs=2, reduction_factor=3)
+    study = optuna.create_study(pruner=schedule_pruner(hpo_cfg, 2))
+    for value in (0.3, 0.4, 0.2, 0.9):  # the last one: the worst at the second rung, had it been asked
+        trial = study.ask()
+        reporter = _PruningReporter(trial, hpo_cfg, epochs=2)
+        with contextlib.suppress(optuna.TrialPruned):
+            for fold in range(3):
+                for epoch in (1, 2):
+                    reporter.for_fold(fold)(_row(epoch, value if fold else 0.1))  # fold 0: all alike
+            study.tell(trial, value)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4

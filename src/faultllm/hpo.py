@@ -24,7 +24,7 @@ from faultllm.errors import FaultLLMError, first_line
 from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
 from faultllm.prompts import Serializer
-from faultllm.schedules import FOLD_VALUES, incumbent_folds, race_verdict, running_mean
+from faultllm.schedules import FOLD_VALUES, incumbent_folds, may_stop, race_verdict, running_mean
 from faultllm.schema import (
     ACCURACY,
     EPOCH_METRICS,
@@ -94,8 +94,9 @@ class _PruningReporter:
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
-            self.trial.report(self._reported(row), step=fold_index * self.epochs + row["epoch"])
-            if self.trial.should_prune():
+            step = fold_index * self.epochs + row["epoch"]
+            self.trial.report(self._reported(row), step=step)
+            if may_stop(self.hpo_cfg, step, self.epochs) and self.trial.should_prune():
                 self.trial.set_user_attr("pruned_because", "pruner")
                 raise optuna.TrialPruned(f"pruned at fold {fold_index} epoch {row['epoch']}")
             if row["epoch"] == self.epochs:

@@ -26,6 +26,12 @@ def running_mean(finished: list[float], current: float) -> float:
     return float(np.mean([*finished, current]))
 
 
+def may_stop(hpo_cfg: HpoConfig, step: int, epochs: int) -> bool:
+    """Whether the pruner is asked at this step: under asha not at a trial's last fold-epoch (a rung there
+    would only throw away a whole trial's work)."""
+    return hpo_cfg.schedule != "asha" or step < hpo_cfg.folds * epochs
+
+
 def race_verdict(running: list[float], best: list[float], margin: float, objective: str) -> str | None:
     """Why a trial with per-fold values `running` stops racing the best complete trial (`best`, every fold),
     or None while it is still competitive: its mean over these folds is worse than the best's over the same
@@ -86,8 +92,9 @@ def _simulated_trial(study, trial, hpo_cfg: HpoConfig, values: list[float], epoc
     """The fold-epochs one simulated trial trains before its schedule stops it (all of them if none does)."""
     for fold, value in enumerate(values):
         for epoch in range(1, epochs + 1):
-            trial.report(running_mean(values[:fold], value), step=fold * epochs + epoch)
-            if trial.should_prune():
+            step = fold * epochs + epoch
+            trial.report(running_mean(values[:fold], value), step=step)
+            if may_stop(hpo_cfg, step, epochs) and trial.should_prune():
                 return fold * epochs + epoch
         trial.set_user_attr(FOLD_VALUES, values[: fold + 1])
         best = incumbent_folds(study) if hpo_cfg.schedule == "race" else []
