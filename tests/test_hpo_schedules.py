@@ -147,3 +147,13 @@ def test_asha_never_stops_a_trial_at_its_last_fold_epoch():
                     reporter.for_fold(fold)(_row(epoch, value if fold else 0.1))  # fold 0: all alike
             study.tell(trial, value)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+def test_a_study_is_resumed_only_under_the_schedule_it_was_made_with(compose_cfg, tmp_path):
+    from faultllm.errors import FaultLLMError
+    from faultllm.jobs.hpo import run as search
+    from faultllm.rundir import start_run
+
+    start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, "hpo")
+    with pytest.raises(FaultLLMError, match=r"another config \(hpo.schedule: 'race' there, 'asha' here\)"):
+        search(compose_cfg("hpo", ["model=tiny"]), tmp_path)
