@@ -10,9 +10,9 @@ import sys
 import optuna
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from faultllm import planning
-from faultllm.config import load_config
 from faultllm.hpo import _PruningReporter
 from faultllm.schedules import FOLD_VALUES, race_verdict, simulated_share
 from faultllm.schema import HpoConfig
@@ -127,11 +127,10 @@ def test_two_workers_share_one_study_under_each_schedule_and_refit_its_best_comp
     complete = trials["state"] == "COMPLETE"
     assert (folds[complete] == 2).all()  # every complete trial ran every fold
     assert (trials.loc[complete, "user_attrs_fold_epochs_trained"] == 2).all()
-    best = trials.loc[trials.loc[complete, "value"].idxmin()]
-    refit = load_config("hpo", overrides).hpo  # the same space: the refit's keys
-    saved = (run_dir / "final" / "config.yaml").read_text()
-    assert f"r: {best['params_lora_r']}" in saved and refit.schedule == schedule
-    assert result.stdout.count("trained:") == 1  # one refit
+    best = trials.loc[trials.loc[complete, "value"].idxmin()]  # val_loss: the lowest complete trial
+    refit = OmegaConf.load(run_dir / "final" / "config.yaml")
+    assert (refit.lora.r, refit.trainer.learning_rate) == (best["params_lora_r"], best["params_learning_rate"])
+    assert refit.hpo.schedule == schedule and result.stdout.count("trained:") == 1  # one refit
 
 
 def test_asha_never_stops_a_trial_at_its_last_fold_epoch():
