@@ -49,7 +49,7 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
 def main() -> None:
     overrides = [
         "model=tiny", "progress=false", "hpo.n_trials=3", "hpo.folds=3", "trainer.epochs=1", "hpo.refit=false",
-        "hpo.pruner=none", "data.train_size=120", "data.test_size=40", *sys.argv[1:],
+        "hpo.schedule=full", "hpo.pruner=none", "data.train_size=120", "data.test_size=40", *sys.argv[1:],
     ]  # fmt: skip
     reload_fold, reload_load, reload_n, reload_values = run_study(overrides, reuse=False)
     reuse_fold, reuse_load, reuse_n, reuse_values = run_study(overrides, reuse=True)

@@ -68,7 +68,7 @@ LAYERS = [
     {"schema"},  # what every config key is
     {"config"},  # Hydra's DictConfig -> the typed schema
     {"loaders", "templates"},
-    {"splits", "tiny", "costs", "shots", "studies", "slurm"},  # slurm: submitit jobs, shared paths
+    {"splits", "tiny", "costs", "shots", "studies", "slurm", "schedules"},  # slurm: submitit jobs, shared paths
     {"rundir"},
     {"prompts"},
     {"modeling"},

@@ -174,7 +174,7 @@ def test_a_trial_that_cannot_answer_with_a_label_is_not_pruned_while_no_trial_ha
     scoring always picks a label, so the rule reads the probability of the valid answers: a learning rate
     of 1.0 wrecks the answer format in one epoch (0% on valid answers), 3e-3 keeps it (about a third).
     Valid mass is not accuracy: the rule prunes only below the best finished trial, so the first trial runs on."""
-    overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.pruner=none", "hpo.refit=false"]
+    overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.schedule=full", "hpo.pruner=none", "hpo.refit=false"]
     cfg = load_config("hpo", [*overrides, "hpo.objective=val_class_loss"])  # -log p(true label | allowed labels)
     space = {"lr": SearchParam("trainer.learning_rate", "categorical", choices=[3e-3, 1.0])}
     cfg = replace(cfg, hpo=replace(cfg.hpo, space=space))
@@ -320,6 +320,7 @@ def test_each_worker_loads_the_base_model_once_with_the_results_of_fresh_loads(
     for reuse in (True, False):
         loads.clear()
         overrides = [*hpo_overrides(tiny_cache, easy_csv, 2), "hpo.refit=false", f"hpo.reuse_model={reuse}"]
+        overrides.append("hpo.schedule=full")  # every trial whole: the values compared are all numbers
         search(load_config("hpo", overrides), tmp_path / str(reuse))
         runs[reuse] = len(loads), pd.read_csv(tmp_path / str(reuse) / "trials.csv")["value"].tolist()
     assert runs[True][0] == 1 and runs[False][0] == 2 * 2  # one load per worker instead of one per trial and fold

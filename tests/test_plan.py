@@ -76,8 +76,8 @@ def small_hpo(compose_cfg, *extra: str):
 
 def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_cfg):
     """Space: name_features true/false, lora.r 4..256. Worst: named features, every trial whole; expected:
-    both choices equally likely, 28% of the fold-epochs pruned. Each + the refit on the whole split."""
-    cfg = small_hpo(compose_cfg)
+    both choices equally likely, 28% of the fold-epochs pruned (hpo.schedule=full). Each + the refit on the whole split."""
+    cfg = small_hpo(compose_cfg, "hpo.schedule=full")
     plan = planning.make_plan(cfg)
     raw = make_split(cfg.data, cfg.seed)
     folds = fold_splits(raw, cv_folds(raw.train, 2, cfg.seed), True, [0.0, 1.0])
@@ -100,8 +100,8 @@ def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_
 
 
 def test_workers_and_pruning_change_time_not_the_trained_tokens_of_the_worst_case(compose_cfg):
-    one = planning.make_plan(small_hpo(compose_cfg))
-    four = planning.make_plan(small_hpo(compose_cfg, "hpo.workers=4", "hpo.pruner=none"))
+    one = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full"))
+    four = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full", "hpo.workers=4", "hpo.pruner=none"))
     assert one["train_tokens"]["worst"] == four["train_tokens"]["worst"]
     assert four["train_tokens"]["expected"] > one["train_tokens"]["expected"]  # nothing pruned
     by_workers = {row["workers"]: row for row in four["hours"]}

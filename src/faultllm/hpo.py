@@ -25,6 +25,7 @@ from faultllm.errors import FaultLLMError, first_line
 from faultllm.finetune import prompt_features
 from faultllm.modeling import BaseModelCache, ModelSpec
 from faultllm.prompts import Serializer
+from faultllm.schedules import FOLD_VALUES, incumbent_folds, may_stop, race_verdict, running_mean
 from faultllm.schema import (
     ACCURACY,
     EPOCH_METRICS,
@@ -94,11 +95,14 @@ def best_accuracy(study) -> float | None:
 
 
 class _PruningReporter:
-    """Per epoch: the study's rule, then the pruner, at step fold * epochs + epoch; counts fold-epochs trained."""
+    """Per epoch: the study's rule, then the pruner, at step fold * epochs + epoch; counts fold-epochs trained.
+    Under hpo.schedule race/asha the step carries the running mean over folds, and a fold's end may stop
+    the race (`faultllm.schedules`)."""
 
     def __init__(self, trial, hpo_cfg: HpoConfig, epochs: int) -> None:
         self.trial, self.hpo_cfg, self.epochs, self.trained = trial, hpo_cfg, epochs, 0
         trial.set_user_attr(EPOCHS_PER_FOLD, epochs)  # the same-fold pruner maps other trials' steps with it
+        self.fold_values: list[float] = []
 
     def for_fold(self, fold_index: int, val_rows: int):
         import optuna
@@ -112,12 +116,32 @@ class _PruningReporter:
             if reason:
                 self.trial.set_user_attr("pruned_because", reason)
                 raise optuna.TrialPruned(reason)
-            self.trial.report(row[self.hpo_cfg.objective], step=fold_index * self.epochs + row["epoch"])
-            if self.trial.should_prune():
+            step = fold_index * self.epochs + row["epoch"]
+            self.trial.report(self._reported(row), step=step)
+            if may_stop(self.hpo_cfg, step, self.epochs) and self.trial.should_prune():
                 self.trial.set_user_attr("pruned_because", "pruner")
                 raise optuna.TrialPruned(f"pruned at fold {fold_index} epoch {row['epoch']}")
+            if row["epoch"] == self.epochs:
+                self._fold_done(row[self.hpo_cfg.objective])
 
         return on_epoch
+
+    def _reported(self, row: dict) -> float:
+        value = row[self.hpo_cfg.objective]
+        return value if self.hpo_cfg.schedule == "full" else running_mean(self.fold_values, value)
+
+    def _fold_done(self, value: float) -> None:
+        import optuna
+
+        self.fold_values.append(value)
+        self.trial.set_user_attr(FOLD_VALUES, self.fold_values)
+        if self.hpo_cfg.schedule != "race":
+            return
+        best = incumbent_folds(self.trial.study)
+        reason = race_verdict(self.fold_values, best, self.hpo_cfg.race_margin, self.hpo_cfg.objective)
+        if reason:
+            self.trial.set_user_attr("pruned_because", reason)
+            raise optuna.TrialPruned(reason)
 
 
 def run_trial(

@@ -13,7 +13,7 @@ The work of a run, as faultllm does it:
 - model loads: one per run; HPO with hpo.reuse_model one per worker (without it one per fold) + the refit's.
 HPO's worst case: every trial at the costliest combination of the space's choices with every numeric
 parameter at its high end, nothing pruned; its expected case: the choices equally likely, numeric
-parameters at their prior mean, `plan.expected_pruned` of the fold-epochs pruned.
+parameters at their prior mean, the share of the fold-epochs hpo.schedule trains (`schedule_share`).
 The study's way: every training sequence padded to the model's context (`plan.study_pad_to`), every
 evaluated row decoded greedily at batch 1 for 5 tokens, no pruning, a model load per fold.
 """
@@ -46,8 +46,10 @@ from faultllm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memo
 from faultllm.modeling import Gpu, check_tokenizer, hardware_plan, load_tokenizer, model_files
 from faultllm.prompts import Serializer
 from faultllm.rundir import read_json
+from faultllm.schedules import FOLD_NOISE, SPREAD, simulated_share
 from faultllm.schema import PlanJob, SearchParam
 from faultllm.splits import Split, cv_folds, fold_splits, make_split, scale_split
+from faultllm.studies import make_pruner, schedule_pruner
 from faultllm.tiny import SHIPPED
 
 STUDY_NEW_TOKENS = 5  # the study decoded 5 tokens per evaluated row, one row at a time
@@ -450,13 +452,15 @@ def plan_train(inputs: Inputs) -> Tallies:
 
 
 def plan_hpo(inputs: Inputs) -> Tallies:
-    """Worst: the costliest combination, every trial whole. Expected: the combinations' mean, pruned as
-    plan.expected_pruned says (hpo.pruner=none: nothing). The study: the expected combinations, unpruned."""
+    """Worst: the costliest combination, every trial whole. Expected: the combinations' mean, times the share
+    of the fold-epochs hpo.schedule trains (`schedule_share`). The study: the expected combinations, unpruned."""
     cfg, rates = inputs.cfg, inputs.rates
     worst_values, expected_values = space_values(cfg.hpo.space)
     worst = max((make_case(inputs, values) for values in worst_values), key=lambda c: rates.seconds(trial(c, ours(cfg))))
     cases = [make_case(inputs, values) for values in expected_values]
-    n, kept = cfg.hpo.n_trials, 1.0 - (0.0 if cfg.hpo.pruner == "none" else cfg.plan.expected_pruned)
+    kept, assumption = schedule_share(cfg)
+    inputs.notes.append(assumption)
+    n = cfg.hpo.n_trials
     reuse = 1.0 if cfg.hpo.reuse_model else 0.0
     return Tallies(
         worst=Tally(trial(worst, ours(cfg)).times(n), refit_run(worst, ours(cfg)), reuse),
@@ -473,6 +477,26 @@ def plan_hpo(inputs: Inputs) -> Tallies:
         worst_case=worst,
         cases=cases,
     )
+
+
+SIMULATED_SEARCHES = 10
+
+
+def schedule_share(cfg: PlanJob) -> tuple[float, str]:
+    """(the expected share of full's fold-epochs trained under hpo.schedule, the assumption behind it)."""
+    hpo, epochs = cfg.hpo, cfg.trainer.epochs
+    if hpo.schedule == "full":
+        kept = 1.0 - (0.0 if hpo.pruner == "none" else cfg.plan.expected_pruned)
+        return kept, f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {1 - kept:.0%} of the fold-epochs (plan.expected_pruned)"
+    pruner = (lambda: schedule_pruner(hpo, epochs)) if hpo.schedule == "asha" else (lambda: make_pruner("none"))
+    shares = [simulated_share(hpo, epochs, pruner(), seed) for seed in range(SIMULATED_SEARCHES)]
+    unsaved = " (hpo.pruner's savings within folds not counted)" if hpo.schedule == "race" else ""
+    return float(np.mean(shares)), (
+        f"hpo.schedule={hpo.schedule}: expected {np.mean(shares):.0%} of full's fold-epochs{unsaved}: the mean of "
+        f"{SIMULATED_SEARCHES} simulated searches of {hpo.n_trials} exchangeable trials (range {min(shares):.0%}-"
+        f"{max(shares):.0%}; trials' objective spread {SPREAD:.0%}, fold noise {FOLD_NOISE:.0%}); worst case: "
+        f"no trial stopped early"
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- plan.json

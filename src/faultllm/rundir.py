@@ -93,8 +93,10 @@ _NOT_SHAPING = (
 TRAIN_RESUME = ResumeKeys(_SHAPING, (*_NOT_SHAPING, "trainer.epochs"), ("checkpoints/checkpoint-*",), "trainer.resume")
 # hpo: every trial of one study must be comparable; hpo.n_trials may grow, workers and storage may change
 HPO_RESUME = ResumeKeys(
-    (*_SHAPING, "hpo.folds", "hpo.objective", "hpo.space", "hpo.prune_early_epochs"), _NOT_SHAPING, ("config.yaml",)
-)
+    (*_SHAPING, "hpo.folds", "hpo.objective", "hpo.space", "hpo.prune_early_epochs", "hpo.schedule"),
+    _NOT_SHAPING,
+    ("config.yaml",),
+)  # hpo.schedule: what its steps carry (raw or running mean), so that rungs and pruners compare like with like
 
 
 def check_resume(wanted_config: DictConfig, run_dir: Path, resumes: ResumeKeys) -> None:

@@ -104,6 +104,7 @@ LOADERS = ("hst", "tep", "table")
 BASELINE_MODELS = ("rf", "lr", "svm", "knn", "gbm", "hgb", "xgb", "lgbm", "catboost")
 BOOSTING_PACKAGES = {"xgb": "xgboost", "lgbm": "lightgbm", "catboost": "catboost"}  # the `boosting` extra
 SHOT_SELECTIONS = ("fixed", "random", "nearest")
+SCHEDULES = ("full", "race", "asha")  # hpo.schedule: how much of folds x epochs each trial gets
 ON_OOM = ("fail", "halve_batch")  # hpo.on_oom: what a trial that ran out of GPU memory does
 EVAL_MODES = ("restricted", "generate")
 TEMPLATES = ("llama2", "chat")
@@ -360,6 +361,13 @@ class HpoConfig:
     objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
     # median: against the finished trials' values at the same fold and epoch; the study's rule always applies
     pruner: str = one_of("median", "hyperband", "none")
+    # how much of folds x epochs a trial gets (docs/hpo_schedules.md): asha: successive halving over fold-epochs
+    # (hpo.pruner unused); race: after each fold a trial stops when worse than the best complete trial over the
+    # same folds; full: every fold of every trial (the study's protocol)
+    schedule: str = one_of(*SCHEDULES, default="asha")
+    min_epochs: int = at_least(2, 1)  # asha: the first rung, in fold-epochs (at most trainer.epochs)
+    reduction_factor: int = at_least(3, 2)  # asha: one trial in reduction_factor goes on at each rung
+    race_margin: float = at_least(0.0, 0.0)  # race: a trial stops when worse than the best by more than this share
     # The study's rule: prune a NaN loss, or a model that cannot answer `Y = label` in its first epochs:
     # up to prune_early_epochs, the mean probability of the valid answers below prune_valid_mass, and only
     # when its validation accuracy's 95% upper bound is already below the best finished trial's accuracy.
@@ -578,7 +586,7 @@ class PlanConfig:
     gpu: str = one_of(*GPU_NAMES)  # the GPU planned for: peak dense bf16/fp16 FLOP/s, memory, bandwidth
     mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)
     throughput_from: str | None = None  # a `faultllm bench` run directory (or its bench.json): measured rates instead
-    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # HPO's expected case: the share of fold-epochs pruning
+    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # hpo.schedule=full, expected case: the share hpo.pruner
     #   saves (0.28: measured on CPU, docs/measurements.md, "HPO pruning"); the worst case prunes nothing
     tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
     #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id

@@ -83,9 +83,20 @@ def same_fold_values(study, trial, step: int) -> list[float]:
     return values
 
 
-def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5):
-    """Create or load the study, its sampler seeded per trial. Workers starting together may race
-    to create the schema: retry."""
+def schedule_pruner(hpo_cfg: HpoConfig, epochs: int | None):
+    """The study's pruner: successive halving over fold-epochs under hpo.schedule=asha (its first rung at
+    hpo.min_epochs, at most `epochs`), else hpo.pruner (`faultllm.schedules`)."""
+    import optuna
+
+    if hpo_cfg.schedule != "asha":
+        return make_pruner(hpo_cfg.pruner)
+    first_rung = min(hpo_cfg.min_epochs, epochs or hpo_cfg.min_epochs)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=hpo_cfg.reduction_factor)
+
+
+def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5, epochs: int | None = None):
+    """Create or load the study, its sampler seeded per trial, its pruner by hpo.schedule (`epochs`:
+    trainer.epochs). Workers starting together may race to create the schema: retry."""
     import optuna
 
     url = study_url(hpo_cfg, run_dir)
@@ -95,7 +106,7 @@ def open_study(hpo_cfg: HpoConfig, seed: int, run_dir: Path, attempts: int = 5):
                 study_name=hpo_cfg.study_name,
                 storage=_storage(url, hpo_cfg),
                 sampler=TrialSeededSampler(seed),
-                pruner=make_pruner(hpo_cfg.pruner),
+                pruner=schedule_pruner(hpo_cfg, epochs),
                 direction=OBJECTIVES[hpo_cfg.objective],
                 load_if_exists=True,
             )

@@ -63,7 +63,7 @@ def run(cfg: HpoJob, run_dir: Path) -> dict:
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
-    study = open_study(cfg.hpo, cfg.seed, run_dir)
+    study = open_study(cfg.hpo, cfg.seed, run_dir, epochs=cfg.trainer.epochs)
     if sole_user(cfg.hpo):  # no worker started yet: a RUNNING trial was killed
         fail_interrupted(study, cfg.hpo.n_trials)
     if cfg.hpo.launcher == "slurm":

@@ -1,0 +1,80 @@
+"""Benchmark: the same search (space, seeds, trials) under hpo.schedule=full and a faster schedule, on CPU.
+
+    python scripts/bench_hpo_schedule.py                                  # tiny model, bundled TEP, asha
+    python scripts/bench_hpo_schedule.py --schedule race --seeds 0,1,2 hpo.n_trials=12
+
+Per seed and schedule: the fold-epochs the search trained, its wall time, the chosen trial and the refit's
+test accuracy; then the faster schedule's fold-epochs and time as ratios of full's, and the refit accuracies'
+mean and standard deviation over the seeds (the across-seed noise the faster schedule is judged against).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+from tempfile import TemporaryDirectory
+
+import numpy as np
+
+DEFAULTS = [
+    "model=tiny", "progress=false", "hpo.n_trials=30", "hpo.folds=5", "trainer.epochs=2", "hpo.min_epochs=1",
+    "data.train_size=120", "data.test_size=60", "eval.batch_size=32", "hpo.space.lora_r.high=16",
+]  # fmt: skip
+
+
+def run_search(overrides: list[str], schedule: str, seed: int) -> dict:
+    """One search and its refit: fold-epochs trained, seconds, the chosen trial, its refit's test accuracy."""
+    from faultllm.config import load_config
+    from faultllm.jobs.hpo import run
+
+    cfg = load_config("hpo", [*overrides, f"hpo.schedule={schedule}", f"seed={seed}"])
+    started = time.perf_counter()
+    with TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        summary = run(cfg, tmp)
+    protocol = summary["trials_finished"] * cfg.hpo.folds * cfg.trainer.epochs
+    return {
+        "fold_epochs": round(summary["fold_epochs_trained_fraction"] * protocol),
+        "protocol": protocol,
+        "seconds": time.perf_counter() - started,
+        "best_trial": summary["best_trial"],
+        "accuracy": summary["final"]["test"]["accuracy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedule", default="asha", choices=["asha", "race"])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    args, overrides = parser.parse_known_args()
+    overrides = [*DEFAULTS, *overrides]
+    print(" ".join(overrides))
+    results = {name: [] for name in ("full", args.schedule)}
+    for seed in [int(seed) for seed in args.seeds.split(",")]:
+        for name in results:
+            found = run_search(overrides, name, seed)
+            results[name].append(found)
+            print(f"seed {seed} {name:5s}: {found['fold_epochs']:4d} of {found['protocol']} fold-epochs, "
+                  f"{found['seconds']:7.1f} s, best trial {found['best_trial']}, refit test accuracy {found['accuracy']:.3f}")  # fmt: skip
+    report(results, args.schedule)
+
+
+def report(results: dict[str, list[dict]], schedule: str) -> None:
+    total = {
+        name: {key: sum(r[key] for r in runs) for key in ("fold_epochs", "seconds")} for name, runs in results.items()
+    }
+    accuracy = {name: np.array([r["accuracy"] for r in runs]) for name, runs in results.items()}
+    protocol = sum(r["protocol"] for r in results["full"])  # every fold-epoch of every trial
+    print(f"{schedule} / full: fold-epochs {total[schedule]['fold_epochs'] / total['full']['fold_epochs']:.2f}, "
+          f"wall time {total[schedule]['seconds'] / total['full']['seconds']:.2f}; of the unpruned protocol: "
+          f"full {total['full']['fold_epochs'] / protocol:.2f}, {schedule} {total[schedule]['fold_epochs'] / protocol:.2f}")  # fmt: skip
+    for name, values in accuracy.items():
+        print(f"refit test accuracy under {name:5s}: mean {values.mean():.3f}, sd {values.std(ddof=1) if len(values) > 1 else 0:.3f} "
+              f"over {len(values)} seeds")  # fmt: skip
+    difference = accuracy[schedule] - accuracy["full"]
+    print(f"{schedule} - full, same seeds: mean {difference.mean():+.3f} (per seed {np.round(difference, 3).tolist()})")
+
+
+if __name__ == "__main__":
+    main()
