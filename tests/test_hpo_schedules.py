@@ -44,10 +44,10 @@ def test_a_race_judges_each_fold_on_its_running_mean_at_the_folds_end():
     study.add_trial(best)
     trial = study.ask()
     reporter = _PruningReporter(trial, hpo_cfg, epochs=2)
-    first = reporter.for_fold(0)
+    first = reporter.for_fold(0, val_rows=20)
     first(_row(1, 2.0))  # worse within a fold: the race judges a fold's last epoch only
     first(_row(2, 0.4))
-    second = reporter.for_fold(1)
+    second = reporter.for_fold(1, val_rows=20)
     second(_row(1, 0.9))
     with pytest.raises(optuna.TrialPruned, match=r"race: val_loss 0.6500 over 2 fold\(s\)"):
         second(_row(2, 0.9))
@@ -63,10 +63,10 @@ def test_asha_stops_a_trial_at_its_first_rung_in_fold_epochs():
     reporter = _PruningReporter(first, hpo_cfg, epochs=4)
     for fold in range(3):
         for epoch in range(1, 5):
-            reporter.for_fold(fold)(_row(epoch, 0.3))  # the first trial is always promoted
+            reporter.for_fold(fold, val_rows=20)(_row(epoch, 0.3))  # the first trial is always promoted
     study.tell(first, 0.3)
     second = study.ask()
-    on_epoch = _PruningReporter(second, hpo_cfg, epochs=4).for_fold(0)
+    on_epoch = _PruningReporter(second, hpo_cfg, epochs=4).for_fold(0, val_rows=20)
     on_epoch(_row(1, 0.9))  # before the first rung (2 fold-epochs): never stopped
     with pytest.raises(optuna.TrialPruned, match="pruned at fold 0 epoch 2"):
         on_epoch(_row(2, 0.9))
@@ -143,7 +143,7 @@ def test_asha_never_stops_a_trial_at_its_last_fold_epoch():
         with contextlib.suppress(optuna.TrialPruned):
             for fold in range(3):
                 for epoch in (1, 2):
-                    reporter.for_fold(fold)(_row(epoch, value if fold else 0.1))  # fold 0: all alike
+                    reporter.for_fold(fold, val_rows=20)(_row(epoch, value if fold else 0.1))  # fold 0: all alike
             study.tell(trial, value)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
 
