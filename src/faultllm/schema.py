@@ -453,9 +453,6 @@ class RunSettings:
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
-    def __post_init__(self) -> None:
-        check_compact_scaling(self.prompt, self.data.normalize, self.data.scale_range)
-
 
 def check_compact_scaling(prompt: PromptConfig, normalize: bool, scale_range: list[float]) -> None:
     """prompt.format=compact writes round(99 v) of values scaled to [0, 1]: raw or otherwise scaled values would
@@ -488,7 +485,7 @@ class TrainJob(RunSettings):
     results: ClassVar[bool] = True  # what it trains is a result: random weights only with model.allow_random
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_compact_scaling(self.prompt, self.data.normalize, self.data.scale_range)  # only jobs that write prompts
         if self.model.build is None and not self.model.path:
             raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
         if self.results and self.model.init == "random" and not self.model.allow_random:
