@@ -16,6 +16,7 @@ import pytest
 from faultllm import planning
 from faultllm.costs import GPUS
 from faultllm.errors import FaultLLMError
+from faultllm.jobs import plan as plan_job
 from faultllm.modeling import SHIPPED_CONFIGS, load_tokenizer
 from faultllm.prompts import Serializer
 from faultllm.schema import SearchParam
@@ -201,3 +202,18 @@ def test_a_few_shot_plan_counts_the_shots_and_trains_nothing(compose_cfg):
     zero_shot = planning.make_plan(compose_cfg("plan", [*overrides[:-1], "prompt.shots=0"]))
     assert plan["prompt_tokens"]["mean"] > 4 * zero_shot["prompt_tokens"]["mean"]
     assert plan["train_tokens"]["expected"] == 0 and plan["scoring_tokens"]["expected"] == (prompts + 7).sum()
+
+
+def test_plan_shows_the_tokens_per_row_of_the_chosen_prompt_format(compose_cfg):
+    """`faultllm plan prompt.format=compact`: the rows rendered in that format are what is counted, and the
+    summary says which format the tokens per row are for."""
+    overrides = ["job=train", "model=tiny", "data.train_size=8", "data.test_size=8", "trainer.epochs=1"]
+    plans = {style: planning.make_plan(compose_cfg("plan", [*overrides, f"prompt.format={style}"])) for style in ("study", "compact")}
+    cfg = compose_cfg("plan", [*overrides, "prompt.format=compact"])
+    split, _ = prepared_split(cfg.data, cfg.seed)
+    prompt, _ = direct_tokens(cfg, features_and_label(split.train, split.features))
+    assert plans["compact"]["prompt_format"] == "compact" and plans["study"]["prompt_format"] == "study"
+    assert plans["compact"]["prompt_tokens"]["mean"] < plans["study"]["prompt_tokens"]["mean"]
+    assert plans["compact"]["prompt_tokens"]["min"] <= prompt.min() and prompt.max() <= plans["compact"]["prompt_tokens"]["max"]
+    line = plan_job.summary(cfg, plans["compact"])["prompt tokens per row"]
+    assert line.startswith("prompt.format=compact: min ")

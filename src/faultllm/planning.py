@@ -559,6 +559,7 @@ def make_plan(cfg: PlanJob) -> dict:
                   "n_base": inputs.shape.n_base, "n_lora": tallies.own.sizes.n_lora, "context": inputs.shape.context},
         "data": {"display_name": cfg.data.display_name} | inputs.data,
         "rows": rows_record(own),
+        "prompt_format": cfg.prompt.format,  # the prompt_tokens are this format's (a study variable)
         "prompt_tokens": stats(np.concatenate([own.train.prompt, own.test.prompt])),
         "completion_tokens": stats(np.concatenate([own.train.completion, own.test.completion])),
         "train_tokens": both("train_tokens"),

@@ -86,7 +86,7 @@ class Serializer:
     ) -> Serializer:  # fmt: skip
         """`system`: the data set's system prompt; `tokenizer` as `modeling.load_tokenizer` prepared it;
         `train`: the training rows in-context examples are drawn from (with prompt.shots)."""
-        fmt = PromptFormat(system, prompt.name_features, prompt.decimals, prompt.missing)
+        fmt = PromptFormat(system, prompt.name_features, prompt.decimals, prompt.missing, prompt.format)
         template = template_for(prompt.template, tokenizer)
         serializer = cls(list(features), list(labels), fmt, template, prompt.shots, prompt.shot_selection, seed)
         return serializer if train is None else serializer.shots_from(train)

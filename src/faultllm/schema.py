@@ -109,6 +109,7 @@ ON_OOM = ("fail", "halve_batch")  # hpo.on_oom: what a trial that ran out of GPU
 EVAL_MODES = ("restricted", "generate")
 TEMPLATES = ("llama2", "chat")
 MISSING_STYLES = ("unknown", "omit")
+PROMPT_FORMATS = ("study", "compact")  # prompt.format (templates.py)
 FEATURE_ORDERS = ("original", "importance", "random")
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab")
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tracking"), "mlflow": ("mlflow", "tracking"), "wandb": ("wandb", None)}
@@ -191,6 +192,10 @@ class DataConfig:
 class PromptConfig:
     """How a row is written as a question (`faultllm train prompt.decimals=2`); the system prompt is data's."""
 
+    # study: the study's question ("Tell me if the value of Y is 0 or 1. If the features are: 0.2534, ...");
+    # compact: fewer tokens ("Features (0-99): 25 ... Y is 0 or 1?": scaled values as integers 0-99, names
+    # x1, x2, ...; needs data.normalize=true and data.scale_range=[0, 1]; prompt.decimals unused)
+    format: str = one_of(*PROMPT_FORMATS)
     name_features: bool = False  # true: "feature xmeas_1 = 0.25, ..."; false: "the features are: 0.25, ..."
     decimals: int | None = at_least(4, 0, below=16)  # digits after the point; null: shortest exact form
     missing: str = one_of(*MISSING_STYLES)  # a missing value: "unknown" in its place, or omitted
@@ -515,6 +520,23 @@ class RunSettings:
         check_fields(self)
 
 
+def check_compact_scaling(prompt: PromptConfig, normalize: bool, scale_range: list[float]) -> None:
+    """prompt.format=compact writes round(99 v) of values scaled to [0, 1]: raw or otherwise scaled values would
+    not be on its 0-99 grid."""
+    if prompt.format == "compact" and not (normalize and list(scale_range) == [0.0, 1.0]):
+        raise ConfigError("prompt.format", "=compact needs data.normalize=true and data.scale_range=[0, 1] (values "
+                          "on its 0-99 grid); use prompt.format=study, or drop data.normalize from hpo.space "
+                          "('~hpo.space.normalize')")  # fmt: skip
+
+
+def check_compact_space(job: HpoJob) -> None:
+    """No trial of the search may write compact prompts of unscaled values (hpo.space may search either key)."""
+    searched = {param.key: param.choices for param in job.hpo.space.values() if param.type == "categorical"}
+    for style in searched.get("prompt.format", [job.prompt.format]):
+        for normalize in searched.get("data.normalize", [job.data.normalize]):
+            check_compact_scaling(replace(job.prompt, format=style), normalize, job.data.scale_range)
+
+
 @dataclass
 class PrepareJob(RunSettings):
     pass
@@ -531,6 +553,7 @@ class TrainJob(RunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_compact_scaling(self.prompt, self.data.normalize, self.data.scale_range)  # only jobs that write prompts
         if self.model.build is None and not self.model.path:
             raise ConfigError("model.path", " is not set; pass model.path=HUB_ID_OR_DIR (or model=tiny)")
         if self.results and self.model.init == "random" and not self.model.allow_random:
@@ -558,6 +581,8 @@ class HpoJob(TrainJob):
                 check_search_param(self, param)
             except ConfigError as err:
                 raise err.under(f"hpo.space.{name}") from err
+        if getattr(self, "job", "hpo") == "hpo":  # `plan job=train` searches nothing
+            check_compact_space(self)
 
 
 def check_search_param(job: object, param: SearchParam) -> None:

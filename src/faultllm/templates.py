@@ -1,7 +1,9 @@
 """How a table row becomes the study's question, a question a model's prompt, and a label its completion.
 
 The question: "Tell me if the value of Y is 0 or 1. If the features are: 0.25, ... What should be Y?",
-its answer `Y = k`.
+its answer `Y = k`. `prompt.format=compact` asks "Features (0-99): 25 ... Y is 0 or 1?" instead: each
+scaled value v in [0, 1] as the integer round(99 v), named features as x1, x2, ... (`short_names`),
+no boilerplate; the answer stays `Y = k` (docs/compact_prompts.md).
 
 `prompt.template=llama2` (the study's layout, default for the Llama-2 configs):
     [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{question} [/INST]    <- prompt (the tokenizer adds BOS)
@@ -19,8 +21,10 @@ turns (`Y = k` answers) in a chat template, and inside the one user message in t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,10 @@ class PromptFormat:
     name_features: bool
     decimals: int | None  # None: shortest exact form (1, 0.05); an int: fixed decimals (0.0500)
     missing: str = "unknown"  # a missing value: written as "unknown", or left out ("omit")
+    style: str = "study"  # the question's wording: the study's, or compact (`compact_question`)
+
+
+COMPACT_TOP = 99  # compact values: a scaled value v in [0, 1] written as round(99 v), two digits at most
 
 
 def format_value(value: float, decimals: int | None) -> str:
@@ -58,10 +66,40 @@ def label_choices(labels: Sequence) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def compact_value(value: float) -> str:
+    """A scaled value on the 0-99 grid ("?" when missing); a test row outside the training range gives
+    e.g. -3 or 104, never clipped."""
+    return "?" if np.isnan(value) else str(int(np.rint(value * COMPACT_TOP)))
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+@cache
+def short_names(features: tuple[str, ...]) -> dict[str, str]:
+    """Compact names that depend on the set of features only, never on the order a prompt writes them in:
+    integer column names n (HST's 0..45) become xn, any others x1, x2, ... in natural order (TEP's
+    xmeas_1..41, xmv_1..11 become x1..x52, the usual numbering of the 52 TEP variables)."""
+    names = [str(name) for name in features]
+    if all(name.isdigit() for name in names):
+        return {name: f"x{int(name)}" for name in names}
+    return {name: f"x{i}" for i, name in enumerate(sorted(names, key=_natural_key), start=1)}
+
+
+def compact_question(pairs: list[tuple[str, float]], features: Sequence[str], labels: Sequence, named: bool) -> str:
+    """'Features (0-99): 25 3 ?. Y is 0 or 1?'; named: 'Features (0-99): x1=25 x2=3 x3=?. Y is 0 or 1?'."""
+    names = short_names(tuple(str(name) for name in features))
+    shown = [(names[str(name)] + "=" if named else "") + compact_value(value) for name, value in pairs]
+    return f"Features (0-{COMPACT_TOP}): {' '.join(shown)}. Y is {label_choices(labels)}?"
+
+
 def question(values: Sequence[float], features: Sequence[str], labels: Sequence, fmt: PromptFormat) -> str:
     pairs = [(name, value) for name, value in zip(features, values, strict=True)]
     if fmt.missing == "omit":
         pairs = [(name, value) for name, value in pairs if not np.isnan(value)]
+    if fmt.style == "compact":
+        return compact_question(pairs, features, labels, fmt.name_features)
     shown = [(name, format_value(value, fmt.decimals)) for name, value in pairs]
     if fmt.name_features:
         body = "If " + ", ".join(f"feature {name} = {v}" for name, v in shown) + "."

@@ -43,8 +43,8 @@ def summary(cfg: PlanJob, plan: dict) -> dict[str, str]:
     return {
         "rows": f"train {rows['train']}, test {rows['test']}"
         + (f"; {len(rows['folds'])} folds of {', '.join(sorted(folds))} (train/val)" if folds else ""),
-        "prompt tokens per row": f"min {prompt['min']}, mean {prompt['mean']:.1f}, max {prompt['max']}; "
-        f"completion {completion['min']}-{completion['max']}",
+        "prompt tokens per row": f"prompt.format={cfg.prompt.format}: min {prompt['min']}, mean {prompt['mean']:.1f}, "
+        f"max {prompt['max']}; completion {completion['min']}-{completion['max']}",
         "parameters": f"{plan['model']['parameters'] / 1e9:.3g} B (base {plan['model']['n_base'] / 1e9:.3g} B), "
         f"LoRA {plan['model']['n_lora'] / 1e6:.3g} M at r={cfg.lora.r}",
         "trained tokens": _pair(plan["train_tokens"]),
