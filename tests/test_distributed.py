@@ -88,7 +88,8 @@ def test_every_single_process_command_sees_one_gpu_from_its_first_cuda_query(tmp
     missing = tmp_path / "missing"
     data = ["model=tiny", "data=csv", f"data.path={missing}.csv"]
     commands = {
-        "train": ["train", *data], "hpo": ["hpo", *data, "hpo.workers=1"], "baselines": ["baselines", *data],
+        # train and hpo on the bundled data: a missing file is refused before any CUDA query (faultllm.preflight)
+        "train": ["train", "model=tiny"], "hpo": ["hpo", "model=tiny", "hpo.workers=1"], "baselines": ["baselines", *data],
         "evaluate": ["evaluate", f"run_dir={missing}"], "explain": ["explain", f"run_dir={missing}"],
         "predict": ["predict", f"run_dir={missing}", f"input={missing}.csv"], "bench_gpu": [str(ROOT / "scripts" / "bench_gpu.py")],
     }  # fmt: skip

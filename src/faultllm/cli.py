@@ -101,6 +101,9 @@ def _command(argv: list[str]) -> int:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(command_help(command, config_name, overrides))
         return 0
+    if world_size() > 1 and command != "train":
+        print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
+        return 2
     if command == "report":
         overrides = report_overrides(overrides)
     overrides = quote_unusual_values(overrides)
@@ -109,9 +112,6 @@ def _command(argv: list[str]) -> int:
         print(f"faultllm {command}: error: {redact(error)}", file=sys.stderr)
         return 2
     if world_size() > 1:
-        if command != "train":
-            print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
-            return 2
         overrides = rank_overrides(config_name, overrides)
     return run_job(command, config_name, module, overrides)
 
