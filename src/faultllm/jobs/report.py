@@ -125,20 +125,22 @@ def _trust(results: list[ModelRun], out_dir: Path) -> None:
     calibration = calibration_summary(results)
     if calibration.empty:
         return
-    write_text(out_dir / "calibration.md", markdown(calibration_display(calibration)))
+    calibration_table = calibration_display(calibration)
+    write_text(out_dir / "calibration.md", markdown(calibration_table))
     write_csv(calibration, out_dir / "calibration.csv")
     largest = calibration["Train rows"].max()  # among the runs with probabilities: the plots are never empty
     title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
     plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
-    print_table("calibration on the test rows (pooled over seeds; per seed: mean ± sd)", calibration_display(calibration))
+    print_table("calibration on the test rows (pooled over seeds; per seed: mean ± sd)", calibration_table)
     _zero_probabilities(results, out_dir)
     selective, curves = selective_summary(results)
-    write_text(out_dir / "selective.md", markdown(selective_display(selective)))
+    selective_table = selective_display(selective)
+    write_text(out_dir / "selective.md", markdown(selective_table))
     write_csv(selective, out_dir / "selective.csv")
     shown = {model: curve for (model, rows), curve in curves.items() if rows == largest}
     title = f"selective prediction, {largest} training rows\n(mean over seeds; shaded: lowest to highest seed)"
     plots.risk_coverage(shown, out_dir / "selective.png", title)
-    print_table("selective prediction: answer the most confident rows only", selective_display(selective))
+    print_table("selective prediction: answer the most confident rows only", selective_table)
     curve_rows = [curve.assign(Model=model, **{"Train rows": rows}) for (model, rows), curve in curves.items()]
     write_csv(pd.concat(curve_rows), out_dir / "selective_curves.csv")
 
