@@ -89,9 +89,8 @@ def _command(argv: list[str]) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
-    from faultllm.distributed import cap_threads_to_slurm, pin_first_gpu, ranks_from_srun, world_size
+    from faultllm.distributed import pin_first_gpu, ranks_from_srun, world_size
 
-    cap_threads_to_slurm()
     ranks_from_srun()  # `srun -n 2 faultllm train ...`: the ranks torchrun would start
     # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
     # import, and torch counts once): never DataParallel. hpo's workers get the GPUs listed before this.

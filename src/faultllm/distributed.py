@@ -31,15 +31,6 @@ def is_main_process(environ: MutableMapping[str, str] = os.environ) -> bool:
     return int(environ.get("RANK", "0")) == 0
 
 
-def cap_threads_to_slurm(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Inside a SLURM job, PyTorch and BLAS use the job's CPUs only (without cgroups a job sees every core);
-    call it before torch is imported."""
-    cpus = environ.get("SLURM_CPUS_PER_TASK")
-    if cpus:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            environ.setdefault(name, cpus)
-
-
 def ranks_from_srun(environ: MutableMapping[str, str] = os.environ) -> None:
     """Under `srun -n N` (a job step of N > 1 tasks, no torchrun around it): the torchrun variables from
     SLURM's, the rendezvous on the step's first node at a port drawn from the job id."""
