@@ -200,34 +200,46 @@ def _hpo_process(overrides: list[str], log) -> subprocess.Popen:
     )
 
 
-def _states(db) -> list[str]:
+def _states(db) -> dict[int, str]:
+    """The sweep's trials, number -> state."""
     try:
-        query = "SELECT t.state FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = 'faultllm' ORDER BY t.number"
-        return [row[0] for row in sqlite3.connect(db).execute(query)]
+        query = "SELECT t.number, t.state FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = 'faultllm'"
+        return dict(sqlite3.connect(db).execute(query).fetchall())
     except sqlite3.OperationalError:
-        return []
+        return {}
 
 
 KILL_SEED = 0  # see _kill_points
 
 
 def _kill_points(seed: int) -> list[tuple[int, float]]:
-    """Drawn from the seed: twice, once the study holds `finished` trials (0..5) and another is running, wait
-    `delay` seconds more and SIGKILL the sweep."""
+    """Drawn from the seed: twice, once the study holds `finished` trials (0..4, so a later trial is left when
+    one ends during the delay) and another is running, wait `delay` seconds more and SIGKILL the sweep."""
     rng = random.Random(seed)
-    return [(finished, rng.uniform(0, 1)) for finished in sorted(rng.sample(range(6), 2))]
+    return [(finished, rng.uniform(0, 0.5)) for finished in sorted(rng.sample(range(5), 2))]
+
+
+def _running(states: dict[int, str]) -> set[int]:
+    return {number for number, state in states.items() if state == "RUNNING"}
 
 
 def _kill_mid_trial(process, db, finished: int, delay: float) -> bool:
-    """SIGKILL `process` `delay` s after the study holds `finished` finished trials and a running one."""
+    """SIGKILL `process` `delay` s after the study holds `finished` finished trials and one `process` runs.
+
+    A trial left RUNNING by the previous life is not this process's. A pruned trial can end within the delay
+    (about 1 s on 2 cores): then the next trial is killed as soon as it runs."""
+    left_running = _running(_states(db))
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         states = _states(db)
-        if sum(s in ("COMPLETE", "PRUNED") for s in states) >= finished and "RUNNING" in states:
+        running = _running(states) - left_running
+        if sum(s in ("COMPLETE", "PRUNED") for s in states.values()) >= finished and running:
             time.sleep(delay)
-            os.killpg(process.pid, signal.SIGKILL)  # killed mid-trial, as a crash or a preempted node would
-            return process.wait() == -signal.SIGKILL
-        time.sleep(0.1)
+            if running <= _running(_states(db)):
+                os.killpg(process.pid, signal.SIGKILL)  # killed mid-trial, as a crash or a preempted node would
+                return process.wait() == -signal.SIGKILL and bool(_running(_states(db)) - left_running)
+            delay = 0.0
+        time.sleep(0.05)
     return False
 
 
@@ -277,7 +289,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
     for worker, log in zip(workers, logs, strict=True):
         assert worker.wait(timeout=600) == 0
         log.close()
-    states = _states(db)
+    states = list(_states(db).values())
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 4
     assert "RUNNING" not in states
     done_by = [(tmp_path / f"worker{w}.log").read_text().count("trial ") for w in range(2)]
