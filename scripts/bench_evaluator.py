@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 
 def main(overrides: list[str]) -> None:
-    from faultllm.bench import setup
-    from faultllm.config import load_config
-    from faultllm.evaluation import answer_space, generate_answers, score
+    from faultllm.config.load import load_config
+    from faultllm.cost.bench import setup
+    from faultllm.llm.scoring import answer_space, generate_answers, score
 
     cfg = load_config("train", ["model=tiny", "data.test_size=64", *overrides])
     run = setup(cfg)

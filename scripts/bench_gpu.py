@@ -5,8 +5,8 @@
     python scripts/bench_gpu.py model=llama2_13b_chat model.init=random trainer.batch_size=4 --peak-tflops 989.4
     python scripts/bench_gpu.py --warmup-steps 5 --steps 50
 
-The measurement of `faultllm bench` (faultllm/bench.py: `run_bench`; FLOPs per token in
-faultllm/costs.py: 4 N_base + 6 N_lora for a frozen base, + 2 N with gradient checkpointing for HFU),
+The measurement of `faultllm bench` (faultllm/cost/bench.py: `run_bench`; FLOPs per token in
+faultllm/cost/flops.py: 4 N_base + 6 N_lora for a frozen base, + 2 N with gradient checkpointing for HFU),
 printed in detail: memory as torch allocated, torch reserved and device-wide used; evaluation rates.
 `faultllm bench` takes the same overrides and writes bench.json for `faultllm plan`.
 """
@@ -17,7 +17,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from faultllm.distributed import pin_first_gpu
+from faultllm.runtime.distributed import pin_first_gpu
 
 pin_first_gpu()  # one GPU, before transformers (bitsandbytes asks CUDA on import): a benchmark of one device
 
@@ -62,8 +62,8 @@ def main() -> None:
     args, overrides = parse_args()
     import torch
 
-    from faultllm.bench import device_used_bytes, run_bench
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
+    from faultllm.cost.bench import device_used_bytes, run_bench
 
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU; `faultllm bench model=tiny` measures a CPU")

@@ -20,9 +20,9 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
 
     import optuna
 
-    from faultllm import modeling
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
     from faultllm.jobs.hpo import run
+    from faultllm.llm import modeling
 
     spent, load = [0.0, 0], modeling.load_base_model
 

@@ -26,7 +26,7 @@ DEFAULTS = [
 
 def run_search(overrides: list[str], schedule: str, seed: int) -> dict:
     """One search and its refit: fold-epochs trained, seconds, the chosen trial, its refit's test accuracy."""
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
     from faultllm.jobs.hpo import run
 
     cfg = load_config("hpo", [*overrides, f"hpo.schedule={schedule}", f"seed={seed}"])

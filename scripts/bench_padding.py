@@ -19,7 +19,7 @@ from tempfile import TemporaryDirectory
 
 def tokens_per_second(cfg, pad_to: int | None) -> tuple[float, int, float]:
     """(real tokens/s, real tokens, computed tokens per real token) over one epoch."""
-    from faultllm.bench import setup, sft_trainer
+    from faultllm.cost.bench import setup, sft_trainer
 
     run = setup(cfg)
     rows = run.serializer.render(run.split.train).sft_rows()
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-length", type=int, default=512, help="the fixed length of the naive way")
     args, overrides = parser.parse_known_args()
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
 
     cfg = load_config(
         "train", ["model=tiny", "trainer.epochs=1", "trainer.eval_each_epoch=false", "progress=false", *overrides]

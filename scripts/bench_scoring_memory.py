@@ -44,11 +44,11 @@ def measure(name: str) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from faultllm.config import load_config
-    from faultllm.evaluation import answer_space, score
-    from faultllm.modeling import load_tokenizer, resolve_model_path
-    from faultllm.prompts import Prompts, Serializer
-    from faultllm.splits import prepared_split
+    from faultllm.config.load import load_config
+    from faultllm.data.splits import prepared_split
+    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
+    from faultllm.llm.scoring import answer_space, score
+    from faultllm.prompts.serialize import Prompts, Serializer
 
     body, overrides, n_prompts, labels, naive = VARIANTS[name]
     cfg = load_config("train", ["model=tiny", *overrides])

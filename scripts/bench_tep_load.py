@@ -4,7 +4,7 @@
     python scripts/bench_tep_load.py --trace                  # also: peak RSS by line of loaders.py
 
 Writes synthetic Rieth training tables of the real size (250,000 + 5,000,000 rows x 55)
-as .RData, then times `faultllm.loaders.load` for labels 0, 1, 4, 5 in fresh processes:
+as .RData, then times `faultllm.data.loaders.load` for labels 0, 1, 4, 5 in fresh processes:
 the first load parses the .RData and writes the column cache; the cached load reads only
 the requested labels' spans of each column. The naive way (parse the .RData every time, as
 the study's code did) is the first-load number.
@@ -113,8 +113,8 @@ def _timed(work: Callable[[], object]) -> tuple[object, dict]:
 
 
 def timed_load(directory: Path, cache: Path, trace: bool) -> dict:
-    from faultllm.config import load_config
-    from faultllm.loaders import load
+    from faultllm.config.load import load_config
+    from faultllm.data.loaders import load
 
     cfg = load_config("prepare", ["data=tep", f"data.path={directory}", f"cache_dir={cache}"])
     tracer = LineTracer() if trace else None
@@ -150,7 +150,7 @@ def run_child(args: argparse.Namespace, *flags: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tep_full"))
-    parser.add_argument("--trace", action="store_true", help="peak RSS by line of faultllm/loaders.py")
+    parser.add_argument("--trace", action="store_true", help="peak RSS by line of faultllm/data/loaders.py")
     parser.add_argument("--repeat", type=int, default=7, help="cached loads, each in a fresh process")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)

@@ -1,5 +1,5 @@
 """Wall time of `faultllm train model=tiny` and `faultllm baselines` with the default thread budget
-(faultllm/threads.py) against OMP_NUM_THREADS=1 and =2, on a quiet machine and beside one other
+(faultllm/runtime/threads.py) against OMP_NUM_THREADS=1 and =2, on a quiet machine and beside one other
 CPU-bound process; the metrics of every setting must be identical.
 
     python scripts/bench_threads.py [--repeats 1] [--out runs/bench_threads]
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from faultllm.threads import POOL_VARIABLES
+from faultllm.runtime.threads import POOL_VARIABLES
 
 COMMANDS = {
     "train": ["train", "model=tiny", "progress=false", "trainer.epochs=1", "data.train_size=80", "data.test_size=40"],

@@ -13,8 +13,8 @@ from __future__ import annotations
 import shutil
 import time
 
-from faultllm.config import load_config
-from faultllm.tiny import SHIPPED, build_tiny_model, spec_of
+from faultllm.config.load import load_config
+from faultllm.llm.tiny import SHIPPED, build_tiny_model, spec_of
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from faultllm.comparison import interval_bounds
+from faultllm.compare.statistics import interval_bounds
 
 ACCURACIES = (0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
 SEEDS = (2, 3, 5, 10)

@@ -1,4 +1,4 @@
-"""Checks faultllm's memory model (src/faultllm/memory.py) against one real training step on the CPU.
+"""Checks faultllm's memory model (src/faultllm/llm/memory.py) against one real training step on the CPU.
 
 A random Llama body built from a LlamaConfig (no download) is loaded the way `faultllm train` loads a model
 on a GPU: 4-bit NF4 with double quantization through bitsandbytes (which trains on the CPU too), k-bit
@@ -22,9 +22,9 @@ import tempfile
 
 import torch
 
-from faultllm.memory import ModelDims, Step, step_memory
-from faultllm.modeling import HardwarePlan, keep_adapters_in_fp32, load_base_model, peft_lora_config
-from faultllm.schema import LoraConfig
+from faultllm.config.schema import LoraConfig
+from faultllm.llm.memory import ModelDims, Step, step_memory
+from faultllm.llm.modeling import HardwarePlan, keep_adapters_in_fp32, load_base_model, peft_lora_config
 
 COMPLETION = 5  # answer tokens and EOS: the positions the loss covers
 

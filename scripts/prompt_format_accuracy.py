@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from faultllm.comparison import interval
+from faultllm.compare.statistics import interval
 
 FORMATS = ("study", "compact")
 SCORES = ("accuracy", "macro_f1")

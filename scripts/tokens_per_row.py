@@ -142,8 +142,8 @@ def packaged(column: str):
 
 def tokenizer_for(column: str):
     """(tokenizer, where it came from): the hub's cached one, a packaged real file, else the shipped stand-in."""
-    from faultllm.modeling import SHIPPED_CONFIGS, STAND_IN
-    from faultllm.tiny import stand_in_tokenizer
+    from faultllm.llm.modeling import SHIPPED_CONFIGS, STAND_IN
+    from faultllm.llm.tiny import stand_in_tokenizer
 
     model_id = MODELS[column]
     if (hub := cached_hub(model_id)) is not None:
@@ -164,10 +164,10 @@ def count_tokens(tokenizer, text: str) -> int:
 
 def prompt_texts(experiment: str, style: str, rows: int) -> list[str]:
     """The first `rows` training prompts of `experiment` in prompt.format=`style` (the Llama-2 layout)."""
-    from faultllm.config import load_config
-    from faultllm.costs import stand_in_data
-    from faultllm.prompts import Serializer
-    from faultllm.splits import make_split, scale_split
+    from faultllm.config.load import load_config
+    from faultllm.data.splits import make_split, scale_split
+    from faultllm.data.standins import stand_in_data
+    from faultllm.prompts.serialize import Serializer
 
     cfg = load_config("plan", ["job=train", "model=tiny", f"experiment={experiment}", f"prompt.format={style}"])
     data_cfg, _ = stand_in_data(cfg.data, cfg.cache_dir)

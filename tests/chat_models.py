@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faultllm.prompts import PromptFormat, question
-from faultllm.tiny import bpe_tokenizer
+from faultllm.llm.tiny import bpe_tokenizer
+from faultllm.prompts.serialize import PromptFormat, question
 
 # The families' templates, reduced to what faultllm uses (system, user, assistant turns; generation prompt).
 LLAMA3 = (

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.distributed import pin_first_gpu
-from faultllm.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.config.load import load_config
+from faultllm.data.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.runtime.distributed import pin_first_gpu
 from tests import postgres
 
 FAULTS = [0, 1, 4, 5]
@@ -113,7 +113,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cache):
-    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+    from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY])
     path = resolve_model_path(cfg.model, cfg.cache_dir)

@@ -60,38 +60,30 @@ def test_no_import_cycles_counting_function_level_imports():
         visit(module)
 
 
-# The library's layers, lowest first: a module imports only modules of lower layers (the jobs, one per
-# command, sit above the library; the CLI above the jobs).
-LAYERS = [
-    {"errors", "paths", "metrics", "credentials", "files", "calibration", "progress", "heartbeats", "threads"},  # no faultllm imports
-    {"distributed", "results", "plots", "reporting"},  # processes and GPUs; metrics.json shapes; output
-    {"schema"},  # what every config key is
-    {"config"},  # Hydra's DictConfig -> the typed schema
-    {"loaders", "templates"},
-    {"splits", "tiny", "costs", "shots", "studies", "slurm", "schedules"},  # slurm: submitit jobs, shared paths
-    {"rundir"},
-    {"prompts"},
-    {"modeling"},
-    {"evaluation"},
-    {"memory"},  # one memory model of a training step: plan and train decide checkpointing with it
-    {"training"},
-    {"finetune", "baselines", "bench"},
-    {"hpo", "explain", "comparison", "predict"},
-    {"planning", "preflight"},  # preflight: the CLI's checks before a job, with no model
-    {"jobs"},  # faultllm.jobs.*
-    {"cli"},
-    {"__main__"},
+# The pipeline's packages, lowest first: a module imports only its own package (without cycles) and lower
+# ones. The jobs, one per command, sit above the library; the CLI above the jobs.
+PACKAGES = [
+    "runtime",  # errors, paths, files, secrets, progress, threads, processes and GPUs
+    "config",  # what every config key is; Hydra's composition -> the typed config
+    "data",  # tables in, splits out
+    "prompts",  # a row as a question, a model's prompt, in-context shots
+    "run",  # run directories, their typed records, SLURM launches
+    "compare",  # baselines, metrics, calibration, statistics, tables, plots
+    "llm",  # model sources, QLoRA build, memory, training, scoring, decoding, explaining
+    "search",  # HPO: studies, schedules, the search and its refit
+    "cost",  # FLOPs, bench, plan
+    "preflight",  # the CLI's checks before a job, with no model
+    "jobs",  # faultllm.jobs.*
+    "cli",
+    "__main__",
 ]
 
 
-def _layer(module: str) -> int:
-    name = module.removeprefix("faultllm.")
-    name = "jobs" if name.startswith("jobs") else name
-    (index,) = [i for i, layer in enumerate(LAYERS) if name in layer]
-    return index
+def _package(module: str) -> str:
+    return module.removeprefix("faultllm.").split(".")[0]
 
 
-def test_every_module_imports_only_lower_layers_and_no_job_imports_another():
+def test_every_module_imports_only_its_package_or_lower_ones_and_no_job_imports_another():
     graph = _graph()
     for module, targets in graph.items():
         if module == "faultllm":
@@ -99,15 +91,22 @@ def test_every_module_imports_only_lower_layers_and_no_job_imports_another():
         for target in targets:
             if module.startswith("faultllm.jobs") and target == "faultllm.jobs":
                 continue
-            assert _layer(target) < _layer(module) or module == "faultllm.jobs", f"{module} imports {target}"
+            rank, target_rank = PACKAGES.index(_package(module)), PACKAGES.index(_package(target))
+            assert target_rank < rank or (target_rank == rank and _package(module) != "jobs"), f"{module} imports {target}"
         if module.startswith("faultllm.jobs."):
             assert not {t for t in targets if t.startswith("faultllm.jobs.")}, f"{module} imports another job"
+
+
+def test_every_package_is_in_the_order():
+    packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    modules = {path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
+    assert packages | modules == set(PACKAGES)
 
 
 def test_only_the_jobs_the_config_and_the_run_directory_see_hydras_config():
     for path in PACKAGE.rglob("*.py"):
         module = path.relative_to(PACKAGE).as_posix()
-        if module.startswith("jobs/") or module in ("config.py", "rundir.py", "cli.py"):
+        if module.startswith(("jobs/", "config/")) or module in ("run/directory.py", "cli.py"):
             continue
         text = path.read_text()
         assert "DictConfig" not in text and "OmegaConf" not in text, module

@@ -7,11 +7,11 @@ import sys
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.config.load import load_config
+from faultllm.data.splits import cv_folds, make_split
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
-from faultllm.splits import cv_folds, make_split
+from faultllm.runtime.errors import FaultLLMError
 
 FAST = ["baselines.models=[rf,lr,knn]", "baselines.importances_for=[rf]", "baselines.permutation_repeats=2"]
 
@@ -28,7 +28,7 @@ def test_same_seed_same_numbers_and_the_llm_sees_the_same_rows(compose_cfg, tmp_
     assert {"train_accuracy", "test_accuracy", "test_macro_f1", "fit_seconds"} <= set(first["lr"])
     # the LLM pipeline with the same data config and seed makes the very same split
     llm_split = make_split(compose_cfg("train", ["model=tiny"]).data, cfg.seed)
-    from faultllm.splits import scale_split
+    from faultllm.data.splits import scale_split
 
     scaled, _ = scale_split(llm_split, True, [0, 1])
     assert json.loads((tmp_path / "a" / "split.json").read_text())["split_fingerprint"] == scaled.fingerprint()
@@ -90,7 +90,7 @@ def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg,
     assert cli.returncode == 0, cli.stderr
     pooled = pd.read_csv(tmp_path / "r3" / "comparison.csv")
     assert list(pooled["Runs"]) == [2] and "comparison over 2 seeds" in cli.stdout
-    assert "][faultllm.threads][INFO] threads: " in (tmp_path / "r3" / "faultllm.log").read_text()  # the budget
+    assert "][faultllm.runtime.threads][INFO] threads: " in (tmp_path / "r3" / "faultllm.log").read_text()  # the budget
 
 
 BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_for=[xgb,lgbm,catboost]",
@@ -99,7 +99,7 @@ BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_fo
 
 def test_the_boosting_libraries_on_the_bundled_data_identical_on_rerun(compose_cfg, tmp_path):
     """`faultllm baselines baselines.models=[rf,xgb,lgbm,catboost]` with the `boosting` extra installed."""
-    from faultllm.baselines import load_model, xy
+    from faultllm.compare.baselines import load_model, xy
 
     for package in ("xgboost", "lightgbm", "catboost"):
         pytest.importorskip(package)

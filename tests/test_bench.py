@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from faultllm import cli, planning
-from faultllm.bench import check_fits_here, row_tokens, setup, sft_trainer
-from faultllm.errors import FaultLLMError
-from faultllm.evaluation import answer_space
-from faultllm.tiny import SHIPPED
+from faultllm import cli
+from faultllm.cost import planning
+from faultllm.cost.bench import check_fits_here, row_tokens, setup, sft_trainer
+from faultllm.llm.scoring import answer_space
+from faultllm.llm.tiny import SHIPPED
+from faultllm.runtime.errors import FaultLLMError
 
 SMALL = ["data.train_size=40", "data.test_size=16", "eval.batch_size=8"]
 
@@ -69,7 +70,7 @@ def test_cuda_peaks_are_the_timed_steps_own_not_what_the_setup_freed(compose_cfg
 
     import torch
 
-    from faultllm.bench import timed_training
+    from faultllm.cost.bench import timed_training
 
     run = setup(compose_cfg("bench", ["model=tiny", *SMALL, "trainer.batch_size=2"]))
     run.spec = replace(run.spec, plan=replace(run.spec.plan, device="cuda"))
@@ -108,7 +109,7 @@ def test_random_init_builds_the_tiny_architecture_from_its_config_alone_and_trai
     from safetensors.torch import load_file
 
     from faultllm.jobs.train import run as train
-    from faultllm.modeling import resolve_model_path
+    from faultllm.llm.modeling import resolve_model_path
 
     model_dir = tmp_path / "tiny-config-only"
     model_dir.mkdir()
@@ -130,7 +131,7 @@ def test_random_init_builds_the_tiny_architecture_from_its_config_alone_and_trai
 
 @pytest.mark.slow
 def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, compose_cfg):
-    from faultllm.bench import run_bench
+    from faultllm.cost.bench import run_bench
 
     cfg = compose_cfg("bench", ["model=tiny", *SMALL, "prompt.shots=2", "bench.warmup_steps=1", "bench.steps=1",
                                 "bench.scoring_batches=1", "bench.generate_rows=1"])  # fmt: skip
@@ -141,9 +142,9 @@ def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, com
 def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_the_hub(compose_cfg, monkeypatch):
     import huggingface_hub
 
-    from faultllm.costs import model_shape
-    from faultllm.modeling import STAND_IN, choose_pad_token, load_tokenizer, model_files, random_model_tokenizer
-    from faultllm.tiny import stand_in_tokenizer
+    from faultllm.llm.modeling import STAND_IN, choose_pad_token, load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.llm.shape import model_shape
+    from faultllm.llm.tiny import stand_in_tokenizer
 
     def no_network(*args, **kwargs):
         raise AssertionError("the hub was asked")
@@ -178,9 +179,9 @@ def test_every_model_preset_ships_a_stand_in_tokenizer_true_to_its_config(preset
     rendering check accepts, once saved beside the config as model.init=random saves it."""
     import huggingface_hub
 
-    from faultllm.modeling import load_tokenizer, model_files, random_model_tokenizer
-    from faultllm.templates import template_for
-    from faultllm.tiny import stand_in_tokenizer
+    from faultllm.llm.modeling import load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.llm.tiny import stand_in_tokenizer
+    from faultllm.prompts.templates import template_for
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # nothing cached
     cfg = compose_cfg("bench", [f"model={preset}", "model.init=random"])

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faultllm.calibration import (
+from faultllm.compare.calibration import (
     Forecast,
     Recalibration,
     brier_score,
@@ -29,8 +29,8 @@ from faultllm.calibration import (
     with_temperature,
     zero_probability_rows,
 )
-from faultllm.comparison import ModelRun, calibration_summary, selective_summary, zero_probability_table
-from faultllm.config import load_config
+from faultllm.compare.statistics import ModelRun, calibration_summary, selective_summary, zero_probability_table
+from faultllm.config.load import load_config
 from tests.conftest import easy_overrides
 
 # p(label 0), p(label 1), true label: answered (argmax) 0, 0, 1, 1, 1, 1 with confidence .95 .85 .7 .6 .55 .8
@@ -280,8 +280,8 @@ def test_a_tiny_llm_run_with_held_out_rows_gets_a_temperature_that_keeps_its_ans
 
 def test_a_train_run_is_resumed_only_with_the_held_out_rows_it_trained_without(tmp_path):
     """calibrate.holdout decides which rows train; calibrate.coverage only the sets fitted after training."""
-    from faultllm.errors import FaultLLMError
-    from faultllm.rundir import TRAIN_RESUME, check_resume, redacted_config, start_run
+    from faultllm.run.directory import TRAIN_RESUME, check_resume, redacted_config, start_run
+    from faultllm.runtime.errors import FaultLLMError
 
     common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
     start_run(load_config("train", [*common, "calibrate.holdout=0.25"]), tmp_path / "run", "train")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.modeling import load_tokenizer
-from faultllm.prompts import Serializer
-from faultllm.tiny import SHIPPED
+from faultllm.config.load import load_config
+from faultllm.llm.modeling import load_tokenizer
+from faultllm.llm.tiny import SHIPPED
+from faultllm.prompts.serialize import Serializer
+from faultllm.runtime.errors import FaultLLMError
 from tests.chat_models import STYLES, TEMPLATE_ONLY, build_chat_model
 from tests.conftest import easy_overrides
 

@@ -112,8 +112,8 @@ def test_multirun_runs_one_job_per_value(tmp_path):
 
 def test_train_refuses_to_resume_a_run_of_another_config_in_one_line(tmp_path):
     """Before any model is loaded (the tiny model is not even built: cache_dir is empty)."""
-    from faultllm.config import load_config
-    from faultllm.rundir import start_run
+    from faultllm.config.load import load_config
+    from faultllm.run.directory import start_run
 
     common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
     start_run(load_config("train", [*common, "lora.r=16"]), tmp_path / "run", "train")
@@ -131,7 +131,7 @@ def test_train_refuses_to_resume_a_run_of_another_config_in_one_line(tmp_path):
 
 
 def test_evaluate_on_a_baselines_run_says_what_to_use_and_leaves_no_folder(tmp_path):
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
     from faultllm.jobs.baselines import run as baselines
 
     baselines(load_config("baselines", [f"cache_dir={tmp_path}", "baselines.models=[lr]", "baselines.importances_for=[]"]),

@@ -18,13 +18,13 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from faultllm.comparison import ModelRun, aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.compare.statistics import ModelRun, aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
+from faultllm.compare.tables import summary_display
+from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
-from faultllm.reporting import summary_display
-from faultllm.results import SplitMetrics, TrainMetrics
+from faultllm.run.records import SplitMetrics, TrainMetrics
+from faultllm.runtime.errors import FaultLLMError
 
 QUICK = ["baselines.models=[lr,knn]", "baselines.importances_for=[]"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from faultllm import cli
-from faultllm.config import CONFIG_DIR, load_config
-from faultllm.errors import FaultLLMError
-from faultllm.schema import JOBS, LR_SCHEDULERS
+from faultllm.config.load import CONFIG_DIR, load_config
+from faultllm.config.schema import JOBS, LR_SCHEDULERS
+from faultllm.runtime.errors import FaultLLMError
 
 REQUIRED = {
     "evaluate": ["run_dir=r"], "explain": ["run_dir=r"], "predict": ["run_dir=r", "input=i"], "report": ["run_dirs=[r]"],
@@ -135,7 +135,7 @@ def test_the_schedulers_are_transformers_own():
 
 
 def test_an_hpo_trial_config_is_checked_like_any_other():
-    from faultllm.config import with_values
+    from faultllm.config.load import with_values
 
     cfg = load_config("hpo", ["model=tiny"])
     assert with_values(cfg, {"lora.r": 8, "data.normalize": False}).lora.r == 8

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from faultllm.credentials import PASSWORD_ENV, RedactingFilter, hide_passwords, redact, with_password
-from faultllm.errors import FaultLLMError
+from faultllm.runtime.credentials import PASSWORD_ENV, RedactingFilter, hide_passwords, redact, with_password
+from faultllm.runtime.errors import FaultLLMError
 
 SECRET = "Pa55-w0rd_x"
 
@@ -51,7 +51,7 @@ def test_log_records_and_tracebacks_are_redacted():
 
 
 def test_a_storage_error_names_the_url_without_its_password(compose_cfg, tmp_path):
-    from faultllm.studies import open_study
+    from faultllm.search.studies import open_study
 
     cfg = compose_cfg("hpo", [f"hpo.storage=postgresql://me:{SECRET}@127.0.0.1:1/x"])
     with pytest.raises(FaultLLMError, match=r"hpo.storage=postgresql://me:\*\*\*@127.0.0.1:1/x: cannot open") as err:
@@ -72,7 +72,7 @@ def test_the_cli_prints_no_password(tmp_path):
 
 def test_the_run_directory_holds_no_password(compose_cfg, tmp_path, monkeypatch):
     """A password that reached the config anyway (hpo.storage=${oc.env:FAULTLLM_STORAGE}, resolved) or argv."""
-    from faultllm.rundir import start_run
+    from faultllm.run.directory import start_run
 
     monkeypatch.setenv("FAULTLLM_STORAGE", f"postgresql://me:{SECRET}@db/x")
     monkeypatch.setattr(sys, "argv", ["faultllm hpo", f"hpo.storage=postgresql://me:{SECRET}@db/x"])

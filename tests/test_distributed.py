@@ -13,11 +13,11 @@ from unittest.mock import MagicMock
 import pytest
 import torch
 
-from faultllm.config import load_config
-from faultllm.distributed import GPU_LIST, pin_first_gpu, visible_gpus
-from faultllm.errors import FaultLLMError
-from faultllm.modeling import Gpu, hardware_plan, load_base_model
-from faultllm.schema import ModelConfig
+from faultllm.config.load import load_config
+from faultllm.config.schema import ModelConfig
+from faultllm.llm.modeling import Gpu, hardware_plan, load_base_model
+from faultllm.runtime.distributed import GPU_LIST, pin_first_gpu, visible_gpus
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
 AUTO = {"quantization": "none", "attn_implementation": "sdpa", "optimizer": "auto", "gradient_checkpointing": "auto"}
@@ -124,7 +124,7 @@ def test_the_gpu_suite_pins_one_gpu(monkeypatch):
 def test_a_process_that_sees_several_gpus_outside_a_launcher_refuses_to_train(monkeypatch, tmp_path):
     from transformers import TrainingArguments
 
-    from faultllm.training import TrainOptions, check_one_gpu, sft_trainer
+    from faultllm.llm.trainer import TrainOptions, check_one_gpu, sft_trainer
 
     cfg = load_config("train", ["model=tiny"])
     options = TrainOptions.from_config(cfg.trainer, 0, 8, False)
@@ -156,7 +156,7 @@ def init_process_group(*args, **kwargs):
 dist.init_process_group = init_process_group
 out, rank = Path(sys.argv[1]), os.environ["RANK"]
 from faultllm.cli import main
-from faultllm.distributed import main_decides
+from faultllm.runtime.distributed import main_decides
 try:
     code = main([arg.replace("{rank}", rank) for arg in sys.argv[2:]])
 except SystemExit as exit:
@@ -212,7 +212,7 @@ def test_torchrun_with_two_ranks_trains_once_into_one_run_directory(tiny_cache, 
     (state,) = run_dir.glob("checkpoints/checkpoint-*/trainer_state.json")
     assert [row["step"] for row in json.loads(state.read_text())["log_history"] if "loss" in row] == [2, 4, 6, 8]
 
-    from faultllm.config import load_config
+    from faultllm.config.load import load_config
     from faultllm.jobs.evaluate import run as evaluate
 
     alone = evaluate(load_config("evaluate", [f"run_dir={run_dir}"]), tmp_path / "eval")  # one process, all rows
@@ -226,10 +226,10 @@ PROMPTS = [f"[INST] a = {i / 10} [/INST]" for i in range(5)]
 GENERATE_SPY = f"""
 import json, os, sys
 from pathlib import Path
-from faultllm.config import load_config
-from faultllm.distributed import start_process_group
-from faultllm.evaluation import generate_answers
-from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+from faultllm.config.load import load_config
+from faultllm.runtime.distributed import start_process_group
+from faultllm.llm.scoring import generate_answers
+from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 start_process_group()
 cfg = load_config("train", sys.argv[2:])
 path = resolve_model_path(cfg.model, cfg.cache_dir)
@@ -243,7 +243,7 @@ Path(sys.argv[1], "rank" + os.environ["RANK"] + ".json").write_text(json.dumps({
 
 @pytest.mark.slow
 def test_torchrun_ranks_decode_a_share_of_the_rows_each_and_all_get_every_answer(tiny_cache, tiny_model, tmp_path):
-    from faultllm.evaluation import generate_answers
+    from faultllm.llm.scoring import generate_answers
 
     (tmp_path / "spy.py").write_text(GENERATE_SPY)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from faultllm.cli import COMMANDS, config_error, report_overrides, sweep_jobs
-from faultllm.comparison import aggregate
-from faultllm.config import compose, load_config
-from faultllm.reporting import summary_display
-from faultllm.schema import JOBS, key_help
+from faultllm.compare.statistics import aggregate
+from faultllm.compare.tables import summary_display
+from faultllm.config.load import compose, load_config
+from faultllm.config.schema import JOBS, key_help
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -147,7 +147,7 @@ def test_every_key_of_every_command_is_described_in_its_help():
 
 
 def test_an_untrained_run_says_it_did_not_train(caplog):
-    from faultllm.finetune import _print_summary
+    from faultllm.llm.finetune import _print_summary
 
     cfg = load_config("train", ["model=tiny", "trainer.epochs=0"])
     split = {"accuracy": 0.25, "macro_f1": 0.1, "loss": 1.5}

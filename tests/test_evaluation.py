@@ -8,11 +8,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from faultllm.errors import FaultLLMError
-from faultllm.evaluation import answer_space, evaluate_restricted, parse_answer, score
-from faultllm.metrics import classification_metrics
-from faultllm.prompts import PromptFormat, Prompts, Serializer
-from faultllm.templates import Llama2Layout
+from faultllm.compare.metrics import classification_metrics
+from faultllm.llm.scoring import answer_space, evaluate_restricted, parse_answer, score
+from faultllm.prompts.serialize import PromptFormat, Prompts, Serializer
+from faultllm.prompts.templates import Llama2Layout
+from faultllm.runtime.errors import FaultLLMError
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
 
@@ -176,8 +176,8 @@ def _fresh_base(tiny_cache, dtype: str = "float32"):
     """(the tiny base model, freshly loaded under a plan of `dtype`, tokenizer): tests that change the model."""
     from dataclasses import replace
 
-    from faultllm.config import load_config
-    from faultllm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+    from faultllm.config.load import load_config
+    from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "progress=false"])
     path = resolve_model_path(cfg.model, cfg.cache_dir)
@@ -189,9 +189,9 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
     refit, bench, explain's probes) must not draw LoRA dropout, or the answers change from call to call."""
     from peft import get_peft_model
 
-    from faultllm.evaluation import generate_answers
-    from faultllm.modeling import peft_lora_config
-    from faultllm.schema import LoraConfig
+    from faultllm.config.schema import LoraConfig
+    from faultllm.llm.modeling import peft_lora_config
+    from faultllm.llm.scoring import generate_answers
 
     base, tokenizer = _fresh_base(tiny_cache)
     model = get_peft_model(base, peft_lora_config(LoraConfig(r=8, alpha=16, dropout=0.5)))
@@ -212,7 +212,7 @@ def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
     """On CUDA the base model runs under bf16 autocast (`in_plan_precision`), which would round the head's
     logits to bf16 before the log-softmax: scores must equal those of an exact head on the same hidden states.
     Forced here on the CPU: a bf16 plan's autocast over fp32 weights."""
-    from faultllm.modeling import HardwarePlan, in_plan_precision
+    from faultllm.llm.modeling import HardwarePlan, in_plan_precision
 
     base, tokenizer = _fresh_base(tiny_cache)
     model = in_plan_precision(base.eval(), HardwarePlan("cpu", "none", "sdpa", "bfloat16", "adamw_torch", False))

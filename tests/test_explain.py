@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.explain import run as explain
+from faultllm.runtime.errors import FaultLLMError
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
 

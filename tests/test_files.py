@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from faultllm import files
+from faultllm.runtime import files
 
 
 def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
@@ -23,7 +23,7 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
     files.write_json(target, {"accuracy": 0.9})
     writer = textwrap.dedent(f"""
         import sys, time
-        from faultllm.files import atomic_path
+        from faultllm.runtime.files import atomic_path
         with atomic_path({str(target)!r}) as temporary:
             with open(temporary, "w") as f:
                 f.write('{{"accuracy": 0.')  # half of the new file
@@ -48,8 +48,8 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
 
 
 def test_result_writers_rename_into_place(tmp_path, monkeypatch):
-    from faultllm import plots
-    from faultllm.reporting import write_table
+    from faultllm.compare import plots
+    from faultllm.compare.tables import write_table
 
     renamed = []
     replace = os.replace
@@ -78,7 +78,7 @@ def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "faultllm"
-# What writes a file itself: a raw one must write into the temporary a faultllm.files context gives.
+# What writes a file itself: a raw one must write into the temporary a faultllm.runtime.files context gives.
 RAW_WRITERS = re.compile(
     r"\.(to_csv|to_parquet|write_text|write_bytes|savefig|to_pickle)\(|\.to_json\([^)]|(json|joblib|pickle)\.dump\("
     r"|np\.save\w*\(|torch\.save\(|open\([^)]*,\s*[\"'][rbt]*[wax+]"
@@ -101,7 +101,7 @@ def test_no_module_writes_a_file_in_place():
                 continue
             if not any(re.search(rf"\b{name}\b", line) for name in temporaries):
                 raw.append(f"{module}:{number}: {line.strip()}")
-    assert not raw, "write through faultllm.files (atomic_path/write_csv/save_figure...):\n" + "\n".join(raw)
+    assert not raw, "write through faultllm.runtime.files (atomic_path/write_csv/save_figure...):\n" + "\n".join(raw)
 
 
 @pytest.mark.parametrize("previous", [True, False], ids=["over-a-previous-file", "first-write"])
@@ -112,7 +112,7 @@ def test_a_kill_during_a_large_predictions_write_leaves_the_previous_file_or_non
         files.write_csv(old, target)
     writer = textwrap.dedent(f"""
         import numpy as np, pandas as pd
-        from faultllm.files import write_csv
+        from faultllm.runtime.files import write_csv
         rows = 3_000_000  # seconds of writing: killed long before the end
         frame = pd.DataFrame({{"row": np.arange(rows), "label": np.arange(rows) % 7, "score": np.linspace(0, 1, rows)}})
         write_csv(frame, {str(target)!r})

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faultllm import cli
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.loaders import RIETH_COLUMNS, TEP_FEATURES
+from faultllm.config.load import load_config
+from faultllm.config.schema import JOBS, key_help
+from faultllm.data.loaders import RIETH_COLUMNS, TEP_FEATURES
 from faultllm.preflight import check
-from faultllm.schema import JOBS, key_help
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
 FUZZ = settings(

@@ -1,4 +1,4 @@
-"""faultllm/heartbeats.py is the only place that reaches below Optuna's public API: these tests pin what it
+"""faultllm/search/heartbeats.py is the only place that reaches below Optuna's public API: these tests pin what it
 relies on, so that an Optuna release that changes it fails here, not in a user's sweep."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from faultllm.heartbeats import heartbeat_thread, last_heartbeats, stale_trial_ids, storage_of
-from faultllm.studies import open_study
+from faultllm.search.heartbeats import heartbeat_thread, last_heartbeats, stale_trial_ids, storage_of
+from faultllm.search.studies import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIVATE = re.compile(r"\boptuna(\.\w+)*\._\w|\._storage\b|\._study_id\b|\._trial_id\b")

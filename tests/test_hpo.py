@@ -14,13 +14,13 @@ import numpy as np
 import optuna
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.hpo import _PruningReporter, study_rule
+from faultllm.config.load import load_config
+from faultllm.config.schema import SearchParam
+from faultllm.data.splits import cv_folds, fold_splits, make_split
 from faultllm.jobs.hpo import run as search
-from faultllm.schema import SearchParam
-from faultllm.splits import cv_folds, fold_splits, make_split
-from faultllm.studies import EPOCHS_PER_FOLD, make_pruner, open_study, same_fold_values
+from faultllm.runtime.errors import FaultLLMError
+from faultllm.search.hpo import _PruningReporter, study_rule
+from faultllm.search.studies import EPOCHS_PER_FOLD, make_pruner, open_study, same_fold_values
 from tests.conftest import easy_overrides
 
 RULE = (3, 0.5)  # hpo.prune_early_epochs, hpo.prune_valid_mass
@@ -323,7 +323,7 @@ def test_each_worker_loads_the_base_model_once_with_the_results_of_fresh_loads(
 ):
     import pandas as pd
 
-    from faultllm import modeling
+    from faultllm.llm import modeling
 
     loads = []
     load = modeling.load_base_model
@@ -417,7 +417,7 @@ def test_a_finished_study_extended_with_more_trials_is_refitted_on_its_new_best(
 
 
 def test_an_earlier_refit_of_another_config_is_set_aside_not_overwritten(compose_cfg, tmp_path):
-    from faultllm.rundir import TRAIN_RESUME, set_aside_other_run, start_run
+    from faultllm.run.directory import TRAIN_RESUME, set_aside_other_run, start_run
 
     cfg = compose_cfg("hpo", ["model=tiny"])
     final = start_run(cfg, tmp_path / "final", "hpo")
@@ -430,7 +430,7 @@ def test_an_earlier_refit_of_another_config_is_set_aside_not_overwritten(compose
 
 
 def test_a_study_is_resumed_only_with_the_config_it_was_made_with(tiny_cache, easy_csv, tmp_path):
-    from faultllm.rundir import start_run
+    from faultllm.run.directory import start_run
 
     overrides = hpo_overrides(tiny_cache, easy_csv, 3)
     start_run(load_config("hpo", overrides), tmp_path, "hpo")

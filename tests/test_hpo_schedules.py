@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm import planning
-from faultllm.hpo import _PruningReporter
-from faultllm.schedules import FOLD_VALUES, race_verdict, simulated_share
-from faultllm.schema import HpoConfig
-from faultllm.studies import schedule_pruner
+from faultllm.config.schema import HpoConfig
+from faultllm.cost import planning
+from faultllm.search.hpo import _PruningReporter
+from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share
+from faultllm.search.studies import schedule_pruner
 from tests.test_hpo import hpo_overrides
 from tests.test_plan import small_hpo
 
@@ -149,9 +149,9 @@ def test_asha_never_stops_a_trial_at_its_last_fold_epoch():
 
 
 def test_a_study_is_resumed_only_under_the_schedule_it_was_made_with(compose_cfg, tmp_path):
-    from faultllm.errors import FaultLLMError
     from faultllm.jobs.hpo import run as search
-    from faultllm.rundir import start_run
+    from faultllm.run.directory import start_run
+    from faultllm.runtime.errors import FaultLLMError
 
     start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, "hpo")
     with pytest.raises(FaultLLMError, match=r"another config \(hpo.schedule: 'race' there, 'asha' here\)"):

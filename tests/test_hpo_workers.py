@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from faultllm.errors import FaultLLMError
 from faultllm.jobs.hpo import run as search
+from faultllm.runtime.errors import FaultLLMError
 from tests import postgres
 from tests.test_hpo import _hpo_process, _states, hpo_overrides
 
@@ -40,7 +40,7 @@ def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_pat
 def test_a_journal_file_is_refused_for_several_workers_and_recovered_when_alone(compose_cfg, tmp_path):
     """A journal has no heartbeats: a dead worker's trial would stay running while others wait for it. Alone, the
     rerun fails the killed trial and queues it again, as with the run directory's own database."""
-    from faultllm.studies import fail_interrupted, open_study, sole_user
+    from faultllm.search.studies import fail_interrupted, open_study, sole_user
 
     journal = tmp_path / "study.log"
     for workers in ("hpo.workers=2", "hpo.worker_index=1"):  # here, or another machine's workers
@@ -137,7 +137,7 @@ def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
 
 
 def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(compose_cfg, tmp_path):
-    from faultllm.studies import _claims, fail_interrupted, open_study, refit_claim
+    from faultllm.search.studies import _claims, fail_interrupted, open_study, refit_claim
 
     cfg = compose_cfg("hpo", [f"hpo.storage=sqlite:///{tmp_path / 'study.db'}"])
     study, other = open_study(cfg.hpo, 0, tmp_path), open_study(cfg.hpo, 0, tmp_path)
@@ -161,7 +161,7 @@ def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(comp
 def _heartbeat_ids(url: str) -> set[int]:
     import sqlalchemy
 
-    from faultllm.studies import _with_driver
+    from faultllm.search.studies import _with_driver
 
     engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
@@ -174,7 +174,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
     """Workers killed right after `ask`, mid-refit, or running an older faultllm (no heartbeat at all)."""
     import optuna
 
-    from faultllm.studies import _claims, _with_driver, fail_stale, open_study, refit_claim
+    from faultllm.search.studies import _claims, _with_driver, fail_stale, open_study, refit_claim
 
     postgres_server.createdb("heartbeats", owner="faultllm")
     url = postgres_server.url("heartbeats", "faultllm", postgres.PASSWORD)
@@ -201,7 +201,7 @@ def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on
 def _count(url: str, states: tuple[str, ...], study: str = "faultllm") -> int:
     import sqlalchemy
 
-    from faultllm.studies import _with_driver
+    from faultllm.search.studies import _with_driver
 
     query = sqlalchemy.text(
         "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
@@ -289,7 +289,7 @@ def _check_the_study_after_chaos(url: str, run_dir: Path) -> None:
 
     import optuna
 
-    from faultllm.studies import _with_driver
+    from faultllm.search.studies import _with_driver
 
     storage = _with_driver(url)
     trials = optuna.load_study(study_name="faultllm", storage=storage).trials

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.errors import FaultLLMError
-from faultllm.loaders import GROUP, LABEL, TEP_FEATURES, ColumnFile, cached_columns, load
+from faultllm.data.loaders import GROUP, LABEL, TEP_FEATURES, ColumnFile, cached_columns, load
+from faultllm.runtime.errors import FaultLLMError
 
 
 def test_rieth_rdata_guards_and_cache(rieth_dir, compose_cfg):

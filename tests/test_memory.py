@@ -1,4 +1,4 @@
-"""The one memory model of a training step (faultllm/memory.py): checked against a real CPU step, and the
+"""The one memory model of a training step (faultllm/llm/memory.py): checked against a real CPU step, and the
 same for `faultllm plan` and `train`'s checkpointing decision."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from faultllm.bench import RowTokens
-from faultllm.costs import model_shape
-from faultllm.memory import ModelDims, Step, longest_row, needs_checkpointing, step_memory
-from faultllm.modeling import SHIPPED_CONFIGS, Gpu, hardware_plan, peft_lora_config
-from faultllm.schema import LoraConfig, ModelConfig
+from faultllm.config.schema import LoraConfig, ModelConfig
+from faultllm.cost.bench import RowTokens
+from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing, step_memory
+from faultllm.llm.modeling import SHIPPED_CONFIGS, Gpu, hardware_plan, peft_lora_config
+from faultllm.llm.shape import model_shape
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_memory_model.py"
 LLAMA2_7B = SHIPPED_CONFIGS / "meta-llama" / "Llama-2-7b-chat-hf"
@@ -64,8 +64,8 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     """Before, plan's dimensions left LoRA out and train's counted it: on Llama-2-7B at r=8, batch 8 on an H100
     plan said no checkpointing up to 7,443 tokens a step, train turned it on from 5,401 (both cases here differed).
     Now both decide by one model, whose threshold is ~6,900 tokens."""
-    from faultllm import planning
-    from faultllm.training import TrainOptions, plan_for_run
+    from faultllm.cost import planning
+    from faultllm.llm.trainer import TrainOptions, plan_for_run
 
     cfg = compose_cfg("plan", ["job=train", "trainer.batch_size=8", "lora.r=8"])
     rows = RowTokens(np.array([prompt_tokens - 3, prompt_tokens]), np.array([5, 5]), np.array([0, 0]))

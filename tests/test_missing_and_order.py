@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.errors import FaultLLMError
+from faultllm.data.loaders import LABEL
+from faultllm.data.splits import make_split, prepared_split
 from faultllm.jobs.baselines import run as run_baselines
-from faultllm.loaders import LABEL
-from faultllm.prompts import PromptFormat, question
-from faultllm.splits import make_split, prepared_split
+from faultllm.prompts.serialize import PromptFormat, question
+from faultllm.runtime.errors import FaultLLMError
 
 QUICK = ["baselines.importances_for=[]"]
 
@@ -85,7 +85,7 @@ def rf_run(compose_cfg, tmp_path):
 
 
 def test_feature_order_importance_follows_the_given_runs_impurity_importances(compose_cfg, rf_run):
-    from faultllm.finetune import prompt_features
+    from faultllm.llm.finetune import prompt_features
 
     split, _ = prepared_split(compose_cfg("prepare").data, 42)
     importances = pd.read_csv(rf_run / "feature_importances.csv").query("model == 'rf'")
@@ -101,7 +101,7 @@ def test_feature_order_importance_follows_the_given_runs_impurity_importances(co
 
 
 def test_feature_order_random_is_a_seeded_permutation(compose_cfg):
-    from faultllm.prompts import ordered_features
+    from faultllm.prompts.serialize import ordered_features
 
     prompt = compose_cfg("train", ["model=tiny", "prompt.feature_order=random"]).prompt
     features = [f"f{i}" for i in range(20)]

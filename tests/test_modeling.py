@@ -8,10 +8,10 @@ from unittest.mock import MagicMock
 import pytest
 import torch
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
-from faultllm.modeling import (
+from faultllm.config.load import load_config
+from faultllm.config.schema import ModelConfig
+from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.llm.modeling import (
     Gpu,
     detect_gpu,
     hardware_plan,
@@ -20,8 +20,8 @@ from faultllm.modeling import (
     quantization_config,
     resolve_model_path,
 )
-from faultllm.schema import ModelConfig
-from faultllm.training import TrainOptions, sft_config
+from faultllm.llm.trainer import TrainOptions, sft_config
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
 AUTO = {"quantization": "auto", "attn_implementation": "auto", "optimizer": "auto", "gradient_checkpointing": "auto"}
@@ -79,7 +79,7 @@ def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_instal
 ):
     """FlashAttention-2's kernels and bf16 need compute capability 8+: a V100 (7.0) or T4 (7.5) with flash-attn
     installed runs SDPA and fp16 with the Trainer's loss scaler, in every place that takes the dtype."""
-    from faultllm import modeling
+    from faultllm.llm import modeling
 
     cfg = compose_cfg("train")
     with monkeypatch.context() as cuda:
@@ -133,7 +133,7 @@ def test_falls_back_to_sdpa_without_flash_attn_and_to_full_precision_on_cpu(comp
 def test_a_flash_attn_build_that_fails_to_import_falls_back_to_sdpa(monkeypatch, caplog):
     from transformers import AutoModelForCausalLM
 
-    from faultllm import modeling
+    from faultllm.llm import modeling
 
     calls = []
 
@@ -239,7 +239,7 @@ def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_
 
 
 def test_the_recorded_plan_names_the_attention_the_model_runs():
-    from faultllm.training import plan_for_run
+    from faultllm.llm.trainer import plan_for_run
 
     fixed = ModelConfig(**AUTO | {"gradient_checkpointing": False})
     plan = hardware_plan(fixed, gpu=H100, flash_attn_available=True)
@@ -249,7 +249,7 @@ def test_the_recorded_plan_names_the_attention_the_model_runs():
 
 
 def test_two_tiny_model_builds_racing_end_with_one_good_directory(compose_cfg, monkeypatch, tmp_path):
-    from faultllm import tiny
+    from faultllm.llm import tiny
 
     model_cfg = compose_cfg("train", ["model=tiny", "model.warmup_steps=3"]).model  # not the shipped spec
     builds = []
@@ -269,8 +269,8 @@ def test_two_tiny_model_builds_racing_end_with_one_good_directory(compose_cfg, m
 
 
 def _easy_prompts(cfg, spec):
-    from faultllm.prompts import Serializer
-    from faultllm.splits import prepared_split
+    from faultllm.data.splits import prepared_split
+    from faultllm.prompts.serialize import Serializer
 
     split, _ = prepared_split(cfg.data, cfg.seed)
     serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, split.labels, spec.tokenizer())
@@ -281,20 +281,20 @@ def _easy_prompts(cfg, spec):
 def test_checkpointing_one_fold_needed_is_off_for_the_next_fold_on_the_reused_base(
     tiny_cache, easy_csv, tmp_path, monkeypatch
 ):
-    from faultllm import modeling, training
-    from faultllm.modeling import ModelSpec
+    from faultllm.llm import modeling, trainer
+    from faultllm.llm.modeling import ModelSpec
 
     overrides = ["data.train_size=8", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_each_epoch=false"]
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), *overrides])
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     cache = modeling.BaseModelCache()
     spec = replace(spec, base_cache=cache, plan=replace(spec.plan, gradient_checkpointing=None))  # auto, per fold
-    options = training.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    options = trainer.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     prompts = _easy_prompts(cfg, spec)
     needed = []
     for fold, need in enumerate((True, False)):  # the first fold's batch does not fit, the second's does
-        monkeypatch.setattr(training, "needs_checkpointing", lambda *args, need=need: need)
-        result = training.fit(spec, prompts, {}, options, tmp_path / str(fold), checkpoints=False)
+        monkeypatch.setattr(trainer, "needs_checkpointing", lambda *args, need=need: need)
+        result = trainer.fit(spec, prompts, {}, options, tmp_path / str(fold), checkpoints=False)
         needed.append((result.plan.gradient_checkpointing, cache.model.is_activation_checkpointing))
     cache.clear()
     assert needed == [(True, True), (False, False)]
@@ -306,9 +306,9 @@ def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
 ):
     """On CUDA accelerate trains (and the epochs' scoring runs) under bf16 autocast; `evaluate` on the reloaded
     adapter must score the same way. Forced here on the CPU: a bf16 plan, bf16 weights under bf16 autocast."""
-    from faultllm import modeling
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
+    from faultllm.llm import modeling
 
     cpu_plan = modeling.hardware_plan
 
@@ -331,7 +331,7 @@ def test_4bit_scoring_never_takes_bitsandbytes_avx512_bf16_cpu_path(tiny_cache, 
     The path is forced here on any CPU; faultllm's layers keep the plain fp32 dequantize-and-matmul."""
     import bitsandbytes as bnb
 
-    from faultllm.modeling import load_tokenizer
+    from faultllm.llm.modeling import load_tokenizer
 
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # what Linear4bit asks when built
     cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "model.quantization=nf4"])

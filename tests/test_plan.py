@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-from faultllm import planning
-from faultllm.costs import GPUS
-from faultllm.errors import FaultLLMError
+from faultllm.config.schema import SearchParam
+from faultllm.cost import planning
+from faultllm.cost.flops import GPUS
+from faultllm.data.splits import cv_folds, fold_splits, make_split, prepared_split
 from faultllm.jobs import plan as plan_job
-from faultllm.modeling import SHIPPED_CONFIGS, load_tokenizer
-from faultllm.prompts import Serializer
-from faultllm.schema import SearchParam
-from faultllm.splits import cv_folds, fold_splits, make_split, prepared_split
-from faultllm.tiny import SHIPPED
+from faultllm.llm.modeling import SHIPPED_CONFIGS, load_tokenizer
+from faultllm.llm.tiny import SHIPPED
+from faultllm.prompts.serialize import Serializer
+from faultllm.runtime.errors import FaultLLMError
 
 TINY_BASE, TINY_PARAMS = 442_240, 490_880  # test_costs.py: the tiny model's shape by hand
 TINY_LORA_16 = 77_792  # r=16 (configs/experiment/cpu_smoke.yaml) on every linear layer

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.predict import run as predict
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
 
@@ -67,7 +67,7 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
 
 def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_path):
     """A run's own test.parquet holds scaled rows: scaling them again made k-NN score 0.000 on rows it gets 0.9 on."""
-    from faultllm.splits import make_split
+    from faultllm.data.splits import make_split
 
     cfg = compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"])  # the bundled TEP
     run_baselines(cfg, tmp_path / "b")
@@ -87,7 +87,7 @@ def test_a_baselines_run_with_held_out_rows_gives_predict_a_temperature_and_pred
     """calibrate.holdout: each model's temperature and conformal threshold come from training rows it was not
     fitted on; the answers stay, predict applies both, and its sets on the run's own test rows are exactly the
     sets calibration.json measured there."""
-    from faultllm.splits import make_split
+    from faultllm.data.splits import make_split
 
     models = ["baselines.models=[knn,lr]", "baselines.importances_for=[]"]
     cfg = compose_cfg("baselines", [*models, "calibrate.holdout=0.25", "calibrate.coverage=0.8"])  # the bundled TEP

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faultllm.errors import FaultLLMError
-from faultllm.loaders import GROUP, LABEL
-from faultllm.splits import fit_scaler, make_split, prepared_split, scale_split
+from faultllm.data.loaders import GROUP, LABEL
+from faultllm.data.splits import fit_scaler, make_split, prepared_split, scale_split
+from faultllm.runtime.errors import FaultLLMError
 
 
 def test_tep_paper_protocol_sizes(rieth_dir, compose_cfg):

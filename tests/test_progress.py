@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from faultllm import progress
-from faultllm.progress import FileOnly, Progress, duration, steps
+from faultllm.runtime import progress
+from faultllm.runtime.progress import FileOnly, Progress, duration, steps
 
 FIRST_LINE_SECONDS = 10.0
 
@@ -36,7 +36,7 @@ def clock(monkeypatch) -> Clock:
 
 
 def _lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "faultllm.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "faultllm.runtime.progress"]
 
 
 def test_a_step_says_its_start_its_pace_with_an_eta_and_its_end(clock, caplog):
@@ -74,7 +74,7 @@ def test_under_a_bar_the_lines_go_to_the_log_file_only(clock, caplog, monkeypatc
     caplog.set_level(logging.INFO)
     for _ in steps(range(2), "baselines"):
         clock.now += 6
-    records = [r for r in caplog.records if r.name == "faultllm.progress"]
+    records = [r for r in caplog.records if r.name == "faultllm.runtime.progress"]
     assert [r.getMessage() for r in records] == [
         "baselines 0/2",
         "baselines 1/2 (6 s, eta 6 s)",

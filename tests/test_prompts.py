@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm.costs import stand_in_data
-from faultllm.evaluation import answer_space
-from faultllm.loaders import HST_FEATURES, TEP_FEATURES
-from faultllm.modeling import load_tokenizer
-from faultllm.prompts import PromptFormat, Serializer, question
-from faultllm.rundir import start_run
-from faultllm.schema import ConfigError
-from faultllm.splits import prepared_split
-from faultllm.templates import answer, chat_prompt, short_names
-from faultllm.tiny import SHIPPED
+from faultllm.config.schema import ConfigError
+from faultllm.data.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.data.splits import prepared_split
+from faultllm.data.standins import stand_in_data
+from faultllm.llm.modeling import load_tokenizer
+from faultllm.llm.scoring import answer_space
+from faultllm.llm.tiny import SHIPPED
+from faultllm.prompts.serialize import PromptFormat, Serializer, question
+from faultllm.prompts.templates import answer, chat_prompt, short_names
+from faultllm.run.directory import start_run
 
 
 def _script(name: str):

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.config.load import load_config
 from faultllm.jobs.prepare import run as prepare_job
-from faultllm.rundir import expand_run_dirs, open_run, redacted_config
+from faultllm.run.directory import expand_run_dirs, open_run, redacted_config
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
 # Runs each case in its own empty working directory: (exit code, stderr, torch imported, files left there).

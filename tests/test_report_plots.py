@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from faultllm import plots
-from faultllm.calibration import reliability
-from faultllm.config import load_config
+from faultllm.compare import plots
+from faultllm.compare.calibration import reliability
+from faultllm.config.load import load_config
 from tests.conftest import easy_overrides
 
 matplotlib.use("Agg")
@@ -108,7 +108,7 @@ def test_the_reliability_bins_interval_is_wilsons():
 def test_a_missing_param_importances_plot_is_said(tmp_path, caplog):
     import optuna
 
-    from faultllm.hpo import plot_study
+    from faultllm.search.hpo import plot_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study()

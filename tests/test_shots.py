@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.prompts import Serializer
-from faultllm.shots import ShotPool
-from faultllm.templates import chat_prompt
+from faultllm.config.load import load_config
+from faultllm.prompts.serialize import Serializer
+from faultllm.prompts.shots import ShotPool
+from faultllm.prompts.templates import chat_prompt
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import TINY
 
 
@@ -59,7 +59,7 @@ def test_too_few_training_rows_for_the_shots_is_one_line():
 
 
 def test_zero_shots_is_the_plain_prompt(tiny_cache):
-    from faultllm.modeling import load_tokenizer, resolve_model_path
+    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY])
     tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
@@ -70,7 +70,7 @@ def test_zero_shots_is_the_plain_prompt(tiny_cache):
 
 
 def test_llama2_layout_writes_the_shots_inside_the_one_prompt(tiny_cache):
-    from faultllm.modeling import load_tokenizer, resolve_model_path
+    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY, "prompt.shots=2"])
     tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
@@ -87,11 +87,11 @@ def test_llama2_layout_writes_the_shots_inside_the_one_prompt(tiny_cache):
 def test_an_untrained_four_shot_run_on_the_bundled_data(tiny_cache, tmp_path):
     """`faultllm train model=tiny trainer.epochs=0 prompt.shots=4`: metrics and predictions, no adapter;
     the shots are training rows, never the test row; evaluate reopens it with the base model."""
-    from faultllm.evaluation import TrainedLLM
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
-    from faultllm.predict import run_kind
-    from faultllm.rundir import open_run
+    from faultllm.llm.predict import run_kind
+    from faultllm.llm.scoring import TrainedLLM
+    from faultllm.run.directory import open_run
 
     overrides = [f"cache_dir={tiny_cache}", *TINY, "trainer.epochs=0", "prompt.shots=4", "data.train_size=40",
                  "data.test_size=8", "eval.batch_size=4"]  # fmt: skip

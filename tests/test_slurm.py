@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from faultllm.errors import FaultLLMError
+from faultllm.config.schema import SlurmConfig
 from faultllm.preflight import _minutes, check_partition
-from faultllm.schema import SlurmConfig
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 from tests.test_hpo import hpo_overrides
 
@@ -169,7 +169,7 @@ def test_a_job_killed_without_a_result_is_seen_ended_through_squeue_without_sacc
     """The test cluster has no accounting (sacct fails): submitit alone would wait for ever on this job."""
     import submitit
 
-    import faultllm.slurm  # noqa: F401  (its watcher asks squeue where sacct fails)
+    import faultllm.run.slurm  # noqa: F401  (its watcher asks squeue where sacct fails)
 
     assert subprocess.run(["sacct"], capture_output=True).returncode != 0
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")

@@ -1,4 +1,4 @@
-"""One thread budget for every pool (faultllm.threads): where it comes from, and pools that never nest."""
+"""One thread budget for every pool (faultllm.runtime.threads): where it comes from, and pools that never nest."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import joblib
 import pytest
 from threadpoolctl import threadpool_info
 
-from faultllm import threads
-from faultllm.baselines import load_model
+from faultllm.compare.baselines import load_model
+from faultllm.config.schema import ConfigError
 from faultllm.jobs.baselines import run as run_baselines
-from faultllm.schema import ConfigError
-from faultllm.threads import Cores, available_cores, cgroup_quota, loop_plan, parallel_map
+from faultllm.runtime import threads
+from faultllm.runtime.threads import Cores, available_cores, cgroup_quota, loop_plan, parallel_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_the_threads_key_is_in_every_command_and_refuses_negatives(compose_cfg):
     for command in ("baselines", "train", "hpo", "prepare"):
         assert compose_cfg(command, ["model=tiny"] if command in ("train", "hpo") else []).threads == 0
     assert compose_cfg("baselines", ["threads=3"]).threads == 3
-    from faultllm.schema import EvaluateJob, ExplainJob, PredictJob, ReportJob
+    from faultllm.config.schema import EvaluateJob, ExplainJob, PredictJob, ReportJob
 
     for job in (EvaluateJob, ExplainJob, PredictJob, ReportJob):
         assert job(threads=2).threads == 2
@@ -116,7 +116,7 @@ def test_parallel_workers_run_single_threaded_pools(monkeypatch):
 
 def test_apply_sets_the_pools_environment_and_logs_one_line(caplog):
     environ: dict[str, str] = {}
-    with caplog.at_level(logging.INFO, logger="faultllm.threads"):
+    with caplog.at_level(logging.INFO, logger="faultllm.runtime.threads"):
         count = threads.apply(Cores(affinity=4, quota=2.0, idle=3.0), environ)
     assert count == 2 and environ["OMP_NUM_THREADS"] == environ["RAYON_NUM_THREADS"] == "2"
     assert "TOKENIZERS_PARALLELISM" not in environ

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from faultllm.config import load_config
-from faultllm.modeling import resolve_model_path
-from faultllm.tiny import SHIPPED, spec_of
+from faultllm.config.load import load_config
+from faultllm.llm.modeling import resolve_model_path
+from faultllm.llm.tiny import SHIPPED, spec_of
 
 
 def _sha256(path) -> str:
@@ -22,7 +22,7 @@ def test_a_build_is_a_pure_function_of_its_spec_across_processes(tmp_path):
     for name, threads in (("a", 1), ("b", 1)):
         code = (
             f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "
-            f"from faultllm.tiny import build_tiny_model; build_tiny_model({spec!r}, Path({str(tmp_path / name)!r}))"
+            f"from faultllm.llm.tiny import build_tiny_model; build_tiny_model({spec!r}, Path({str(tmp_path / name)!r}))"
         )
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     for file in ("model.safetensors", "tokenizer.json", "config.json", "spec.json"):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
-from faultllm.schema import trackers
+from faultllm.config.load import load_config
+from faultllm.config.schema import trackers
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
 pytestmark = pytest.mark.slow  # trains the tiny model

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.config import load_config
-from faultllm.errors import FaultLLMError
+from faultllm.config.load import load_config
+from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
 pytestmark = pytest.mark.slow  # trains or loads the tiny model
@@ -132,10 +132,10 @@ def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_bas
     """(spec, training prompts, options) on the first n_rows training rows, as the train job makes them."""
     from dataclasses import replace
 
-    from faultllm.modeling import BaseModelCache, ModelSpec
-    from faultllm.prompts import Serializer
-    from faultllm.splits import prepared_split
-    from faultllm.training import TrainOptions
+    from faultllm.data.splits import prepared_split
+    from faultllm.llm.modeling import BaseModelCache, ModelSpec
+    from faultllm.llm.trainer import TrainOptions
+    from faultllm.prompts.serialize import Serializer
 
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     cache = BaseModelCache() if reuse_base else None
@@ -149,8 +149,8 @@ def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_bas
 
 def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
-    from faultllm.modeling import build_for_training
-    from faultllm.training import sft_trainer
+    from faultllm.llm.modeling import build_for_training
+    from faultllm.llm.trainer import sft_trainer
 
     spec, prompts, options = _training_setup(cfg, n_rows, plan_change)
     model, tokenizer = build_for_training(spec, cfg.seed)
@@ -183,8 +183,8 @@ def test_flash_attention_2_trains_on_padding_free_batches_with_the_padded_loss(t
 
     import torch
 
-    from faultllm.modeling import build_for_training
-    from faultllm.training import sft_config, sft_trainer
+    from faultllm.llm.modeling import build_for_training
+    from faultllm.llm.trainer import sft_config, sft_trainer
 
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"])  # 0.5, 0.51: lengths vary
     spec, prompts, options = _training_setup(cfg, 6)
@@ -217,7 +217,7 @@ def _rows(batch: dict):
 def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):
     import bitsandbytes as bnb
 
-    from faultllm.modeling import hardware_plan
+    from faultllm.llm.modeling import hardware_plan
 
     cfg = load_config(
         "train",
@@ -276,7 +276,7 @@ def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cac
     """bf16 compute as on a GPU: norms, embeddings and head in fp32 in both paths, LoRA weights in fp32."""
     import torch
 
-    from faultllm.modeling import load_trained
+    from faultllm.llm.modeling import load_trained
 
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
     model, tokenizer, _, trainer = _sft_trainer(cfg, 8, tmp_path, plan_change={"dtype": "bfloat16"})
@@ -305,8 +305,8 @@ def test_a_reused_base_model_keeps_one_fused_lm_head_fold_after_fold(tiny_cache,
     fold until a forward overflowed the stack (~1,000 folds). Releasing the adapters now restores it."""
     import torch
 
-    from faultllm.modeling import build_for_training, release_adapters
-    from faultllm.training import sft_trainer
+    from faultllm.llm.modeling import build_for_training, release_adapters
+    from faultllm.llm.trainer import sft_trainer
 
     cfg = load_config("train", easy_overrides(tiny_cache, easy_csv))
     spec, prompts, options = _training_setup(cfg, 4, reuse_base=True)
@@ -331,7 +331,7 @@ def test_an_fp16_overflow_step_is_skipped_by_the_scaler_not_taken_for_a_nan_loss
     """fp16's GradScaler skips a step whose gradients overflowed and logs grad_norm inf with a finite loss."""
     from types import SimpleNamespace
 
-    from faultllm.training import NonFiniteLoss, _EpochCallback
+    from faultllm.llm.trainer import NonFiniteLoss, _EpochCallback
 
     callback = _EpochCallback(None, {}, None, None, SimpleNamespace(learning_rate=1e-4), None)
     state = SimpleNamespace(global_step=3, epoch=0.25)
@@ -350,7 +350,7 @@ class _Killed(Exception):
 def test_a_run_killed_between_an_epochs_row_and_its_checkpoint_resumes_with_each_epoch_once(
     tiny_cache, easy_csv, tmp_path
 ):
-    from faultllm.training import fit
+    from faultllm.llm.trainer import fit
 
     overrides = [*easy_overrides(tiny_cache, easy_csv), "trainer.epochs=2", "trainer.batch_size=8"]
     spec, prompts, options = _training_setup(load_config("train", [*overrides, "trainer.eval_each_epoch=false"]), 16)

@@ -18,7 +18,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from faultllm.credentials import hide_passwords, redact
+from faultllm.runtime.credentials import hide_passwords, redact
 
 # command -> (config name in configs/, job module in faultllm.jobs, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -44,7 +44,7 @@ Configs: {config_dir} (every key with its type, default and meaning: faultllm CO
 
 
 def _usage() -> str:
-    from faultllm.paths import CONFIG_DIR
+    from faultllm.runtime.paths import CONFIG_DIR
 
     width = max(len(name) for name in COMMANDS)
     commands = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items())
@@ -65,7 +65,7 @@ def failure(err: BaseException) -> tuple[str, int]:
     """The one line a failed command prints, and its exit code: a FaultLLMError's message (2: the input or the
     config), else the exception's type and first line (1). With FAULTLLM_DEBUG=1 the full trace goes to stderr
     first, with every exception it was raised from, passwords redacted."""
-    from faultllm.errors import FaultLLMError, first_line
+    from faultllm.runtime.errors import FaultLLMError, first_line
 
     if os.environ.get("FAULTLLM_DEBUG"):
         print(redact("".join(traceback.format_exception(err))).rstrip(), file=sys.stderr)
@@ -89,7 +89,7 @@ def _command(argv: list[str]) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         print(f"faultllm: unknown command {command!r}{hint} (faultllm --help lists them)", file=sys.stderr)
         return 2
-    from faultllm.distributed import pin_first_gpu, ranks_from_srun, world_size
+    from faultllm.runtime.distributed import pin_first_gpu, ranks_from_srun, world_size
 
     ranks_from_srun()  # `srun -n 2 faultllm train ...`: the ranks torchrun would start
     # One process, one GPU, before any library can ask CUDA how many there are (bitsandbytes does on
@@ -118,8 +118,8 @@ def _command(argv: list[str]) -> int:
 def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
     """Under torchrun/accelerate: one run directory for all ranks (the main one's, unless given);
     only the main process keeps Hydra's files and the log."""
-    from faultllm.config import load_config
-    from faultllm.distributed import agree_on_run_dir, is_main_process
+    from faultllm.config.load import load_config
+    from faultllm.runtime.distributed import agree_on_run_dir, is_main_process
 
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
         config = load_config(config_name, [o for o in overrides if not o.startswith(("hydra.", "-"))])
@@ -132,9 +132,9 @@ def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
 
 def command_help(command: str, config_name: str, overrides: list[str] | None = None) -> str:
     """What the command does (the opening comment of its config) and every key it reads: type, default (as
-    composed with the given overrides) and meaning, from `faultllm.schema`."""
-    from faultllm.config import CONFIG_DIR
-    from faultllm.schema import JOBS, key_help
+    composed with the given overrides) and meaning, from `faultllm.config.schema`."""
+    from faultllm.config.load import CONFIG_DIR
+    from faultllm.config.schema import JOBS, key_help
 
     path = CONFIG_DIR / f"{config_name}.yaml"
     header = []
@@ -159,7 +159,7 @@ def _composed_values(config_name: str, overrides: list[str]) -> dict:
     """The command's config as plain values, interpolations unresolved; without the overrides if they fail."""
     from omegaconf import OmegaConf
 
-    from faultllm.config import compose
+    from faultllm.config.load import compose
 
     try:
         return OmegaConf.to_container(compose(config_name, overrides), resolve=False)
@@ -216,8 +216,8 @@ def missing_value(overrides: list[str]) -> str | None:
 def output_error(overrides: list[str]) -> str | None:
     """Why the run directory (hydra.run.dir; hydra.sweep.dir with -m; by default under ./runs) cannot be
     written, before Hydra tries to create it."""
-    from faultllm.errors import FaultLLMError
     from faultllm.preflight import check_writable
+    from faultllm.runtime.errors import FaultLLMError
 
     if _prints_only(overrides):
         return None
@@ -263,9 +263,9 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 def _job_error(
     config_name: str, overrides: list[str], run_dir: Path | None, sweep_dir: str | None = None, inputs: bool = True
 ) -> str | None:
-    from faultllm.config import compose, validate
-    from faultllm.errors import FaultLLMError
+    from faultllm.config.load import compose, validate
     from faultllm.preflight import check, check_submission
+    from faultllm.runtime.errors import FaultLLMError
 
     config = None
     try:
@@ -284,8 +284,8 @@ def _job_error(
 
 def composition_error(config_name: str, overrides: list[str], err: Exception) -> str:
     """Hydra's error as one line, with the closest valid names for a misspelled key or option."""
-    from faultllm.config import CONFIG_DIR, config_keys
-    from faultllm.schema import suggestion
+    from faultllm.config.load import CONFIG_DIR, config_keys
+    from faultllm.config.schema import suggestion
 
     no_value = re.search(r"Error parsing override '([^']*)'\s+missing EQUAL", str(err))
     if no_value:
@@ -400,17 +400,17 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from faultllm.config import CONFIG_DIR, validate
-    from faultllm.progress import use_bars
-    from faultllm.threads import apply as apply_thread_budget
-    from faultllm.threads import available_cores, limit_torch
+    from faultllm.config.load import CONFIG_DIR, validate
+    from faultllm.runtime.progress import use_bars
+    from faultllm.runtime.threads import apply as apply_thread_budget
+    from faultllm.runtime.threads import available_cores, limit_torch
 
     def task(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         # the first line, before the heavy imports (torch, transformers) that take seconds
         logging.getLogger(__name__).info(f"faultllm {command} starting in {run_dir}; loading libraries")
         try:
-            config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.schema)
+            config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.config.schema)
             if config.progress is None:  # bars on a terminal; lines every few seconds in logs and CI
                 config.progress = sys.stdout.isatty()
             use_bars(config.progress)
@@ -437,7 +437,7 @@ _BOOKKEEPING = {".hydra", "faultllm.log", "config.yaml", "run_info.json"}
 def _fail(command: str, message: str, code: int, run_dir: Path) -> None:
     """One line on stderr; a run directory the failed job wrote nothing into is removed, and with it the
     command's folder above it when that is left empty (run_dir/evaluate/ of a refused evaluate)."""
-    from faultllm.distributed import is_main_process
+    from faultllm.runtime.distributed import is_main_process
 
     message = redact(message)
     print(f"faultllm {command}: error: {message}", file=sys.stderr)

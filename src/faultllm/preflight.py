@@ -18,25 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from faultllm.baselines import check_models
-from faultllm.comparison import load_runs
-from faultllm.errors import FaultLLMError
-from faultllm.explain import check_same_split, choose_rows
-from faultllm.modeling import resolve_model_path
-from faultllm.predict import run_kind
-from faultllm.rundir import (
-    HPO_RESUME,
-    TRAIN_RESUME,
-    ResumeKeys,
-    SavedRun,
-    baseline_importances,
-    check_resume,
-    load_importances,
-    open_run,
-    open_train_run,
-    redacted_config,
-)
-from faultllm.schema import (
+from faultllm.compare.baselines import check_models
+from faultllm.compare.statistics import load_runs
+from faultllm.config.schema import (
     BaselinesJob,
     BenchJob,
     EvaluateJob,
@@ -50,8 +34,24 @@ from faultllm.schema import (
     SlurmConfig,
     TrainJob,
 )
-from faultllm.splits import Split, cv_folds, keep_last_split, make_split, scale_split
-from faultllm.studies import open_study
+from faultllm.data.splits import Split, cv_folds, keep_last_split, make_split, scale_split
+from faultllm.llm.explain import check_same_split, choose_rows
+from faultllm.llm.modeling import resolve_model_path
+from faultllm.llm.predict import run_kind
+from faultllm.run.directory import (
+    HPO_RESUME,
+    TRAIN_RESUME,
+    ResumeKeys,
+    SavedRun,
+    baseline_importances,
+    check_resume,
+    load_importances,
+    open_run,
+    open_train_run,
+    redacted_config,
+)
+from faultllm.runtime.errors import FaultLLMError
+from faultllm.search.studies import open_study
 
 BASELINES_INSTEAD = (
     "its models' test metrics are in its metrics.json and table_4_2.md, and "

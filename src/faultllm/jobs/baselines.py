@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from faultllm.baselines import (
+from faultllm.compare.baselines import (
     ModelTask,
     check_models,
     fit_model,
@@ -20,17 +20,17 @@ from faultllm.baselines import (
     save_model,
     table_4_2,
 )
-from faultllm.calibration import CALIBRATION_FILE
-from faultllm.errors import FaultLLMError
-from faultllm.files import write_csv
-from faultllm.loaders import LABEL
-from faultllm.progress import steps
-from faultllm.reporting import print_table, write_table
-from faultllm.results import BaselineMetrics
-from faultllm.rundir import save_split, start_run, write_json
-from faultllm.schema import BaselinesJob
-from faultllm.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
-from faultllm.threads import available_cores, loop_plan, parallel_map
+from faultllm.compare.calibration import CALIBRATION_FILE
+from faultllm.compare.tables import print_table, write_table
+from faultllm.config.schema import BaselinesJob
+from faultllm.data.loaders import LABEL
+from faultllm.data.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
+from faultllm.run.directory import save_split, start_run, write_json
+from faultllm.run.records import BaselineMetrics
+from faultllm.runtime.errors import FaultLLMError
+from faultllm.runtime.files import write_csv
+from faultllm.runtime.progress import steps
+from faultllm.runtime.threads import available_cores, loop_plan, parallel_map
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.bench import run_bench
-from faultllm.reporting import print_summary
-from faultllm.rundir import start_run, write_json
-from faultllm.schema import BenchJob
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import BenchJob
+from faultllm.cost.bench import run_bench
+from faultllm.run.directory import start_run, write_json
 
 
 def run(cfg: BenchJob, run_dir: Path) -> dict:

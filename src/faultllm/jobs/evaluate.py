@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm import plots
-from faultllm.evaluation import TrainedLLM, answer_space, evaluate_prompts
-from faultllm.files import write_csv
+from faultllm.compare import plots
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import EvaluateJob
+from faultllm.llm.scoring import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.preflight import evaluate_inputs
-from faultllm.reporting import print_summary
-from faultllm.results import EvaluateMetrics
-from faultllm.rundir import start_run, write_json
-from faultllm.schema import EvaluateJob
+from faultllm.run.directory import start_run, write_json
+from faultllm.run.records import EvaluateMetrics
+from faultllm.runtime.files import write_csv
 
 
 def run(cfg: EvaluateJob, out_dir: Path) -> dict:

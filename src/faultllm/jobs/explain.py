@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm import plots
-from faultllm.evaluation import TrainedLLM
-from faultllm.explain import (
+from faultllm.compare import plots
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import ExplainJob
+from faultllm.llm.explain import (
     aggregate,
     compare_with_baselines,
     occlusion,
@@ -15,11 +16,10 @@ from faultllm.explain import (
     reference_values,
     report_markdown,
 )
-from faultllm.files import write_csv, write_text
+from faultllm.llm.scoring import TrainedLLM
 from faultllm.preflight import explain_inputs
-from faultllm.reporting import print_summary
-from faultllm.rundir import start_run, write_json
-from faultllm.schema import ExplainJob
+from faultllm.run.directory import start_run, write_json
+from faultllm.runtime.files import write_csv, write_text
 
 
 def run(cfg: ExplainJob, out_dir: Path) -> dict:

@@ -19,12 +19,19 @@ from optuna.storages import fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from faultllm.credentials import redact, worker_environment
-from faultllm.distributed import visible_gpus
-from faultllm.errors import FaultLLMError
-from faultllm.files import write_csv, write_json
-from faultllm.finetune import train_on_split
-from faultllm.hpo import (
+from faultllm.compare.tables import print_summary, write_table
+from faultllm.config.schema import HpoJob
+from faultllm.data.splits import Split, cv_folds, make_split, scale_split
+from faultllm.llm.finetune import train_on_split
+from faultllm.llm.modeling import BaseModelCache, resolve_model_path
+from faultllm.run.directory import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
+from faultllm.run.slurm import submit_array, wait_for
+from faultllm.runtime.credentials import redact, worker_environment
+from faultllm.runtime.distributed import visible_gpus
+from faultllm.runtime.errors import FaultLLMError
+from faultllm.runtime.files import write_csv, write_json
+from faultllm.runtime.threads import available_cores
+from faultllm.search.hpo import (
     OutOfMemoryStreak,
     TrialOutOfMemory,
     mlflow_trial_logger,
@@ -35,13 +42,7 @@ from faultllm.hpo import (
     table_4_1,
     with_params,
 )
-from faultllm.modeling import BaseModelCache, resolve_model_path
-from faultllm.reporting import print_summary, write_table
-from faultllm.rundir import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
-from faultllm.schema import HpoJob
-from faultllm.slurm import submit_array, wait_for
-from faultllm.splits import Split, cv_folds, make_split, scale_split
-from faultllm.studies import (
+from faultllm.search.studies import (
     OverBudget,
     best_trial,
     claim_within_budget,
@@ -52,7 +53,6 @@ from faultllm.studies import (
     sole_user,
     study_url,
 )
-from faultllm.threads import available_cores
 
 log = logging.getLogger(__name__)
 

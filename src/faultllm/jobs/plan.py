@@ -1,15 +1,15 @@
 """`faultllm plan job=train|hpo` (configs/plan.yaml): what that run will cost, with no weights loaded.
-Writes plan.json and plan.md (see faultllm/planning.py for what is counted and how)."""
+Writes plan.json and plan.md (see faultllm/cost/planning.py for what is counted and how)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.files import write_text
-from faultllm.planning import make_plan
-from faultllm.reporting import print_summary
-from faultllm.rundir import start_run, write_json
-from faultllm.schema import PlanJob
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import PlanJob
+from faultllm.cost.planning import make_plan
+from faultllm.run.directory import start_run, write_json
+from faultllm.runtime.files import write_text
 
 
 def run(cfg: PlanJob, run_dir: Path) -> dict:

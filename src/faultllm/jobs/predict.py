@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.calibration import LLM
-from faultllm.files import write_csv
-from faultllm.predict import (
+from faultllm.compare.calibration import LLM
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import PredictJob
+from faultllm.llm.predict import (
     chosen_baseline,
     metrics_if_labelled,
     predict_baseline,
@@ -18,10 +19,9 @@ from faultllm.predict import (
     recalibrated,
 )
 from faultllm.preflight import predict_inputs
-from faultllm.reporting import print_summary
-from faultllm.results import PredictMetrics
-from faultllm.rundir import start_run, write_json
-from faultllm.schema import PredictJob
+from faultllm.run.directory import start_run, write_json
+from faultllm.run.records import PredictMetrics
+from faultllm.runtime.files import write_csv
 
 
 def run(cfg: PredictJob, out_dir: Path) -> dict:

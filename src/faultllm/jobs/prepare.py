@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.reporting import print_summary
-from faultllm.rundir import save_split, start_run, write_json
-from faultllm.schema import PrepareJob
-from faultllm.splits import prepared_split
+from faultllm.compare.tables import print_summary
+from faultllm.config.schema import PrepareJob
+from faultllm.data.splits import prepared_split
+from faultllm.run.directory import save_split, start_run, write_json
 
 
 def run(cfg: PrepareJob, run_dir: Path) -> dict:

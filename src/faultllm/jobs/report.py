@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from faultllm import plots
-from faultllm.baselines import NAMES
-from faultllm.calibration import CALIBRATION_FILE, LLM, recalibration_row
-from faultllm.comparison import (
+from faultllm.compare import plots
+from faultllm.compare.baselines import NAMES
+from faultllm.compare.calibration import CALIBRATION_FILE, LLM, recalibration_row
+from faultllm.compare.statistics import (
     ModelRun,
     aggregate,
     calibration_summary,
@@ -37,8 +37,7 @@ from faultllm.comparison import (
     without_forecasts,
     zero_probability_table,
 )
-from faultllm.files import write_csv, write_text
-from faultllm.reporting import (
+from faultllm.compare.tables import (
     UNIT,
     WITHIN_SPLIT,
     calibration_display,
@@ -49,8 +48,9 @@ from faultllm.reporting import (
     tests_display,
     within_split_display,
 )
-from faultllm.rundir import read_json, start_run
-from faultllm.schema import ReportJob
+from faultllm.config.schema import ReportJob
+from faultllm.run.directory import read_json, start_run
+from faultllm.runtime.files import write_csv, write_text
 
 log = logging.getLogger(__name__)
 KEYS = {name: key for key, name in NAMES.items()}  # a baseline's display name -> its key in calibration.json

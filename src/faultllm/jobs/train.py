@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.distributed import is_main_process
-from faultllm.finetune import train_on_split
-from faultllm.rundir import TRAIN_RESUME, start_run
-from faultllm.schema import TrainJob
-from faultllm.splits import prepared_split
+from faultllm.config.schema import TrainJob
+from faultllm.data.splits import prepared_split
+from faultllm.llm.finetune import train_on_split
+from faultllm.run.directory import TRAIN_RESUME, start_run
+from faultllm.runtime.distributed import is_main_process
 
 
 def run(cfg: TrainJob, run_dir: Path) -> dict:

@@ -10,7 +10,7 @@ class FaultllmSlurmLauncher(SlurmLauncher):
     """Hydra's submitit SLURM launcher, its resources taken from the job config's `slurm` slice."""
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from faultllm.slurm import launcher_parameters, slurm_config  # also makes submitit watch with squeue
+        from faultllm.run.slurm import launcher_parameters, slurm_config  # also makes submitit watch with squeue
 
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.params.update(launcher_parameters(slurm_config(config)))

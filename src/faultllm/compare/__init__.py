@@ -1,0 +1,1 @@
+"""Comparing models: classical baselines, metrics, calibration, statistics across runs, tables and plots."""

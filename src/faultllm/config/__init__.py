@@ -1,0 +1,1 @@
+"""What every config key is (schema) and how a Hydra composition becomes that typed config (load)."""

@@ -1,0 +1,1 @@
+"""What a run costs: FLOPs and GPU datasheets, measured steps (bench), and the plan of a train or hpo run."""

@@ -1,0 +1,309 @@
+"""Timed training steps, scoring batches and batch-1 decoding on this machine, as `faultllm train` runs them.
+
+`faultllm bench` writes what `run_bench` measures to bench.json, which `faultllm plan
+plan.throughput_from=DIR` reads; scripts/bench_gpu.py prints the same measurement in more detail,
+and the other scripts/bench_*.py build their runs with `setup` and `sft_trainer`. Tokens are real
+(non-pad) tokens. Training is clocked from the end of the warm-up steps to the end of the last one,
+so start-up, kernel selection and first allocations are not counted.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+from transformers import TrainerCallback
+
+from faultllm.config.schema import BenchConfig, TrainJob
+from faultllm.cost.flops import (
+    hardware_flops_per_token,
+    model_flops_per_token,
+    peak_tflops,
+    scoring_flops_per_token,
+    utilization,
+)
+from faultllm.data.splits import Split, prepared_split
+from faultllm.data.standins import stand_in_data
+from faultllm.llm.modeling import HardwarePlan, ModelSpec, build_for_training, detect_gpu, model_files
+from faultllm.llm.scoring import AnswerSpace, answer_space, generate_answers, score
+from faultllm.llm.shape import model_shape, param_counts
+from faultllm.llm.trainer import TrainOptions, plan_for_run
+from faultllm.llm.trainer import sft_trainer as make_trainer
+from faultllm.prompts.serialize import Prompts, Serializer
+from faultllm.runtime.errors import FaultLLMError
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+CPU_PARAMETER_LIMIT = 2e9  # beyond this a CPU takes hours per step: bench such a model on a GPU
+
+
+# ---------------------------------------------------------------- tokens per row, as training and scoring see them
+
+
+@dataclass(frozen=True)
+class RowTokens:
+    """Tokens per row of one rendered set: the prompt (BOS included), the completion (answer and end token),
+    and what restricted scoring runs through the model (prompt, the answer tokens before the last, and with
+    labels sharing first tokens every label's continuation)."""
+
+    prompt: np.ndarray
+    completion: np.ndarray
+    scored: np.ndarray
+
+    @property
+    def trained(self) -> np.ndarray:
+        """A training row is prompt + completion: TRL tokenizes them together, prompts end on a token boundary."""
+        return self.prompt + self.completion
+
+
+def row_tokens(tokenizer, prompts: Prompts, space: AnswerSpace) -> RowTokens:
+    prompt = np.array([len(ids) for ids in tokenizer(prompts.texts)["input_ids"]], dtype=np.int64)
+    index = {label: i for i, label in enumerate(space.labels)}
+    answer = np.array([len(space.shared) + len(space.suffixes[index[label]]) for label in prompts.truth], np.int64)
+    # restricted scoring: one forward over the prompt, the shared answer tokens and the answers' prefix tree
+    scored = prompt + len(space.shared) + len(space.tree.tokens)
+    return RowTokens(prompt, answer, scored)
+
+
+# ---------------------------------------------------------------- a config's model, split and trainer
+
+
+@dataclass
+class Setup:
+    spec: ModelSpec
+    model: object
+    tokenizer: object
+    split: Split  # scaled
+    serializer: Serializer
+    options: TrainOptions
+    load_seconds: float = 0.0  # loading the base model (and quantizing it) plus adding the adapters
+    plan: HardwarePlan | None = None  # as run, once `sft_trainer` has decided checkpointing
+    data_note: str | None = None  # the stand-in data used when data.path is not set
+
+
+def setup(cfg: TrainJob) -> Setup:
+    """The model, split and options `faultllm train` would use (data.path unset: the plan's stand-in data)."""
+    data_cfg, note = stand_in_data(cfg.data, cfg.cache_dir)
+    spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
+    started = time.perf_counter()
+    model, tokenizer = build_for_training(spec, cfg.seed)
+    _sync(spec.plan)
+    load_seconds = time.perf_counter() - started
+    split, _ = prepared_split(data_cfg, cfg.seed)
+    serializer = Serializer.from_config(
+        cfg.prompt, data_cfg.system_prompt, split.features, split.labels, tokenizer, cfg.seed, split.train
+    )  # prompt.shots: in-context examples from the training rows, as `train` renders them
+    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
+    return Setup(spec, model, tokenizer, split, serializer, options, load_seconds, data_note=note)
+
+
+def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
+    """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
+    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, run.options)
+    return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)
+
+
+def _sync(plan: HardwarePlan) -> None:
+    if plan.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def device_used_bytes() -> int:
+    """Memory in use on the whole device, as nvidia-smi shows it (see `timed_training`)."""
+    import torch
+
+    try:
+        return torch.cuda.device_memory_used()  # NVML; needs nvidia-ml-py
+    except Exception:  # no nvidia-ml-py, or NVML unusable (containers without it)
+        free, total = torch.cuda.mem_get_info()  # cudaMemGetInfo: the same device-wide view
+        return total - free
+
+
+def peaks_from_here() -> None:
+    """CUDA peaks from now on only: what the setup freed (model.init=random's weights built on the GPU, the
+    load's temporaries) is handed back to the device first, else torch's cache keeps it reserved and the
+    reserved and device-wide peaks would count it as the training steps' memory."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def process_peak_bytes() -> int:
+    """This process's peak resident memory (CPU runs): ru_maxrss is KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+# ---------------------------------------------------------------- the timed parts
+
+
+class TimedWindow(TrainerCallback):
+    """Clocks optimizer steps warmup+1 .. warmup+steps, synchronizing `sync` at both ends only,
+    and samples device memory (`sample`) after every optimizer step."""
+
+    def __init__(self, warmup: int, steps: int, sync: Callable[[], None], sample: Callable[[], int]) -> None:
+        self.bounds, self.sync, self.sample = (warmup, warmup + steps), sync, sample
+        self.marks: list[tuple[float, int]] = []  # (time, state.num_input_tokens_seen) at both bounds
+        self.device_peak = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.device_peak = max(self.device_peak, self.sample())
+        if state.global_step in self.bounds:
+            self.sync()
+            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    def tokens_and_seconds(self) -> tuple[int, float]:
+        if len(self.marks) != 2:
+            raise RuntimeError(f"training stopped before step {self.bounds[1]}; timed nothing")
+        (start, tokens_before), (end, tokens_after) = self.marks
+        return tokens_after - tokens_before, end - start
+
+
+def timed_training(run: Setup, rows: list[dict], warmup: int, steps: int) -> tuple[TimedWindow, dict[str, float]]:
+    """Runs warmup + steps optimizer steps (cycling `rows` if needed); returns the window and memory peaks in GiB.
+
+    allocated: live torch tensors: 4-bit weights, LoRA, activations, grads; optimizer state unless paged (a paged
+               bitsandbytes optimizer allocates its state itself, outside torch's allocator).
+    reserved:  allocated + torch's caching-allocator slack; what torch holds from CUDA.
+    device:    device-wide used memory, sampled after every optimizer step: reserved + the CUDA context, cuBLAS and
+               FlashAttention workspaces, bitsandbytes' paged optimizer state + other processes on the same GPU.
+    On a CPU: the process's peak resident memory (the libraries included).
+    """
+    import torch
+
+    cuda = run.spec.plan.device == "cuda"
+    window = TimedWindow(warmup, steps, lambda: _sync(run.spec.plan), device_used_bytes if cuda else lambda: 0)
+    if cuda:
+        peaks_from_here()
+    with TemporaryDirectory() as tmp:
+        trainer = sft_trainer(run, rows, Path(tmp))
+        trainer.args.max_steps = warmup + steps  # overrides epochs; the data loader cycles when rows run out
+        trainer.args.include_num_input_tokens_seen = "non_padding"  # attention-mask sum per micro-batch
+        trainer.add_callback(window)
+        trainer.train()
+    if not cuda:
+        return window, {"process": process_peak_bytes() / GIB}
+    memory = {
+        "allocated": torch.cuda.max_memory_allocated() / GIB,
+        "reserved": torch.cuda.max_memory_reserved() / GIB,
+        "device": window.device_peak / GIB,
+    }
+    return window, memory
+
+
+def timed_scoring(run: Setup, prompts: Prompts, batch_size: int) -> tuple[float, float]:
+    """(scored tokens/s, rows/s) of restricted scoring over `prompts`, after a warm-up call."""
+    tokenizer = run.tokenizer
+    tokenizer.padding_side = "left"
+    space = answer_space(tokenizer, prompts)
+    score(run.model, tokenizer, prompts.texts[:batch_size], prompts.truth[:batch_size], space, batch_size)
+    _sync(run.spec.plan)
+    started = time.perf_counter()
+    score(run.model, tokenizer, prompts.texts, prompts.truth, space, batch_size)
+    _sync(run.spec.plan)
+    seconds = time.perf_counter() - started
+    return float(row_tokens(tokenizer, prompts, space).scored.sum()) / seconds, len(prompts.texts) / seconds
+
+
+def decode_step_seconds(run: Setup, texts: list[str], new_tokens: int) -> float:
+    """Seconds per generated token at batch 1 (the study's evaluation): decoding `new_tokens` tokens minus
+    decoding one, over as many steps, so the prompt's forward pass cancels out (each timed twice, the faster
+    kept). EOS is suppressed: a random or barely trained model would stop at any length."""
+    generation = run.model.generation_config
+    saved = generation.min_new_tokens
+    timings: dict[int, float] = {}
+    try:
+        for tokens in (1, new_tokens) * 2:
+            generation.min_new_tokens = tokens
+            _sync(run.spec.plan)
+            started = time.perf_counter()
+            generate_answers(run.model, run.tokenizer, texts, max_new_tokens=tokens, batch_size=1)
+            _sync(run.spec.plan)
+            timings[tokens] = min(timings.get(tokens, float("inf")), time.perf_counter() - started)
+    finally:
+        generation.min_new_tokens = saved
+    return max(0.0, timings[new_tokens] - timings[1]) / ((new_tokens - 1) * len(texts))
+
+
+# ---------------------------------------------------------------- bench.json
+
+
+def check_fits_here(cfg: TrainJob) -> None:
+    """A multi-billion-parameter model on a CPU would take hours per step: refuse it in one line."""
+    if detect_gpu() is not None or cfg.model.build == "tiny":
+        return
+    layers = cfg.model.layers if cfg.model.init == "random" else None  # a shrunk random model may fit
+    n_params = model_shape(model_files(cfg.model, cfg.cache_dir).config_dir, layers).n_params
+    if n_params > CPU_PARAMETER_LIMIT:
+        raise FaultLLMError(
+            f"bench: no CUDA GPU here, and {cfg.model.path} has {n_params / 1e9:.1f} B parameters (hours per "
+            "step on a CPU): run `faultllm bench model=tiny` here, this model on a GPU box"
+        )
+
+
+def run_bench(cfg: TrainJob, bench: BenchConfig) -> dict:
+    """Times `bench.steps` training steps after `bench.warmup_steps`, `bench.scoring_batches` scoring batches
+    and batch-1 decoding; returns bench.json's content."""
+    check_fits_here(cfg)
+    run = setup(cfg)
+    per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum
+    train_rows = run.split.train.head((bench.warmup_steps + bench.steps) * per_step)
+    sft_rows = run.serializer.render(train_rows, own_rows=True).sft_rows()  # the first rows of the pool itself
+    window, memory = timed_training(run, sft_rows, bench.warmup_steps, bench.steps)
+    tokens, seconds = window.tokens_and_seconds()
+    test = run.serializer.render(run.split.test.head(bench.scoring_batches * cfg.eval.batch_size))
+    scoring_rate, rows_rate = timed_scoring(run, test, cfg.eval.batch_size)
+    decode = decode_step_seconds(run, test.texts[: bench.generate_rows], max(2, cfg.eval.max_new_tokens))
+    return bench_record(cfg, bench, run, memory, tokens, seconds) | {
+        "scoring_tokens_per_second": scoring_rate,
+        "scoring_rows_per_second": rows_rate,
+        "decode_step_seconds": decode,
+    }
+
+
+def bench_record(cfg: TrainJob, bench: BenchConfig, run: Setup, memory: dict, tokens: int, seconds: float) -> dict:
+    """The training half of bench.json: rates, memory, parameters and, on CUDA with a known peak, MFU and HFU."""
+    plan, (n_base, n_lora) = run.plan, param_counts(run.model)
+    rate = tokens / seconds
+    peak = peak_tflops(plan.gpu_name, bench.peak_tflops) if plan.gpu_name else None
+    flops = {
+        "model_flops_per_token": model_flops_per_token(n_base, n_lora),
+        "hardware_flops_per_token": hardware_flops_per_token(n_base, n_lora, bool(plan.gradient_checkpointing)),
+        "scoring_flops_per_token": scoring_flops_per_token(n_base, n_lora),
+    }
+    return {
+        "device": plan.gpu_name or "cpu",
+        "model": str(cfg.model.path or "tiny"),
+        "init": cfg.model.init,
+        "hardware": plan.__dict__,
+        "n_base": n_base,
+        "n_lora": n_lora,
+        "batch_size": cfg.trainer.batch_size,
+        "grad_accum": cfg.trainer.grad_accum,
+        "warmup_steps": bench.warmup_steps,
+        "steps": bench.steps,
+        "train_tokens": tokens,
+        "tokens_per_second": rate,
+        "step_seconds": seconds / bench.steps,
+        "load_seconds": run.load_seconds,
+        "peak_memory_gib": memory.get("reserved", memory.get("process")),
+        "memory_gib": memory,
+        **flops,
+        "peak_tflops": peak,
+        "mfu": utilization(flops["model_flops_per_token"], rate, peak) if peak else None,
+        "hfu": utilization(flops["hardware_flops_per_token"], rate, peak) if peak else None,
+        "data_note": run.data_note,
+    }

@@ -1,0 +1,124 @@
+"""What each job writes as metrics.json: one dataclass per shape, with `to_json` / `from_json`.
+
+`train` (and HPO's refit in final/) writes `TrainMetrics`, `baselines` a `BaselineMetrics` per model,
+`evaluate` an `EvaluateMetrics`, `predict` a `PredictMetrics`. Readers (`report`, `predict`, HPO's Table 4.1) go through these
+classes, so a field is named in one place. Optional fields absent from a file stay None and are
+not written back, so older run directories still open.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from faultllm.runtime.errors import FaultLLMError
+
+T = TypeVar("T", bound="Record")
+
+
+class Record:
+    """to_json / from_json for the dataclasses below: None fields are left out; unknown keys are ignored."""
+
+    nested: ClassVar[dict[str, type]] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls: type[T], payload: dict[str, Any]) -> T:
+        names = {spec.name for spec in fields(cls)}  # type: ignore[arg-type]
+        values = {key: value for key, value in payload.items() if key in names}
+        for key, kind in cls.nested.items():
+            if key in values:
+                values[key] = kind.from_json(values[key])
+        return cls(**values)
+
+    @classmethod
+    def read(cls: type[T], path: Path) -> T:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise FaultLLMError(f"{path}: not a faultllm metrics file ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class SplitMetrics(Record):
+    """One split scored (`metrics.classification_metrics` and what the scorer adds)."""
+
+    accuracy: float
+    macro_f1: float | None = None
+    per_class_recall: dict[str, float] | None = None
+    classes_scored: list[str] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    n: int | None = None
+    loss: float | None = None  # restricted scoring: mean NLL per answer token of the true answer
+    invalid_outputs: int | None = None  # generate mode: answers that did not parse as `Y = label`
+    extra: dict[str, float] = field(default_factory=dict)  # further per-split numbers the scorer reports
+
+    def to_json(self) -> dict[str, Any]:
+        payload = super().to_json()
+        return {k: v for k, v in payload.items() if k != "extra"} | self.extra
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> SplitMetrics:
+        names = {spec.name for spec in fields(cls)}
+        known = {k: v for k, v in payload.items() if k in names and k != "extra"}
+        return cls(**known, extra={k: v for k, v in payload.items() if k not in names})
+
+
+@dataclass
+class TrainMetrics(Record):
+    """metrics.json of `train` and of HPO's refit (final/)."""
+
+    nested: ClassVar[dict[str, type]] = {"train": SplitMetrics, "test": SplitMetrics}
+
+    train: SplitMetrics
+    test: SplitMetrics
+    epochs: list[dict] | None = None  # one row per epoch (epochs.jsonl)
+    eval_mode: str | None = None
+    train_seconds: float | None = None
+    hardware: dict | None = None  # the hardware plan as run
+    processes: int | None = None
+    effective_batch_size: int | None = None
+    split: dict | None = None  # split.json's content
+
+    def to_json(self) -> dict[str, Any]:
+        return super().to_json() | {"train": self.train.to_json(), "test": self.test.to_json()}
+
+
+@dataclass
+class BaselineMetrics(Record):
+    """One classical model's entry in a `baselines` run's metrics.json (keyed by model name)."""
+
+    train_accuracy: float
+    test_accuracy: float
+    test_macro_f1: float
+    per_class_recall: dict[str, float] | None = None
+    fit_seconds: float | None = None
+    predict_seconds: float | None = None
+    params: dict | None = None  # baselines.tune=true: the tuned parameters
+    cv_accuracy: float | None = None  # baselines.tune=true: their mean fold accuracy
+
+    @staticmethod
+    def read_all(path: Path) -> dict[str, BaselineMetrics]:
+        payload = json.loads(Path(path).read_text())
+        return {name: BaselineMetrics.from_json(entry) for name, entry in payload.items()}
+
+
+@dataclass
+class EvaluateMetrics(SplitMetrics):
+    """metrics.json of `evaluate`: one split scored, and where its rows came from."""
+
+    eval_mode: str = "restricted"
+    source: str = ""  # the run's test split, or the table given by eval.split_path
+    run_dir: str = ""  # the train run evaluated
+
+
+@dataclass
+class PredictMetrics(SplitMetrics):
+    """metrics.json of `predict` (rows with labels): the rows scored by one model."""
+
+    model: str = ""
+    input: str = ""

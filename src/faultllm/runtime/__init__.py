@@ -1,0 +1,1 @@
+"""The process faultllm runs in: one error type, paths, atomic files, secrets, progress, thread budget, GPUs."""
