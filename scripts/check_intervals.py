@@ -1,4 +1,4 @@
-"""Simulated coverage of `report`'s 95% interval of a mean accuracy over seeds (comparison.interval_bounds).
+"""Simulated coverage of `report`'s 95% interval of a mean accuracy over seeds (statistics.interval_bounds).
 
 Each replicate draws, per seed, the seed's own accuracy p_s (Beta, mean = the true accuracy, sd = the
 between-seed spread: a new split and a new model) and its test rows' correct count ~ Binomial(rows, p_s);

@@ -4,7 +4,7 @@
     python scripts/prompt_format_accuracy.py ROOT 1 2 3
 
 ROOT holds the runs study-SEED and compact-SEED (`faultllm train ... hydra.run.dir=ROOT/compact-1`). Prints, per
-format, each seed's score, mean, sd and faultllm's 95% interval over seeds (`comparison.interval`), then the
+format, each seed's score, mean, sd and faultllm's 95% interval over seeds (`statistics.interval`), then the
 per-seed difference compact - study with its paired t-interval.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "faultllm"
@@ -101,6 +102,15 @@ def test_every_package_is_in_the_order():
     packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
     modules = {path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
     assert packages | modules == set(PACKAGES)
+
+
+def test_docs_architecture_lists_the_subpackages_in_the_package_order():
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    table = page.split("## Packages, lowest first\n", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"^\| \d+ \| `([\w./]+)` \|", table, re.M)
+    subpackages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    assert {name.removesuffix("/") for name in named if name.endswith("/")} == subpackages
+    assert [name.removesuffix("/").removesuffix(".py") for name in named] == PACKAGES
 
 
 def test_only_the_jobs_the_config_and_the_run_directory_see_hydras_config():

@@ -34,7 +34,7 @@ def ordered_features(
     order: str, features: Sequence[str], seed: int, importance: Mapping[str, float] | None = None
 ) -> list[str]:
     """The order features are written in (`prompt.feature_order`): as in the data, most important first by
-    `importance` (a baselines run's, read by `rundir.baseline_importances`), or a seeded shuffle."""
+    `importance` (a baselines run's, read from its run directory), or a seeded shuffle."""
     if order == "random":
         rng = np.random.default_rng([seed, 0x6F72646572])
         return [features[i] for i in rng.permutation(len(features))]
