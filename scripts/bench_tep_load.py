@@ -1,10 +1,10 @@
 """Benchmark: loading the full-scale TEP training data, first time (parse + cache) vs cached.
 
     python scripts/bench_tep_load.py --dir /tmp/tep_full      # writes ~2.3 GB of synthetic .RData once
-    python scripts/bench_tep_load.py --trace                  # also: peak RSS by line of loaders.py
+    python scripts/bench_tep_load.py --trace                  # also: peak RSS by line of faultllm/data/
 
 Writes synthetic Rieth training tables of the real size (250,000 + 5,000,000 rows x 55)
-as .RData, then times `faultllm.data.loaders.load` for labels 0, 1, 4, 5 in fresh processes:
+as .RData, then times `faultllm.data.datasets.load` for labels 0, 1, 4, 5 in fresh processes:
 the first load parses the .RData and writes the column cache; the cached load reads only
 the requested labels' spans of each column. The naive way (parse the .RData every time, as
 the study's code did) is the first-load number.
@@ -74,7 +74,7 @@ def _status_kib(field: str) -> int:
 
 
 class LineTracer(threading.Thread):
-    """Samples RSS every 2 ms and charges it to the line of loaders.py the main thread is in."""
+    """Samples RSS every 2 ms and charges it to the line of faultllm/data/ the main thread is in."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -87,10 +87,10 @@ class LineTracer(threading.Thread):
         while not self.done.wait(0.002):
             with open("/proc/self/statm") as statm:
                 rss = int(statm.read().split()[1]) * page
-            frame, where = sys._current_frames().get(self.main), "(outside loaders.py)"
+            frame, where = sys._current_frames().get(self.main), "(outside faultllm/data/)"
             while frame is not None:
-                if frame.f_code.co_filename.endswith("loaders.py"):
-                    where = f"{frame.f_code.co_name}:{frame.f_lineno}"
+                if Path(frame.f_code.co_filename).parent.parts[-2:] == ("faultllm", "data"):
+                    where = f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}:{frame.f_lineno}"
                     break
                 frame = frame.f_back
             self.peaks[where] = max(self.peaks.get(where, 0), rss)
@@ -114,7 +114,7 @@ def _timed(work: Callable[[], object]) -> tuple[object, dict]:
 
 def timed_load(directory: Path, cache: Path, trace: bool) -> dict:
     from faultllm.config.load import load_config
-    from faultllm.data.loaders import load
+    from faultllm.data.datasets import load
 
     cfg = load_config("prepare", ["data=tep", f"data.path={directory}", f"cache_dir={cache}"])
     tracer = LineTracer() if trace else None
@@ -150,7 +150,7 @@ def run_child(args: argparse.Namespace, *flags: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tep_full"))
-    parser.add_argument("--trace", action="store_true", help="peak RSS by line of faultllm/data/loaders.py")
+    parser.add_argument("--trace", action="store_true", help="peak RSS by line of faultllm/data/")
     parser.add_argument("--repeat", type=int, default=7, help="cached loads, each in a fresh process")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)

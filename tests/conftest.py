@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from faultllm.config.load import load_config
-from faultllm.data.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.data.datasets import HST_FEATURES
+from faultllm.data.tep import TEP_FEATURES
 from faultllm.runtime.distributed import pin_first_gpu
 from tests import postgres
 

@@ -29,7 +29,8 @@ from faultllm.compare.calibration import (
     with_temperature,
     zero_probability_rows,
 )
-from faultllm.compare.statistics import ModelRun, calibration_summary, selective_summary, zero_probability_table
+from faultllm.compare.pooled_calibration import calibration_summary, selective_summary, zero_probability_table
+from faultllm.compare.pooling import ModelRun
 from faultllm.config.load import load_config
 from tests.conftest import easy_overrides
 
@@ -67,7 +68,7 @@ def test_a_true_label_given_probability_0_makes_the_nll_infinite_and_says_where(
     assert zero_probability_table([run]).to_dict("records") == [
         {"Model": "M", "Train rows": 40, "Seed": 7, "Run": str(run.run_dir), "Row": 1}
     ]
-    assert calibration_summary([run])["zero_p_true"].tolist() == [1]
+    assert calibration_summary([run])[0]["zero_p_true"].tolist() == [1]
 
 
 def _run(forecast: Forecast, seed: int, model: str = "M") -> ModelRun:
@@ -92,7 +93,7 @@ def test_a_calibrated_models_ece_at_that_size_is_the_floor_beside_the_pooled_ece
     """One bin of n rows at confidence 0.5: E|Binomial(n, 1/2) - n/2| / n, about sqrt(1 / (2 pi n))."""
     for rows in (100, 400):
         expected = math.sqrt(1 / (2 * math.pi * rows))
-        assert calibrated_ece(np.full(rows, 0.5), bins=1) == pytest.approx(expected, rel=0.08)
+        assert calibrated_ece(reliability(np.full(rows, 0.5), np.zeros(rows, bool), bins=1)) == pytest.approx(expected, rel=0.08)
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.5, 1, 2000)
     calibrated = Forecast(np.c_[confidence, 1 - confidence], np.where(rng.uniform(size=2000) < confidence, 0, 1),
@@ -101,9 +102,11 @@ def test_a_calibrated_models_ece_at_that_size_is_the_floor_beside_the_pooled_ece
         _run(Forecast(calibrated.probabilities[part], calibrated.truth[part], calibrated.answered[part]), seed)
         for seed, part in enumerate(np.array_split(np.arange(2000), 4))
     ]
-    summary = calibration_summary(runs).iloc[0]
+    table, bins = calibration_summary(runs)
+    summary = table.iloc[0]
     assert summary["Rows"] == 2000 and summary["Runs"] == 4 and summary["ece_sd"] > 0
     assert summary["ece_pooled"] == pytest.approx(expected_calibration_error(calibrated.confidence, calibrated.correct))
+    pd.testing.assert_frame_equal(bins[("M", 40)], reliability(calibrated.confidence, calibrated.correct))
     assert summary["ece_pooled"] < 3 * summary["ece_calibrated"]  # a calibrated model is within its floor's reach
     assert summary["ece_mean"] > summary["ece_pooled"]  # 500 rows a seed: the per-seed mean is biased upward
 

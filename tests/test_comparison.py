@@ -18,7 +18,8 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from faultllm.compare.statistics import ModelRun, aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
+from faultllm.compare.pooling import ModelRun
+from faultllm.compare.statistics import aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
 from faultllm.compare.tables import summary_display
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines

@@ -15,7 +15,7 @@ from faultllm.config.schema import GPU_NAMES
 from faultllm.cost import flops
 from faultllm.cost.bench import TimedWindow
 from faultllm.data import standins
-from faultllm.data.loaders import load
+from faultllm.data.datasets import load
 from faultllm.llm import shape as shapes
 from faultllm.llm.modeling import SHIPPED_CONFIGS
 from faultllm.llm.tiny import SHIPPED

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from faultllm import cli
 from faultllm.config.load import load_config
 from faultllm.config.schema import JOBS, key_help
-from faultllm.data.loaders import RIETH_COLUMNS, TEP_FEATURES
+from faultllm.data.tep import RIETH_COLUMNS, TEP_FEATURES
 from faultllm.preflight import check
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame

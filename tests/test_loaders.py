@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.data.loaders import GROUP, LABEL, TEP_FEATURES, ColumnFile, cached_columns, load
+from faultllm.data.column_cache import ColumnFile, cached_columns
+from faultllm.data.datasets import load
+from faultllm.data.tables import GROUP, LABEL
+from faultllm.data.tep import TEP_FEATURES
 from faultllm.runtime.errors import FaultLLMError
 
 

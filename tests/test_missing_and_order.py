@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faultllm.data.loaders import LABEL
 from faultllm.data.splits import make_split, prepared_split
+from faultllm.data.tables import LABEL
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.prompts.serialize import PromptFormat, question
 from faultllm.runtime.errors import FaultLLMError

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faultllm.data.loaders import GROUP, LABEL
 from faultllm.data.splits import fit_scaler, make_split, prepared_split, scale_split
+from faultllm.data.tables import GROUP, LABEL
 from faultllm.runtime.errors import FaultLLMError
 
 

@@ -10,9 +10,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from faultllm.config.schema import ConfigError
-from faultllm.data.loaders import HST_FEATURES, TEP_FEATURES
+from faultllm.data.datasets import HST_FEATURES
 from faultllm.data.splits import prepared_split
 from faultllm.data.standins import stand_in_data
+from faultllm.data.tep import TEP_FEATURES
 from faultllm.llm.modeling import load_tokenizer
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED

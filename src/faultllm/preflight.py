@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from faultllm.compare.baselines import check_models
-from faultllm.compare.statistics import load_runs
+from faultllm.compare.pooling import load_runs
 from faultllm.config.schema import (
     BaselinesJob,
     BenchJob,

@@ -20,8 +20,8 @@ import pandas as pd
 from faultllm.compare.calibration import Forecast, Recalibration, forecast_of
 from faultllm.compare.metrics import classification_metrics
 from faultllm.config.schema import BOOSTING_PACKAGES
-from faultllm.data.loaders import LABEL
 from faultllm.data.splits import Split
+from faultllm.data.tables import LABEL
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.files import atomic_path
 from faultllm.runtime.progress import Progress

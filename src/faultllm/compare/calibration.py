@@ -84,12 +84,11 @@ def tie_averaged(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return np.repeat(np.add.reduceat(np.asarray(correct, np.float64), starts) / sizes, sizes)
 
 
-def calibrated_ece(confidence: np.ndarray, bins: int = BINS, draws: int = 2000, seed: int = 0) -> float:
-    """The expected ECE of a perfectly calibrated model with these confidences, in the same bins: each bin's
-    rows right drawn as Binomial(rows, its mean confidence) (a sum of Bernoulli(confidence) has a variance
-    no larger, so this floor errs slightly high), averaged over `draws`."""
-    table = reliability(np.asarray(confidence, np.float64), np.zeros(len(confidence), bool), bins)
-    rows, mean_confidence = table["rows"].to_numpy(), table["confidence"].to_numpy()
+def calibrated_ece(bins: pd.DataFrame, draws: int = 2000, seed: int = 0) -> float:
+    """The expected ECE of a perfectly calibrated model with the confidences of these reliability bins, in the
+    same bins: each bin's rows right drawn as Binomial(rows, its mean confidence) (a sum of
+    Bernoulli(confidence) has a variance no larger, so this floor errs slightly high), averaged over `draws`."""
+    rows, mean_confidence = bins["rows"].to_numpy(), bins["confidence"].to_numpy()
     right = np.random.default_rng(seed).binomial(rows, np.clip(mean_confidence, 0, 1), size=(draws, len(rows)))
     return float((np.abs(right - rows * mean_confidence).sum(axis=1) / rows.sum()).mean())
 
@@ -109,8 +108,12 @@ def wilson_interval(accuracy, rows, z: float = 1.959964):
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
-    table = reliability(confidence, correct, bins)
-    return float((table["rows"] * (table["accuracy"] - table["confidence"]).abs()).sum() / table["rows"].sum())
+    return binned_ece(reliability(confidence, correct, bins))
+
+
+def binned_ece(bins: pd.DataFrame) -> float:
+    """The ECE of reliability bins: |accuracy - mean confidence| per bin, weighted by its rows."""
+    return float((bins["rows"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / bins["rows"].sum())
 
 
 def brier_score(forecast: Forecast) -> float:

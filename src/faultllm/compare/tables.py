@@ -45,7 +45,7 @@ def write_table(table: pd.DataFrame, stem: Path) -> None:
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds
+    """`statistics.aggregate`'s numbers as people read them: mean ± sd and the 95% interval over seeds
     (one run has neither, and says so)."""
 
     def ci(row, key: str) -> str:
@@ -101,7 +101,7 @@ def _mean_sd(table: pd.DataFrame, key: str) -> list[str]:
 
 
 def calibration_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.calibration_summary` as people read it: pooled ECE beside a calibrated model's at that size,
+    """`pooled_calibration.calibration_summary` as people read it: pooled ECE beside a calibrated model's at that size,
     then mean ± sd over seeds."""
     nll = [
         f"inf ({zero} rows p=0)" if zero else shown
@@ -117,7 +117,7 @@ def calibration_display(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def selective_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """`comparison.selective_summary` as people read it: mean ± sd over seeds, 3 decimals."""
+    """`pooled_calibration.selective_summary` as people read it: mean ± sd over seeds, 3 decimals."""
     return pd.DataFrame({
         "Model": summary["Model"], "Train rows": summary["Train rows"], "Runs": summary["Runs"], "Rows": summary["Rows"],
         "Area (accuracy-coverage)": _mean_sd(summary, "area"), "AURC": _mean_sd(summary, "aurc"),

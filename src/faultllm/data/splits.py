@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from faultllm.config.schema import DataConfig
-from faultllm.data.loaders import GROUP, LABEL, RawData, load
+from faultllm.data.datasets import load
+from faultllm.data.tables import GROUP, LABEL, RawData
 from faultllm.runtime.errors import FaultLLMError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from faultllm.config.schema import DataConfig
-from faultllm.data.loaders import HST_FEATURES, LABEL
+from faultllm.data.datasets import HST_FEATURES
+from faultllm.data.tables import LABEL
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.files import write_csv
 from faultllm.runtime.paths import PROJECT_ROOT

@@ -24,19 +24,14 @@ import pandas as pd
 from faultllm.compare import plots
 from faultllm.compare.baselines import NAMES
 from faultllm.compare.calibration import CALIBRATION_FILE, LLM, recalibration_row
-from faultllm.compare.statistics import (
-    ModelRun,
-    aggregate,
+from faultllm.compare.pooled_calibration import (
     calibration_summary,
-    load_runs,
-    paired_tests,
-    reliability_curves,
-    runs_table,
     selective_summary,
-    within_split_tests,
     without_forecasts,
     zero_probability_table,
 )
+from faultllm.compare.pooling import ModelRun, load_runs, runs_table
+from faultllm.compare.statistics import aggregate, paired_tests, within_split_tests
 from faultllm.compare.tables import (
     UNIT,
     WITHIN_SPLIT,
@@ -122,7 +117,7 @@ def _trust(results: list[ModelRun], out_dir: Path) -> None:
             "run written before they were kept)", ", ".join(skipped)
         )  # fmt: skip
     log.info("report: calibration and selective prediction")
-    calibration = calibration_summary(results)
+    calibration, bins = calibration_summary(results)
     if calibration.empty:
         return
     calibration_table = calibration_display(calibration)
@@ -130,7 +125,8 @@ def _trust(results: list[ModelRun], out_dir: Path) -> None:
     write_csv(calibration, out_dir / "calibration.csv")
     largest = calibration["Train rows"].max()  # among the runs with probabilities: the plots are never empty
     title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
-    plots.reliability(reliability_curves(results, largest), out_dir / "calibration.png", title)
+    panels = {model: table for (model, rows), table in bins.items() if rows == largest}
+    plots.reliability(panels, out_dir / "calibration.png", title)
     print_table("calibration on the test rows (pooled over seeds; per seed: mean ± sd)", calibration_table)
     _zero_probabilities(results, out_dir)
     selective, curves = selective_summary(results)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.compare.tables import markdown
-from faultllm.data.loaders import LABEL
+from faultllm.data.tables import LABEL
 from faultllm.llm.scoring import TrainedLLM, answer_space, generate_answers, parse_answer, score
 from faultllm.prompts.serialize import WHY_QUESTION
 from faultllm.run.directory import SavedRun, load_importances, read_json, run_job

@@ -22,7 +22,7 @@ from faultllm.runtime.files import write_text
 from faultllm.runtime.paths import PACKAGE_DIR
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-# The TEP and HST feature names (loaders.TEP_FEATURES, HST_FEATURES; tests/test_tiny.py checks they agree)
+# The TEP and HST feature names (data.tep.TEP_FEATURES, data.datasets.HST_FEATURES; tests/test_tiny.py checks they agree)
 TEP_NAMES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
 HST_NAMES = [str(i) for i in range(46)]
 _SYSTEM_PROMPTS = [

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.config.schema import PromptConfig
-from faultllm.data.loaders import LABEL
+from faultllm.data.tables import LABEL
 from faultllm.prompts.shots import ShotPool
 from faultllm.prompts.templates import (
     WHY_QUESTION,

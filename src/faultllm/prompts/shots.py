@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from faultllm.data.loaders import LABEL
+from faultllm.data.tables import LABEL
 from faultllm.runtime.errors import FaultLLMError
 
 _SALT = 0x73686F7473  # "shots": keeps these draws apart from the other uses of the run's seed

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from faultllm.config.load import as_tree, load_saved
 from faultllm.config.schema import TrainJob
-from faultllm.data.loaders import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.data.splits import MinMaxScaler, Split, prepared_split
+from faultllm.data.tables import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.runtime.credentials import redact, redact_tree
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.files import write_json, write_parquet, write_text

@@ -1,17 +1,12 @@
-"""Read the supported data sets into one shape: a pool of rows (features, `label`, optional `group`).
-
-Loaders only read and validate; leakage guards that need the data set's semantics
-(TEP's pre-fault rows) are applied here because only the loader knows them, and
-everything generic (sampling, splitting, scaling) lives in `splits.py`.
-"""
+"""The Tennessee Eastman process: the Rieth et al. 2017 tables (.RData, .csv or .parquet, read through the
+column cache) or the Braatz d*.dat files, with the leakage guard that needs TEP's semantics (pre-fault rows)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +15,18 @@ import numpy as np
 import pandas as pd
 
 from faultllm.config.schema import DataConfig
+from faultllm.data.column_cache import ColumnFile, cached_columns
+from faultllm.data.tables import (
+    GROUP,
+    LABEL,
+    RawData,
+    existing_path,
+    normalize_labels,
+    read_table,
+    require_columns,
+    validate_features,
+)
 from faultllm.runtime.errors import FaultLLMError, first_line
-from faultllm.runtime.files import atomic_path
-
-LABEL = "label"
-GROUP = "group"
 
 TEP_FEATURES = [f"xmeas_{i}" for i in range(1, 42)] + [f"xmv_{i}" for i in range(1, 12)]
 TEP_ID_COLUMNS = ["faultNumber", "simulationRun", "sample"]
@@ -36,266 +38,13 @@ RIETH_TABLES = {  # stem -> (split part, object name inside the .RData)
     "TEP_Faulty_Testing": ("test", "faulty_testing"),
 }
 RIETH_SCHEMA = "the Rieth TEP columns faultNumber, simulationRun, sample, xmeas_1..xmeas_41, xmv_1..xmv_11"
-HST_FEATURES = [str(i) for i in range(46)]
-
-
-@dataclass
-class RawData:
-    """Rows to sample from. `test_pool` is set when the data set ships its own test files."""
-
-    pool: pd.DataFrame
-    test_pool: pd.DataFrame | None
-    features: list[str]
-    source: str
-
-
-def load(data_cfg: DataConfig) -> RawData:
-    loaders: dict[str, Callable[[DataConfig], RawData]] = {"hst": load_hst, "tep": load_tep, "table": load_table}
-    return loaders[data_cfg.loader](data_cfg)
-
-
-# ---------------------------------------------------------------- file reading and validation
-
-
-def _existing(path: str | os.PathLike | None, key: str) -> Path:
-    if path in (None, "", "???"):
-        raise FaultLLMError(f"{key} is not set; pass {key}=PATH")
-    resolved = Path(path).expanduser()
-    if not resolved.exists():
-        raise FaultLLMError(f"{key}={path}: no such file or directory")
-    return resolved
-
-
-def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """CSV or Parquet by extension; a CSV with a column name twice is refused."""
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv", ".txt"):
-        raise FaultLLMError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
-    try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path, columns=list(columns) if columns else None)
-        else:
-            _refuse_duplicate_columns(path)
-            frame = pd.read_csv(path, usecols=list(columns) if columns else None)
-    except (ValueError, OSError) as err:
-        raise FaultLLMError(f"{path}: cannot read as {suffix[1:]} ({first_line(err)})") from err
-    return frame
-
-
-def read_data_table(path: Path) -> pd.DataFrame:
-    """`read_table` of a data file, which must hold rows."""
-    frame = read_table(path)
-    if frame.empty:
-        raise FaultLLMError(f"{path}: the table has no rows (a header only?); give a table with data rows")
-    return frame
-
-
-def _refuse_duplicate_columns(path: Path) -> None:
-    """pandas renames a repeated CSV column (`a`, `a.1`): two columns of one name would pass as two features."""
-    header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
-    repeated = sorted({str(name) for name in header if header.count(name) > 1})
-    if repeated:
-        raise FaultLLMError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; rename them")
-
-
-def require_columns(frame: pd.DataFrame, required: Sequence[str], source: object, expected: str) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise FaultLLMError(f"{source}: missing column(s) {shown}; expected {expected}")
-
-
-def validate_features(
-    frame: pd.DataFrame, features: Sequence[str], source: object, allow_missing: bool = False
-) -> None:
-    """Every feature numeric and finite (or empty, with `allow_missing`), else an error naming column, row and value."""
-    for column in features:
-        values = frame[column]
-        numeric = _numeric(values, source, column)
-        if numeric is not values:
-            frame[column] = numeric
-        numbers = numeric.to_numpy(dtype=np.float64)
-        bad_mask = np.isinf(numbers) if allow_missing else ~np.isfinite(numbers)
-        if bad_mask.any():
-            row = frame.index[np.argmax(bad_mask)]
-            hint = (
-                "" if allow_missing or np.isinf(numbers[np.argmax(bad_mask)]) else " (data.allow_missing=true keeps it)"
-            )
-            raise FaultLLMError(
-                f"{source}: column {column!r} row {row} holds {frame[column].loc[row]}; expected a finite number{hint}"
-            )
-
-
-def _numeric(values: pd.Series, source: object, column: str) -> pd.Series:
-    """`values` if numeric, else converted; text (not a number, not empty) is an error naming its row."""
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values
-    numeric = pd.to_numeric(values, errors="coerce")
-    bad = values[numeric.isna() & values.notna()]
-    if len(bad):
-        raise FaultLLMError(f"{source}: column {column!r} row {bad.index[0]} holds {bad.iloc[0]!r}; expected a number")
-    return numeric
-
-
-def normalize_labels(values: pd.Series, source: object, column: str) -> pd.Series:
-    """Integral labels become int64 (TEP stores 1.0); anything else is kept as text."""
-    if values.isna().any():
-        raise FaultLLMError(f"{source}: column {column!r} row {values.index[values.isna()][0]} has no label")
-    if pd.api.types.is_numeric_dtype(values):
-        as_float = values.astype(np.float64)
-        if (as_float == np.round(as_float)).all():
-            return as_float.astype(np.int64)
-    return values.astype(str)
-
-
-# ---------------------------------------------------------------- column cache
-
-
 READ_CHUNK = 65_536  # rows of one column read at a time (512 KiB): a load reads only chunks holding wanted rows
 READ_THREADS = min(4, os.cpu_count() or 1)
-CACHE_FORMAT = "columns-v1"  # part of the cache key: a format change never reads an old file
-
-
-def cached_columns(
-    path: Path,
-    read: Callable[[Path], tuple[int, Iterable[pd.DataFrame]]],
-    columns: Sequence[str],
-    cache_dir: str | os.PathLike,
-    finite: Sequence[str] = (),
-) -> Path:
-    """A float64 copy of `columns` of a slow-to-parse file, one column after another (`.npy`, shape
-    columns x rows), keyed by path, size and mtime; built once from `read`'s row count and frames.
-    The columns in `finite` (ids) must hold a number in every row.
-
-    Column-major raw doubles let a load read each wanted span of a column straight from the page
-    cache with one copy: no decoding, no buffers of a columnar reader, no parse.
-    """
-    stat = path.stat()
-    key = hashlib.sha1(f"{CACHE_FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    target = Path(cache_dir).expanduser() / f"{path.stem}-{key[:16]}.npy"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rows, frames = read(path)
-        _write_columns_atomically(frames, rows, columns, finite, path, target)
-    return target
-
-
-def _write_columns_atomically(
-    frames: Iterable[pd.DataFrame], rows: int, columns: Sequence[str], finite: Sequence[str], source: Path, target: Path
-) -> None:
-    """Write the frames (the file's rows in order) under a unique name beside `target`, then rename over it.
-
-    An interrupted build never leaves a half-written cache, and builders sharing the directory
-    (processes here, or containers on other nodes with the same pids) never write the same file;
-    the last rename wins, with the same content. Each frame goes to disk a column at a time, so
-    nothing is held twice. Text in a column, or an empty row of a `finite` column, is refused here,
-    naming its row of `source`.
-    """
-    with atomic_path(target) as partial, open(partial, "w+b") as out:
-        header = {"descr": "<f8", "fortran_order": False, "shape": (len(columns), rows)}
-        np.lib.format.write_array_header_1_0(out, header)
-        data_start = out.tell()
-        out.truncate(data_start + len(columns) * rows * 8)
-        first = 0
-        for frame in frames:
-            frame.index = pd.RangeIndex(first, first + len(frame))  # rows of the file, for errors
-            for position, name in enumerate(columns):
-                values = np.ascontiguousarray(_numeric(frame[name], source, name).to_numpy(dtype=np.float64))
-                if name in finite and not np.isfinite(values).all():
-                    row = first + np.argmax(~np.isfinite(values))
-                    raise FaultLLMError(f"{source}: column {name!r} row {row} is empty; expected a number")
-                out.seek(data_start + (position * rows + first) * 8)
-                out.write(memoryview(values).cast("B"))
-            first += len(frame)
-
-
-class ColumnFile:
-    """Reads spans of columns from a `cached_columns` file, straight into arrays the caller owns."""
-
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path, self.columns = path, list(columns)
-        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close() / the with block
-        np.lib.format.read_magic(self.file)
-        shape, _, dtype = np.lib.format.read_array_header_1_0(self.file)
-        if dtype != np.float64 or shape[0] != len(self.columns):
-            self.close()
-            raise FaultLLMError(f"{path}: not a column cache of {len(self.columns)} columns; delete it to rebuild")
-        self.rows, self.data_start = shape[1], self.file.tell()
-
-    def read(self, name: str, first: int = 0, last: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows [first, last) of column `name`, into `out` (its first last - first elements) or a new array."""
-        last = self.rows if last is None else last
-        target = np.empty(last - first) if out is None else out[: last - first]
-        view = memoryview(target).cast("B")
-        self.file.seek(self.data_start + (self.columns.index(name) * self.rows + first) * 8)
-        while view:
-            got = self.file.readinto(view)
-            if not got:
-                raise FaultLLMError(f"{self.path}: the column cache is truncated; delete it to rebuild")
-            view = view[got:]
-        return target
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> ColumnFile:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------- HST
-
-
-def load_hst(data_cfg: DataConfig) -> RawData:
-    path = _existing(data_cfg.path, "data.path")
-    frame = read_data_table(path)
-    if list(frame.columns) != HST_FEATURES + [LABEL]:
-        shown = ",".join(map(str, frame.columns[:4])) + ",...," + ",".join(map(str, frame.columns[-2:]))
-        raise FaultLLMError(f"{path}: header is {shown}; expected the HST header 0,1,...,45,label")
-    validate_features(frame, HST_FEATURES, path, data_cfg.allow_missing)
-    frame[LABEL] = normalize_labels(frame[LABEL], path, LABEL)
-    return RawData(pool=frame, test_pool=None, features=list(HST_FEATURES), source=str(path))
-
-
-# ---------------------------------------------------------------- generic table
-
-
-def load_table(data_cfg: DataConfig) -> RawData:
-    path = _existing(data_cfg.path, "data.path")
-    label_column, group_column = data_cfg.label_column, data_cfg.group_column
-
-    def read(file: Path) -> pd.DataFrame:
-        frame = read_data_table(file)
-        require_columns(frame, [label_column], file, f"a label column {label_column!r} (data.label_column)")
-        features = list(data_cfg.feature_columns or [])
-        if not features:
-            excluded = {label_column, group_column, *data_cfg.drop_columns}
-            features = [c for c in frame.columns if c not in excluded]
-        require_columns(frame, features, file, "the columns in data.feature_columns")
-        validate_features(frame, features, file, data_cfg.allow_missing)
-        out = frame[features].copy()
-        out[LABEL] = normalize_labels(frame[label_column], file, label_column)
-        if group_column:
-            require_columns(frame, [group_column], file, f"a group column {group_column!r} (data.group_column)")
-            out[GROUP] = frame[group_column].to_numpy()
-        return out
-
-    pool = read(path)
-    test_pool = read(_existing(data_cfg.test_path, "data.test_path")) if data_cfg.test_path else None
-    features = [c for c in pool.columns if c not in (LABEL, GROUP)]
-    if test_pool is not None and [c for c in test_pool.columns if c not in (LABEL, GROUP)] != features:
-        raise FaultLLMError(f"{data_cfg.test_path}: feature columns differ from {path}")
-    return RawData(pool=pool, test_pool=test_pool, features=features, source=str(path))
-
-
-# ---------------------------------------------------------------- TEP
 
 
 def load_tep(data_cfg: DataConfig) -> RawData:
     """Rieth et al. 2017 tables (.RData, .csv or .parquet) or the Braatz d*.dat files in one directory."""
-    directory = _existing(data_cfg.path, "data.path")
+    directory = existing_path(data_cfg.path, "data.path")
     if not directory.is_dir():
         raise FaultLLMError(f"data.path={directory}: expected a directory holding the TEP files")
     rieth = _find_rieth_files(directory)
