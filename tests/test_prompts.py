@@ -13,9 +13,9 @@ from faultllm.config.schema import ConfigError
 from faultllm.data.loaders import HST_FEATURES, TEP_FEATURES
 from faultllm.data.splits import prepared_split
 from faultllm.data.standins import stand_in_data
-from faultllm.llm.modeling import load_tokenizer
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED
+from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import PromptFormat, Serializer, question
 from faultllm.prompts.templates import answer, chat_prompt, short_names
 from faultllm.run.directory import start_run
