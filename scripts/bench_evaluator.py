@@ -23,7 +23,6 @@ def main(overrides: list[str]) -> None:
     cfg = load_config("train", ["model=tiny", "data.test_size=64", *overrides])
     run = setup(cfg)
     model, tokenizer = run.model.eval(), run.tokenizer
-    tokenizer.padding_side = "left"
     test = run.serializer.render(run.split.test)
     texts, truth = test.texts, test.truth
     space = answer_space(tokenizer, test)

@@ -22,9 +22,9 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
 
     from faultllm.config.load import load_config
     from faultllm.jobs.hpo import run
-    from faultllm.llm import modeling
+    from faultllm.llm import build
 
-    spent, load = [0.0, 0], modeling.load_base_model
+    spent, load = [0.0, 0], build.load_base_model
 
     def timed_load(*args):
         start = time.perf_counter()
@@ -33,7 +33,7 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
         finally:
             spent[0], spent[1] = spent[0] + time.perf_counter() - start, spent[1] + 1
 
-    modeling.load_base_model = timed_load
+    build.load_base_model = timed_load
     cfg = load_config("hpo", [*overrides, f"hpo.reuse_model={reuse}"])
     try:
         with TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
@@ -41,7 +41,7 @@ def run_study(overrides: list[str], reuse: bool) -> tuple[float, float, int, lis
             study = optuna.load_study(study_name=cfg.hpo.study_name, storage=f"sqlite:///{tmp}/study.db")
             values = [trial.value for trial in study.trials]
     finally:
-        modeling.load_base_model = load
+        build.load_base_model = load
     folds = cfg.hpo.n_trials * cfg.hpo.folds
     return summary["search_seconds"] / folds, spent[0], spent[1], values
 

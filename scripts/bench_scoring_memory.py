@@ -46,8 +46,9 @@ def measure(name: str) -> dict:
 
     from faultllm.config.load import load_config
     from faultllm.data.splits import prepared_split
-    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
     from faultllm.llm.scoring import answer_space, score
+    from faultllm.llm.sources import resolve_model_path
+    from faultllm.llm.tokenizer import load_tokenizer
     from faultllm.prompts.serialize import Prompts, Serializer
 
     body, overrides, n_prompts, labels, naive = VARIANTS[name]

@@ -23,8 +23,9 @@ import tempfile
 import torch
 
 from faultllm.config.schema import LoraConfig
+from faultllm.llm.build import keep_adapters_in_fp32, load_base_model, peft_lora_config
+from faultllm.llm.hardware import HardwarePlan
 from faultllm.llm.memory import ModelDims, Step, step_memory
-from faultllm.llm.modeling import HardwarePlan, keep_adapters_in_fp32, load_base_model, peft_lora_config
 
 COMPLETION = 5  # answer tokens and EOS: the positions the loss covers
 

@@ -142,7 +142,7 @@ def packaged(column: str):
 
 def tokenizer_for(column: str):
     """(tokenizer, where it came from): the hub's cached one, a packaged real file, else the shipped stand-in."""
-    from faultllm.llm.modeling import SHIPPED_CONFIGS, STAND_IN
+    from faultllm.llm.sources import SHIPPED_CONFIGS, STAND_IN
     from faultllm.llm.tiny import stand_in_tokenizer
 
     model_id = MODELS[column]

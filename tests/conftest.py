@@ -114,7 +114,10 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cache):
-    from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+    from faultllm.llm.build import load_base_model
+    from faultllm.llm.hardware import hardware_plan
+    from faultllm.llm.sources import resolve_model_path
+    from faultllm.llm.tokenizer import load_tokenizer
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY])
     path = resolve_model_path(cfg.model, cfg.cache_dir)

@@ -109,7 +109,7 @@ def test_random_init_builds_the_tiny_architecture_from_its_config_alone_and_trai
     from safetensors.torch import load_file
 
     from faultllm.jobs.train import run as train
-    from faultllm.llm.modeling import resolve_model_path
+    from faultllm.llm.sources import resolve_model_path
 
     model_dir = tmp_path / "tiny-config-only"
     model_dir.mkdir()
@@ -142,9 +142,10 @@ def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, com
 def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_the_hub(compose_cfg, monkeypatch):
     import huggingface_hub
 
-    from faultllm.llm.modeling import STAND_IN, choose_pad_token, load_tokenizer, model_files, random_model_tokenizer
     from faultllm.llm.shape import model_shape
+    from faultllm.llm.sources import STAND_IN, model_files, random_model_tokenizer
     from faultllm.llm.tiny import stand_in_tokenizer
+    from faultllm.llm.tokenizer import choose_pad_token, load_tokenizer
 
     def no_network(*args, **kwargs):
         raise AssertionError("the hub was asked")
@@ -179,8 +180,9 @@ def test_every_model_preset_ships_a_stand_in_tokenizer_true_to_its_config(preset
     rendering check accepts, once saved beside the config as model.init=random saves it."""
     import huggingface_hub
 
-    from faultllm.llm.modeling import load_tokenizer, model_files, random_model_tokenizer
+    from faultllm.llm.sources import model_files, random_model_tokenizer
     from faultllm.llm.tiny import stand_in_tokenizer
+    from faultllm.llm.tokenizer import load_tokenizer
     from faultllm.prompts.templates import template_for
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # nothing cached

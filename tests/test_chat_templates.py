@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from faultllm.config.load import load_config
-from faultllm.llm.modeling import load_tokenizer
 from faultllm.llm.tiny import SHIPPED
+from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import Serializer
 from faultllm.runtime.errors import FaultLLMError
 from tests.chat_models import STYLES, TEMPLATE_ONLY, build_chat_model

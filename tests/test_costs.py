@@ -17,7 +17,7 @@ from faultllm.cost.bench import TimedWindow
 from faultllm.data import standins
 from faultllm.data.datasets import load
 from faultllm.llm import shape as shapes
-from faultllm.llm.modeling import SHIPPED_CONFIGS
+from faultllm.llm.sources import SHIPPED_CONFIGS
 from faultllm.llm.tiny import SHIPPED
 from faultllm.runtime.errors import FaultLLMError
 
@@ -53,7 +53,7 @@ def test_peak_tflops_matches_exact_names_only():
 
 def test_every_plannable_gpu_has_a_peak_by_its_exact_name():
     assert tuple(flops.GPUS) == GPU_NAMES  # plan.gpu's choices
-    assert {name: gpu.peak_tflops for name, gpu in flops.GPUS.items()} == {
+    assert {name: flops.PEAK_TFLOPS[gpu.name] for name, gpu in flops.GPUS.items()} == {
         "h100": 989.4, "h200": 989.4, "a100": 312.0, "l40s": 362.05, "a10": 125.0, "t4": 65.0,
     }  # fmt: skip
     assert not flops.GPUS["t4"].bf16 and flops.GPUS["h200"].memory_gib > 2 * flops.GPUS["h100"].memory_gib * 0.8
@@ -114,7 +114,7 @@ def test_the_shape_agrees_with_peft_on_the_tiny_model(tiny_model):
     from peft import get_peft_model
 
     from faultllm.config.schema import LoraConfig
-    from faultllm.llm.modeling import peft_lora_config
+    from faultllm.llm.build import peft_lora_config
 
     shape = shapes.model_shape(SHIPPED)
     for lora in (LoraConfig(r=16), LoraConfig(r=4, target_modules=["q_proj", "down_proj"])):

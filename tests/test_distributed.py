@@ -15,7 +15,8 @@ import torch
 
 from faultllm.config.load import load_config
 from faultllm.config.schema import ModelConfig
-from faultllm.llm.modeling import Gpu, hardware_plan, load_base_model
+from faultllm.llm.build import load_base_model
+from faultllm.llm.hardware import Gpu, hardware_plan
 from faultllm.runtime.distributed import GPU_LIST, pin_first_gpu, visible_gpus
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
@@ -229,7 +230,10 @@ from pathlib import Path
 from faultllm.config.load import load_config
 from faultllm.runtime.distributed import start_process_group
 from faultllm.llm.scoring import generate_answers
-from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+from faultllm.llm.build import load_base_model
+from faultllm.llm.hardware import hardware_plan
+from faultllm.llm.sources import resolve_model_path
+from faultllm.llm.tokenizer import load_tokenizer
 start_process_group()
 cfg = load_config("train", sys.argv[2:])
 path = resolve_model_path(cfg.model, cfg.cache_dir)

@@ -177,7 +177,10 @@ def _fresh_base(tiny_cache, dtype: str = "float32"):
     from dataclasses import replace
 
     from faultllm.config.load import load_config
-    from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
+    from faultllm.llm.build import load_base_model
+    from faultllm.llm.hardware import hardware_plan
+    from faultllm.llm.sources import resolve_model_path
+    from faultllm.llm.tokenizer import load_tokenizer
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "progress=false"])
     path = resolve_model_path(cfg.model, cfg.cache_dir)
@@ -190,7 +193,7 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
     from peft import get_peft_model
 
     from faultllm.config.schema import LoraConfig
-    from faultllm.llm.modeling import peft_lora_config
+    from faultllm.llm.build import peft_lora_config
     from faultllm.llm.scoring import generate_answers
 
     base, tokenizer = _fresh_base(tiny_cache)
@@ -212,7 +215,7 @@ def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
     """On CUDA the base model runs under bf16 autocast (`in_plan_precision`), which would round the head's
     logits to bf16 before the log-softmax: scores must equal those of an exact head on the same hidden states.
     Forced here on the CPU: a bf16 plan's autocast over fp32 weights."""
-    from faultllm.llm.modeling import HardwarePlan, in_plan_precision
+    from faultllm.llm.hardware import HardwarePlan, in_plan_precision
 
     base, tokenizer = _fresh_base(tiny_cache)
     model = in_plan_precision(base.eval(), HardwarePlan("cpu", "none", "sdpa", "bfloat16", "adamw_torch", False))

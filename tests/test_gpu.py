@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_4bit_training_scoring_and_adapter_reload_on_the_gpu(tiny_cache, easy_csv, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
-    from faultllm.llm.modeling import flash_attention_available
+    from faultllm.llm.hardware import flash_attention_available
 
     overrides = [
         *easy_overrides(tiny_cache, easy_csv), "model.quantization=auto", "model.attn_implementation=auto",

@@ -323,11 +323,11 @@ def test_each_worker_loads_the_base_model_once_with_the_results_of_fresh_loads(
 ):
     import pandas as pd
 
-    from faultllm.llm import modeling
+    from faultllm.llm import build
 
     loads = []
-    load = modeling.load_base_model
-    monkeypatch.setattr(modeling, "load_base_model", lambda *args: loads.append(args) or load(*args))
+    load = build.load_base_model
+    monkeypatch.setattr(build, "load_base_model", lambda *args: loads.append(args) or load(*args))
     runs = {}
     for reuse in (True, False):
         loads.clear()

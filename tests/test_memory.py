@@ -12,9 +12,11 @@ import torch
 
 from faultllm.config.schema import LoraConfig, ModelConfig
 from faultllm.cost.bench import RowTokens
+from faultllm.llm.build import peft_lora_config
+from faultllm.llm.hardware import Gpu, hardware_plan
 from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing, step_memory
-from faultllm.llm.modeling import SHIPPED_CONFIGS, Gpu, hardware_plan, peft_lora_config
 from faultllm.llm.shape import model_shape
+from faultllm.llm.sources import SHIPPED_CONFIGS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_memory_model.py"
 LLAMA2_7B = SHIPPED_CONFIGS / "meta-llama" / "Llama-2-7b-chat-hf"

@@ -10,16 +10,10 @@ import torch
 
 from faultllm.config.load import load_config
 from faultllm.config.schema import ModelConfig
+from faultllm.llm.build import load_base_model, peft_lora_config
+from faultllm.llm.hardware import Gpu, detect_gpu, hardware_plan, quantization_config
 from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
-from faultllm.llm.modeling import (
-    Gpu,
-    detect_gpu,
-    hardware_plan,
-    load_base_model,
-    peft_lora_config,
-    quantization_config,
-    resolve_model_path,
-)
+from faultllm.llm.sources import resolve_model_path
 from faultllm.llm.trainer import TrainOptions, sft_config
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
@@ -79,7 +73,7 @@ def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_instal
 ):
     """FlashAttention-2's kernels and bf16 need compute capability 8+: a V100 (7.0) or T4 (7.5) with flash-attn
     installed runs SDPA and fp16 with the Trainer's loss scaler, in every place that takes the dtype."""
-    from faultllm.llm import modeling
+    from faultllm.llm import hardware
 
     cfg = compose_cfg("train")
     with monkeypatch.context() as cuda:
@@ -87,7 +81,7 @@ def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_instal
         cuda.setattr(torch.cuda, "current_device", lambda: 0)
         cuda.setattr(torch.cuda, "get_device_capability", lambda *device: capability)
         cuda.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="GPU", total_memory=2**34))
-        cuda.setattr(modeling, "flash_attention_available", lambda: True)
+        cuda.setattr(hardware, "flash_attention_available", lambda: True)
         plan = hardware_plan(cfg.model)
         if capability < (8, 0):
             with pytest.raises(FaultLLMError, match=r"compute capability 8\.0 or newer"):
@@ -133,7 +127,7 @@ def test_falls_back_to_sdpa_without_flash_attn_and_to_full_precision_on_cpu(comp
 def test_a_flash_attn_build_that_fails_to_import_falls_back_to_sdpa(monkeypatch, caplog):
     from transformers import AutoModelForCausalLM
 
-    from faultllm.llm import modeling
+    from faultllm.llm import build
 
     calls = []
 
@@ -144,7 +138,7 @@ def test_a_flash_attn_build_that_fails_to_import_falls_back_to_sdpa(monkeypatch,
         return MagicMock()
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
-    monkeypatch.setattr(modeling, "quantization_config", lambda plan: None)
+    monkeypatch.setattr(build, "quantization_config", lambda plan: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     plan = hardware_plan(ModelConfig(**AUTO | {"quantization": "none"}), gpu=H100, flash_attn_available=True)
     with caplog.at_level("WARNING"):
@@ -281,13 +275,13 @@ def _easy_prompts(cfg, spec):
 def test_checkpointing_one_fold_needed_is_off_for_the_next_fold_on_the_reused_base(
     tiny_cache, easy_csv, tmp_path, monkeypatch
 ):
-    from faultllm.llm import modeling, trainer
-    from faultllm.llm.modeling import ModelSpec
+    from faultllm.llm import build, trainer
+    from faultllm.llm.build import ModelSpec
 
     overrides = ["data.train_size=8", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_each_epoch=false"]
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), *overrides])
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
-    cache = modeling.BaseModelCache()
+    cache = build.BaseModelCache()
     spec = replace(spec, base_cache=cache, plan=replace(spec.plan, gradient_checkpointing=None))  # auto, per fold
     options = trainer.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     prompts = _easy_prompts(cfg, spec)
@@ -308,14 +302,14 @@ def test_evaluate_reproduces_training_time_metrics_under_the_plans_autocast(
     adapter must score the same way. Forced here on the CPU: a bf16 plan, bf16 weights under bf16 autocast."""
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
-    from faultllm.llm import modeling
+    from faultllm.llm import build
 
-    cpu_plan = modeling.hardware_plan
+    cpu_plan = build.hardware_plan
 
     def bf16_plan(*args, **kwargs):
         return replace(cpu_plan(*args, **kwargs), dtype="bfloat16")
 
-    monkeypatch.setattr(modeling, "hardware_plan", bf16_plan)  # reloading goes through ModelSpec too
+    monkeypatch.setattr(build, "hardware_plan", bf16_plan)  # reloading goes through ModelSpec too
     overrides = [*easy_overrides(tiny_cache, easy_csv), "data.train_size=32", "data.test_size=16", "trainer.epochs=1"]
     metrics = train(load_config("train", overrides), tmp_path / "run")
     assert metrics["hardware"]["dtype"] == "bfloat16"
@@ -331,7 +325,7 @@ def test_4bit_scoring_never_takes_bitsandbytes_avx512_bf16_cpu_path(tiny_cache, 
     The path is forced here on any CPU; faultllm's layers keep the plain fp32 dequantize-and-matmul."""
     import bitsandbytes as bnb
 
-    from faultllm.llm.modeling import load_tokenizer
+    from faultllm.llm.tokenizer import load_tokenizer
 
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # what Linear4bit asks when built
     cfg = load_config("train", [f"cache_dir={tiny_cache}", "model=tiny", "model.quantization=nf4"])

@@ -18,8 +18,9 @@ from faultllm.cost import planning
 from faultllm.cost.flops import GPUS
 from faultllm.data.splits import cv_folds, fold_splits, make_split, prepared_split
 from faultllm.jobs import plan as plan_job
-from faultllm.llm.modeling import SHIPPED_CONFIGS, load_tokenizer
+from faultllm.llm.sources import SHIPPED_CONFIGS
 from faultllm.llm.tiny import SHIPPED
+from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import Serializer
 from faultllm.runtime.errors import FaultLLMError
 

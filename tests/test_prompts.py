@@ -14,9 +14,9 @@ from faultllm.data.datasets import HST_FEATURES
 from faultllm.data.splits import prepared_split
 from faultllm.data.standins import stand_in_data
 from faultllm.data.tep import TEP_FEATURES
-from faultllm.llm.modeling import load_tokenizer
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED
+from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import PromptFormat, Serializer, question
 from faultllm.prompts.templates import answer, chat_prompt, short_names
 from faultllm.run.directory import start_run

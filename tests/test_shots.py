@@ -59,7 +59,8 @@ def test_too_few_training_rows_for_the_shots_is_one_line():
 
 
 def test_zero_shots_is_the_plain_prompt(tiny_cache):
-    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
+    from faultllm.llm.sources import resolve_model_path
+    from faultllm.llm.tokenizer import load_tokenizer
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY])
     tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
@@ -70,7 +71,8 @@ def test_zero_shots_is_the_plain_prompt(tiny_cache):
 
 
 def test_llama2_layout_writes_the_shots_inside_the_one_prompt(tiny_cache):
-    from faultllm.llm.modeling import load_tokenizer, resolve_model_path
+    from faultllm.llm.sources import resolve_model_path
+    from faultllm.llm.tokenizer import load_tokenizer
 
     cfg = load_config("train", [f"cache_dir={tiny_cache}", *TINY, "prompt.shots=2"])
     tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))

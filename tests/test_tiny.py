@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from faultllm.config.load import load_config
-from faultllm.llm.modeling import resolve_model_path
+from faultllm.llm.sources import resolve_model_path
 from faultllm.llm.tiny import SHIPPED, spec_of
 
 

@@ -133,7 +133,7 @@ def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_bas
     from dataclasses import replace
 
     from faultllm.data.splits import prepared_split
-    from faultllm.llm.modeling import BaseModelCache, ModelSpec
+    from faultllm.llm.build import BaseModelCache, ModelSpec
     from faultllm.llm.trainer import TrainOptions
     from faultllm.prompts.serialize import Serializer
 
@@ -149,7 +149,7 @@ def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_bas
 
 def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     """(model, tokenizer, rows, trainer) on the first n_rows training rows, as `fit` sets them up."""
-    from faultllm.llm.modeling import build_for_training
+    from faultllm.llm.build import build_for_training
     from faultllm.llm.trainer import sft_trainer
 
     spec, prompts, options = _training_setup(cfg, n_rows, plan_change)
@@ -183,7 +183,7 @@ def test_flash_attention_2_trains_on_padding_free_batches_with_the_padded_loss(t
 
     import torch
 
-    from faultllm.llm.modeling import build_for_training
+    from faultllm.llm.build import build_for_training
     from faultllm.llm.trainer import sft_config, sft_trainer
 
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"])  # 0.5, 0.51: lengths vary
@@ -217,7 +217,7 @@ def _rows(batch: dict):
 def test_nf4_path_trains_on_cpu_with_4bit_linear_layers(tiny_cache, easy_csv, tmp_path):
     import bitsandbytes as bnb
 
-    from faultllm.llm.modeling import hardware_plan
+    from faultllm.llm.hardware import hardware_plan
 
     cfg = load_config(
         "train",
@@ -276,7 +276,7 @@ def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cac
     """bf16 compute as on a GPU: norms, embeddings and head in fp32 in both paths, LoRA weights in fp32."""
     import torch
 
-    from faultllm.llm.modeling import load_trained
+    from faultllm.llm.build import load_trained
 
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
     model, tokenizer, _, trainer = _sft_trainer(cfg, 8, tmp_path, plan_change={"dtype": "bfloat16"})
@@ -305,7 +305,7 @@ def test_a_reused_base_model_keeps_one_fused_lm_head_fold_after_fold(tiny_cache,
     fold until a forward overflowed the stack (~1,000 folds). Releasing the adapters now restores it."""
     import torch
 
-    from faultllm.llm.modeling import build_for_training, release_adapters
+    from faultllm.llm.build import build_for_training, release_adapters
     from faultllm.llm.trainer import sft_trainer
 
     cfg = load_config("train", easy_overrides(tiny_cache, easy_csv))

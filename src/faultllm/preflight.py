@@ -36,8 +36,8 @@ from faultllm.config.schema import (
 )
 from faultllm.data.splits import Split, cv_folds, keep_last_split, make_split, scale_split
 from faultllm.llm.explain import check_same_split, choose_rows
-from faultllm.llm.modeling import resolve_model_path
 from faultllm.llm.predict import run_kind
+from faultllm.llm.sources import resolve_model_path
 from faultllm.run.directory import (
     HPO_RESUME,
     TRAIN_RESUME,

@@ -16,7 +16,7 @@ understated and plans slightly optimistic, never the other way round. NF4 dequan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from faultllm.llm.hardware import Gpu
 
 # Dense (no 2:4 sparsity) 16-bit tensor-core peak in TFLOP/s by exact `torch.cuda.get_device_name()`:
 # bf16 with fp32 accumulation; fp16 where the GPU has no bf16 (T4, V100). Variants of one chip
@@ -45,27 +45,14 @@ PEAK_TFLOPS: dict[str, float] = {
 }
 
 
-@dataclass(frozen=True)
-class GpuSpec:
-    """A GPU `plan.gpu` names: its exact device name (for the peak), memory as torch reports it, bandwidth."""
-
-    device_name: str
-    memory_gib: float
-    bandwidth_tb_s: float  # memory bandwidth, TB/s: what batch-1 decoding waits on
-    bf16: bool
-
-    @property
-    def peak_tflops(self) -> float:
-        return PEAK_TFLOPS[self.device_name]
-
-
-GPUS: dict[str, GpuSpec] = {
-    "h100": GpuSpec("NVIDIA H100 80GB HBM3", 79.1, 3.35, True),
-    "h200": GpuSpec("NVIDIA H200", 139.8, 4.8, True),
-    "a100": GpuSpec("NVIDIA A100-SXM4-80GB", 79.1, 2.04, True),
-    "l40s": GpuSpec("NVIDIA L40S", 44.4, 0.864, True),
-    "a10": GpuSpec("NVIDIA A10", 22.1, 0.6, True),
-    "t4": GpuSpec("Tesla T4", 14.6, 0.32, False),
+# the GPUs `plan.gpu` names, from their datasheets; each name is in PEAK_TFLOPS
+GPUS: dict[str, Gpu] = {
+    "h100": Gpu("NVIDIA H100 80GB HBM3", 79.1, bf16=True, bandwidth_tb_s=3.35),
+    "h200": Gpu("NVIDIA H200", 139.8, bf16=True, bandwidth_tb_s=4.8),
+    "a100": Gpu("NVIDIA A100-SXM4-80GB", 79.1, bf16=True, bandwidth_tb_s=2.04),
+    "l40s": Gpu("NVIDIA L40S", 44.4, bf16=True, bandwidth_tb_s=0.864),
+    "a10": Gpu("NVIDIA A10", 22.1, bf16=True, bandwidth_tb_s=0.6),
+    "t4": Gpu("Tesla T4", 14.6, bf16=False, bandwidth_tb_s=0.32),
 }
 
 

@@ -30,14 +30,22 @@ import numpy as np
 from faultllm.config.load import with_values
 from faultllm.config.schema import PlanJob, SearchParam
 from faultllm.cost.bench import RowTokens, row_tokens
-from faultllm.cost.flops import GPUS, GpuSpec, hardware_flops_per_token, model_flops_per_token, scoring_flops_per_token
+from faultllm.cost.flops import (
+    GPUS,
+    PEAK_TFLOPS,
+    hardware_flops_per_token,
+    model_flops_per_token,
+    scoring_flops_per_token,
+)
 from faultllm.data.splits import Split, cv_folds, fold_splits, make_split, scale_split
 from faultllm.data.standins import stand_in_data
+from faultllm.llm.hardware import Gpu, hardware_plan
 from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
-from faultllm.llm.modeling import Gpu, check_tokenizer, hardware_plan, load_tokenizer, model_files
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.shape import ModelShape, model_shape
+from faultllm.llm.sources import check_tokenizer, model_files
 from faultllm.llm.tiny import SHIPPED
+from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import Serializer
 from faultllm.run.directory import read_json
 from faultllm.runtime.errors import FaultLLMError
@@ -95,14 +103,15 @@ class Rates:
         )
 
 
-def assumed_rates(gpu: GpuSpec, mfu: float, shape: ModelShape, quantized: bool, load_seconds: float | None) -> Rates:
+def assumed_rates(gpu: Gpu, mfu: float, shape: ModelShape, quantized: bool, load_seconds: float | None) -> Rates:
     """peak x mfu for training and scoring; a decoding step at batch 1 reads every weight once, so it takes at
     least the weights' bytes over the memory bandwidth (a lower bound: bitsandbytes' 4-bit decoding is slower)."""
-    flops = gpu.peak_tflops * 1e12 * mfu
+    peak = PEAK_TFLOPS[gpu.name]  # every GPU plan.gpu names has its peak
+    flops = peak * 1e12 * mfu
     weight_bytes = shape.n_base * (0.55 if quantized else 2.0)
     decode = max(scoring_flops_per_token(shape.n_base, 0) / flops, weight_bytes / (gpu.bandwidth_tb_s * 1e12))
     load = default_load_seconds(shape) if load_seconds is None else load_seconds
-    return Rates(flops, flops, decode, load, f"{gpu.device_name}: {gpu.peak_tflops:g} TFLOP/s peak x MFU {mfu:g}")
+    return Rates(flops, flops, decode, load, f"{gpu.name}: {peak:g} TFLOP/s peak x MFU {mfu:g}")
 
 
 def default_load_seconds(shape: ModelShape) -> float:
@@ -295,10 +304,10 @@ def rendering_key(values: dict) -> tuple:
 # ---------------------------------------------------------------- memory on the planned GPU
 
 
-def memory(cfg: PlanJob, gpu: GpuSpec, shape: ModelShape, train: RowTokens) -> dict:
+def memory(cfg: PlanJob, gpu: Gpu, shape: ModelShape, train: RowTokens) -> dict:
     """`memory.step_memory` for a batch of the longest training rows, term by term, and whether checkpointing
     would be on: decided by `memory.needs_checkpointing` as `faultllm train` decides it on that GPU."""
-    plan = hardware_plan(cfg.model, Gpu(gpu.device_name, gpu.memory_gib, gpu.bf16), flash_attn_available=True)
+    plan = hardware_plan(cfg.model, gpu, flash_attn_available=True)
     dims = ModelDims.from_shape(shape, cfg.lora)
     step = Step.of(plan, cfg.trainer.batch_size, int(train.prompt.max()), int(train.completion.max()))
     checkpointing = needs_checkpointing(plan, dims, step)
@@ -331,7 +340,7 @@ class Inputs:
     raw: Split  # unscaled, as make_split gives it
     folds: list  # cv_folds positions (HPO), else []
     features: list[str]  # in prompt order
-    gpu: GpuSpec
+    gpu: Gpu
     rates: Rates
     sources: dict  # where config.json and the tokenizer came from
     data: dict  # where the rows came from (stand-in data without data.path)
@@ -344,12 +353,12 @@ def open_tokenizer(cfg: PlanJob) -> tuple[object, str, bool]:
     chat, template_file = cfg.prompt.template == "chat", cfg.prompt.chat_template
     if cfg.plan.tokenizer:
         source = str(SHIPPED) if cfg.plan.tokenizer == "tiny" else cfg.plan.tokenizer
-        return load_tokenizer(source, "left", chat, template_file), cfg.plan.tokenizer, True
+        return load_tokenizer(source, chat, template_file), cfg.plan.tokenizer, True
     files = model_files(cfg.model, cfg.cache_dir)
     hint = "; or plan.tokenizer=tiny to count with the tiny model's Llama-2-like tokenizer (an estimate)"
     try:
         check_tokenizer(files)
-        return load_tokenizer(files.tokenizer, "left", chat, template_file), files.tokenizer, False
+        return load_tokenizer(files.tokenizer, chat, template_file), files.tokenizer, False
     except FaultLLMError as err:
         raise FaultLLMError(f"plan: no tokenizer: {err}{hint}") from err
 

@@ -22,8 +22,9 @@ from optuna.trial import TrialState
 from faultllm.compare.tables import print_summary, write_table
 from faultllm.config.schema import HpoJob
 from faultllm.data.splits import Split, cv_folds, make_split, scale_split
+from faultllm.llm.build import BaseModelCache
 from faultllm.llm.finetune import train_on_split
-from faultllm.llm.modeling import BaseModelCache, resolve_model_path
+from faultllm.llm.sources import resolve_model_path
 from faultllm.run.directory import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
 from faultllm.run.slurm import submit_array, wait_for
 from faultllm.runtime.credentials import redact, worker_environment

@@ -17,7 +17,7 @@ from faultllm.compare.calibration import CALIBRATION_FILE, LLM, Recalibration, f
 from faultllm.compare.tables import print_summary
 from faultllm.config.schema import PromptConfig, TrainJob
 from faultllm.data.splits import MinMaxScaler, Split, hold_out
-from faultllm.llm.modeling import ModelSpec
+from faultllm.llm.build import ModelSpec
 from faultllm.llm.scoring import evaluate_prompts
 from faultllm.llm.trainer import FitResult, TrainOptions, fit, untrained
 from faultllm.prompts.serialize import Serializer, ordered_features
@@ -58,7 +58,7 @@ def train_on_split(
     sets = {"train": serializer.render(split.train, own_rows=True), "test": serializer.render(split.test)}
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     if not options.epochs:
-        log.info(f"loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization), not trained")
+        log.info(f"{spec.loading()}, not trained")
     result = fit(spec, sets["train"], sets, options, run_dir) if options.epochs else untrained(spec, sets["train"])
     final = {name: _final_scores(result, name, prompts, cfg) for name, prompts in sets.items()}
     metrics = TrainMetrics(

@@ -20,14 +20,13 @@ import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from faultllm.compare.metrics import classification_metrics
 from faultllm.config.schema import EvalConfig
-from faultllm.llm.modeling import ModelSpec, load_trained, load_untrained
+from faultllm.llm.build import ModelSpec, load_trained, load_untrained
 from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.run.directory import SavedRun
 from faultllm.runtime.distributed import gather, shard
@@ -336,14 +335,15 @@ def generate_answers(
     Under torchrun/accelerate the batches are shared out between the ranks and gathered, as in `score`: every
     rank gets every answer. `progress` as for `score`."""
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
     starts = range(0, len(prompts), batch_size)
     decoded = []  # (first row, the batch's answers)
     title = f"{progress or f'generating for {len(prompts)} prompts'}: batch"
     with inference(model):
         for index in progress_steps(shard(len(starts)), title, bar=progress is not None, announce=False):
             start = starts[index]
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
+            ).to(device)
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,  # the answer's end: the template's end of turn, not the base's EOS
@@ -372,7 +372,7 @@ class TrainedLLM:
         cfg = run.cfg
         spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
         adapter = "" if run.untrained else f" with the adapter of {run.run_dir}"
-        log.info(f"loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization){adapter}")
+        log.info(spec.loading() + adapter)
         if run.untrained:  # the tokenizer as the run prepared it: the same config
             model, tokenizer = load_untrained(spec)
         else:

@@ -16,9 +16,7 @@ from pathlib import Path
 from transformers import ProgressCallback, TrainerCallback
 
 from faultllm.config.schema import EPOCH_METRICS, TrainerConfig, trackers
-from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing
-from faultllm.llm.modeling import (
-    HardwarePlan,
+from faultllm.llm.build import (
     ModelSpec,
     attention_of,
     build_for_training,
@@ -27,6 +25,8 @@ from faultllm.llm.modeling import (
     load_untrained,
     release_adapters,
 )
+from faultllm.llm.hardware import HardwarePlan
+from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing
 from faultllm.llm.scoring import AnswerSpace, answer_space, evaluate_restricted
 from faultllm.prompts.serialize import Prompts
 from faultllm.runtime.distributed import (
@@ -117,7 +117,7 @@ def fit(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = decide_resume(out_dir, options, checkpoints)
-    log.info(f"{options.title}: loading {Path(spec.path).name} on {spec.plan.device} ({spec.plan.quantization} quantization)")
+    log.info(f"{options.title}: {spec.loading()}")
     model, tokenizer = build_for_training(spec, options.seed)
     space = answer_space(tokenizer, train)
     rows = train.sft_rows()
@@ -136,7 +136,6 @@ def fit(
     finally:
         if spec.base_cache is not None:
             release_adapters(model)
-    tokenizer.padding_side = "left"
     trained = None if spec.base_cache is not None else trainer.model
     return FitResult(trained, tokenizer, space, plan, history.rows, time.perf_counter() - started)
 

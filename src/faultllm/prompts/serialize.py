@@ -84,7 +84,7 @@ class Serializer:
         cls, prompt: PromptConfig, system: str, features: list[str], labels: list, tokenizer, seed: int = 0,
         train: pd.DataFrame | None = None,
     ) -> Serializer:  # fmt: skip
-        """`system`: the data set's system prompt; `tokenizer` as `modeling.load_tokenizer` prepared it;
+        """`system`: the data set's system prompt; `tokenizer` as `llm.tokenizer.load_tokenizer` prepared it;
         `train`: the training rows in-context examples are drawn from (with prompt.shots)."""
         fmt = PromptFormat(system, prompt.name_features, prompt.decimals, prompt.missing, prompt.format)
         template = template_for(prompt.template, tokenizer)

@@ -32,8 +32,8 @@ from faultllm.config.schema import (
     trackers,
 )
 from faultllm.data.splits import Split, fold_splits, scale_split
+from faultllm.llm.build import BaseModelCache, ModelSpec
 from faultllm.llm.finetune import prompt_features
-from faultllm.llm.modeling import BaseModelCache, ModelSpec
 from faultllm.llm.trainer import NonFiniteLoss, TrainOptions, fit
 from faultllm.prompts.serialize import Serializer
 from faultllm.runtime.errors import FaultLLMError, first_line
