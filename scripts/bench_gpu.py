@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from faultllm.runtime.distributed import pin_first_gpu
+
+if TYPE_CHECKING:
+    from faultllm.cost.records import BenchRecord
 
 pin_first_gpu()  # one GPU, before transformers (bitsandbytes asks CUDA on import): a benchmark of one device
 
@@ -33,29 +37,29 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
-def report(record: dict, device_before: float) -> None:
-    hardware, memory = record["hardware"], record["memory_gib"]
+def report(record: BenchRecord, device_before: float) -> None:
+    hardware, memory = record.hardware, record.memory_gib
     checkpointing = "on" if hardware["gradient_checkpointing"] else "off"
-    print(f"GPU {record['device']}; model {record['model']} ({record['init']} weights, {hardware['quantization']}, "
-          f"{hardware['attn_implementation']}, gradient checkpointing {checkpointing}); loaded in {record['load_seconds']:.1f} s")  # fmt: skip
-    print(f"parameters: frozen base {record['n_base'] / 1e9:.2f} B (4-bit counted unpacked, input embedding excluded), "
-          f"LoRA {record['n_lora'] / 1e6:.1f} M")  # fmt: skip
-    per_step = record["batch_size"] * record["grad_accum"]
-    print(f"training: {record['tokens_per_second']:,.0f} tokens/s over {record['steps']} steps after "
-          f"{record['warmup_steps']} warm-up steps ({record['train_tokens']:,} real tokens, "
-          f"{record['step_seconds']:.3f} s/step; {per_step} rows/step)")  # fmt: skip
-    if record["mfu"] is None:
-        print(f"MFU/HFU: no peak for {record['device']!r} (names match exactly); pass --peak-tflops (dense bf16)")
+    print(f"GPU {record.device}; model {record.model} ({record.init} weights, {hardware['quantization']}, "
+          f"{hardware['attn_implementation']}, gradient checkpointing {checkpointing}); loaded in {record.load_seconds:.1f} s")  # fmt: skip
+    print(f"parameters: frozen base {record.n_base / 1e9:.2f} B (4-bit counted unpacked, input embedding excluded), "
+          f"LoRA {record.n_lora / 1e6:.1f} M")  # fmt: skip
+    per_step = record.batch_size * record.grad_accum
+    print(f"training: {record.tokens_per_second:,.0f} tokens/s over {record.steps} steps after "
+          f"{record.warmup_steps} warm-up steps ({record.train_tokens:,} real tokens, "
+          f"{record.step_seconds:.3f} s/step; {per_step} rows/step)")  # fmt: skip
+    if record.mfu is None:
+        print(f"MFU/HFU: no peak for {record.device!r} (names match exactly); pass --peak-tflops (dense bf16)")
     else:
-        print(f"MFU {record['mfu']:.1%} ({record['model_flops_per_token'] / 1e9:.1f} GFLOP/token), HFU {record['hfu']:.1%} "
-              f"({record['hardware_flops_per_token'] / 1e9:.1f} GFLOP/token executed); peak {record['peak_tflops']:g} "
+        print(f"MFU {record.mfu:.1%} ({record.model_flops_per_token / 1e9:.1f} GFLOP/token), HFU {record.hfu:.1%} "
+              f"({record.hardware_flops_per_token / 1e9:.1f} GFLOP/token executed); peak {record.peak_tflops:g} "
               "TFLOP/s; attention scores not counted")  # fmt: skip
     print(f"peak memory (training): torch allocated {memory['allocated']:.1f} GiB, torch reserved {memory['reserved']:.1f} "
           f"GiB, device used {memory['device']:.1f} GiB (CUDA context, bitsandbytes paged state, other processes; "
           f"{device_before:.1f} GiB before loading)")  # fmt: skip
-    print(f"scoring (restricted): {record['scoring_rows_per_second']:.1f} rows/s, "
-          f"{record['scoring_tokens_per_second']:,.0f} tokens/s; decoding at batch 1: "
-          f"{record['decode_step_seconds'] * 1e3:.1f} ms/token")  # fmt: skip
+    print(f"scoring (restricted): {record.scoring_rows_per_second:.1f} rows/s, "
+          f"{record.scoring_tokens_per_second:,.0f} tokens/s; decoding at batch 1: "
+          f"{record.decode_step_seconds * 1e3:.1f} ms/token")  # fmt: skip
 
 
 def main() -> None:

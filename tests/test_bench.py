@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from faultllm import cli
-from faultllm.cost import planning
 from faultllm.cost.bench import check_fits_here, row_tokens, setup, sft_trainer
+from faultllm.cost.plan import make_plan
+from faultllm.cost.records import BenchRecord
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED
 from faultllm.runtime.errors import FaultLLMError
@@ -32,23 +33,25 @@ def test_bench_writes_bench_json_and_plan_uses_it(tmp_path, compose_cfg):
          f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    bench = json.loads((run_dir / "bench.json").read_text())
-    assert bench["tokens_per_second"] > 0 and bench["step_seconds"] > 0 and bench["peak_memory_gib"] > 0
-    assert bench["steps"] == 2 and bench["train_tokens"] > 0 and bench["device"] == "cpu" and bench["mfu"] is None
-    assert bench["scoring_tokens_per_second"] > 0 and bench["decode_step_seconds"] >= 0
-    assert bench["n_base"] == 442_240 and bench["n_lora"] == 77_792
+    bench = BenchRecord.read(run_dir / "bench.json")
+    assert bench.tokens_per_second > 0 and bench.step_seconds > 0 and bench.peak_memory_gib > 0
+    assert bench.steps == 2 and bench.train_tokens > 0 and bench.device == "cpu" and bench.mfu is None
+    assert bench.scoring_tokens_per_second > 0 and bench.decode_step_seconds >= 0
+    assert bench.n_base == 442_240 and bench.n_lora == 77_792
+    bench.write(tmp_path / "again.json")  # a measured record round-trips
+    assert BenchRecord.read(tmp_path / "again.json") == bench
 
-    plan = planning.make_plan(compose_cfg("plan", ["job=train", "model=tiny", *SMALL, f"plan.throughput_from={run_dir}"]))
-    assert "measured by faultllm bench" in plan["throughput"]["source"]
+    plan = make_plan(compose_cfg("plan", ["job=train", "model=tiny", *SMALL, f"plan.throughput_from={run_dir}"]))
+    assert "measured by faultllm bench" in plan.throughput.source
     # the same model and LoRA shape as measured: time is tokens over the measured tokens/s, plus the measured load
     seconds = (
-        plan["train_tokens"]["expected"] / bench["tokens_per_second"]
-        + plan["scoring_tokens"]["expected"] / bench["scoring_tokens_per_second"]
-        + bench["load_seconds"]
+        plan.train_tokens.expected / bench.tokens_per_second
+        + plan.scoring_tokens.expected / bench.scoring_tokens_per_second
+        + bench.load_seconds
     )
-    assert plan["gpu_hours"]["expected"] * 3600 == pytest.approx(seconds, rel=1e-9)
+    assert plan.gpu_hours.expected * 3600 == pytest.approx(seconds, rel=1e-9)
     with pytest.raises(FaultLLMError, match=r"no bench\.json there"):
-        planning.make_plan(compose_cfg("plan", ["job=train", "model=tiny", f"plan.throughput_from={tmp_path}"]))
+        make_plan(compose_cfg("plan", ["job=train", "model=tiny", f"plan.throughput_from={tmp_path}"]))
 
 
 def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
@@ -136,7 +139,7 @@ def test_bench_times_few_shot_prompts_drawn_from_the_training_rows(tmp_path, com
     cfg = compose_cfg("bench", ["model=tiny", *SMALL, "prompt.shots=2", "bench.warmup_steps=1", "bench.steps=1",
                                 "bench.scoring_batches=1", "bench.generate_rows=1"])  # fmt: skip
     bench = run_bench(cfg, cfg.bench)
-    assert bench["train_tokens"] > 0 and bench["scoring_tokens_per_second"] > 0
+    assert bench.train_tokens > 0 and bench.scoring_tokens_per_second > 0
 
 
 def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_the_hub(compose_cfg, monkeypatch):
@@ -216,8 +219,8 @@ def test_bench_of_a_random_2_layer_llama2_7b_runs_offline_with_an_empty_hub_cach
          f"cache_dir={cache}", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    bench = json.loads((run_dir / "bench.json").read_text())
-    assert bench["steps"] == 1 and bench["train_tokens"] > 0 and bench["device"] == "cpu"
+    bench = BenchRecord.read(run_dir / "bench.json")
+    assert bench.steps == 1 and bench.train_tokens > 0 and bench.device == "cpu"
     (built,) = cache.glob("random-Llama-2-7b-chat-hf-*")
     config = json.loads((built / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (2, 4096, 32000)

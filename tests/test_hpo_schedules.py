@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from faultllm.config.schema import HpoConfig
-from faultllm.cost import planning
+from faultllm.cost import plan as planning
+from faultllm.cost.cases import gather_inputs
 from faultllm.search.hpo import _PruningReporter
 from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share
 from faultllm.search.studies import schedule_pruner
@@ -87,7 +88,7 @@ def test_plan_counts_the_share_of_fold_epochs_the_schedule_trains(compose_cfg, m
     cfg = small_hpo(compose_cfg, "hpo.n_trials=20", "hpo.schedule=asha")
     share, assumption = planning.schedule_share(cfg)
     assert 0 < share < 1 and assumption.startswith("hpo.schedule=asha: expected")
-    inputs = planning.gather_inputs(cfg)
+    inputs = gather_inputs(cfg)
     asha = planning.plan_hpo(inputs)
     assert inputs.notes[-1] == assumption
     trained = {}
@@ -103,8 +104,8 @@ def test_plan_counts_the_share_of_fold_epochs_the_schedule_trains(compose_cfg, m
 def test_the_tep_search_plans_under_ten_gpu_hours_with_the_default_schedule(compose_cfg):
     overrides = ["job=hpo", "experiment=tep_paper", "model=llama2_7b_chat", "plan.gpu=h100", "plan.tokenizer=tiny"]
     plan = planning.make_plan(compose_cfg("plan", overrides))
-    assert plan["gpu_hours"]["expected"] <= 10 < plan["gpu_hours"]["worst"]
-    assert any(note.startswith("hpo.schedule=asha: expected") for note in plan["notes"])
+    assert plan.gpu_hours.expected <= 10 < plan.gpu_hours.worst
+    assert any(note.startswith("hpo.schedule=asha: expected") for note in plan.notes)
 
 
 @pytest.mark.slow

@@ -66,16 +66,17 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     """Before, plan's dimensions left LoRA out and train's counted it: on Llama-2-7B at r=8, batch 8 on an H100
     plan said no checkpointing up to 7,443 tokens a step, train turned it on from 5,401 (both cases here differed).
     Now both decide by one model, whose threshold is ~6,900 tokens."""
-    from faultllm.cost import planning
+    from faultllm.cost.cases import memory_estimate
+    from faultllm.cost.flops import GPUS
     from faultllm.llm.trainer import TrainOptions, plan_for_run
 
     cfg = compose_cfg("plan", ["job=train", "trainer.batch_size=8", "lora.r=8"])
     rows = RowTokens(np.array([prompt_tokens - 3, prompt_tokens]), np.array([5, 5]), np.array([0, 0]))
-    planned = planning.memory(cfg, planning.GPUS["h100"], model_shape(LLAMA2_7B), rows)
-    assert planned["tokens_per_step"] == 8 * (prompt_tokens + 5)
-    terms = planned["terms_gib"]  # plan.json: the LoRA terms apart
+    planned = memory_estimate(cfg, GPUS["h100"], model_shape(LLAMA2_7B), rows)
+    assert planned.tokens_per_step == 8 * (prompt_tokens + 5)
+    terms = planned.terms_gib  # plan.json: the LoRA terms apart
     lora = ("lora_weights", "lora_gradients", "lora_optimizer", "lora_activations")
-    assert planned["lora_gib"] == pytest.approx(sum(terms[key] for key in lora)) and planned["lora_gib"] > 0.29
+    assert planned.lora_gib == pytest.approx(sum(terms[key] for key in lora)) and planned.lora_gib > 0.29
 
     plan = hardware_plan(cfg.model, gpu=H100, flash_attn_available=True)
     options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, progress=False)
@@ -84,7 +85,7 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
                                                                                    "completion": "a b c d e"}]  # fmt: skip
     assert longest_row(tokenizer, sft_rows) == (prompt_tokens, 5)
     trained = plan_for_run(plan, _llama2_7b_with_lora(cfg.lora), tokenizer, sft_rows, options)
-    assert trained.gradient_checkpointing == planned["gradient_checkpointing"] == (prompt_tokens == 880)
+    assert trained.gradient_checkpointing == planned.gradient_checkpointing == (prompt_tokens == 880)
 
 
 class _WordTokenizer:

@@ -4,7 +4,6 @@ config.json only. No weights are loaded and nothing is trained."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,10 +13,14 @@ import numpy as np
 import pytest
 
 from faultllm.config.schema import SearchParam
-from faultllm.cost import planning
+from faultllm.cost import plan as planning
+from faultllm.cost.cases import rendering_key, space_values
 from faultllm.cost.flops import GPUS
+from faultllm.cost.records import FoldRows, PlanRecord, TokenStats
+from faultllm.cost.work import Work, assumed_rates
 from faultllm.data.splits import cv_folds, fold_splits, make_split, prepared_split
 from faultllm.jobs import plan as plan_job
+from faultllm.llm.shape import model_shape
 from faultllm.llm.sources import SHIPPED_CONFIGS
 from faultllm.llm.tiny import SHIPPED
 from faultllm.llm.tokenizer import load_tokenizer
@@ -52,22 +55,22 @@ def test_train_plan_by_hand(compose_cfg):
     train_prompt, train_whole = direct_tokens(cfg, features_and_label(split.train, split.features))
     test_prompt, test_whole = direct_tokens(cfg, features_and_label(split.test, split.features))
     prompts = np.concatenate([train_prompt, test_prompt])
-    assert plan["prompt_tokens"] == {"min": prompts.min(), "mean": pytest.approx(prompts.mean()), "max": prompts.max()}
-    assert plan["rows"] == {"train": 8, "test": 8, "folds": []}
-    assert plan["train_tokens"]["worst"] == plan["train_tokens"]["expected"] == 2 * train_whole.sum()
+    assert plan.prompt_tokens == TokenStats(prompts.min(), pytest.approx(prompts.mean()), prompts.max())
+    assert (plan.rows.train, plan.rows.test, plan.rows.folds) == (8, 8, [])
+    assert plan.train_tokens.worst == plan.train_tokens.expected == 2 * train_whole.sum()
     # restricted scoring runs the prompt, the shared `▁Y ▁= ▁` and the answers' prefix tree (one node per
     # label for 0, 1, 4, 5): prompt + 3 + 4 = prompt + answer (5) + 2 tokens, after each of the 2 epochs on
     # train and test, then once more at the end
-    assert plan["completion_tokens"] == {"min": 5, "mean": 5.0, "max": 5}
+    assert plan.completion_tokens == TokenStats(5, 5.0, 5)
     scored = (train_whole + 2).sum() + (test_whole + 2).sum()
-    assert plan["scoring_tokens"]["expected"] == 3 * scored
-    assert plan["model"]["n_base"] == TINY_BASE and plan["model"]["n_lora"] == TINY_LORA_16
+    assert plan.scoring_tokens.expected == 3 * scored
+    assert plan.model.n_base == TINY_BASE and plan.model.n_lora == TINY_LORA_16
     flops = 2 * train_whole.sum() * (4 * TINY_BASE + 6 * TINY_LORA_16) + 3 * scored * 2 * (TINY_BASE + TINY_LORA_16)
-    assert plan["flops"]["expected"] == pytest.approx(flops, rel=1e-12)
+    assert plan.flops.expected == pytest.approx(flops, rel=1e-12)
     # an H100 SXM at MFU 0.35, plus one load of a 2-byte-per-parameter checkpoint at 1 GB/s
     seconds = flops / (989.4e12 * 0.35) + TINY_PARAMS * 2 / 1e9
-    assert plan["gpu_hours"]["expected"] == pytest.approx(seconds / 3600, rel=1e-12)
-    assert plan["model_loads"]["expected"] == 1 and plan["memory_gib"]["gradient_checkpointing"] is False
+    assert plan.gpu_hours.expected == pytest.approx(seconds / 3600, rel=1e-12)
+    assert plan.model_loads.expected == 1 and plan.memory_gib.gradient_checkpointing is False
 
 
 def small_hpo(compose_cfg, *extra: str):
@@ -92,45 +95,45 @@ def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_
 
     (search_named, refit_named), (search_plain, refit_plain) = trained(True), trained(False)
     assert search_named > search_plain
-    assert plan["train_tokens"]["worst"] == search_named + refit_named
+    assert plan.train_tokens.worst == search_named + refit_named
     expected = (1 - 0.28) * (search_named + search_plain) / 2 + (refit_named + refit_plain) / 2
-    assert plan["train_tokens"]["expected"] == pytest.approx(expected, rel=1e-12)
-    assert plan["rows"]["folds"] == [{"train": len(f.train), "val": len(f.test)} for f in folds]
-    worst = next(case for case in plan["cases"] if case["case"] == "worst")
-    assert worst["values"] == {"prompt.name_features": True, "lora.r": 256} and worst["n_lora"] == TINY_LORA(256)
-    assert plan["model_loads"]["worst"] == 2  # one base model for the worker's folds + the refit's
+    assert plan.train_tokens.expected == pytest.approx(expected, rel=1e-12)
+    assert plan.rows.folds == [FoldRows(len(f.train), len(f.test)) for f in folds]
+    worst = next(case for case in plan.cases if case.case == "worst")
+    assert worst.values == {"prompt.name_features": True, "lora.r": 256} and worst.n_lora == TINY_LORA(256)
+    assert plan.model_loads.worst == 2  # one base model for the worker's folds + the refit's
 
 
 def test_workers_and_pruning_change_time_not_the_trained_tokens_of_the_worst_case(compose_cfg):
     one = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full"))
     four = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full", "hpo.workers=4", "hpo.pruner=none"))
-    assert one["train_tokens"]["worst"] == four["train_tokens"]["worst"]
-    assert four["train_tokens"]["expected"] > one["train_tokens"]["expected"]  # nothing pruned
-    by_workers = {row["workers"]: row for row in four["hours"]}
+    assert one.train_tokens.worst == four.train_tokens.worst
+    assert four.train_tokens.expected > one.train_tokens.expected  # nothing pruned
+    by_workers = {row.workers: row for row in four.hours}
     assert set(by_workers) == {1, 4}
-    assert by_workers[4]["wall_hours"]["worst"] < by_workers[1]["wall_hours"]["worst"]  # the refit runs alone
-    extra_loads = by_workers[4]["gpu_hours"]["worst"] - by_workers[1]["gpu_hours"]["worst"]
-    assert extra_loads * 3600 == pytest.approx(3 * four["throughput"]["load_seconds"])  # one base model per worker
+    assert by_workers[4].wall_hours.worst < by_workers[1].wall_hours.worst  # the refit runs alone
+    extra_loads = by_workers[4].gpu_hours.worst - by_workers[1].gpu_hours.worst
+    assert extra_loads * 3600 == pytest.approx(3 * four.throughput.load_seconds)  # one base model per worker
 
 
 def test_the_studys_way_pads_decodes_and_reloads(compose_cfg):
     cfg = compose_cfg("plan", ["job=train", "model=tiny", "data.train_size=8", "data.test_size=8", "trainer.epochs=2",
                                "plan.study_pad_to=1000"])  # fmt: skip
     plan = planning.make_plan(cfg)
-    study = plan["study"]
-    assert study["train_tokens"] == 2 * 8 * 1000 and study["pad_to"] == 1000
-    assert study["generated_tokens"] == 3 * 16 * 5  # every evaluated row (3 passes over 16 rows), 5 tokens each
-    assert plan["study_ratio"] == pytest.approx(study["gpu_hours"] / plan["gpu_hours"]["expected"])
-    assert plan["study_ratio"] > 1
+    study = plan.study
+    assert study.train_tokens == 2 * 8 * 1000 and study.pad_to == 1000
+    assert study.generated_tokens == 3 * 16 * 5  # every evaluated row (3 passes over 16 rows), 5 tokens each
+    assert plan.study_ratio == pytest.approx(study.gpu_hours / plan.gpu_hours.expected)
+    assert plan.study_ratio > 1
 
 
 def test_rates_measured_or_assumed():
-    shape = planning.model_shape(SHIPPED_CONFIGS / "meta-llama/Llama-2-7b-chat-hf")
-    rates = planning.assumed_rates(GPUS["a100"], 0.5, shape, quantized=True, load_seconds=None)
+    shape = model_shape(SHIPPED_CONFIGS / "meta-llama/Llama-2-7b-chat-hf")
+    rates = assumed_rates(GPUS["a100"], 0.5, shape, quantized=True, load_seconds=None)
     assert rates.train_flops_per_s == rates.scoring_flops_per_s == 312e12 * 0.5
     assert rates.decode_step_seconds == pytest.approx(shape.n_base * 0.55 / 2.04e12)  # bandwidth-bound
     assert rates.load_seconds == pytest.approx(shape.n_params * 2 / 1e9)
-    work = planning.Work(train_hardware_flops=3e15, scoring_flops=1e15, decode_steps=10, model_loads=2)
+    work = Work(train_hardware_flops=3e15, scoring_flops=1e15, decode_steps=10, model_loads=2)
     assert rates.seconds(work) == pytest.approx(4e15 / 156e12 + 10 * rates.decode_step_seconds + 2 * rates.load_seconds)
 
 
@@ -140,11 +143,11 @@ def test_space_values_worst_and_expected():
         "lr": SearchParam(key="trainer.learning_rate", type="float", low=1e-5, high=1e-2, log=True),
         "nf": SearchParam(key="prompt.name_features", type="categorical", choices=[True, False]),
     }
-    worst, expected = planning.space_values(space)
+    worst, expected = space_values(space)
     assert worst == [{"prompt.name_features": c, "lora.r": 256, "trainer.learning_rate": 1e-2} for c in (True, False)]
     assert [e["lora.r"] for e in expected] == [130, 130]
     assert expected[0]["trainer.learning_rate"] == pytest.approx((1e-2 - 1e-5) / np.log(1e3))  # log-uniform mean
-    assert planning.rendering_key(worst[0]) == (("prompt.name_features", "True"),)
+    assert rendering_key(worst[0]) == (("prompt.name_features", "True"),)
 
 
 def test_no_tokenizer_offline_is_one_line(compose_cfg, monkeypatch, tmp_path):
@@ -173,16 +176,14 @@ def test_cli_plans_the_tep_protocol_offline_from_a_tokenizer_and_a_config_json(t
          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    plan = json.loads((run_dir / "plan.json").read_text())
-    assert {"prompt_tokens", "train_tokens", "scoring_tokens", "flops", "memory_gib", "gpu_hours", "study_ratio"} <= set(plan)
-    assert set(plan["prompt_tokens"]) == {"min", "mean", "max"}
-    assert plan["rows"]["train"] == 400 and plan["rows"]["test"] == 160 and len(plan["rows"]["folds"]) == 5
-    assert plan["model"]["parameters"] == 6_738_415_616 and plan["memory_gib"]["fits"]
-    assert plan["data"]["stand_in"] and plan["study_ratio"] > 1
-    assert plan["train_tokens"]["worst"] > plan["train_tokens"]["expected"]
+    plan = PlanRecord.read(run_dir / "plan.json")  # every field typed, of this version
+    assert plan.rows.train == 400 and plan.rows.test == 160 and len(plan.rows.folds) == 5
+    assert plan.model.parameters == 6_738_415_616 and plan.memory_gib.fits
+    assert plan.data.stand_in and plan.study_ratio > 1
+    assert plan.train_tokens.worst > plan.train_tokens.expected
     assert (run_dir / "plan.md").read_text().startswith("# plan: faultllm hpo")
     assert "LoRA: " in (run_dir / "plan.md").read_text()  # the memory's LoRA terms, apart (docs/memory_model.md)
-    assert plan["memory_gib"]["terms_gib"]["lora_activations"] > 0
+    assert plan.memory_gib.terms_gib["lora_activations"] > 0
     assert "GPU-h" in result.stdout + result.stderr
 
 
@@ -199,10 +200,10 @@ def test_a_few_shot_plan_counts_the_shots_and_trains_nothing(compose_cfg):
     tokenizer = load_tokenizer(str(SHIPPED))
     texts = serializer.render(split.train, own_rows=True).texts + serializer.render(split.test).texts
     prompts = np.array([len(tokenizer(text)["input_ids"]) for text in texts])
-    assert plan["prompt_tokens"] == {"min": prompts.min(), "mean": pytest.approx(prompts.mean()), "max": prompts.max()}
+    assert plan.prompt_tokens == TokenStats(prompts.min(), pytest.approx(prompts.mean()), prompts.max())
     zero_shot = planning.make_plan(compose_cfg("plan", [*overrides[:-1], "prompt.shots=0"]))
-    assert plan["prompt_tokens"]["mean"] > 4 * zero_shot["prompt_tokens"]["mean"]
-    assert plan["train_tokens"]["expected"] == 0 and plan["scoring_tokens"]["expected"] == (prompts + 7).sum()
+    assert plan.prompt_tokens.mean > 4 * zero_shot.prompt_tokens.mean
+    assert plan.train_tokens.expected == 0 and plan.scoring_tokens.expected == (prompts + 7).sum()
 
 
 def test_plan_shows_the_tokens_per_row_of_the_chosen_prompt_format(compose_cfg):
@@ -213,8 +214,8 @@ def test_plan_shows_the_tokens_per_row_of_the_chosen_prompt_format(compose_cfg):
     cfg = compose_cfg("plan", [*overrides, "prompt.format=compact"])
     split, _ = prepared_split(cfg.data, cfg.seed)
     prompt, _ = direct_tokens(cfg, features_and_label(split.train, split.features))
-    assert plans["compact"]["prompt_format"] == "compact" and plans["study"]["prompt_format"] == "study"
-    assert plans["compact"]["prompt_tokens"]["mean"] < plans["study"]["prompt_tokens"]["mean"]
-    assert plans["compact"]["prompt_tokens"]["min"] <= prompt.min() and prompt.max() <= plans["compact"]["prompt_tokens"]["max"]
+    assert plans["compact"].prompt_format == "compact" and plans["study"].prompt_format == "study"
+    assert plans["compact"].prompt_tokens.mean < plans["study"].prompt_tokens.mean
+    assert plans["compact"].prompt_tokens.min <= prompt.min() and prompt.max() <= plans["compact"].prompt_tokens.max
     line = plan_job.summary(cfg, plans["compact"])["prompt tokens per row"]
     assert line.startswith("prompt.format=compact: min ")

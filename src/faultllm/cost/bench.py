@@ -1,6 +1,6 @@
 """Timed training steps, scoring batches and batch-1 decoding on this machine, as `faultllm train` runs them.
 
-`faultllm bench` writes what `run_bench` measures to bench.json, which `faultllm plan
+`faultllm bench` writes what `run_bench` measures to bench.json (a `BenchRecord`), which `faultllm plan
 plan.throughput_from=DIR` reads; scripts/bench_gpu.py prints the same measurement in more detail,
 and the other scripts/bench_*.py build their runs with `setup` and `sft_trainer`. Tokens are real
 (non-pad) tokens. Training is clocked from the end of the warm-up steps to the end of the last one,
@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -30,6 +30,7 @@ from faultllm.cost.flops import (
     scoring_flops_per_token,
     utilization,
 )
+from faultllm.cost.records import BenchRecord
 from faultllm.data.splits import Split, prepared_split
 from faultllm.data.standins import stand_in_data
 from faultllm.llm.build import ModelSpec, build_for_training
@@ -255,56 +256,70 @@ def check_fits_here(cfg: TrainJob) -> None:
         )
 
 
-def run_bench(cfg: TrainJob, bench: BenchConfig) -> dict:
+def run_bench(cfg: TrainJob, bench: BenchConfig) -> BenchRecord:
     """Times `bench.steps` training steps after `bench.warmup_steps`, `bench.scoring_batches` scoring batches
-    and batch-1 decoding; returns bench.json's content."""
+    and batch-1 decoding; returns bench.json's record."""
     check_fits_here(cfg)
     run = setup(cfg)
     per_step = cfg.trainer.batch_size * cfg.trainer.grad_accum
     train_rows = run.split.train.head((bench.warmup_steps + bench.steps) * per_step)
     sft_rows = run.serializer.render(train_rows, own_rows=True).sft_rows()  # the first rows of the pool itself
     window, memory = timed_training(run, sft_rows, bench.warmup_steps, bench.steps)
-    tokens, seconds = window.tokens_and_seconds()
     test = run.serializer.render(run.split.test.head(bench.scoring_batches * cfg.eval.batch_size))
-    scoring_rate, rows_rate = timed_scoring(run, test, cfg.eval.batch_size)
-    decode = decode_step_seconds(run, test.texts[: bench.generate_rows], max(2, cfg.eval.max_new_tokens))
-    return bench_record(cfg, bench, run, memory, tokens, seconds) | {
-        "scoring_tokens_per_second": scoring_rate,
-        "scoring_rows_per_second": rows_rate,
-        "decode_step_seconds": decode,
-    }
+    timings = Timings(
+        *window.tokens_and_seconds(),
+        memory,
+        *timed_scoring(run, test, cfg.eval.batch_size),
+        decode_step_seconds(run, test.texts[: bench.generate_rows], max(2, cfg.eval.max_new_tokens)),
+    )
+    return bench_record(cfg, bench, run, timings)
 
 
-def bench_record(cfg: TrainJob, bench: BenchConfig, run: Setup, memory: dict, tokens: int, seconds: float) -> dict:
-    """The training half of bench.json: rates, memory, parameters and, on CUDA with a known peak, MFU and HFU."""
+@dataclass(frozen=True)
+class Timings:
+    """What `run_bench` clocked: the timed training window, its memory peaks, scoring and decoding rates."""
+
+    train_tokens: int
+    train_seconds: float
+    memory_gib: dict[str, float]
+    scoring_tokens_per_second: float
+    scoring_rows_per_second: float
+    decode_step_seconds: float
+
+
+def bench_record(cfg: TrainJob, bench: BenchConfig, run: Setup, timings: Timings) -> BenchRecord:
+    """bench.json: rates, memory, parameters and, on CUDA with a known peak, MFU and HFU."""
     plan, (n_base, n_lora) = run.plan, param_counts(run.model)
-    rate = tokens / seconds
+    rate = timings.train_tokens / timings.train_seconds
     peak = peak_tflops(plan.gpu_name, bench.peak_tflops) if plan.gpu_name else None
-    flops = {
-        "model_flops_per_token": model_flops_per_token(n_base, n_lora),
-        "hardware_flops_per_token": hardware_flops_per_token(n_base, n_lora, bool(plan.gradient_checkpointing)),
-        "scoring_flops_per_token": scoring_flops_per_token(n_base, n_lora),
-    }
-    return {
-        "device": plan.gpu_name or "cpu",
-        "model": str(cfg.model.path or "tiny"),
-        "init": cfg.model.init,
-        "hardware": plan.__dict__,
-        "n_base": n_base,
-        "n_lora": n_lora,
-        "batch_size": cfg.trainer.batch_size,
-        "grad_accum": cfg.trainer.grad_accum,
-        "warmup_steps": bench.warmup_steps,
-        "steps": bench.steps,
-        "train_tokens": tokens,
-        "tokens_per_second": rate,
-        "step_seconds": seconds / bench.steps,
-        "load_seconds": run.load_seconds,
-        "peak_memory_gib": memory.get("reserved", memory.get("process")),
-        "memory_gib": memory,
-        **flops,
-        "peak_tflops": peak,
-        "mfu": utilization(flops["model_flops_per_token"], rate, peak) if peak else None,
-        "hfu": utilization(flops["hardware_flops_per_token"], rate, peak) if peak else None,
-        "data_note": run.data_note,
-    }
+    model_flops = model_flops_per_token(n_base, n_lora)
+    hardware_flops = hardware_flops_per_token(n_base, n_lora, bool(plan.gradient_checkpointing))
+    memory = timings.memory_gib
+    return BenchRecord(
+        device=plan.gpu_name or "cpu",
+        model=str(cfg.model.path or "tiny"),
+        init=cfg.model.init,
+        hardware=asdict(plan),
+        n_base=n_base,
+        n_lora=n_lora,
+        batch_size=cfg.trainer.batch_size,
+        grad_accum=cfg.trainer.grad_accum,
+        warmup_steps=bench.warmup_steps,
+        steps=bench.steps,
+        train_tokens=timings.train_tokens,
+        tokens_per_second=rate,
+        step_seconds=timings.train_seconds / bench.steps,
+        load_seconds=run.load_seconds,
+        peak_memory_gib=memory.get("reserved", memory.get("process")),
+        memory_gib=memory,
+        model_flops_per_token=model_flops,
+        hardware_flops_per_token=hardware_flops,
+        scoring_flops_per_token=scoring_flops_per_token(n_base, n_lora),
+        peak_tflops=peak,
+        mfu=utilization(model_flops, rate, peak) if peak else None,
+        hfu=utilization(hardware_flops, rate, peak) if peak else None,
+        data_note=run.data_note,
+        scoring_tokens_per_second=timings.scoring_tokens_per_second,
+        scoring_rows_per_second=timings.scoring_rows_per_second,
+        decode_step_seconds=timings.decode_step_seconds,
+    )
