@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm.config.schema import HpoConfig
+from faultllm.config.hpo import HpoConfig
 from faultllm.cost import planning
 from faultllm.search.hpo import _PruningReporter
 from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share

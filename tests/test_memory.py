@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from faultllm.config.schema import LoraConfig, ModelConfig
+from faultllm.config.groups import LoraConfig, ModelConfig
 from faultllm.cost.bench import RowTokens
 from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing, step_memory
 from faultllm.llm.modeling import SHIPPED_CONFIGS, Gpu, hardware_plan, peft_lora_config

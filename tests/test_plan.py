@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from faultllm.config.schema import SearchParam
+from faultllm.config.hpo import SearchParam
 from faultllm.cost import planning
 from faultllm.cost.flops import GPUS
 from faultllm.data.splits import cv_folds, fold_splits, make_split, prepared_split

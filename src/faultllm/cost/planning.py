@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from faultllm.config.hpo import SearchParam
+from faultllm.config.jobs import PlanJob
 from faultllm.config.load import with_values
-from faultllm.config.schema import PlanJob, SearchParam
 from faultllm.cost.bench import RowTokens, row_tokens
 from faultllm.cost.flops import GPUS, GpuSpec, hardware_flops_per_token, model_flops_per_token, scoring_flops_per_token
 from faultllm.data.splits import Split, cv_folds, fold_splits, make_split, scale_split

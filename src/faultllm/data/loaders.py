@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.runtime.errors import FaultLLMError, first_line
 from faultllm.runtime.files import atomic_path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.data.loaders import HST_FEATURES, LABEL
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.files import write_csv

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultllm.config.schema import LoraConfig, ModelConfig, PromptConfig
+from faultllm.config.groups import LoraConfig, ModelConfig, PromptConfig
 from faultllm.llm.tiny import ensure_tiny_model, stand_in_tokenizer
 from faultllm.prompts.templates import end_of_turn, use_chat_template
 from faultllm.runtime.distributed import local_rank, world_size
