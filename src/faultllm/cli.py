@@ -1,7 +1,9 @@
 """`faultllm <command> [hydra overrides]`: a thin dispatcher onto Hydra-configured jobs.
 
 Heavy libraries (torch, transformers, peft, even hydra) are imported only once a
-command runs, so `faultllm --help` answers at once.
+command runs, so `faultllm --help` answers at once. The command line's overrides are read by
+`faultllm.config.overrides`, a command's `--help` is written by `faultllm.config.help`; here: the checks
+before a job (config, inputs, run directory), the job's run and the one line a failure prints.
 """
 
 from __future__ import annotations

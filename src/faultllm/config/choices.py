@@ -30,7 +30,7 @@ OBJECTIVES = {
     f"val_{LOSS}": "minimize", f"val_{CLASS_LOSS}": "minimize",
     f"val_{ACCURACY}": "maximize", f"val_{MACRO_F1}": "maximize",
 }  # fmt: skip
-GPU_NAMES = ("h100", "h200", "a100", "l40s", "a10", "t4")  # `plan.gpu`: costs.GPUS holds their datasheet numbers
+GPU_NAMES = ("h100", "h200", "a100", "l40s", "a10", "t4")  # `plan.gpu`: cost.flops.GPUS holds their datasheet numbers
 
 
 def trackers(report_to: str | list) -> tuple[str, ...]:

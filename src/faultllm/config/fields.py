@@ -14,7 +14,7 @@ MISSING = "???"  # Hydra's marker of a required value
 
 
 class ConfigError(FaultLLMError):
-    """A value that cannot work. `key` is relative to the dataclass that raised it; `config.typed` adds the path."""
+    """A value that cannot work. `key` is relative to the dataclass that raised it; `load.build` adds the path."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}{message}")
