@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 
-from faultllm.config.schema import LoraConfig
+from faultllm.config.groups import LoraConfig
 from faultllm.llm.build import keep_adapters_in_fp32, load_base_model, peft_lora_config
 from faultllm.llm.hardware import HardwarePlan
 from faultllm.llm.memory import ModelDims, Step, step_memory

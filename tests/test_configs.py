@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from faultllm import cli
+from faultllm.config.choices import LR_SCHEDULERS
+from faultllm.config.jobs import JOBS
 from faultllm.config.load import CONFIG_DIR, load_config
-from faultllm.config.schema import JOBS, LR_SCHEDULERS
 from faultllm.runtime.errors import FaultLLMError
 
 REQUIRED = {

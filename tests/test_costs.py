@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from faultllm.config.choices import GPU_NAMES
 from faultllm.config.load import load_config
-from faultllm.config.schema import GPU_NAMES
 from faultllm.cost import flops
 from faultllm.cost.bench import TimedWindow
 from faultllm.data import standins
@@ -113,7 +113,7 @@ def test_the_tiny_models_shape_by_hand(tmp_path):
 def test_the_shape_agrees_with_peft_on_the_tiny_model(tiny_model):
     from peft import get_peft_model
 
-    from faultllm.config.schema import LoraConfig
+    from faultllm.config.groups import LoraConfig
     from faultllm.llm.build import peft_lora_config
 
     shape = shapes.model_shape(SHIPPED)

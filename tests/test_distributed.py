@@ -13,8 +13,8 @@ from unittest.mock import MagicMock
 import pytest
 import torch
 
+from faultllm.config.groups import ModelConfig
 from faultllm.config.load import load_config
-from faultllm.config.schema import ModelConfig
 from faultllm.llm.build import load_base_model
 from faultllm.llm.hardware import Gpu, hardware_plan
 from faultllm.runtime.distributed import GPU_LIST, pin_first_gpu, visible_gpus

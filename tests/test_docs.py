@@ -15,11 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from faultllm.cli import COMMANDS, config_error, report_overrides, sweep_jobs
+from faultllm.cli import COMMANDS, config_error
 from faultllm.compare.statistics import aggregate
 from faultllm.compare.tables import summary_display
+from faultllm.config.help import key_help
+from faultllm.config.jobs import JOBS
 from faultllm.config.load import compose, load_config
-from faultllm.config.schema import JOBS, key_help
+from faultllm.config.overrides import report_overrides, sweep_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

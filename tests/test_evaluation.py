@@ -192,7 +192,7 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
     refit, bench, explain's probes) must not draw LoRA dropout, or the answers change from call to call."""
     from peft import get_peft_model
 
-    from faultllm.config.schema import LoraConfig
+    from faultllm.config.groups import LoraConfig
     from faultllm.llm.build import peft_lora_config
     from faultllm.llm.scoring import generate_answers
 

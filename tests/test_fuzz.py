@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faultllm import cli
+from faultllm.config.help import key_help
+from faultllm.config.jobs import JOBS
 from faultllm.config.load import load_config
-from faultllm.config.schema import JOBS, key_help
 from faultllm.data.tep import RIETH_COLUMNS, TEP_FEATURES
 from faultllm.preflight import check
 from faultllm.runtime.errors import FaultLLMError

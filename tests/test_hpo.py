@@ -14,8 +14,8 @@ import numpy as np
 import optuna
 import pytest
 
+from faultllm.config.hpo import SearchParam
 from faultllm.config.load import load_config
-from faultllm.config.schema import SearchParam
 from faultllm.data.splits import cv_folds, fold_splits, make_split
 from faultllm.jobs.hpo import run as search
 from faultllm.runtime.errors import FaultLLMError

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm.config.schema import HpoConfig
+from faultllm.config.hpo import HpoConfig
 from faultllm.cost import plan as planning
 from faultllm.cost.cases import gather_inputs
 from faultllm.search.hpo import _PruningReporter

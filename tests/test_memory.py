@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from faultllm.config.schema import LoraConfig, ModelConfig
+from faultllm.config.groups import LoraConfig, ModelConfig
 from faultllm.cost.bench import RowTokens
 from faultllm.llm.build import peft_lora_config
 from faultllm.llm.hardware import Gpu, hardware_plan

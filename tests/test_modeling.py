@@ -8,8 +8,8 @@ from unittest.mock import MagicMock
 import pytest
 import torch
 
+from faultllm.config.groups import ModelConfig
 from faultllm.config.load import load_config
-from faultllm.config.schema import ModelConfig
 from faultllm.llm.build import load_base_model, peft_lora_config
 from faultllm.llm.hardware import Gpu, detect_gpu, hardware_plan, quantization_config
 from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory

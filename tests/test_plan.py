@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from faultllm.config.schema import SearchParam
+from faultllm.config.hpo import SearchParam
 from faultllm.cost import plan as planning
 from faultllm.cost.cases import rendering_key, space_values
 from faultllm.cost.flops import GPUS

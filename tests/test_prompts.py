@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from faultllm.config.schema import ConfigError
+from faultllm.config.fields import ConfigError
 from faultllm.data.datasets import HST_FEATURES
 from faultllm.data.splits import prepared_split
 from faultllm.data.standins import stand_in_data

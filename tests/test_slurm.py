@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faultllm.config.schema import SlurmConfig
+from faultllm.config.groups import SlurmConfig
 from faultllm.preflight import _minutes, check_partition
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides

@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from faultllm.compare.baselines import load_model
-from faultllm.config.schema import ConfigError
+from faultllm.config.fields import ConfigError
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.runtime import threads
 from faultllm.runtime.threads import Cores, available_cores, cgroup_quota, loop_plan, parallel_map
@@ -84,7 +84,7 @@ def test_the_threads_key_is_in_every_command_and_refuses_negatives(compose_cfg):
     for command in ("baselines", "train", "hpo", "prepare"):
         assert compose_cfg(command, ["model=tiny"] if command in ("train", "hpo") else []).threads == 0
     assert compose_cfg("baselines", ["threads=3"]).threads == 3
-    from faultllm.config.schema import EvaluateJob, ExplainJob, PredictJob, ReportJob
+    from faultllm.config.jobs import EvaluateJob, ExplainJob, PredictJob, ReportJob
 
     for job in (EvaluateJob, ExplainJob, PredictJob, ReportJob):
         assert job(threads=2).threads == 2

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from faultllm.config.choices import trackers
 from faultllm.config.load import load_config
-from faultllm.config.schema import trackers
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 

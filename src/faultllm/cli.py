@@ -1,7 +1,9 @@
 """`faultllm <command> [hydra overrides]`: a thin dispatcher onto Hydra-configured jobs.
 
 Heavy libraries (torch, transformers, peft, even hydra) are imported only once a
-command runs, so `faultllm --help` answers at once.
+command runs, so `faultllm --help` answers at once. The command line's overrides are read by
+`faultllm.config.overrides`, a command's `--help` is written by `faultllm.config.help`; here: the checks
+before a job (config, inputs, run directory), the job's run and the one line a failure prints.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import difflib
 import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import traceback
@@ -98,11 +99,15 @@ def _command(argv: list[str]) -> int:
     overrides = hide_passwords(argv[len(command.split()) :])  # Hydra, its files and the job never see the password
     config_name, module, _ = COMMANDS[command]
     if any(arg in ("-h", "--help") for arg in overrides):
-        print(command_help(command, config_name, overrides))
+        from faultllm.config.help import command_help
+
+        print(command_help(command, COMMANDS[command][2], config_name, overrides))
         return 0
     if world_size() > 1 and command != "train":
         print(f"faultllm {command}: runs in one process; only train runs under torchrun", file=sys.stderr)
         return 2
+    from faultllm.config.overrides import missing_value, quote_unusual_values, rank_overrides, report_overrides
+
     if command == "report":
         overrides = report_overrides(overrides)
     overrides = quote_unusual_values(overrides)
@@ -115,115 +120,18 @@ def _command(argv: list[str]) -> int:
     return run_job(command, config_name, module, overrides)
 
 
-def rank_overrides(config_name: str, overrides: list[str]) -> list[str]:
-    """Under torchrun/accelerate: one run directory for all ranks (the main one's, unless given);
-    only the main process keeps Hydra's files and the log."""
-    from faultllm.config.load import load_config
-    from faultllm.runtime.distributed import agree_on_run_dir, is_main_process
-
-    if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        config = load_config(config_name, [o for o in overrides if not o.startswith(("hydra.", "-"))])
-        timeout = config.trainer.ddp_timeout  # the process group starts here, long before the Trainer
-        overrides = [*overrides, f"hydra.run.dir={agree_on_run_dir(f'runs/{config_name}', timeout)}"]
-    if not is_main_process():
-        overrides = [*overrides, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    return overrides
-
-
-def command_help(command: str, config_name: str, overrides: list[str] | None = None) -> str:
-    """What the command does (the opening comment of its config) and every key it reads: type, default (as
-    composed with the given overrides) and meaning, from `faultllm.config.schema`."""
-    from faultllm.config.load import CONFIG_DIR
-    from faultllm.config.schema import JOBS, key_help
-
-    path = CONFIG_DIR / f"{config_name}.yaml"
-    header = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        header.append(line.lstrip("# ").rstrip())
-    defaults = _composed_values(config_name, [o for o in overrides or [] if o not in ("-h", "--help")])
-    keys = [
-        f"\n{row.key}  {row.description}" if row.group
-        else f"  {row.key} ({row.kind}; {_default(defaults, row.key)}): {row.description}"
-        for row in key_help(JOBS[config_name])
-    ]  # fmt: skip
-    return "\n".join([
-        f"faultllm {command}: {COMMANDS[command][2]}", "", *header, "",
-        f"keys (set any with key=value; defaults from {path} and the overrides given):", *keys, "",
-        f"faultllm {command} --cfg job [key=value ...] prints the whole composed config.",
-    ])  # fmt: skip
-
-
-def _composed_values(config_name: str, overrides: list[str]) -> dict:
-    """The command's config as plain values, interpolations unresolved; without the overrides if they fail."""
-    from omegaconf import OmegaConf
-
-    from faultllm.config.load import compose
-
-    try:
-        return OmegaConf.to_container(compose(config_name, overrides), resolve=False)
-    except Exception:  # a bad override: the defaults still answer --help
-        return OmegaConf.to_container(compose(config_name), resolve=False)
-
-
-def _default(values: dict, key: str, width: int = 60) -> str:
-    """`default VALUE` as it is written on the command line (null, true, [a, b]), cut to `width` characters;
-    `required` for a key without one."""
-    value = values
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if value == "???":
-        return "required"
-    text = _yaml(value)
-    return "default " + (text if len(text) <= width else text[: width - 3] + "...")
-
-
-def _yaml(value: object) -> str:
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, list):
-        return "[" + ", ".join(map(_yaml, value)) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-# Hydra flags that only print: their config is not checked first.
-_PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p", "--shell-completion", "-sc")
-
-
-def _prints_only(overrides: list[str]) -> bool:
-    return any(arg.split("=")[0] in _PRINT_FLAGS for arg in overrides)
-
-
-def _multirun(overrides: list[str]) -> bool:
-    return any(arg in ("-m", "--multirun") for arg in overrides)
-
-
-def missing_value(overrides: list[str]) -> str | None:
-    """An option given without its value: `data.path=` would mean an empty string, `--out` last the current
-    directory."""
-    for arg in overrides:
-        if arg == "--out":
-            return "--out needs a directory: faultllm report RUN_DIR... --out DIR"
-        key, equals, value = arg.partition("=")
-        if equals and not value.strip() and not key.startswith("-"):
-            return f"{key}= has no value; pass {key}=VALUE (or {key}=null for none)"
-    return None
-
-
 def output_error(overrides: list[str]) -> str | None:
     """Why the run directory (hydra.run.dir; hydra.sweep.dir with -m; by default under ./runs) cannot be
     written, before Hydra tries to create it."""
+    from faultllm.config.overrides import given_value, is_multirun, prints_only
     from faultllm.preflight import check_writable
     from faultllm.runtime.errors import FaultLLMError
 
-    if _prints_only(overrides):
+    if prints_only(overrides):
         return None
-    key = "hydra.sweep.dir" if _multirun(overrides) else "hydra.run.dir"
+    key = "hydra.sweep.dir" if is_multirun(overrides) else "hydra.run.dir"
     try:
-        check_writable(key, _given(overrides, key) or "runs")
+        check_writable(key, given_value(overrides, key) or "runs")
     except FaultLLMError as err:
         return str(err)
     return None
@@ -233,17 +141,19 @@ def config_error(config_name: str, overrides: list[str], inputs: bool = True) ->
     """The one-line reason the config of some job cannot be composed or does not validate, or (with `inputs`)
     its inputs cannot work (`faultllm.preflight`), else None. A multirun (-m) checks every job of its sweep
     before the first one runs."""
-    if _prints_only(overrides):
+    from faultllm.config.overrides import given_value, is_multirun, one_line, prints_only, sweep_jobs
+
+    if prints_only(overrides):
         return None
-    multirun = _multirun(overrides)
+    multirun = is_multirun(overrides)
     keys = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra.")]
-    run_dir = None if multirun else _given(overrides, "hydra.run.dir")
+    run_dir = None if multirun else given_value(overrides, "hydra.run.dir")
     try:
         jobs = sweep_jobs(keys) if multirun else [keys]
     except Exception as err:  # Hydra's override grammar
-        return _one_line(err)
+        return one_line(err)
     # the sweep's directory, when its jobs run on other machines (hydra/launcher=slurm)
-    sweep_dir = (_given(overrides, "hydra.sweep.dir") or "runs") if "hydra/launcher=slurm" in overrides else None
+    sweep_dir = (given_value(overrides, "hydra.sweep.dir") or "runs") if "hydra/launcher=slurm" in overrides else None
     for job in jobs:
         error = _job_error(config_name, job, Path(run_dir) if run_dir else None, sweep_dir, inputs)
         if error:
@@ -251,19 +161,11 @@ def config_error(config_name: str, overrides: list[str], inputs: bool = True) ->
     return None
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The overrides of every job of a basic multirun sweep (`a=1,2 b=x,y`: four jobs)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the sweeper Hydra runs with -m
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return BasicSweeper.split_arguments(parsed, None)[0]
-
-
 def _job_error(
     config_name: str, overrides: list[str], run_dir: Path | None, sweep_dir: str | None = None, inputs: bool = True
 ) -> str | None:
     from faultllm.config.load import compose, validate
+    from faultllm.config.overrides import composition_error
     from faultllm.preflight import check, check_submission
     from faultllm.runtime.errors import FaultLLMError
 
@@ -280,102 +182,6 @@ def _job_error(
             return composition_error(config_name, overrides, err)
         return message
     return None
-
-
-def composition_error(config_name: str, overrides: list[str], err: Exception) -> str:
-    """Hydra's error as one line, with the closest valid names for a misspelled key or option."""
-    from faultllm.config.load import CONFIG_DIR, config_keys
-    from faultllm.config.schema import suggestion
-
-    no_value = re.search(r"Error parsing override '([^']*)'\s+missing EQUAL", str(err))
-    if no_value:
-        return f"{no_value[1]}: no value given; pass {no_value[1]}=VALUE"
-    missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", str(err))
-    if missing_option:
-        group, option = missing_option.groups()
-        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        return f"{group}={option}: no such option; expected one of {', '.join(options)}{suggestion(option, options)}"
-    cause = err.__cause__
-    key = getattr(cause, "full_key", None)
-    if key and " not in " in str(cause):  # a key the command's schema does not have
-        parent = key.rpartition(".")[0]
-        keys = [f"{parent}.{name}" if parent else name for name in config_keys(config_name, parent)]
-        return f"{key}: no such config key{suggestion(key, keys)}"
-    if key:  # a value of the wrong type
-        value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), None)
-        reason = str(cause).splitlines()[0]
-        for found, expected in _TYPE_ERRORS.items():
-            if found in reason:
-                reason = expected
-        return f"{key}={value!r}: {reason}"
-    return _one_line(err)
-
-
-_TYPE_ERRORS = {
-    "converted to Integer": "expected an integer", "converted to Float": "expected a number",
-    "is not a valid bool": "expected true or false",
-}  # fmt: skip
-
-
-def _one_line(err: Exception) -> str:
-    lines = str(err).strip().split("Config search path")[0].splitlines()
-    return " ".join(line.strip() for line in lines if line.strip())
-
-
-def report_overrides(args: list[str]) -> list[str]:
-    """`report DIR... [--out DIR]` as Hydra overrides: run_dirs=[...] and hydra.run.dir."""
-    run_dirs, overrides = [], []
-    args = iter(args)
-    for arg in args:
-        if arg == "--out":
-            out = next(args, None)
-            if out is None or out.startswith("-"):  # refused by `missing_value`
-                overrides += ["--out", *([out] if out else [])]
-            else:
-                overrides.append(f"hydra.run.dir={_quoted(out)}")
-        elif "=" in arg or arg.startswith("-"):
-            overrides.append(arg)
-        else:
-            run_dirs.append(arg)
-    if run_dirs:
-        overrides.insert(0, f"run_dirs=[{','.join(map(_quoted, run_dirs))}]")
-    return overrides
-
-
-def quote_unusual_values(overrides: list[str]) -> list[str]:
-    """Hydra's override grammar takes no non-ASCII character unquoted, yet `data.path=/data/düse 1.csv` is an
-    ordinary path: such a value that does not parse as it is becomes one quoted string."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser, quoted = OverridesParser.create(), []
-    for arg in overrides:
-        key, equals, value = arg.partition("=")
-        if equals and not value.isascii() and not key.startswith("-"):
-            try:
-                parser.parse_override(arg)
-            except Exception:  # Hydra's grammar error
-                arg = f"{key}={_quoted(value)}"
-        quoted.append(arg)
-    return quoted
-
-
-def _quoted(value: str) -> str:
-    """`value` as a single-quoted Hydra string: quotes escaped, and the backslashes before a quote or the end
-    (Hydra reads a backslash elsewhere as itself)."""
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
-
-
-def _given(overrides: list[str], key: str) -> str | None:
-    """The value of the last `key=...` override as Hydra reads it (unquoted), if one is given."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given = next((o for o in reversed(overrides) if o.startswith(f"{key}=")), None)
-    if given is None:
-        return None
-    try:
-        return str(OverridesParser.create().parse_override(given).value())
-    except Exception:  # Hydra's grammar error: composing the config reports it
-        return given.partition("=")[2]
 
 
 def _quiet_known_noise(progress: bool) -> None:
@@ -400,7 +206,8 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from faultllm.config.load import CONFIG_DIR, validate
+    from faultllm.config.load import validate
+    from faultllm.runtime.paths import CONFIG_DIR
     from faultllm.runtime.progress import use_bars
     from faultllm.runtime.threads import apply as apply_thread_budget
     from faultllm.runtime.threads import available_cores, limit_torch
@@ -410,7 +217,7 @@ def run_job(command: str, config_name: str, module: str, overrides: list[str]) -
         # the first line, before the heavy imports (torch, transformers) that take seconds
         logging.getLogger(__name__).info(f"faultllm {command} starting in {run_dir}; loading libraries")
         try:
-            config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.config.schema)
+            config = validate(cfg, config_name)  # the jobs get the typed config (faultllm.config.jobs)
             if config.progress is None:  # bars on a terminal; lines every few seconds in logs and CI
                 config.progress = sys.stdout.isatty()
             use_bars(config.progress)

@@ -20,7 +20,8 @@ import pandas as pd
 
 from faultllm.compare.baselines import check_models
 from faultllm.compare.pooling import load_runs
-from faultllm.config.schema import (
+from faultllm.config.groups import SlurmConfig
+from faultllm.config.jobs import (
     BaselinesJob,
     BenchJob,
     EvaluateJob,
@@ -31,7 +32,6 @@ from faultllm.config.schema import (
     PrepareJob,
     ReportJob,
     RunSettings,
-    SlurmConfig,
     TrainJob,
 )
 from faultllm.data.splits import Split, cv_folds, keep_last_split, make_split, scale_split

@@ -19,7 +19,7 @@ import pandas as pd
 
 from faultllm.compare.calibration import Forecast, Recalibration, forecast_of
 from faultllm.compare.metrics import classification_metrics
-from faultllm.config.schema import BOOSTING_PACKAGES
+from faultllm.config.choices import BOOSTING_PACKAGES
 from faultllm.data.splits import Split
 from faultllm.data.tables import LABEL
 from faultllm.runtime.errors import FaultLLMError

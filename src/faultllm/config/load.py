@@ -1,7 +1,7 @@
-"""From Hydra's composed DictConfig to the typed objects of `faultllm.config.schema`, and back to YAML.
+"""From Hydra's composed DictConfig to the command's dataclass (`faultllm.config.jobs`), and back to plain values.
 
-The one module besides `jobs/` and `rundir` that sees DictConfig. `compose` builds a command's config
-the way the CLI does; `typed` turns it into the command's dataclass (every choice, range and rule
+The one module besides `jobs/` and `run/directory.py` that sees DictConfig. `compose` builds a command's
+config the way the CLI does; `typed` turns it into the command's dataclass (every choice, range and rule
 checked there, errors naming the full key); `with_values` derives a config with some keys set (HPO
 trials), checked the same way.
 """
@@ -17,7 +17,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from faultllm.config.schema import JOBS, TRACKER_PACKAGES, ConfigError, TrainJob, suggestion, trackers
+from faultllm.config.choices import TRACKER_PACKAGES, trackers
+from faultllm.config.fields import ConfigError, suggestion
+from faultllm.config.jobs import JOBS, TrainJob
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.paths import CONFIG_DIR, PROJECT_ROOT, install_hint
 
@@ -41,6 +43,11 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+def unresolved(config_name: str, overrides: list[str] | None = None) -> dict:
+    """A command's composed config as plain values, interpolations (`${cache_dir}/tables`) left as written."""
+    return OmegaConf.to_container(compose(config_name, overrides), resolve=False)
 
 
 def config_keys(config_name: str, under: str = "") -> dict[str, bool]:

@@ -22,7 +22,8 @@ from tempfile import TemporaryDirectory
 import numpy as np
 from transformers import TrainerCallback
 
-from faultllm.config.schema import BenchConfig, TrainJob
+from faultllm.config.groups import BenchConfig
+from faultllm.config.jobs import TrainJob
 from faultllm.cost.flops import (
     hardware_flops_per_token,
     model_flops_per_token,

@@ -8,8 +8,9 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+from faultllm.config.hpo import SearchParam
+from faultllm.config.jobs import PlanJob
 from faultllm.config.load import with_values
-from faultllm.config.schema import PlanJob, SearchParam
 from faultllm.cost.bench import RowTokens, row_tokens
 from faultllm.cost.flops import GPUS
 from faultllm.cost.records import MemoryEstimate

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faultllm.config.schema import PlanJob
+from faultllm.config.jobs import PlanJob
 from faultllm.cost.cases import Case, Inputs, Rendered, gather_inputs, make_case, memory_estimate, space_values
 from faultllm.cost.protocol import STUDY_NEW_TOKENS, RunWork, mean_run, ours, refit_run, studys, train_run, trial
 from faultllm.cost.records import (

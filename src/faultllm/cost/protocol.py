@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faultllm.config.schema import PlanJob
+from faultllm.config.jobs import PlanJob
 from faultllm.cost.bench import RowTokens
 from faultllm.cost.cases import Case, Inputs, Sizes
 from faultllm.cost.flops import hardware_flops_per_token, model_flops_per_token, scoring_flops_per_token

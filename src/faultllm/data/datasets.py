@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.data.tables import (
     GROUP,
     LABEL,

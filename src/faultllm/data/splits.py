@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.data.datasets import load
 from faultllm.data.tables import GROUP, LABEL, RawData
 from faultllm.runtime.errors import FaultLLMError

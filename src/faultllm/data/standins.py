@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.data.datasets import HST_FEATURES
 from faultllm.data.tables import LABEL
 from faultllm.runtime.errors import FaultLLMError

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import DataConfig
+from faultllm.config.groups import DataConfig
 from faultllm.data.column_cache import ColumnFile, cached_columns
 from faultllm.data.tables import (
     GROUP,

@@ -22,7 +22,7 @@ from faultllm.compare.baselines import (
 )
 from faultllm.compare.calibration import CALIBRATION_FILE
 from faultllm.compare.tables import print_table, write_table
-from faultllm.config.schema import BaselinesJob
+from faultllm.config.jobs import BaselinesJob
 from faultllm.data.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
 from faultllm.data.tables import LABEL
 from faultllm.run.directory import save_split, start_run, write_json

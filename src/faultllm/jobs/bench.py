@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import BenchJob
+from faultllm.config.jobs import BenchJob
 from faultllm.cost.bench import run_bench
 from faultllm.cost.records import BenchRecord
 from faultllm.run.directory import start_run

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from faultllm.compare import plots
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import EvaluateJob
+from faultllm.config.jobs import EvaluateJob
 from faultllm.llm.scoring import TrainedLLM, answer_space, evaluate_prompts
 from faultllm.preflight import evaluate_inputs
 from faultllm.run.directory import start_run, write_json

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from faultllm.compare import plots
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import ExplainJob
+from faultllm.config.jobs import ExplainJob
 from faultllm.llm.explain import (
     aggregate,
     compare_with_baselines,

@@ -20,7 +20,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from faultllm.compare.tables import print_summary, write_table
-from faultllm.config.schema import HpoJob
+from faultllm.config.jobs import HpoJob
 from faultllm.data.splits import Split, cv_folds, make_split, scale_split
 from faultllm.llm.build import BaseModelCache
 from faultllm.llm.finetune import train_on_split

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import PlanJob
+from faultllm.config.jobs import PlanJob
 from faultllm.cost.plan import make_plan
 from faultllm.cost.records import Bounds, Hours, PlanRecord
 from faultllm.run.directory import start_run

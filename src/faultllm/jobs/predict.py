@@ -9,7 +9,7 @@ from pathlib import Path
 
 from faultllm.compare.calibration import LLM
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import PredictJob
+from faultllm.config.jobs import PredictJob
 from faultllm.llm.predict import (
     chosen_baseline,
     metrics_if_labelled,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import PrepareJob
+from faultllm.config.jobs import PrepareJob
 from faultllm.data.splits import prepared_split
 from faultllm.run.directory import save_split, start_run, write_json
 

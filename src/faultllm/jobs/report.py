@@ -43,7 +43,7 @@ from faultllm.compare.tables import (
     tests_display,
     within_split_display,
 )
-from faultllm.config.schema import ReportJob
+from faultllm.config.jobs import ReportJob
 from faultllm.run.directory import read_json, start_run
 from faultllm.runtime.files import write_csv, write_text
 

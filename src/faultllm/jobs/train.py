@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faultllm.config.schema import TrainJob
+from faultllm.config.jobs import TrainJob
 from faultllm.data.splits import prepared_split
 from faultllm.llm.finetune import train_on_split
 from faultllm.run.directory import TRAIN_RESUME, start_run

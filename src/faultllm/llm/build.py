@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultllm.config.schema import LoraConfig, ModelConfig, PromptConfig
+from faultllm.config.groups import LoraConfig, ModelConfig, PromptConfig
 from faultllm.llm.hardware import HardwarePlan, hardware_plan, in_plan_precision, quantization_config
 from faultllm.llm.sources import resolve_model_path
 from faultllm.llm.tokenizer import fit_embeddings, load_tokenizer

@@ -15,7 +15,8 @@ import pandas as pd
 from faultllm.compare import plots
 from faultllm.compare.calibration import CALIBRATION_FILE, LLM, Recalibration, forecast_of
 from faultllm.compare.tables import print_summary
-from faultllm.config.schema import PromptConfig, TrainJob
+from faultllm.config.groups import PromptConfig
+from faultllm.config.jobs import TrainJob
 from faultllm.data.splits import MinMaxScaler, Split, hold_out
 from faultllm.llm.build import ModelSpec
 from faultllm.llm.scoring import evaluate_prompts

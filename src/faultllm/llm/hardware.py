@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from faultllm.config.schema import ModelConfig
+from faultllm.config.groups import ModelConfig
 from faultllm.runtime.errors import FaultLLMError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from faultllm.config.schema import LoraConfig
+from faultllm.config.groups import LoraConfig
 from faultllm.llm.hardware import HardwarePlan
 from faultllm.llm.shape import ModelShape, kv_hidden
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from faultllm.compare.metrics import classification_metrics
-from faultllm.config.schema import EvalConfig
+from faultllm.config.groups import EvalConfig
 from faultllm.llm.build import ModelSpec, load_trained, load_untrained
 from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.run.directory import SavedRun

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultllm.config.schema import ModelConfig
+from faultllm.config.groups import ModelConfig
 from faultllm.llm.tiny import ensure_tiny_model, stand_in_tokenizer
 from faultllm.llm.tokenizer import pretrained_tokenizer
 from faultllm.runtime.errors import FaultLLMError

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
-from faultllm.config.schema import EPOCH_METRICS, TrainerConfig, trackers
+from faultllm.config.choices import EPOCH_METRICS, trackers
+from faultllm.config.groups import TrainerConfig
 from faultllm.llm.build import (
     ModelSpec,
     attention_of,

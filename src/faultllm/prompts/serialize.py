@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from faultllm.config.schema import PromptConfig
+from faultllm.config.groups import PromptConfig
 from faultllm.data.tables import LABEL
 from faultllm.prompts.shots import ShotPool
 from faultllm.prompts.templates import (

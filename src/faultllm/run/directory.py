@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from faultllm.config.jobs import TrainJob
 from faultllm.config.load import as_tree, load_saved
-from faultllm.config.schema import TrainJob
 from faultllm.data.splits import MinMaxScaler, Split, prepared_split
 from faultllm.data.tables import LABEL, normalize_labels, read_table, require_columns, validate_features
 from faultllm.runtime.credentials import redact, redact_tree
@@ -198,7 +198,7 @@ class SavedRun:
 
     run_dir: Path
     job: str  # train | hpo (the refit in final/) | baselines | prepare
-    cfg: Any  # the job's typed config (faultllm.config.schema)
+    cfg: Any  # the job's typed config (faultllm.config.jobs)
     split: Split  # scaled as at training time
     scaler: MinMaxScaler | None
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
+from faultllm.config.groups import SlurmConfig
 from faultllm.config.load import build
-from faultllm.config.schema import SlurmConfig
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.progress import Progress
 

@@ -20,17 +20,10 @@ import pandas as pd
 
 from faultllm.compare import plots
 from faultllm.compare.calibration import wilson_interval
+from faultllm.config.choices import ACCURACY, EPOCH_METRICS, LOSS, VALID_MASS, trackers
+from faultllm.config.hpo import HpoConfig, SearchParam
+from faultllm.config.jobs import HpoJob
 from faultllm.config.load import with_values
-from faultllm.config.schema import (
-    ACCURACY,
-    EPOCH_METRICS,
-    LOSS,
-    VALID_MASS,
-    HpoConfig,
-    HpoJob,
-    SearchParam,
-    trackers,
-)
 from faultllm.data.splits import Split, fold_splits, scale_split
 from faultllm.llm.build import BaseModelCache, ModelSpec
 from faultllm.llm.finetune import prompt_features

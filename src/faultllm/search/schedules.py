@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from faultllm.config.schema import OBJECTIVES, HpoConfig
+from faultllm.config.choices import OBJECTIVES
+from faultllm.config.hpo import HpoConfig
 
 FOLD_VALUES = "fold_values"  # user attribute: the objective of each fold the trial finished (its last epoch)
 

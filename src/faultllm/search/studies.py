@@ -20,7 +20,8 @@ import numpy as np
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler, TPESampler
 
-from faultllm.config.schema import OBJECTIVES, HpoConfig, is_journal
+from faultllm.config.choices import OBJECTIVES
+from faultllm.config.hpo import HpoConfig, is_journal
 from faultllm.runtime.credentials import redact, with_password
 from faultllm.runtime.errors import FaultLLMError, first_line
 from faultllm.runtime.paths import install_hint
