@@ -10,7 +10,7 @@ import torch
 
 from faultllm.config.load import load_config
 from faultllm.config.schema import ModelConfig
-from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.llm.memory import GIB, Step, needs_checkpointing, step_memory
 from faultllm.llm.modeling import (
     Gpu,
     detect_gpu,
@@ -20,6 +20,7 @@ from faultllm.llm.modeling import (
     quantization_config,
     resolve_model_path,
 )
+from faultllm.llm.shape import AdapterShape, ModelShape
 from faultllm.llm.trainer import TrainOptions, sft_config
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
@@ -29,11 +30,14 @@ AUTO = {"quantization": "auto", "attn_implementation": "auto", "optimizer": "aut
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, bf16=True)
 T4 = Gpu("Tesla T4", 14.6, bf16=False)
-LLAMA2_7B = ModelDims(n_params=6_738_415_616, hidden=4096, intermediate=11008, layers=32, vocab=32000)
+LLAMA2_7B = ModelShape(
+    n_params=6_738_415_616, n_lookup=0, hidden=4096, intermediate=11008, layers=32, vocab=32000, context=4096, linears=()
+)  # fmt: skip
 # LoRA r=64 with dropout on all seven projections: 7 x 64 rank outputs, the inputs of q, k, v, o, gate, up (h), down (i)
 LLAMA2_7B_R64 = replace(
-    LLAMA2_7B, n_lora=159_907_840, lora_ranks=7 * 64, lora_inputs=6 * 4096 + 11008, lora_dropped=6 * 4096 + 11008,
-    lora_dropped_attention=3 * 4096,
+    LLAMA2_7B, adapters=AdapterShape(
+        n_params=159_907_840, ranks=7 * 64, inputs=6 * 4096 + 11008, dropped=6 * 4096 + 11008, dropped_attention=3 * 4096
+    ),
 )  # fmt: skip
 
 
@@ -175,8 +179,8 @@ def test_lora_r8_on_llama2_7b_has_19_988_480_trainable_parameters(compose_cfg):
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # r * (in + out) over q, k, v, o (4096 -> 4096) and gate, up, down (4096 <-> 11008), 32 blocks
     assert trainable == 32 * 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008)) == 19_988_480
-    dims = ModelDims.of(peft_model)  # what the memory estimate counts per layer
-    assert (dims.layers, dims.lora_ranks, dims.lora_dropped) == (32, 7 * 8, 6 * 4096 + 11008)
+    shape = ModelShape.of(peft_model)  # what the memory estimate counts per layer
+    assert (shape.layers, shape.adapters.ranks, shape.adapters.dropped) == (32, 7 * 8, 6 * 4096 + 11008)
 
 
 def test_missing_local_model_path_is_a_clear_error(compose_cfg, tmp_path):
@@ -234,7 +238,7 @@ def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_
     held = sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * 4 * n_trainable
     measured = (held + _step_peak_bytes(model, optimizer, ids)) / 2**30
     plan = hardware_plan(ModelConfig(**AUTO), gpu=None)  # fp32 on the CPU
-    estimate = step_memory(ModelDims.of(model), Step.of(plan, 2, 256 - 5, 5), plan, checkpointing).total / GIB
+    estimate = step_memory(ModelShape.of(model), Step.of(plan, 2, 256 - 5, 5), plan, checkpointing).total / GIB
     assert estimate == pytest.approx(measured, rel=0.25)
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-import numpy as np
 from transformers import TrainerCallback
 
 from faultllm.config.schema import BenchConfig, TrainJob
@@ -30,10 +29,11 @@ from faultllm.cost.flops import (
     scoring_flops_per_token,
     utilization,
 )
+from faultllm.cost.tokens import row_tokens
 from faultllm.data.splits import Split, prepared_split
 from faultllm.data.standins import stand_in_data
 from faultllm.llm.modeling import HardwarePlan, ModelSpec, build_for_training, detect_gpu, model_files
-from faultllm.llm.scoring import AnswerSpace, answer_space, generate_answers, score
+from faultllm.llm.scoring import answer_space, generate_answers, score
 from faultllm.llm.shape import model_shape, param_counts
 from faultllm.llm.trainer import TrainOptions, plan_for_run
 from faultllm.llm.trainer import sft_trainer as make_trainer
@@ -44,34 +44,6 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 CPU_PARAMETER_LIMIT = 2e9  # beyond this a CPU takes hours per step: bench such a model on a GPU
-
-
-# ---------------------------------------------------------------- tokens per row, as training and scoring see them
-
-
-@dataclass(frozen=True)
-class RowTokens:
-    """Tokens per row of one rendered set: the prompt (BOS included), the completion (answer and end token),
-    and what restricted scoring runs through the model (prompt, the answer tokens before the last, and with
-    labels sharing first tokens every label's continuation)."""
-
-    prompt: np.ndarray
-    completion: np.ndarray
-    scored: np.ndarray
-
-    @property
-    def trained(self) -> np.ndarray:
-        """A training row is prompt + completion: TRL tokenizes them together, prompts end on a token boundary."""
-        return self.prompt + self.completion
-
-
-def row_tokens(tokenizer, prompts: Prompts, space: AnswerSpace) -> RowTokens:
-    prompt = np.array([len(ids) for ids in tokenizer(prompts.texts)["input_ids"]], dtype=np.int64)
-    index = {label: i for i, label in enumerate(space.labels)}
-    answer = np.array([len(space.shared) + len(space.suffixes[index[label]]) for label in prompts.truth], np.int64)
-    # restricted scoring: one forward over the prompt, the shared answer tokens and the answers' prefix tree
-    scored = prompt + len(space.shared) + len(space.tree.tokens)
-    return RowTokens(prompt, answer, scored)
 
 
 # ---------------------------------------------------------------- a config's model, split and trainer

@@ -29,11 +29,11 @@ import numpy as np
 
 from faultllm.config.load import with_values
 from faultllm.config.schema import PlanJob, SearchParam
-from faultllm.cost.bench import RowTokens, row_tokens
 from faultllm.cost.flops import GPUS, GpuSpec, hardware_flops_per_token, model_flops_per_token, scoring_flops_per_token
+from faultllm.cost.tokens import RowTokens, row_tokens
 from faultllm.data.splits import Split, cv_folds, fold_splits, make_split, scale_split
 from faultllm.data.standins import stand_in_data
-from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.llm.memory import GIB, Step, needs_checkpointing, step_memory
 from faultllm.llm.modeling import Gpu, check_tokenizer, hardware_plan, load_tokenizer, model_files
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.shape import ModelShape, model_shape
@@ -299,10 +299,10 @@ def memory(cfg: PlanJob, gpu: GpuSpec, shape: ModelShape, train: RowTokens) -> d
     """`memory.step_memory` for a batch of the longest training rows, term by term, and whether checkpointing
     would be on: decided by `memory.needs_checkpointing` as `faultllm train` decides it on that GPU."""
     plan = hardware_plan(cfg.model, Gpu(gpu.device_name, gpu.memory_gib, gpu.bf16), flash_attn_available=True)
-    dims = ModelDims.from_shape(shape, cfg.lora)
+    shape = shape.with_lora(cfg.lora)
     step = Step.of(plan, cfg.trainer.batch_size, int(train.prompt.max()), int(train.completion.max()))
-    checkpointing = needs_checkpointing(plan, dims, step)
-    need = {on: step_memory(dims, step, plan, checkpointing=on) for on in (False, True)}
+    checkpointing = needs_checkpointing(plan, shape, step)
+    need = {on: step_memory(shape, step, plan, checkpointing=on) for on in (False, True)}
     return {
         "estimate_gib": need[checkpointing].total / GIB,
         "without_checkpointing_gib": need[False].total / GIB,

@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import ProgressCallback, TrainerCallback
 
 from faultllm.config.schema import EPOCH_METRICS, TrainerConfig, trackers
-from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing
+from faultllm.llm.memory import Step, longest_row, needs_checkpointing
 from faultllm.llm.modeling import (
     HardwarePlan,
     ModelSpec,
@@ -28,6 +28,7 @@ from faultllm.llm.modeling import (
     release_adapters,
 )
 from faultllm.llm.scoring import AnswerSpace, answer_space, evaluate_restricted
+from faultllm.llm.shape import ModelShape
 from faultllm.prompts.serialize import Prompts
 from faultllm.runtime.distributed import (
     DDP_TIMEOUT,
@@ -160,7 +161,7 @@ def plan_for_run(plan: HardwarePlan, model, tokenizer, rows: list[dict], options
     if plan.gradient_checkpointing is not None:
         return plan
     step = Step.of(plan, options.batch_size, *longest_row(tokenizer, rows))
-    return replace(plan, gradient_checkpointing=needs_checkpointing(plan, ModelDims.of(model), step))
+    return replace(plan, gradient_checkpointing=needs_checkpointing(plan, ModelShape.of(model), step))
 
 
 def checkpoint_epoch(checkpoints: Path) -> int:
