@@ -65,7 +65,7 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     plan said no checkpointing up to 7,443 tokens a step, train turned it on from 5,401 (both cases here differed).
     Now both decide by one model, whose threshold is ~6,900 tokens."""
     from faultllm.cost import planning
-    from faultllm.llm.trainer import TrainOptions, plan_for_run
+    from faultllm.llm.trainer import plan_for_run
 
     cfg = compose_cfg("plan", ["job=train", "trainer.batch_size=8", "lora.r=8"])
     rows = RowTokens(np.array([prompt_tokens - 3, prompt_tokens]), np.array([5, 5]), np.array([0, 0]))
@@ -76,12 +76,11 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     assert planned["lora_gib"] == pytest.approx(sum(terms[key] for key in lora)) and planned["lora_gib"] > 0.29
 
     plan = hardware_plan(cfg.model, gpu=H100, flash_attn_available=True)
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, progress=False)
     tokenizer = _WordTokenizer()
     sft_rows = [{"prompt": "w " * (prompt_tokens - 3), "completion": "w " * 5}, {"prompt": "w " * prompt_tokens,
                                                                                    "completion": "a b c d e"}]  # fmt: skip
     assert longest_row(tokenizer, sft_rows) == (prompt_tokens, 5)
-    trained = plan_for_run(plan, _llama2_7b_with_lora(cfg.lora), tokenizer, sft_rows, options)
+    trained = plan_for_run(plan, _llama2_7b_with_lora(cfg.lora), tokenizer, sft_rows, cfg.trainer.batch_size)
     assert trained.gradient_checkpointing == planned["gradient_checkpointing"] == (prompt_tokens == 880)
 
 

@@ -21,7 +21,7 @@ from faultllm.llm.modeling import (
     resolve_model_path,
 )
 from faultllm.llm.shape import AdapterShape, ModelShape
-from faultllm.llm.trainer import TrainOptions, sft_config
+from faultllm.llm.trainer import sft_config
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
@@ -63,13 +63,8 @@ def test_cuda_path_asks_for_nf4_double_quant_bf16_flash_attention_and_fused_adam
 def test_gpus_without_bf16_compute_in_fp16(compose_cfg):
     plan = hardware_plan(compose_cfg("train").model, gpu=T4, flash_attn_available=False)
     assert plan.dtype == "float16" and quantization_config(plan).bnb_4bit_compute_dtype == torch.float16
-    args = sft_config(
-        TrainOptions.from_config(compose_cfg("train").trainer, 0, 16, False),
-        replace(plan, device="cpu"),
-        8,
-        Path("x"),
-        False,
-    )
+    trainer_cfg = compose_cfg("train").trainer
+    args = sft_config(trainer_cfg, replace(plan, device="cpu"), 8, Path("x"), False, seed=0, progress=False)
     assert args.fp16 and not args.bf16
 
 
@@ -98,8 +93,7 @@ def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_instal
                 hardware_plan(compose_cfg("train", ["model.attn_implementation=flash_attention_2"]).model)
     assert (plan.attn_implementation, plan.dtype) == (attention, dtype)
     assert quantization_config(plan).bnb_4bit_compute_dtype == getattr(torch, dtype)
-    options = TrainOptions.from_config(cfg.trainer, 0, 16, False)
-    args = sft_config(options, replace(plan, device="cpu"), 8, Path("x"), False)
+    args = sft_config(cfg.trainer, replace(plan, device="cpu"), 8, Path("x"), False, seed=0, progress=False)
     assert (args.fp16, args.bf16) == (dtype == "float16", dtype == "bfloat16")  # fp16: a GradScaler
 
 
@@ -293,12 +287,14 @@ def test_checkpointing_one_fold_needed_is_off_for_the_next_fold_on_the_reused_ba
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     cache = modeling.BaseModelCache()
     spec = replace(spec, base_cache=cache, plan=replace(spec.plan, gradient_checkpointing=None))  # auto, per fold
-    options = trainer.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     prompts = _easy_prompts(cfg, spec)
     needed = []
     for fold, need in enumerate((True, False)):  # the first fold's batch does not fit, the second's does
         monkeypatch.setattr(trainer, "needs_checkpointing", lambda *args, need=need: need)
-        result = trainer.fit(spec, prompts, {}, options, tmp_path / str(fold), checkpoints=False)
+        result = trainer.fit(
+            spec, prompts, {}, cfg.trainer, tmp_path / str(fold), seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+            progress=cfg.progress, checkpoints=False,
+        )  # fmt: skip
         needed.append((result.plan.gradient_checkpointing, cache.model.is_activation_checkpointing))
     cache.clear()
     assert needed == [(True, True), (False, False)]

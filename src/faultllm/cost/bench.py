@@ -35,7 +35,7 @@ from faultllm.data.standins import stand_in_data
 from faultllm.llm.modeling import HardwarePlan, ModelSpec, build_for_training, detect_gpu, model_files
 from faultllm.llm.scoring import answer_space, generate_answers, score
 from faultllm.llm.shape import model_shape, param_counts
-from faultllm.llm.trainer import TrainOptions, plan_for_run
+from faultllm.llm.trainer import plan_for_run
 from faultllm.llm.trainer import sft_trainer as make_trainer
 from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.runtime.errors import FaultLLMError
@@ -56,14 +56,14 @@ class Setup:
     tokenizer: object
     split: Split  # scaled
     serializer: Serializer
-    options: TrainOptions
+    cfg: TrainJob
     load_seconds: float = 0.0  # loading the base model (and quantizing it) plus adding the adapters
     plan: HardwarePlan | None = None  # as run, once `sft_trainer` has decided checkpointing
     data_note: str | None = None  # the stand-in data used when data.path is not set
 
 
 def setup(cfg: TrainJob) -> Setup:
-    """The model, split and options `faultllm train` would use (data.path unset: the plan's stand-in data)."""
+    """The model, split and config `faultllm train` would use (data.path unset: the plan's stand-in data)."""
     data_cfg, note = stand_in_data(cfg.data, cfg.cache_dir)
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     started = time.perf_counter()
@@ -74,14 +74,17 @@ def setup(cfg: TrainJob) -> Setup:
     serializer = Serializer.from_config(
         cfg.prompt, data_cfg.system_prompt, split.features, split.labels, tokenizer, cfg.seed, split.train
     )  # prompt.shots: in-context examples from the training rows, as `train` renders them
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    return Setup(spec, model, tokenizer, split, serializer, options, load_seconds, data_note=note)
+    return Setup(spec, model, tokenizer, split, serializer, cfg, load_seconds, data_note=note)
 
 
 def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
     """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
-    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, run.options)
-    return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)
+    cfg = run.cfg
+    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, cfg.trainer.batch_size)
+    return make_trainer(
+        run.model, run.tokenizer, rows, cfg.trainer, run.plan, out_dir, checkpoints=False, seed=cfg.seed,
+        progress=cfg.progress,
+    )  # fmt: skip
 
 
 def _sync(plan: HardwarePlan) -> None:
