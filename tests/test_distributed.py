@@ -228,7 +228,7 @@ import json, os, sys
 from pathlib import Path
 from faultllm.config.load import load_config
 from faultllm.runtime.distributed import start_process_group
-from faultllm.llm.scoring import generate_answers
+from faultllm.llm.decoding import generate_answers
 from faultllm.llm.modeling import hardware_plan, load_base_model, load_tokenizer, resolve_model_path
 start_process_group()
 cfg = load_config("train", sys.argv[2:])
@@ -243,7 +243,7 @@ Path(sys.argv[1], "rank" + os.environ["RANK"] + ".json").write_text(json.dumps({
 
 @pytest.mark.slow
 def test_torchrun_ranks_decode_a_share_of_the_rows_each_and_all_get_every_answer(tiny_cache, tiny_model, tmp_path):
-    from faultllm.llm.scoring import generate_answers
+    from faultllm.llm.decoding import generate_answers
 
     (tmp_path / "spy.py").write_text(GENERATE_SPY)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

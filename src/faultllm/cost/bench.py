@@ -32,8 +32,9 @@ from faultllm.cost.flops import (
 from faultllm.cost.tokens import row_tokens
 from faultllm.data.splits import Split, prepared_split
 from faultllm.data.standins import stand_in_data
+from faultllm.llm.decoding import generate_answers
 from faultllm.llm.modeling import HardwarePlan, ModelSpec, build_for_training, detect_gpu, model_files
-from faultllm.llm.scoring import answer_space, generate_answers, score
+from faultllm.llm.scoring import answer_space, score
 from faultllm.llm.shape import model_shape, param_counts
 from faultllm.llm.trainer import plan_for_run
 from faultllm.llm.trainer import sft_trainer as make_trainer
@@ -182,7 +183,6 @@ def timed_training(run: Setup, rows: list[dict], warmup: int, steps: int) -> tup
 def timed_scoring(run: Setup, prompts: Prompts, batch_size: int) -> tuple[float, float]:
     """(scored tokens/s, rows/s) of restricted scoring over `prompts`, after a warm-up call."""
     tokenizer = run.tokenizer
-    tokenizer.padding_side = "left"
     space = answer_space(tokenizer, prompts)
     score(run.model, tokenizer, prompts.texts[:batch_size], prompts.truth[:batch_size], space, batch_size)
     _sync(run.spec.plan)

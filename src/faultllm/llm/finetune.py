@@ -17,8 +17,8 @@ from faultllm.compare.calibration import CALIBRATION_FILE, LLM, Recalibration, f
 from faultllm.compare.tables import print_summary
 from faultllm.config.schema import PromptConfig, TrainJob
 from faultllm.data.splits import MinMaxScaler, Split, hold_out
+from faultllm.llm.evaluation import evaluate_prompts
 from faultllm.llm.modeling import ModelSpec
-from faultllm.llm.scoring import evaluate_prompts
 from faultllm.llm.trainer import FitResult, fit, untrained
 from faultllm.prompts.serialize import Prompts, Serializer, ordered_features
 from faultllm.run.directory import PROMPT_FEATURES, baseline_importances, save_split, write_json

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import ProgressCallback, TrainerCallback
 
 from faultllm.config.schema import EPOCH_METRICS, TrainerConfig, trackers
+from faultllm.llm.evaluation import evaluate_restricted
 from faultllm.llm.memory import Step, longest_row, needs_checkpointing
 from faultllm.llm.modeling import (
     HardwarePlan,
@@ -27,7 +28,7 @@ from faultllm.llm.modeling import (
     load_untrained,
     release_adapters,
 )
-from faultllm.llm.scoring import AnswerSpace, answer_space, evaluate_restricted
+from faultllm.llm.scoring import AnswerSpace, answer_space
 from faultllm.llm.shape import ModelShape
 from faultllm.prompts.serialize import Prompts
 from faultllm.runtime.distributed import (
