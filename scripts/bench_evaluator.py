@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 def main(overrides: list[str]) -> None:
     from faultllm.config.load import load_config
     from faultllm.cost.bench import setup
-    from faultllm.llm.scoring import answer_space, generate_answers, score
+    from faultllm.llm.decoding import generate_answers
+    from faultllm.llm.scoring import answer_space, score
 
     cfg = load_config("train", ["model=tiny", "data.test_size=64", *overrides])
     run = setup(cfg)

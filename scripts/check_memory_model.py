@@ -25,7 +25,8 @@ import torch
 from faultllm.config.groups import LoraConfig
 from faultllm.llm.build import keep_adapters_in_fp32, load_base_model, peft_lora_config
 from faultllm.llm.hardware import HardwarePlan
-from faultllm.llm.memory import ModelDims, Step, step_memory
+from faultllm.llm.memory import Step, step_memory
+from faultllm.llm.shape import ModelShape
 
 COMPLETION = 5  # answer tokens and EOS: the positions the loss covers
 
@@ -114,7 +115,7 @@ def check(path: str, r: int, seq_len: int, batch: int, checkpointing: bool) -> d
     labels[:, -COMPLETION:] = ids[:, -COMPLETION:]
     measured = measure(model, ids, labels)
     step = Step.of(CPU_PLAN, batch, seq_len - COMPLETION, COMPLETION)
-    need = step_memory(ModelDims.of(model), step, CPU_PLAN, checkpointing)
+    need = step_memory(ModelShape.of(model), step, CPU_PLAN, checkpointing)
     predicted = {
         "saved": need.activations + need.lora_activations + need.head,
         "base_weights": need.base_weights,

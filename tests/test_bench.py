@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from faultllm import cli
-from faultllm.cost.bench import check_fits_here, row_tokens, setup, sft_trainer
+from faultllm.cost.bench import check_fits_here, setup, sft_trainer
 from faultllm.cost.plan import make_plan
 from faultllm.cost.records import BenchRecord
+from faultllm.cost.tokens import row_tokens
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED
 from faultllm.runtime.errors import FaultLLMError

@@ -125,13 +125,13 @@ def test_the_gpu_suite_pins_one_gpu(monkeypatch):
 def test_a_process_that_sees_several_gpus_outside_a_launcher_refuses_to_train(monkeypatch, tmp_path):
     from transformers import TrainingArguments
 
-    from faultllm.llm.trainer import TrainOptions, check_one_gpu, sft_trainer
+    from faultllm.llm.trainer import check_one_gpu, sft_trainer
 
     cfg = load_config("train", ["model=tiny"])
-    options = TrainOptions.from_config(cfg.trainer, 0, 8, False)
     monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 8))  # as if CUDA had counted 8
     with pytest.raises(FaultLLMError, match="sees 8 GPUs") as err:
-        sft_trainer(None, None, [], options, hardware_plan(cfg.model, gpu=None), tmp_path, checkpoints=False)
+        plan = hardware_plan(cfg.model, gpu=None)
+        sft_trainer(None, None, [], cfg.trainer, plan, tmp_path, checkpoints=False, seed=0, progress=False)
     assert "\n" not in str(err.value)
     monkeypatch.setenv("WORLD_SIZE", "8")
     check_one_gpu(SimpleNamespace(n_gpu=8))  # never under a launcher: DDP, where transformers says 1 anyway
@@ -229,7 +229,7 @@ import json, os, sys
 from pathlib import Path
 from faultllm.config.load import load_config
 from faultllm.runtime.distributed import start_process_group
-from faultllm.llm.scoring import generate_answers
+from faultllm.llm.decoding import generate_answers
 from faultllm.llm.build import load_base_model
 from faultllm.llm.hardware import hardware_plan
 from faultllm.llm.sources import resolve_model_path
@@ -247,7 +247,7 @@ Path(sys.argv[1], "rank" + os.environ["RANK"] + ".json").write_text(json.dumps({
 
 @pytest.mark.slow
 def test_torchrun_ranks_decode_a_share_of_the_rows_each_and_all_get_every_answer(tiny_cache, tiny_model, tmp_path):
-    from faultllm.llm.scoring import generate_answers
+    from faultllm.llm.decoding import generate_answers
 
     (tmp_path / "spy.py").write_text(GENERATE_SPY)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -9,7 +9,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from faultllm.compare.metrics import classification_metrics
-from faultllm.llm.scoring import answer_space, evaluate_restricted, parse_answer, score
+from faultllm.llm.decoding import parse_answer
+from faultllm.llm.evaluation import evaluate_restricted
+from faultllm.llm.scoring import answer_space, score
 from faultllm.prompts.serialize import PromptFormat, Prompts, Serializer
 from faultllm.prompts.templates import Llama2Layout
 from faultllm.runtime.errors import FaultLLMError
@@ -194,7 +196,7 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
 
     from faultllm.config.groups import LoraConfig
     from faultllm.llm.build import peft_lora_config
-    from faultllm.llm.scoring import generate_answers
+    from faultllm.llm.decoding import generate_answers
 
     base, tokenizer = _fresh_base(tiny_cache)
     model = get_peft_model(base, peft_lora_config(LoraConfig(r=8, alpha=16, dropout=0.5)))

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from faultllm.config.groups import LoraConfig, ModelConfig
-from faultllm.cost.bench import RowTokens
+from faultllm.cost.tokens import RowTokens
 from faultllm.llm.build import peft_lora_config
 from faultllm.llm.hardware import Gpu, hardware_plan
-from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing, step_memory
-from faultllm.llm.shape import model_shape
+from faultllm.llm.memory import Step, longest_row, needs_checkpointing, step_memory
+from faultllm.llm.shape import ModelShape, model_shape
 from faultllm.llm.sources import SHIPPED_CONFIGS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_memory_model.py"
@@ -56,9 +56,9 @@ def _llama2_7b_with_lora(lora):
 @pytest.mark.parametrize("dropout", [0.1, 0.0])
 def test_plan_counts_the_same_dimensions_from_config_json_as_train_from_the_model(compose_cfg, dropout):
     lora = compose_cfg("train", ["lora.r=8", f"lora.dropout={dropout}"]).lora
-    planned = ModelDims.from_shape(model_shape(LLAMA2_7B), lora)
-    assert planned == ModelDims.of(_llama2_7b_with_lora(lora))
-    assert planned.n_lora == 19_988_480 and planned.lora_inputs == 6 * 4096 + 11008
+    planned = model_shape(LLAMA2_7B).with_lora(lora)
+    assert planned == ModelShape.of(_llama2_7b_with_lora(lora))
+    assert planned.adapters.n_params == 19_988_480 and planned.adapters.inputs == 6 * 4096 + 11008
 
 
 @pytest.mark.parametrize("prompt_tokens", [745, 880])  # 6,000 and 7,080 tokens a step at batch 8
@@ -68,7 +68,7 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     Now both decide by one model, whose threshold is ~6,900 tokens."""
     from faultllm.cost.cases import memory_estimate
     from faultllm.cost.flops import GPUS
-    from faultllm.llm.trainer import TrainOptions, plan_for_run
+    from faultllm.llm.trainer import plan_for_run
 
     cfg = compose_cfg("plan", ["job=train", "trainer.batch_size=8", "lora.r=8"])
     rows = RowTokens(np.array([prompt_tokens - 3, prompt_tokens]), np.array([5, 5]), np.array([0, 0]))
@@ -79,12 +79,11 @@ def test_plan_and_train_decide_checkpointing_alike_where_they_differed(compose_c
     assert planned.lora_gib == pytest.approx(sum(terms[key] for key in lora)) and planned.lora_gib > 0.29
 
     plan = hardware_plan(cfg.model, gpu=H100, flash_attn_available=True)
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, progress=False)
     tokenizer = _WordTokenizer()
     sft_rows = [{"prompt": "w " * (prompt_tokens - 3), "completion": "w " * 5}, {"prompt": "w " * prompt_tokens,
                                                                                    "completion": "a b c d e"}]  # fmt: skip
     assert longest_row(tokenizer, sft_rows) == (prompt_tokens, 5)
-    trained = plan_for_run(plan, _llama2_7b_with_lora(cfg.lora), tokenizer, sft_rows, options)
+    trained = plan_for_run(plan, _llama2_7b_with_lora(cfg.lora), tokenizer, sft_rows, cfg.trainer.batch_size)
     assert trained.gradient_checkpointing == planned.gradient_checkpointing == (prompt_tokens == 880)
 
 
@@ -98,11 +97,11 @@ class _WordTokenizer:
 def test_trl_s_fused_head_keeps_only_the_completions_rows_on_cuda():
     """The installed TRL's SFT loss projects the hidden states in tiles, never the (tokens x vocab) logits;
     with Triton (CUDA) only the positions the loss covers."""
-    dims = ModelDims.from_shape(model_shape(LLAMA2_7B), LoraConfig(r=8, alpha=16, dropout=0.1))
+    shape = model_shape(LLAMA2_7B).with_lora(LoraConfig(r=8, alpha=16, dropout=0.1))
     plan = hardware_plan(AUTO, gpu=H100, flash_attn_available=True)
     step = Step.of(plan, batch_size=8, prompt_tokens=512, completion_tokens=5)
     assert step == Step(8 * 517, 8 * 5)
-    need = step_memory(dims, step, plan, checkpointing=False)
+    need = step_memory(shape, step, plan, checkpointing=False)
     assert need.head == 8 * 5 * (4 * 4096 + 17)  # the 40 fp32 hidden rows and per-row statistics
     # backward: their fp32 gradients, a 40 x 32,000 bf16 tile, the fp32 head's rows cast to bf16
     assert need.backward == 40 * 4096 * 4 + 40 * 32000 * 2 + 32000 * 4096 * 2
@@ -111,4 +110,4 @@ def test_trl_s_fused_head_keeps_only_the_completions_rows_on_cuda():
 
 def test_checkpointing_is_decided_without_the_rows_when_configured():
     plan = hardware_plan(AUTO, gpu=None)
-    assert not needs_checkpointing(plan, ModelDims(1, 1, 1, 1, 1), Step(10**9, 10**9))  # the CPU: off
+    assert not needs_checkpointing(plan, ModelShape(1, 0, 1, 1, 1, 1, 1, ()), Step(10**9, 10**9))  # the CPU: off

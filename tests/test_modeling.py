@@ -12,9 +12,10 @@ from faultllm.config.groups import ModelConfig
 from faultllm.config.load import load_config
 from faultllm.llm.build import load_base_model, peft_lora_config
 from faultllm.llm.hardware import Gpu, detect_gpu, hardware_plan, quantization_config
-from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.llm.memory import GIB, Step, needs_checkpointing, step_memory
+from faultllm.llm.shape import AdapterShape, ModelShape
 from faultllm.llm.sources import resolve_model_path
-from faultllm.llm.trainer import TrainOptions, sft_config
+from faultllm.llm.trainer import sft_config
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 
@@ -23,11 +24,14 @@ AUTO = {"quantization": "auto", "attn_implementation": "auto", "optimizer": "aut
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, bf16=True)
 T4 = Gpu("Tesla T4", 14.6, bf16=False)
-LLAMA2_7B = ModelDims(n_params=6_738_415_616, hidden=4096, intermediate=11008, layers=32, vocab=32000)
+LLAMA2_7B = ModelShape(
+    n_params=6_738_415_616, n_lookup=0, hidden=4096, intermediate=11008, layers=32, vocab=32000, context=4096, linears=()
+)  # fmt: skip
 # LoRA r=64 with dropout on all seven projections: 7 x 64 rank outputs, the inputs of q, k, v, o, gate, up (h), down (i)
 LLAMA2_7B_R64 = replace(
-    LLAMA2_7B, n_lora=159_907_840, lora_ranks=7 * 64, lora_inputs=6 * 4096 + 11008, lora_dropped=6 * 4096 + 11008,
-    lora_dropped_attention=3 * 4096,
+    LLAMA2_7B, adapters=AdapterShape(
+        n_params=159_907_840, ranks=7 * 64, inputs=6 * 4096 + 11008, dropped=6 * 4096 + 11008, dropped_attention=3 * 4096
+    ),
 )  # fmt: skip
 
 
@@ -53,13 +57,8 @@ def test_cuda_path_asks_for_nf4_double_quant_bf16_flash_attention_and_fused_adam
 def test_gpus_without_bf16_compute_in_fp16(compose_cfg):
     plan = hardware_plan(compose_cfg("train").model, gpu=T4, flash_attn_available=False)
     assert plan.dtype == "float16" and quantization_config(plan).bnb_4bit_compute_dtype == torch.float16
-    args = sft_config(
-        TrainOptions.from_config(compose_cfg("train").trainer, 0, 16, False),
-        replace(plan, device="cpu"),
-        8,
-        Path("x"),
-        False,
-    )
+    trainer_cfg = compose_cfg("train").trainer
+    args = sft_config(trainer_cfg, replace(plan, device="cpu"), 8, Path("x"), False, seed=0, progress=False)
     assert args.fp16 and not args.bf16
 
 
@@ -88,8 +87,7 @@ def test_the_devices_capability_picks_attention_and_dtype_with_flash_attn_instal
                 hardware_plan(compose_cfg("train", ["model.attn_implementation=flash_attention_2"]).model)
     assert (plan.attn_implementation, plan.dtype) == (attention, dtype)
     assert quantization_config(plan).bnb_4bit_compute_dtype == getattr(torch, dtype)
-    options = TrainOptions.from_config(cfg.trainer, 0, 16, False)
-    args = sft_config(options, replace(plan, device="cpu"), 8, Path("x"), False)
+    args = sft_config(cfg.trainer, replace(plan, device="cpu"), 8, Path("x"), False, seed=0, progress=False)
     assert (args.fp16, args.bf16) == (dtype == "float16", dtype == "bfloat16")  # fp16: a GradScaler
 
 
@@ -169,8 +167,8 @@ def test_lora_r8_on_llama2_7b_has_19_988_480_trainable_parameters(compose_cfg):
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # r * (in + out) over q, k, v, o (4096 -> 4096) and gate, up, down (4096 <-> 11008), 32 blocks
     assert trainable == 32 * 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008)) == 19_988_480
-    dims = ModelDims.of(peft_model)  # what the memory estimate counts per layer
-    assert (dims.layers, dims.lora_ranks, dims.lora_dropped) == (32, 7 * 8, 6 * 4096 + 11008)
+    shape = ModelShape.of(peft_model)  # what the memory estimate counts per layer
+    assert (shape.layers, shape.adapters.ranks, shape.adapters.dropped) == (32, 7 * 8, 6 * 4096 + 11008)
 
 
 def test_missing_local_model_path_is_a_clear_error(compose_cfg, tmp_path):
@@ -228,7 +226,7 @@ def test_the_memory_estimate_is_within_a_quarter_of_a_measured_cpu_peak(compose_
     held = sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * 4 * n_trainable
     measured = (held + _step_peak_bytes(model, optimizer, ids)) / 2**30
     plan = hardware_plan(ModelConfig(**AUTO), gpu=None)  # fp32 on the CPU
-    estimate = step_memory(ModelDims.of(model), Step.of(plan, 2, 256 - 5, 5), plan, checkpointing).total / GIB
+    estimate = step_memory(ModelShape.of(model), Step.of(plan, 2, 256 - 5, 5), plan, checkpointing).total / GIB
     assert estimate == pytest.approx(measured, rel=0.25)
 
 
@@ -283,12 +281,14 @@ def test_checkpointing_one_fold_needed_is_off_for_the_next_fold_on_the_reused_ba
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     cache = build.BaseModelCache()
     spec = replace(spec, base_cache=cache, plan=replace(spec.plan, gradient_checkpointing=None))  # auto, per fold
-    options = trainer.TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
     prompts = _easy_prompts(cfg, spec)
     needed = []
     for fold, need in enumerate((True, False)):  # the first fold's batch does not fit, the second's does
         monkeypatch.setattr(trainer, "needs_checkpointing", lambda *args, need=need: need)
-        result = trainer.fit(spec, prompts, {}, options, tmp_path / str(fold), checkpoints=False)
+        result = trainer.fit(
+            spec, prompts, {}, cfg.trainer, tmp_path / str(fold), seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+            progress=cfg.progress, checkpoints=False,
+        )  # fmt: skip
         needed.append((result.plan.gradient_checkpointing, cache.model.is_activation_checkpointing))
     cache.clear()
     assert needed == [(True, True), (False, False)]

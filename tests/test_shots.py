@@ -92,7 +92,7 @@ def test_an_untrained_four_shot_run_on_the_bundled_data(tiny_cache, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
     from faultllm.llm.predict import run_kind
-    from faultllm.llm.scoring import TrainedLLM
+    from faultllm.llm.trained import TrainedLLM
     from faultllm.run.directory import open_run
 
     overrides = [f"cache_dir={tiny_cache}", *TINY, "trainer.epochs=0", "prompt.shots=4", "data.train_size=40",

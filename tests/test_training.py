@@ -129,12 +129,11 @@ def test_evaluate_and_explain_need_only_the_run_directory(trained_run, tmp_path)
 
 
 def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_base: bool = False):
-    """(spec, training prompts, options) on the first n_rows training rows, as the train job makes them."""
+    """(spec, training prompts) on the first n_rows training rows, as the train job makes them."""
     from dataclasses import replace
 
     from faultllm.data.splits import prepared_split
     from faultllm.llm.build import BaseModelCache, ModelSpec
-    from faultllm.llm.trainer import TrainOptions
     from faultllm.prompts.serialize import Serializer
 
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
@@ -143,8 +142,7 @@ def _training_setup(cfg, n_rows: int, plan_change: dict | None = None, reuse_bas
     split, _ = prepared_split(cfg.data, cfg.seed)
     system = cfg.data.system_prompt
     serializer = Serializer.from_config(cfg.prompt, system, split.features, split.labels, spec.tokenizer())
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    return spec, serializer.render(split.train.head(n_rows)), options
+    return spec, serializer.render(split.train.head(n_rows))
 
 
 def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
@@ -152,10 +150,10 @@ def _sft_trainer(cfg, n_rows: int, out_dir, plan_change: dict | None = None):
     from faultllm.llm.build import build_for_training
     from faultllm.llm.trainer import sft_trainer
 
-    spec, prompts, options = _training_setup(cfg, n_rows, plan_change)
+    spec, prompts = _training_setup(cfg, n_rows, plan_change)
     model, tokenizer = build_for_training(spec, cfg.seed)
     rows = prompts.sft_rows()
-    trainer = sft_trainer(model, tokenizer, rows, options, spec.plan, out_dir)
+    trainer = sft_trainer(model, tokenizer, rows, cfg.trainer, spec.plan, out_dir, seed=cfg.seed, progress=cfg.progress)
     trainer.spec = spec
     return model, tokenizer, rows, trainer
 
@@ -187,11 +185,12 @@ def test_flash_attention_2_trains_on_padding_free_batches_with_the_padded_loss(t
     from faultllm.llm.trainer import sft_config, sft_trainer
 
     cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"])  # 0.5, 0.51: lengths vary
-    spec, prompts, options = _training_setup(cfg, 6)
-    assert not sft_config(options, spec.plan, 6, tmp_path, False).padding_free  # SDPA takes padded batches
+    spec, prompts = _training_setup(cfg, 6)
+    run = {"seed": cfg.seed, "progress": cfg.progress}
+    assert not sft_config(cfg.trainer, spec.plan, 6, tmp_path, False, **run).padding_free  # SDPA takes padded batches
     model, tokenizer = build_for_training(spec, cfg.seed)  # SDPA: flash-attn needs CUDA
     flash = replace(spec.plan, attn_implementation="flash_attention_2")
-    trainer = sft_trainer(model, tokenizer, prompts.sft_rows(), options, flash, tmp_path, checkpoints=False)
+    trainer = sft_trainer(model, tokenizer, prompts.sft_rows(), cfg.trainer, flash, tmp_path, checkpoints=False, **run)
     examples = [trainer.train_dataset[i] for i in range(6)]
     free = trainer.data_collator(examples)
     padded = replace(trainer.data_collator, padding_free=False)(examples)
@@ -309,13 +308,14 @@ def test_a_reused_base_model_keeps_one_fused_lm_head_fold_after_fold(tiny_cache,
     from faultllm.llm.trainer import sft_trainer
 
     cfg = load_config("train", easy_overrides(tiny_cache, easy_csv))
-    spec, prompts, options = _training_setup(cfg, 4, reuse_base=True)
+    spec, prompts = _training_setup(cfg, 4, reuse_base=True)
     try:
         for fold in range(3):
             model, tokenizer = build_for_training(spec, fold)
             sft_trainer(
-                model, tokenizer, prompts.sft_rows(), options, spec.plan, tmp_path / str(fold), checkpoints=False
-            )
+                model, tokenizer, prompts.sft_rows(), cfg.trainer, spec.plan, tmp_path / str(fold), checkpoints=False,
+                seed=cfg.seed, progress=cfg.progress,
+            )  # fmt: skip
             base = model.get_base_model()
             assert _fused_lm_heads(base) == 1  # TRL patched the reused base: once, not once per fold so far
             release_adapters(model)
@@ -333,7 +333,7 @@ def test_an_fp16_overflow_step_is_skipped_by_the_scaler_not_taken_for_a_nan_loss
 
     from faultllm.llm.trainer import NonFiniteLoss, _EpochCallback
 
-    callback = _EpochCallback(None, {}, None, None, SimpleNamespace(learning_rate=1e-4), None)
+    callback = _EpochCallback(None, {}, None, None, SimpleNamespace(learning_rate=1e-4), 16, "training", None)
     state = SimpleNamespace(global_step=3, epoch=0.25)
     fp16, bf16 = SimpleNamespace(fp16=True), SimpleNamespace(fp16=False)
     callback.on_log(fp16, state, None, logs={"loss": 0.7, "grad_norm": float("inf"), "learning_rate": 1e-4})
@@ -353,7 +353,9 @@ def test_a_run_killed_between_an_epochs_row_and_its_checkpoint_resumes_with_each
     from faultllm.llm.trainer import fit
 
     overrides = [*easy_overrides(tiny_cache, easy_csv), "trainer.epochs=2", "trainer.batch_size=8"]
-    spec, prompts, options = _training_setup(load_config("train", [*overrides, "trainer.eval_each_epoch=false"]), 16)
+    cfg = load_config("train", [*overrides, "trainer.eval_each_epoch=false"])
+    spec, prompts = _training_setup(cfg, 16)
+    run = {"seed": cfg.seed, "eval_batch_size": cfg.eval.batch_size, "progress": cfg.progress}
 
     def killed_after_the_row_of_epoch_2(row: dict) -> None:
         if row["epoch"] == 2:  # on_epoch_end has written the row; the Trainer saves checkpoint-4 after it
@@ -361,7 +363,7 @@ def test_a_run_killed_between_an_epochs_row_and_its_checkpoint_resumes_with_each
 
     epochs = lambda: [json.loads(line)["epoch"] for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]  # noqa: E731
     with pytest.raises(_Killed):
-        fit(spec, prompts, {}, options, tmp_path, on_epoch=killed_after_the_row_of_epoch_2)
+        fit(spec, prompts, {}, cfg.trainer, tmp_path, **run, on_epoch=killed_after_the_row_of_epoch_2)
     assert epochs() == [1, 2] and [p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
-    resumed = fit(spec, prompts, {}, options, tmp_path)  # from checkpoint-2: epoch 2 again
+    resumed = fit(spec, prompts, {}, cfg.trainer, tmp_path, **run)  # from checkpoint-2: epoch 2 again
     assert [row["epoch"] for row in resumed.history] == [1, 2] and epochs() == [1, 2]

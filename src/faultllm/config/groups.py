@@ -287,7 +287,7 @@ class SlurmConfig:
 
 @dataclass
 class PlanConfig:
-    """What `faultllm plan` assumes (`faultllm plan job=hpo plan.gpu=a100 plan.mfu=0.4`); see faultllm/cost/planning.py."""
+    """What `faultllm plan` assumes (`faultllm plan job=hpo plan.gpu=a100 plan.mfu=0.4`); see faultllm/cost/plan.py."""
 
     gpu: str = one_of(*GPU_NAMES)  # the GPU planned for: peak dense bf16/fp16 FLOP/s, memory, bandwidth
     mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)

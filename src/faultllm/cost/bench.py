@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-import numpy as np
 from transformers import TrainerCallback
 
 from faultllm.config.groups import BenchConfig
@@ -32,14 +31,16 @@ from faultllm.cost.flops import (
     utilization,
 )
 from faultllm.cost.records import BenchRecord
+from faultllm.cost.tokens import row_tokens
 from faultllm.data.splits import Split, prepared_split
 from faultllm.data.standins import stand_in_data
 from faultllm.llm.build import ModelSpec, build_for_training
+from faultllm.llm.decoding import generate_answers
 from faultllm.llm.hardware import HardwarePlan, detect_gpu
-from faultllm.llm.scoring import AnswerSpace, answer_space, generate_answers, score
+from faultllm.llm.scoring import answer_space, score
 from faultllm.llm.shape import model_shape, param_counts
 from faultllm.llm.sources import model_files
-from faultllm.llm.trainer import TrainOptions, plan_for_run
+from faultllm.llm.trainer import plan_for_run
 from faultllm.llm.trainer import sft_trainer as make_trainer
 from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.runtime.errors import FaultLLMError
@@ -48,34 +49,6 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 CPU_PARAMETER_LIMIT = 2e9  # beyond this a CPU takes hours per step: bench such a model on a GPU
-
-
-# ---------------------------------------------------------------- tokens per row, as training and scoring see them
-
-
-@dataclass(frozen=True)
-class RowTokens:
-    """Tokens per row of one rendered set: the prompt (BOS included), the completion (answer and end token),
-    and what restricted scoring runs through the model (prompt, the answer tokens before the last, and with
-    labels sharing first tokens every label's continuation)."""
-
-    prompt: np.ndarray
-    completion: np.ndarray
-    scored: np.ndarray
-
-    @property
-    def trained(self) -> np.ndarray:
-        """A training row is prompt + completion: TRL tokenizes them together, prompts end on a token boundary."""
-        return self.prompt + self.completion
-
-
-def row_tokens(tokenizer, prompts: Prompts, space: AnswerSpace) -> RowTokens:
-    prompt = np.array([len(ids) for ids in tokenizer(prompts.texts)["input_ids"]], dtype=np.int64)
-    index = {label: i for i, label in enumerate(space.labels)}
-    answer = np.array([len(space.shared) + len(space.suffixes[index[label]]) for label in prompts.truth], np.int64)
-    # restricted scoring: one forward over the prompt, the shared answer tokens and the answers' prefix tree
-    scored = prompt + len(space.shared) + len(space.tree.tokens)
-    return RowTokens(prompt, answer, scored)
 
 
 # ---------------------------------------------------------------- a config's model, split and trainer
@@ -88,14 +61,14 @@ class Setup:
     tokenizer: object
     split: Split  # scaled
     serializer: Serializer
-    options: TrainOptions
+    cfg: TrainJob
     load_seconds: float = 0.0  # loading the base model (and quantizing it) plus adding the adapters
     plan: HardwarePlan | None = None  # as run, once `sft_trainer` has decided checkpointing
     data_note: str | None = None  # the stand-in data used when data.path is not set
 
 
 def setup(cfg: TrainJob) -> Setup:
-    """The model, split and options `faultllm train` would use (data.path unset: the plan's stand-in data)."""
+    """The model, split and config `faultllm train` would use (data.path unset: the plan's stand-in data)."""
     data_cfg, note = stand_in_data(cfg.data, cfg.cache_dir)
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
     started = time.perf_counter()
@@ -106,14 +79,17 @@ def setup(cfg: TrainJob) -> Setup:
     serializer = Serializer.from_config(
         cfg.prompt, data_cfg.system_prompt, split.features, split.labels, tokenizer, cfg.seed, split.train
     )  # prompt.shots: in-context examples from the training rows, as `train` renders them
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    return Setup(spec, model, tokenizer, split, serializer, options, load_seconds, data_note=note)
+    return Setup(spec, model, tokenizer, split, serializer, cfg, load_seconds, data_note=note)
 
 
 def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
     """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
-    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, run.options)
-    return make_trainer(run.model, run.tokenizer, rows, run.options, run.plan, out_dir, checkpoints=False)
+    cfg = run.cfg
+    run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, cfg.trainer.batch_size)
+    return make_trainer(
+        run.model, run.tokenizer, rows, cfg.trainer, run.plan, out_dir, checkpoints=False, seed=cfg.seed,
+        progress=cfg.progress,
+    )  # fmt: skip
 
 
 def _sync(plan: HardwarePlan) -> None:

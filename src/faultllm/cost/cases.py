@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from faultllm.config.hpo import SearchParam
 from faultllm.config.jobs import PlanJob
 from faultllm.config.load import with_values
-from faultllm.cost.bench import RowTokens, row_tokens
 from faultllm.cost.flops import GPUS
 from faultllm.cost.records import MemoryEstimate
+from faultllm.cost.tokens import RowTokens, row_tokens
 from faultllm.cost.work import Rates, assumed_rates, measured_rates
 from faultllm.data.splits import Split, cv_folds, fold_splits, make_split, scale_split
 from faultllm.data.standins import stand_in_data
 from faultllm.llm.hardware import Gpu, hardware_plan
-from faultllm.llm.memory import GIB, ModelDims, Step, needs_checkpointing, step_memory
+from faultllm.llm.memory import GIB, Step, needs_checkpointing, step_memory
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.shape import ModelShape, model_shape
 from faultllm.llm.sources import check_tokenizer, model_files
@@ -135,10 +135,10 @@ def memory_estimate(cfg: PlanJob, gpu: Gpu, shape: ModelShape, train: RowTokens)
     """`memory.step_memory` for a batch of the longest training rows, term by term, and whether checkpointing
     would be on: decided by `memory.needs_checkpointing` as `faultllm train` decides it on that GPU."""
     plan = hardware_plan(cfg.model, gpu, flash_attn_available=True)
-    dims = ModelDims.from_shape(shape, cfg.lora)
+    shape = shape.with_lora(cfg.lora)
     step = Step.of(plan, cfg.trainer.batch_size, int(train.prompt.max()), int(train.completion.max()))
-    checkpointing = needs_checkpointing(plan, dims, step)
-    need = {on: step_memory(dims, step, plan, checkpointing=on) for on in (False, True)}
+    checkpointing = needs_checkpointing(plan, shape, step)
+    need = {on: step_memory(shape, step, plan, checkpointing=on) for on in (False, True)}
     return MemoryEstimate(
         estimate_gib=need[checkpointing].total / GIB,
         without_checkpointing_gib=need[False].total / GIB,

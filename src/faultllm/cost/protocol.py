@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from faultllm.config.jobs import PlanJob
-from faultllm.cost.bench import RowTokens
 from faultllm.cost.cases import Case, Inputs, Sizes
 from faultllm.cost.flops import hardware_flops_per_token, model_flops_per_token, scoring_flops_per_token
+from faultllm.cost.tokens import RowTokens
 from faultllm.cost.work import Work, mean_work
 
 STUDY_NEW_TOKENS = 5  # the study decoded 5 tokens per evaluated row, one row at a time

@@ -8,7 +8,9 @@ from pathlib import Path
 from faultllm.compare import plots
 from faultllm.compare.tables import print_summary
 from faultllm.config.jobs import EvaluateJob
-from faultllm.llm.scoring import TrainedLLM, answer_space, evaluate_prompts
+from faultllm.llm.evaluation import evaluate_prompts
+from faultllm.llm.scoring import answer_space
+from faultllm.llm.trained import TrainedLLM
 from faultllm.preflight import evaluate_inputs
 from faultllm.run.directory import start_run, write_json
 from faultllm.run.records import EvaluateMetrics

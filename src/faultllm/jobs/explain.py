@@ -16,7 +16,7 @@ from faultllm.llm.explain import (
     reference_values,
     report_markdown,
 )
-from faultllm.llm.scoring import TrainedLLM
+from faultllm.llm.trained import TrainedLLM
 from faultllm.preflight import explain_inputs
 from faultllm.run.directory import start_run, write_json
 from faultllm.runtime.files import write_csv, write_text

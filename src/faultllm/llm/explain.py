@@ -19,7 +19,9 @@ import pandas as pd
 
 from faultllm.compare.tables import markdown
 from faultllm.data.tables import LABEL
-from faultllm.llm.scoring import TrainedLLM, answer_space, generate_answers, parse_answer, score
+from faultllm.llm.decoding import generate_answers, parse_answer
+from faultllm.llm.scoring import answer_space, score
+from faultllm.llm.trained import TrainedLLM
 from faultllm.prompts.serialize import WHY_QUESTION
 from faultllm.run.directory import SavedRun, load_importances, read_json, run_job
 from faultllm.runtime.errors import FaultLLMError

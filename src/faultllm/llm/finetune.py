@@ -19,9 +19,9 @@ from faultllm.config.groups import PromptConfig
 from faultllm.config.jobs import TrainJob
 from faultllm.data.splits import MinMaxScaler, Split, hold_out
 from faultllm.llm.build import ModelSpec
-from faultllm.llm.scoring import evaluate_prompts
-from faultllm.llm.trainer import FitResult, TrainOptions, fit, untrained
-from faultllm.prompts.serialize import Serializer, ordered_features
+from faultllm.llm.evaluation import evaluate_prompts
+from faultllm.llm.trainer import FitResult, fit, untrained
+from faultllm.prompts.serialize import Prompts, Serializer, ordered_features
 from faultllm.run.directory import PROMPT_FEATURES, baseline_importances, save_split, write_json
 from faultllm.run.records import SplitMetrics, TrainMetrics
 from faultllm.runtime.distributed import is_main_process, world_size
@@ -57,10 +57,7 @@ def train_on_split(
     )
     log.info(f"writing {len(split.train)} train and {len(split.test)} test rows as prompts")
     sets = {"train": serializer.render(split.train, own_rows=True), "test": serializer.render(split.test)}
-    options = TrainOptions.from_config(cfg.trainer, cfg.seed, cfg.eval.batch_size, cfg.progress)
-    if not options.epochs:
-        log.info(f"{spec.loading()}, not trained")
-    result = fit(spec, sets["train"], sets, options, run_dir) if options.epochs else untrained(spec, sets["train"])
+    result = _fitted(spec, sets, cfg, run_dir)
     final = {name: _final_scores(result, name, prompts, cfg) for name, prompts in sets.items()}
     metrics = TrainMetrics(
         train=SplitMetrics.from_json(final["train"][0]),
@@ -70,7 +67,7 @@ def train_on_split(
         train_seconds=round(result.seconds, 2),
         hardware=result.plan.__dict__,
         processes=world_size(),
-        effective_batch_size=options.batch_size * options.grad_accum * world_size(),
+        effective_batch_size=cfg.trainer.batch_size * cfg.trainer.grad_accum * world_size(),
         split=split_info,
     ).to_json()
     recalibration = _recalibrate(result, serializer, held_out, final["test"][1], cfg)
@@ -81,6 +78,18 @@ def train_on_split(
             write_json(run_dir / CALIBRATION_FILE, {LLM: recalibration})
         _print_summary(cfg, metrics, result.seconds, run_dir)
     return metrics
+
+
+def _fitted(spec: ModelSpec, sets: dict[str, Prompts], cfg: TrainJob, run_dir: Path) -> FitResult:
+    """The model fitted on the training rows, scoring both sets after each epoch; with trainer.epochs=0 the base
+    model as it is."""
+    if not cfg.trainer.epochs:
+        log.info(f"{spec.loading()}, not trained")
+        return untrained(spec, sets["train"])
+    return fit(
+        spec, sets["train"], sets, cfg.trainer, run_dir, seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+        progress=cfg.progress,
+    )  # fmt: skip
 
 
 def _final_scores(result: FitResult, name: str, prompts, cfg: TrainJob) -> tuple[dict, pd.DataFrame]:

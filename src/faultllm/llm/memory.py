@@ -23,70 +23,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from faultllm.config.groups import LoraConfig
 from faultllm.llm.hardware import HardwarePlan
-from faultllm.llm.shape import ModelShape, kv_hidden
+from faultllm.llm.shape import ModelShape
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits, an 8-bit absmax per 64 weights, an fp32 one per 256 of those
 HEAD_TILE = (4096, 32768)  # TRL's fused LM head: positions x words projected at once (chunked_logprob.py)
 HEAD_PER_POSITION = 8 + 4 + 4 + 1  # int64 target, fp32 log-normaliser and entropy, the label mask
-ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")  # the projections reading the attention norm's output
 FREE_FRACTION = 0.85  # checkpointing goes on when a step without it needs more than this much of the GPU
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """What the memory of a step depends on: the base model's shape and, per layer, its LoRA adapters."""
-
-    n_params: int  # the base model's parameters (4-bit ones at their unpacked size), adapters not included
-    hidden: int
-    intermediate: int
-    layers: int
-    vocab: int
-    kv_hidden: int = 0  # the k and v projections' width (grouped-query attention); 0: hidden
-    n_lora: int = 0  # the adapters' (trainable) parameters
-    lora_ranks: int = 0  # per layer: the adapters' ranks summed (B's rank-r input is kept)
-    lora_inputs: int = 0  # per layer: the adapters' input features summed (A's input is kept)
-    lora_dropped: int = 0  # per layer: the input features of adapters with dropout (each keeps its own mask)
-    lora_dropped_attention: int = 0  # of those, the q, k and v projections'
-
-    @classmethod
-    def of(cls, model) -> ModelDims:
-        """A loaded (peft) model's dimensions: what `train` decides checkpointing from."""
-        config = model.config.get_text_config()
-        n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
-        n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        adapted = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")}
-        dropped = {name: m.in_features for name, m in adapted.items() if _has_dropout(m)}
-        attention = [size for name, size in dropped.items() if name.endswith(ATTENTION_INPUTS)]
-        layers = config.num_hidden_layers
-        return cls(
-            n_params=n_params - n_lora, hidden=config.hidden_size, intermediate=config.intermediate_size,
-            layers=layers, vocab=config.vocab_size, kv_hidden=kv_hidden(config), n_lora=n_lora,
-            lora_ranks=sum(sum(m.r.values()) for m in adapted.values()) // layers,
-            lora_inputs=sum(m.in_features * len(m.r) for m in adapted.values()) // layers,
-            lora_dropped=sum(dropped.values()) // layers,
-            lora_dropped_attention=sum(attention) // layers,
-        )  # fmt: skip
-
-    @classmethod
-    def from_shape(cls, shape: ModelShape, lora: LoraConfig) -> ModelDims:
-        """The same dimensions from config.json alone and the lora config: what `faultllm plan` counts with."""
-        adapted = shape.adapted(lora.target_modules)
-        inputs = sum(n_in for _, n_in, _ in adapted) // shape.layers
-        attention = sum(n_in for name, n_in, _ in adapted if name.endswith(ATTENTION_INPUTS)) // shape.layers
-        dropout = lora.dropout > 0
-        return cls(
-            n_params=shape.n_params, hidden=shape.hidden, intermediate=shape.intermediate, layers=shape.layers,
-            vocab=shape.vocab, kv_hidden=shape.kv_hidden, n_lora=shape.n_lora(lora.r, lora.target_modules),
-            lora_ranks=lora.r * len(adapted) // shape.layers, lora_inputs=inputs,
-            lora_dropped=inputs if dropout else 0, lora_dropped_attention=attention if dropout else 0,
-        )  # fmt: skip
-
-
-def _has_dropout(adapted) -> bool:
-    return any(getattr(dropout, "p", 0) > 0 for dropout in adapted.lora_dropout.values())
 
 
 @dataclass(frozen=True)
@@ -145,51 +89,53 @@ class StepMemory:
         return {key: value / GIB for key, value in asdict(self).items()} | {"total": self.total / GIB}
 
 
-def base_weight_bytes(dims: ModelDims, size: Bytes) -> float:
+def base_weight_bytes(shape: ModelShape, size: Bytes) -> float:
     if not size.quantized:
-        return dims.n_params * size.compute
-    unquantized = 2 * dims.vocab * dims.hidden + (2 * dims.layers + 1) * dims.hidden  # embeddings, head, norms
-    return (dims.n_params - unquantized) * NF4_BYTES + unquantized * 4
+        return shape.n_params * size.compute
+    unquantized = 2 * shape.vocab * shape.hidden + (2 * shape.layers + 1) * shape.hidden  # embeddings, head, norms
+    return (shape.n_params - unquantized) * NF4_BYTES + unquantized * 4
 
 
-def layer_bytes(dims: ModelDims, size: Bytes) -> tuple[int, int]:
+def layer_bytes(shape: ModelShape, size: Bytes) -> tuple[int, int]:
     """(base, adapters) bytes one layer saves per token."""
-    attention = 2 * dims.hidden + 2 * (dims.kv_hidden or dims.hidden)  # q, k, v, output
-    base = size.stream * (2 * dims.hidden + 3 * dims.intermediate) + size.compute * attention + 2 * 4  # + 1/rms
-    lora = size.mask * dims.lora_dropped + size.compute * (dims.lora_inputs + dims.lora_ranks)
+    attention = 2 * shape.hidden + 2 * (shape.kv_hidden or shape.hidden)  # q, k, v, output
+    base = size.stream * (2 * shape.hidden + 3 * shape.intermediate) + size.compute * attention + 2 * 4  # + 1/rms
+    adapters = shape.adapters
+    lora = size.mask * adapters.dropped + size.compute * (adapters.inputs + adapters.ranks)
     return base, lora
 
 
-def head_bytes(dims: ModelDims, size: Bytes, positions: int) -> tuple[float, float]:
+def head_bytes(shape: ModelShape, size: Bytes, positions: int) -> tuple[float, float]:
     """(saved, backward's buffers) of TRL's fused LM head over `positions` positions: the hidden rows it keeps,
     then fp32 gradients of them, a tile of logits and, where the head is fp32 (k-bit preparation) under
     autocast, a cast copy of the tile's rows of the head's weight."""
-    saved = positions * (size.stream * dims.hidden + HEAD_PER_POSITION)
-    words = min(dims.vocab, HEAD_TILE[1])
+    saved = positions * (size.stream * shape.hidden + HEAD_PER_POSITION)
+    words = min(shape.vocab, HEAD_TILE[1])
     tile = min(positions, HEAD_TILE[0]) * words * size.compute
-    weight_copy = words * dims.hidden * size.compute if size.quantized and size.compute < 4 else 0
-    return saved, positions * dims.hidden * 4 + tile + weight_copy
+    weight_copy = words * shape.hidden * size.compute if size.quantized and size.compute < 4 else 0
+    return saved, positions * shape.hidden * 4 + tile + weight_copy
 
 
-def step_memory(dims: ModelDims, step: Step, plan: HardwarePlan, checkpointing: bool) -> StepMemory:
+def step_memory(shape: ModelShape, step: Step, plan: HardwarePlan, checkpointing: bool) -> StepMemory:
     """The peak of one training step on `plan`'s hardware, term by term (see the module docstring)."""
     size = Bytes.of(plan)
-    base, lora = layer_bytes(dims, size)
-    head_saved, head_backward = head_bytes(dims, size, step.head_tokens)
-    casts = dims.n_lora * size.compute if size.compute < 4 else 0  # autocast's copies of the adapters' weights
-    final_norm = size.stream * dims.hidden + 4
+    base, lora = layer_bytes(shape, size)
+    head_saved, head_backward = head_bytes(shape, size, step.head_tokens)
+    n_lora = shape.adapters.n_params
+    casts = n_lora * size.compute if size.compute < 4 else 0  # autocast's copies of the adapters' weights
+    final_norm = size.stream * shape.hidden + 4
     if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time, casts included
-        kept, kept_lora = size.stream * dims.hidden * dims.layers, 0.0
-        backward = max(head_backward, (base + lora) * step.tokens + casts / dims.layers)
+        kept, kept_lora = size.stream * shape.hidden * shape.layers, 0.0
+        backward = max(head_backward, (base + lora) * step.tokens + casts / shape.layers)
     else:  # the first layer's attention input needs no gradient: its norm and q, k, v masks save nothing
-        kept = base * dims.layers - (size.stream * dims.hidden + 4)
-        kept_lora = (lora * dims.layers - size.mask * dims.lora_dropped_attention) * step.tokens + casts
+        kept = base * shape.layers - (size.stream * shape.hidden + 4)
+        kept_lora = (lora * shape.layers - size.mask * shape.adapters.dropped_attention) * step.tokens + casts
         backward = head_backward
     return StepMemory(
-        base_weights=base_weight_bytes(dims, size),
-        lora_weights=4.0 * dims.n_lora,
-        lora_gradients=4.0 * dims.n_lora,
-        lora_optimizer=8.0 * dims.n_lora,
+        base_weights=base_weight_bytes(shape, size),
+        lora_weights=4.0 * n_lora,
+        lora_gradients=4.0 * n_lora,
+        lora_optimizer=8.0 * n_lora,
         activations=float((kept + final_norm) * step.tokens),
         lora_activations=float(kept_lora),
         head=float(head_saved),
@@ -197,11 +143,11 @@ def step_memory(dims: ModelDims, step: Step, plan: HardwarePlan, checkpointing: 
     )
 
 
-def needs_checkpointing(plan: HardwarePlan, dims: ModelDims, step: Step) -> bool:
+def needs_checkpointing(plan: HardwarePlan, shape: ModelShape, step: Step) -> bool:
     """The plan's choice, or (auto on CUDA) on only when a step without it would not fit in 85% of the GPU."""
     if plan.gradient_checkpointing is not None:
         return plan.gradient_checkpointing
-    return step_memory(dims, step, plan, checkpointing=False).total > FREE_FRACTION * (plan.gpu_memory_gib or 0.0) * GIB
+    return step_memory(shape, step, plan, checkpointing=False).total > FREE_FRACTION * (plan.gpu_memory_gib or 0.0) * GIB
 
 
 def longest_row(tokenizer, rows: list[dict]) -> tuple[int, int]:

@@ -10,7 +10,9 @@ from faultllm.compare.baselines import NAMES, load_model
 from faultllm.compare.calibration import CALIBRATION_FILE, Recalibration, forecast_of, set_scores, set_text
 from faultllm.compare.metrics import classification_metrics
 from faultllm.data.tables import LABEL
-from faultllm.llm.scoring import TrainedLLM, answer_space, evaluate_restricted
+from faultllm.llm.evaluation import evaluate_restricted
+from faultllm.llm.scoring import answer_space
+from faultllm.llm.trained import TrainedLLM
 from faultllm.run.directory import SavedRun, read_json
 from faultllm.run.records import BaselineMetrics
 from faultllm.runtime.errors import FaultLLMError

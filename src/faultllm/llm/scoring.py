@@ -16,24 +16,14 @@ log-probabilities are kept, never full-vocabulary logits for the whole sequence.
 
 from __future__ import annotations
 
-import logging
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from faultllm.compare.metrics import classification_metrics
-from faultllm.config.groups import EvalConfig
-from faultllm.llm.build import ModelSpec, load_trained, load_untrained
-from faultllm.prompts.serialize import Prompts, Serializer
-from faultllm.run.directory import SavedRun
-from faultllm.runtime.distributed import gather, shard
+from faultllm.llm.inference import over_batches
+from faultllm.prompts.serialize import Prompts
 from faultllm.runtime.errors import FaultLLMError
-from faultllm.runtime.progress import steps as progress_steps
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,7 +124,8 @@ def score(
 ) -> Scores:  # fmt: skip
     """Whole-answer log-probabilities of every label and the true answer's loss for each prompt, batched.
 
-    `progress`: a progress bar with that title (without one, lines only once it takes seconds). Under torchrun/accelerate the batches are shared out between the ranks and gathered: every
+    `progress`: a progress bar with that title (without one, lines only once it takes seconds). Under
+    torchrun/accelerate the batches are shared out between the ranks and gathered (`over_batches`): every
     rank gets every score, each batch computed once.
     """
     device = next(model.parameters()).device
@@ -142,32 +133,18 @@ def score(
     encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded])  # similar lengths per batch: less padding
     batches = [order[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
-    scored = []
-    with inference(model), _attention_taking_masks(model) as attention, _head_in_fp32(model):
-        title = f"{progress or f'scoring {len(prompts)} prompts'}: batch"
-        for index in progress_steps(shard(len(batches)), title, bar=progress is not None, announce=False):
-            rows = batches[index]
+    title = progress or f"scoring {len(prompts)} prompts"
+    with _attention_taking_masks(model) as attention, _head_in_fp32(model):
+
+        def run(rows: np.ndarray):
             batch = _Batch([encoded[i] for i in rows], [label_index[true_labels[i]] for i in rows], attention)
-            scored.append((rows, *_score_batch(model, batch, space, tokenizer.pad_token_id, device)))
+            return rows, *_score_batch(model, batch, space, tokenizer.pad_token_id, device)
+
+        scored = over_batches(model, batches, run, title, bar=progress is not None)
     log_probs, loss = np.zeros((len(prompts), len(space.labels))), np.zeros(len(prompts))
-    for rows, batch_log_probs, batch_loss in gather(scored):
+    for rows, batch_log_probs, batch_loss in scored:
         log_probs[rows], loss[rows] = batch_log_probs, batch_loss
     return Scores(log_probs=log_probs, loss=loss)
-
-
-@contextmanager
-def inference(model):
-    """Eval mode (no LoRA dropout) without autograd for one scoring or decoding pass, then the model's mode
-    as it was: a Trainer leaves its model in train mode, and scoring between epochs must not change that."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 HEAD_CHUNK_ROWS = 16_384  # vocabulary rows cast to fp32 at a time: a bf16 head is never copied whole
@@ -307,130 +284,3 @@ def _check_window(model, width: int) -> None:
             f"prompts of {width} tokens exceed the model's sliding attention window ({window}): restricted "
             "scoring cannot mask them; shorten the prompts (prompt.decimals, fewer features) or use eval.mode=generate"
         )
-
-
-# ---------------------------------------------------------------- the study's protocol: generate and parse
-
-_ANSWER = re.compile(r"Y\s*=\s*")
-_END = re.compile(r"\s|</s>|$|[.,;]")
-
-
-def parse_answer(text: str, labels: list):
-    """The label in `Y = k` (labels may hold spaces: the longest that fits wins), or None when invalid."""
-    match = _ANSWER.search(text)
-    if not match:
-        return None
-    rest = text[match.end() :].strip()
-    for label in sorted(labels, key=lambda label: -len(str(label))):
-        name = str(label)
-        if rest.startswith(name) and _END.match(rest, len(name)):
-            return label
-    return None
-
-
-def generate_answers(
-    model, tokenizer, prompts: list[str], max_new_tokens: int = 5, batch_size: int = 1, progress: str | None = None
-) -> list[str]:
-    """Greedy decoding in eval mode (no LoRA dropout), left padded; the study used batch 1 and 5 new tokens.
-    Under torchrun/accelerate the batches are shared out between the ranks and gathered, as in `score`: every
-    rank gets every answer. `progress` as for `score`."""
-    device = next(model.parameters()).device
-    starts = range(0, len(prompts), batch_size)
-    decoded = []  # (first row, the batch's answers)
-    title = f"{progress or f'generating for {len(prompts)} prompts'}: batch"
-    with inference(model):
-        for index in progress_steps(shard(len(starts)), title, bar=progress is not None, announce=False):
-            start = starts[index]
-            batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
-            ).to(device)
-            out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,  # the answer's end: the template's end of turn, not the base's EOS
-            )  # fmt: skip
-            answers = out[:, batch["input_ids"].shape[1] :]
-            decoded.append((start, tokenizer.batch_decode(answers, skip_special_tokens=True)))
-    return [text for _, texts in sorted(gather(decoded)) for text in texts]
-
-
-# ---------------------------------------------------------------- one split's metrics and predictions
-
-
-@dataclass
-class TrainedLLM:
-    """A fine-tuned model with its tokenizer and the serializer it was trained with."""
-
-    model: object
-    tokenizer: object
-    serializer: Serializer
-
-    @classmethod
-    def from_run(cls, run: SavedRun) -> TrainedLLM:
-        """The run's adapter on its base model, loaded as this machine's hardware plan says; the base model
-        alone for a run that trained nothing (trainer.epochs=0). In-context examples come from the run's
-        own training rows."""
-        cfg = run.cfg
-        spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)
-        adapter = "" if run.untrained else f" with the adapter of {run.run_dir}"
-        log.info(spec.loading() + adapter)
-        if run.untrained:  # the tokenizer as the run prepared it: the same config
-            model, tokenizer = load_untrained(spec)
-        else:
-            model, tokenizer = load_trained(run.run_dir / "adapter", spec.path, spec.plan)
-        features, labels = run.prompt_features(), run.split.labels
-        serializer = Serializer.from_config(
-            cfg.prompt, cfg.data.system_prompt, features, labels, tokenizer, cfg.seed, run.split.train
-        )
-        return cls(model, tokenizer, serializer)
-
-
-def evaluate_restricted(
-    model, tokenizer, prompts: Prompts, space: AnswerSpace, batch_size: int, progress: str | None = None
-):  # fmt: skip
-    """(metrics, predictions with per-label probabilities) by restricted scoring.
-
-    Besides the classification metrics: `loss`, the true answer's mean NLL per token (the SFT loss);
-    `class_loss`, the mean -log p(true label | allowed labels); `valid_mass`, the mean probability the
-    model puts on the valid answers together (1 when it never answers anything else)."""
-    scores = score(model, tokenizer, prompts.texts, prompts.truth, space, batch_size, progress)
-    probabilities = scores.probabilities()
-    predicted = [space.labels[i] for i in probabilities.argmax(axis=1)]
-    predictions = _predictions(prompts, predicted)
-    for i, label in enumerate(space.labels):
-        predictions[f"prob_{label}"] = probabilities[:, i]
-    predictions["loss"] = scores.loss
-    truth = np.array([space.labels.index(label) for label in prompts.truth], dtype=int)
-    losses = {
-        "loss": float(scores.loss.mean()),
-        "class_loss": float(scores.class_nll(truth).mean()),
-        "valid_mass": float(scores.valid_mass().mean()),
-    }
-    return classification_metrics(prompts.truth, predicted, space.labels) | losses, predictions
-
-
-def evaluate_generated(
-    model, tokenizer, prompts: Prompts, labels: list, max_new_tokens: int, batch_size: int, progress: str | None = None
-):  # fmt: skip
-    """The study's protocol: greedy decoding, parse `Y = k`; an unparseable answer counts as wrong."""
-    texts = generate_answers(model, tokenizer, prompts.texts, max_new_tokens, batch_size, progress)
-    predicted = [parse_answer(text, labels) for text in texts]
-    predictions = _predictions(prompts, predicted)
-    predictions["output"] = texts
-    invalid = sum(p is None for p in predicted)
-    return classification_metrics(prompts.truth, predicted, labels) | {"invalid_outputs": invalid}, predictions
-
-
-def evaluate_prompts(
-    model, tokenizer, prompts: Prompts, space: AnswerSpace, eval_cfg: EvalConfig, progress: str | None = None
-) -> tuple[dict, pd.DataFrame]:
-    """Metrics and a predictions table for one split, by `eval.mode` (restricted or generate); `progress`: the
-    bar's title (`score`)."""
-    if eval_cfg.mode == "generate":
-        return evaluate_generated(
-            model, tokenizer, prompts, space.labels, eval_cfg.max_new_tokens, eval_cfg.generate_batch_size, progress
-        )
-    return evaluate_restricted(model, tokenizer, prompts, space, eval_cfg.batch_size, progress)
-
-
-def _predictions(prompts: Prompts, predicted: list) -> pd.DataFrame:
-    return pd.DataFrame({"row": np.arange(len(prompts.truth)), "label": prompts.truth, "predicted": predicted})

@@ -1,11 +1,15 @@
-"""A model's shape from its config.json alone (built on the meta device), and its parameter counts."""
+"""A model's shape: what its cost and memory depend on, from its config.json alone (built on the meta device) or
+from a loaded peft model; and its parameter counts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from faultllm.config.groups import LoraConfig
 from faultllm.runtime.errors import FaultLLMError
+
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")  # the projections reading the attention norm's output
 
 
 def param_counts(model) -> tuple[int, int]:
@@ -17,12 +21,40 @@ def param_counts(model) -> tuple[int, int]:
     return total - n_lora - (0 if tied or embedding.requires_grad else embedding.numel()), n_lora
 
 
+@dataclass(frozen=True)
+class AdapterShape:
+    """A model's LoRA adapters: their parameters and, per layer, what they save for backward."""
+
+    n_params: int = 0  # the adapters' (trainable) parameters
+    ranks: int = 0  # per layer: the adapters' ranks summed (B's rank-r input is kept)
+    inputs: int = 0  # per layer: the adapters' input features summed (A's input is kept)
+    dropped: int = 0  # per layer: the input features of adapters with dropout (each keeps its own mask)
+    dropped_attention: int = 0  # of those, the q, k and v projections'
+
+    @classmethod
+    def of(cls, model, layers: int) -> AdapterShape:
+        """The adapters of a loaded peft model."""
+        adapted = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")}
+        dropped = {name: m.in_features for name, m in adapted.items() if _has_dropout(m)}
+        attention = [size for name, size in dropped.items() if name.endswith(ATTENTION_INPUTS)]
+        return cls(
+            n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            ranks=sum(sum(m.r.values()) for m in adapted.values()) // layers,
+            inputs=sum(m.in_features * len(m.r) for m in adapted.values()) // layers,
+            dropped=sum(dropped.values()) // layers,
+            dropped_attention=sum(attention) // layers,
+        )
+
+
+def _has_dropout(adapted) -> bool:
+    return any(getattr(dropout, "p", 0) > 0 for dropout in adapted.lora_dropout.values())
+
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the cost of a model depends on, read from its config.json (built on the meta device: no weights)."""
+    """What the cost and the memory of a model depend on: the base model's dimensions and its LoRA adapters."""
 
-    n_params: int  # every parameter, tied ones once
+    n_params: int  # the base model's parameters, tied ones once, 4-bit ones at their unpacked size; adapters not included
     n_lookup: int  # the input embedding when it is not tied to the head: a lookup, no FLOPs
     hidden: int
     intermediate: int
@@ -31,6 +63,15 @@ class ModelShape:
     context: int  # max_position_embeddings
     linears: tuple[tuple[str, int, int], ...]  # (module name, in, out) of every linear layer but the output head
     kv_hidden: int = 0  # the k and v projections' width (grouped-query attention); 0: hidden
+    adapters: AdapterShape = field(default_factory=AdapterShape)  # none until `with_lora` (or a loaded peft model)
+
+    @classmethod
+    def of(cls, model) -> ModelShape:
+        """A loaded peft model's shape with its adapters: what `train` decides checkpointing from."""
+        config = model.config.get_text_config()
+        adapters = AdapterShape.of(model, config.num_hidden_layers)
+        n_params = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1) for p in model.parameters())
+        return _shape_of(model.get_base_model(), config, n_params - adapters.n_params, adapters)
 
     @property
     def n_base(self) -> int:
@@ -50,10 +91,25 @@ class ModelShape:
         """LoRA parameters of rank r on the targeted linear layers."""
         return int(r * sum(n_in + n_out for _, n_in, n_out in self.adapted(target_modules)))
 
+    def with_lora(self, lora: LoraConfig) -> ModelShape:
+        """This shape with the adapters the lora config adds: what `faultllm plan` counts with."""
+        adapted = self.adapted(lora.target_modules)
+        inputs = sum(n_in for _, n_in, _ in adapted) // self.layers
+        attention = sum(n_in for name, n_in, _ in adapted if name.endswith(ATTENTION_INPUTS)) // self.layers
+        dropout = lora.dropout > 0
+        adapters = AdapterShape(
+            n_params=self.n_lora(lora.r, lora.target_modules),
+            ranks=lora.r * len(adapted) // self.layers,
+            inputs=inputs,
+            dropped=inputs if dropout else 0,
+            dropped_attention=attention if dropout else 0,
+        )
+        return replace(self, adapters=adapters)
+
 
 def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape:
     """The shape of the architecture config.json describes (its first `layers` layers if given, as
-    model.init=random builds it): the model is built on the meta device."""
+    model.init=random builds it), without adapters: the model is built on the meta device."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -65,24 +121,32 @@ def model_shape(config_dir: str | Path, layers: int | None = None) -> ModelShape
         config.get_text_config().num_hidden_layers = layers
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+    return _shape_of(model, config.get_text_config(), sum(p.numel() for p in model.parameters()), AdapterShape())
+
+
+def _shape_of(model, text_config, n_params: int, adapters: AdapterShape) -> ModelShape:
+    """The shape of a (base) model with `n_params` parameters; a peft model's adapted layers count as the base
+    layers they wrap."""
+    import torch
+
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embedding.weight
     linears = tuple(
-        (name, module.in_features, module.out_features)
+        (name.removesuffix(".base_layer"), module.in_features, module.out_features)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module is not head
+        if isinstance(module, torch.nn.Linear) and module is not head and ".lora_" not in name
     )
-    text = config.get_text_config()
     return ModelShape(
-        n_params=sum(p.numel() for p in model.parameters()),
+        n_params=n_params,
         n_lookup=0 if tied else embedding.weight.numel(),
-        hidden=text.hidden_size,
-        intermediate=text.intermediate_size,
-        layers=text.num_hidden_layers,
-        vocab=text.vocab_size,
-        context=int(getattr(text, "max_position_embeddings", 0) or 0),
+        hidden=text_config.hidden_size,
+        intermediate=text_config.intermediate_size,
+        layers=text_config.num_hidden_layers,
+        vocab=text_config.vocab_size,
+        context=int(getattr(text_config, "max_position_embeddings", 0) or 0),
         linears=linears,
-        kv_hidden=kv_hidden(text),
+        kv_hidden=kv_hidden(text_config),
+        adapters=adapters,
     )
 
 

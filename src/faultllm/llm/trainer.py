@@ -26,12 +26,13 @@ from faultllm.llm.build import (
     load_untrained,
     release_adapters,
 )
+from faultllm.llm.evaluation import evaluate_restricted
 from faultllm.llm.hardware import HardwarePlan
-from faultllm.llm.memory import ModelDims, Step, longest_row, needs_checkpointing
-from faultllm.llm.scoring import AnswerSpace, answer_space, evaluate_restricted
+from faultllm.llm.memory import Step, longest_row, needs_checkpointing
+from faultllm.llm.scoring import AnswerSpace, answer_space
+from faultllm.llm.shape import ModelShape
 from faultllm.prompts.serialize import Prompts
 from faultllm.runtime.distributed import (
-    DDP_TIMEOUT,
     check_shared_dir,
     is_main_process,
     main_decides,
@@ -49,39 +50,7 @@ class NonFiniteLoss(FaultLLMError):
     """The loss or gradient became NaN/inf: the run cannot recover (HPO prunes the trial)."""
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """The trainer config slice plus the run-wide values training needs."""
-
-    epochs: int
-    batch_size: int
-    grad_accum: int
-    learning_rate: float
-    lr_scheduler: str
-    weight_decay: float
-    max_grad_norm: float
-    eval_each_epoch: bool
-    resume: bool
-    seed: int
-    eval_batch_size: int
-    progress: bool
-    report_to: tuple[str, ...] = ()  # experiment trackers: tensorboard, mlflow, wandb, ...
-    ddp_timeout: int = DDP_TIMEOUT  # seconds a collective waits for the other ranks (torchrun)
-    title: str = "training"  # what the progress lines call it (HPO: the trial and fold)
-
-    @classmethod
-    def from_config(cls, trainer: TrainerConfig, seed: int, eval_batch_size: int, progress: bool) -> TrainOptions:
-        keys = ("epochs", "batch_size", "grad_accum", "learning_rate", "lr_scheduler", "weight_decay", "max_grad_norm")
-        return cls(
-            **{key: getattr(trainer, key) for key in keys},
-            eval_each_epoch=trainer.eval_each_epoch,
-            resume=trainer.resume,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-            progress=progress,
-            report_to=trackers(trainer.report_to),
-            ddp_timeout=trainer.ddp_timeout,
-        )
+TRAINING = "training"  # what the progress lines call a run's training (HPO names the trial and fold)
 
 
 @dataclass
@@ -106,31 +75,40 @@ def fit(
     spec: ModelSpec,
     train: Prompts,
     eval_sets: dict[str, Prompts],
-    options: TrainOptions,
+    trainer_cfg: TrainerConfig,
     out_dir: Path,
+    *,
+    seed: int,
+    eval_batch_size: int,
+    progress: bool,
+    title: str = TRAINING,
     on_epoch: Callable[[dict], None] | None = None,
     checkpoints: bool = True,
 ) -> FitResult:
-    """Train LoRA adapters on `train`; after each epoch score every eval set (restricted labels).
+    """Train LoRA adapters on `train` as `trainer_cfg` says; after each epoch score every eval set (restricted
+    labels, `eval_batch_size` rows a batch).
 
     `on_epoch(row)` sees each epoch's metrics (HPO reports them to its pruner and may raise).
-    Checkpoints go to out_dir/checkpoints; an existing one is resumed when options.resume is set.
+    Checkpoints go to out_dir/checkpoints; an existing one is resumed when trainer.resume is set.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    resume = decide_resume(out_dir, options, checkpoints)
-    log.info(f"{options.title}: {spec.loading()}")
-    model, tokenizer = build_for_training(spec, options.seed)
+    resume = decide_resume(out_dir, trainer_cfg, checkpoints)
+    log.info(f"{title}: {spec.loading()}")
+    model, tokenizer = build_for_training(spec, seed)
     space = answer_space(tokenizer, train)
     rows = train.sft_rows()
-    plan = plan_for_run(spec.plan, model, tokenizer, rows, options)
+    plan = plan_for_run(spec.plan, model, tokenizer, rows, trainer_cfg.batch_size)
     if not plan.gradient_checkpointing:
         checkpointing_off(model)  # a reused base keeps what an earlier fold's Trainer turned on
     through = checkpoint_epoch(out_dir / "checkpoints") if resume else 0
     history = EpochHistory(out_dir / "epochs.jsonl", through=through)
-    callbacks = [_EpochCallback(history, eval_sets, space, tokenizer, options, on_epoch), _StepLines(options.title)]
-    log.info(f"{options.title}: tokenizing {len(rows)} rows")
-    trainer = sft_trainer(model, tokenizer, rows, options, plan, out_dir, callbacks, checkpoints)
-    callbacks[0].trainer = trainer
+    scorer = _EpochCallback(history, eval_sets, space, tokenizer, trainer_cfg, eval_batch_size, title, on_epoch)
+    callbacks = [scorer, _StepLines(title)]
+    log.info(f"{title}: tokenizing {len(rows)} rows")
+    trainer = sft_trainer(
+        model, tokenizer, rows, trainer_cfg, plan, out_dir, callbacks, checkpoints, seed=seed, progress=progress
+    )
+    scorer.trainer = trainer
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)
@@ -141,26 +119,26 @@ def fit(
     return FitResult(trained, tokenizer, space, plan, history.rows, time.perf_counter() - started)
 
 
-def decide_resume(out_dir: Path, options: TrainOptions, checkpoints: bool) -> bool:
+def decide_resume(out_dir: Path, trainer_cfg: TrainerConfig, checkpoints: bool) -> bool:
     """Resume from out_dir/checkpoints? Under torchrun the main rank decides for all (each node would look at
     its own disk), once every rank is known to see the run directory the checkpoints live in."""
     if not checkpoints:
         return False
     if world_size() > 1:
-        start_process_group(options.ddp_timeout)
+        start_process_group(trainer_cfg.ddp_timeout)
         check_shared_dir(out_dir)
-    return options.resume and main_decides(lambda: any((out_dir / "checkpoints").glob("checkpoint-*")))
+    return trainer_cfg.resume and main_decides(lambda: any((out_dir / "checkpoints").glob("checkpoint-*")))
 
 
-def plan_for_run(plan: HardwarePlan, model, tokenizer, rows: list[dict], options: TrainOptions) -> HardwarePlan:
+def plan_for_run(plan: HardwarePlan, model, tokenizer, rows: list[dict], batch_size: int) -> HardwarePlan:
     """The plan as run: the attention the model loaded with, and gradient checkpointing decided: as
-    configured, or (auto on CUDA) by `memory.needs_checkpointing` for a batch of the longest prompt/completion
-    rows, as `faultllm plan` decides it."""
+    configured, or (auto on CUDA) by `memory.needs_checkpointing` for a batch of `batch_size` of the longest
+    prompt/completion rows, as `faultllm plan` decides it."""
     plan = replace(plan, attn_implementation=attention_of(model))
     if plan.gradient_checkpointing is not None:
         return plan
-    step = Step.of(plan, options.batch_size, *longest_row(tokenizer, rows))
-    return replace(plan, gradient_checkpointing=needs_checkpointing(plan, ModelDims.of(model), step))
+    step = Step.of(plan, batch_size, *longest_row(tokenizer, rows))
+    return replace(plan, gradient_checkpointing=needs_checkpointing(plan, ModelShape.of(model), step))
 
 
 def checkpoint_epoch(checkpoints: Path) -> int:
@@ -199,9 +177,12 @@ class EpochHistory:
 class _EpochCallback(TrainerCallback):
     """Stops on a non-finite loss; after each epoch scores the eval sets and records the row."""
 
-    def __init__(self, history: EpochHistory, eval_sets, space, tokenizer, options: TrainOptions, on_epoch) -> None:
+    def __init__(
+        self, history: EpochHistory, eval_sets, space, tokenizer, trainer_cfg: TrainerConfig, eval_batch_size: int,
+        title: str, on_epoch,
+    ) -> None:  # fmt: skip
         self.history, self.eval_sets, self.space, self.tokenizer = history, eval_sets, space, tokenizer
-        self.options, self.on_epoch = options, on_epoch
+        self.trainer_cfg, self.eval_batch_size, self.title, self.on_epoch = trainer_cfg, eval_batch_size, title, on_epoch
         self.started = time.perf_counter()
         self.trainer = None  # set once the trainer exists (`fit`)
 
@@ -215,45 +196,43 @@ class _EpochCallback(TrainerCallback):
         if bad:
             raise NonFiniteLoss(
                 f"training {' and '.join(bad)} became nan at step {state.global_step} (epoch {state.epoch:.2f}); "
-                f"lower trainer.learning_rate (now {self.options.learning_rate})"
+                f"lower trainer.learning_rate (now {self.trainer_cfg.learning_rate})"
             )
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         row: dict = {"epoch": round(state.epoch), "step": state.global_step}
-        if self.options.eval_each_epoch:
+        if self.trainer_cfg.eval_each_epoch:
             for name, prompts in self.eval_sets.items():
-                metrics, _ = evaluate_restricted(
-                    model, self.tokenizer, prompts, self.space, self.options.eval_batch_size
-                )
+                metrics, _ = evaluate_restricted(model, self.tokenizer, prompts, self.space, self.eval_batch_size)
                 row |= {f"{name}_{key}": metrics[key] for key in EPOCH_METRICS}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.history.append(row)
         if self.trainer is not None and len(row) > 3:  # through the Trainer: every tracker and the console see it
             self.trainer.log({f"eval_{key}": value for key, value in row.items() if key not in ("epoch", "step")})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.endswith(("_loss", "_accuracy")))
-        fold = "" if self.options.title == TrainOptions.title else f"{self.options.title}: "  # HPO's trial and fold
-        log.info(f"{fold}epoch {row['epoch']}/{self.options.epochs}: {shown} ({row['seconds']:.1f} s)")
+        fold = "" if self.title == TRAINING else f"{self.title}: "  # HPO's trial and fold
+        log.info(f"{fold}epoch {row['epoch']}/{self.trainer_cfg.epochs}: {shown} ({row['seconds']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(row)
 
 
 def sft_trainer(
-    model, tokenizer, rows: list[dict], options: TrainOptions, plan: HardwarePlan, out_dir: Path, callbacks=(),
-    checkpoints: bool = True,
+    model, tokenizer, rows: list[dict], trainer_cfg: TrainerConfig, plan: HardwarePlan, out_dir: Path, callbacks=(),
+    checkpoints: bool = True, *, seed: int, progress: bool,
 ):  # fmt: skip
-    """TRL's SFTTrainer on prompt/completion rows with the options' optimizer setup."""
+    """TRL's SFTTrainer on prompt/completion rows with the trainer config's optimizer setup."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    args = sft_config(options, plan, len(rows), out_dir, checkpoints)
+    args = sft_config(trainer_cfg, plan, len(rows), out_dir, checkpoints, seed=seed, progress=progress)
     check_one_gpu(args)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[*callbacks, *tensorboard_callback(options, out_dir)],
+        callbacks=[*callbacks, *tensorboard_callback(trackers(trainer_cfg.report_to), out_dir)],
     )
     # transformers prints every log dict ({'loss': '0.6344', ...}); the epoch line says it once per epoch
     trainer.remove_callback(PrinterCallback)
@@ -297,9 +276,9 @@ def check_one_gpu(args) -> None:
         )
 
 
-def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:
+def tensorboard_callback(report_to: tuple[str, ...], out_dir: Path) -> list:
     """TensorBoard events in the run directory (out_dir/tensorboard), not under the checkpoints."""
-    if "tensorboard" not in options.report_to or not is_main_process():
+    if "tensorboard" not in report_to or not is_main_process():
         return []
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
@@ -307,21 +286,24 @@ def tensorboard_callback(options: TrainOptions, out_dir: Path) -> list:
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
 
 
-def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: Path, checkpoints: bool):
+def sft_config(
+    trainer_cfg: TrainerConfig, plan: HardwarePlan, n_rows: int, out_dir: Path, checkpoints: bool, *, seed: int,
+    progress: bool,
+):  # fmt: skip
     from trl import SFTConfig
 
-    batches = math.ceil(math.ceil(n_rows / world_size()) / options.batch_size)  # per rank under torchrun
-    steps_per_epoch = math.ceil(batches / options.grad_accum)
+    batches = math.ceil(math.ceil(n_rows / world_size()) / trainer_cfg.batch_size)  # per rank under torchrun
+    steps_per_epoch = math.ceil(batches / trainer_cfg.grad_accum)
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.grad_accum,
-        learning_rate=options.learning_rate,
-        lr_scheduler_type=options.lr_scheduler,
+        num_train_epochs=trainer_cfg.epochs,
+        per_device_train_batch_size=trainer_cfg.batch_size,
+        gradient_accumulation_steps=trainer_cfg.grad_accum,
+        learning_rate=trainer_cfg.learning_rate,
+        lr_scheduler_type=trainer_cfg.lr_scheduler,
         warmup_steps=0,
-        weight_decay=options.weight_decay,
-        max_grad_norm=options.max_grad_norm,
+        weight_decay=trainer_cfg.weight_decay,
+        max_grad_norm=trainer_cfg.max_grad_norm,
         optim=plan.optimizer,
         bf16=plan.dtype == "bfloat16",
         activation_checkpointing=bool(plan.gradient_checkpointing),
@@ -336,12 +318,12 @@ def sft_config(options: TrainOptions, plan: HardwarePlan, n_rows: int, out_dir: 
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback that stops the run
         save_strategy="epoch" if checkpoints else "no",
         save_total_limit=1,
-        report_to=[name for name in options.report_to if name != "tensorboard"] or "none",  # tensorboard: ours
-        seed=options.seed,
-        data_seed=options.seed,
+        report_to=[name for name in trackers(trainer_cfg.report_to) if name != "tensorboard"] or "none",  # ours
+        seed=seed,
+        data_seed=seed,
         use_cpu=plan.device == "cpu",
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # under torchrun: every LoRA weight takes part in every step
-        ddp_timeout=options.ddp_timeout,
-        disable_tqdm=not options.progress,
+        ddp_timeout=trainer_cfg.ddp_timeout,
+        disable_tqdm=not progress,
     )

@@ -27,7 +27,7 @@ from faultllm.config.load import with_values
 from faultllm.data.splits import Split, fold_splits, scale_split
 from faultllm.llm.build import BaseModelCache, ModelSpec
 from faultllm.llm.finetune import prompt_features
-from faultllm.llm.trainer import NonFiniteLoss, TrainOptions, fit
+from faultllm.llm.trainer import NonFiniteLoss, fit
 from faultllm.prompts.serialize import Serializer
 from faultllm.runtime.errors import FaultLLMError, first_line
 from faultllm.search.schedules import FOLD_VALUES, incumbent_folds, may_stop, race_verdict, running_mean
@@ -164,19 +164,19 @@ def _train_folds(
     import optuna
 
     spec = fold_model_spec(trial_cfg, base_cache)
-    options = TrainOptions.from_config(trial_cfg.trainer, trial_cfg.seed, trial_cfg.eval.batch_size, trial_cfg.progress)
-    options = replace(options, report_to=())  # trials are tracked whole (`mlflow_trial_logger`), not per fold
+    # trials are tracked whole (`mlflow_trial_logger`), not per fold
+    trial_cfg = replace(trial_cfg, trainer=replace(trial_cfg.trainer, report_to="none"))
     serializer = _trial_serializer(cfg, trial_cfg, raw, spec)
-    reporter = _PruningReporter(trial, cfg.hpo, options.epochs)
+    reporter = _PruningReporter(trial, cfg.hpo, trial_cfg.trainer.epochs)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     log.info(f"trial {trial.number} starts: {shown}")
     fold_results = []
     try:
         for index, fold in enumerate(fold_splits(raw, folds, trial_cfg.data.normalize, trial_cfg.data.scale_range)):
             out_dir = run_dir / "trials" / f"{trial.number:04d}" / f"fold{index}"
-            fold_options = replace(options, title=f"trial {trial.number} fold {index + 1}/{len(folds)}")
+            title = f"trial {trial.number} fold {index + 1}/{len(folds)}"
             on_epoch = reporter.for_fold(index, len(fold.test))
-            fold_results.append(_fit_fold(spec, serializer, fold, fold_options, out_dir, on_epoch))
+            fold_results.append(_fit_fold(spec, serializer, fold, trial_cfg, title, out_dir, on_epoch))
     except NonFiniteLoss as err:
         trial.set_user_attr("pruned_because", "loss is NaN")
         raise optuna.TrialPruned(str(err)) from err
@@ -314,7 +314,9 @@ def fold_model_spec(trial_cfg: HpoJob, base_cache: BaseModelCache | None = None)
     return replace(spec, plan=plan, base_cache=base_cache)
 
 
-def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: TrainOptions, out_dir: Path, on_epoch):
+def _fit_fold(
+    spec: ModelSpec, serializer: Serializer, fold: Split, cfg: HpoJob, title: str, out_dir: Path, on_epoch
+):  # fmt: skip
     """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole). In-context
     examples (prompt.shots) come from the fold's own training rows."""
     serializer = serializer.shots_from(fold.train)
@@ -322,7 +324,10 @@ def _fit_fold(spec: ModelSpec, serializer: Serializer, fold: Split, options: Tra
     eval_sets = {"train": train, "val": serializer.render(fold.test)}
     result = None
     try:
-        result = fit(spec, train, eval_sets, options, out_dir, on_epoch=on_epoch, checkpoints=False)
+        result = fit(
+            spec, train, eval_sets, cfg.trainer, out_dir, seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+            progress=cfg.progress, title=title, on_epoch=on_epoch, checkpoints=False,
+        )  # fmt: skip
         return result.history[-1]
     finally:
         del result
