@@ -14,6 +14,7 @@ import pytest
 from faultllm import cli
 from faultllm.config.load import CONFIG_DIR, load_config
 from faultllm.config.schema import JOBS, LR_SCHEDULERS
+from faultllm.run.kind import RunKind
 from faultllm.runtime.errors import FaultLLMError
 
 REQUIRED = {
@@ -181,7 +182,7 @@ def test_a_job_failing_after_work_keeps_its_directory_and_its_log_ends_with_the_
     from faultllm.jobs import prepare
 
     def fail_after_work(cfg, run_dir):
-        prepare.start_run(cfg, run_dir, "prepare")
+        prepare.start_run(cfg, run_dir, RunKind.PREPARE)
         (run_dir / "train.parquet").write_text("half-written")
         raise FaultLLMError("data.path=x: something went wrong")
 

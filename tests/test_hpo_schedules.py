@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from faultllm.config.schema import HpoConfig
 from faultllm.cost import planning
+from faultllm.run.kind import RunKind
 from faultllm.search.hpo import _PruningReporter
 from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share
 from faultllm.search.studies import schedule_pruner
@@ -153,6 +154,6 @@ def test_a_study_is_resumed_only_under_the_schedule_it_was_made_with(compose_cfg
     from faultllm.run.directory import start_run
     from faultllm.runtime.errors import FaultLLMError
 
-    start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, "hpo")
+    start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, RunKind.HPO)
     with pytest.raises(FaultLLMError, match=r"another config \(hpo.schedule: 'race' there, 'asha' here\)"):
         search(compose_cfg("hpo", ["model=tiny"]), tmp_path)

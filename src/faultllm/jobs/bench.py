@@ -9,10 +9,11 @@ from faultllm.compare.tables import print_summary
 from faultllm.config.schema import BenchJob
 from faultllm.cost.bench import run_bench
 from faultllm.run.directory import start_run, write_json
+from faultllm.run.kind import RunKind
 
 
 def run(cfg: BenchJob, run_dir: Path) -> dict:
-    run_dir = start_run(cfg, run_dir, "bench")
+    run_dir = start_run(cfg, run_dir, RunKind.BENCH)
     record = run_bench(cfg, cfg.bench)
     write_json(run_dir / "bench.json", record)
     _print_summary(record, run_dir)

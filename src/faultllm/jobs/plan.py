@@ -9,11 +9,12 @@ from faultllm.compare.tables import print_summary
 from faultllm.config.schema import PlanJob
 from faultllm.cost.planning import make_plan
 from faultllm.run.directory import start_run, write_json
+from faultllm.run.kind import RunKind
 from faultllm.runtime.files import write_text
 
 
 def run(cfg: PlanJob, run_dir: Path) -> dict:
-    run_dir = start_run(cfg, run_dir, "plan")
+    run_dir = start_run(cfg, run_dir, RunKind.PLAN)
     plan = make_plan(cfg)
     write_json(run_dir / "plan.json", plan)
     lines = summary(cfg, plan)

@@ -50,6 +50,7 @@ from faultllm.compare.tables import (
 )
 from faultllm.config.schema import ReportJob
 from faultllm.run.directory import read_json, start_run
+from faultllm.run.kind import RunKind
 from faultllm.runtime.files import write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def run(cfg: ReportJob, out_dir: Path):
     runs = runs_table(results)
     log.info(f"report: intervals over seeds and paired tests for {len(results)} model runs")
     summary, tests = aggregate(runs), paired_tests(results)
-    out_dir = start_run(cfg, out_dir, "report")
+    out_dir = start_run(cfg, out_dir, RunKind.REPORT)
     shown = summary_display(summary)
     write_text(out_dir / "comparison.md", markdown(shown))
     write_csv(summary, out_dir / "comparison.csv")

@@ -29,7 +29,7 @@ from faultllm.compare.metrics import classification_metrics
 from faultllm.config.schema import EvalConfig
 from faultllm.llm.modeling import ModelSpec, load_trained, load_untrained
 from faultllm.prompts.serialize import Prompts, Serializer
-from faultllm.run.directory import SavedRun
+from faultllm.run.saved import SavedRun
 from faultllm.runtime.distributed import gather, shard
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.progress import steps as progress_steps
