@@ -27,10 +27,14 @@ SUMMARY = SplitSummary(
     split_fingerprint="0123456789abcdef",
     scaler_range=[0.0, 1.0],
 )
-SCORED = SplitMetrics(0.75, 0.7, {"0": 1.0, "1": 0.5}, ["0", "1"], [[2, 0], [1, 1]], 4, loss=0.4, extra={"valid_mass": 1.0})
+SCORED = SplitMetrics(
+    0.75, 0.7, {"0": 1.0, "1": 0.5}, ["0", "1"], [[2, 0], [1, 1]], 4, loss=0.4, extra={"valid_mass": 1.0}
+)
 RECORDS = [
     SUMMARY,
-    TrainMetrics(train=SCORED, test=SCORED, epochs=[{"epoch": 1}], eval_mode="restricted", train_seconds=1.5, split=SUMMARY),
+    TrainMetrics(
+        train=SCORED, test=SCORED, epochs=[{"epoch": 1}], eval_mode="restricted", train_seconds=1.5, split=SUMMARY
+    ),
     BaselinesMetrics({"lr": BaselineMetrics(1.0, 0.75, 0.7, fit_seconds=0.1), "knn": BaselineMetrics(0.9, 0.5, 0.4)}),
     EvaluateMetrics(0.5, 0.4, n=4, extra={"valid_mass": 0.9}, eval_mode="generate", source="x.csv", run_dir="r"),
     PredictMetrics(1.0, 1.0, n=2, model="Logistic Regression", input="rows.csv"),
