@@ -10,7 +10,6 @@ per-seed difference compact - study with its paired t-interval.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,14 +17,15 @@ import numpy as np
 from scipy import stats
 
 from faultllm.compare.statistics import interval
+from faultllm.run.records import TrainMetrics
 
 FORMATS = ("study", "compact")
 SCORES = ("accuracy", "macro_f1")
 
 
 def test_scores(root: Path, style: str, seeds: list[int]) -> dict[str, np.ndarray]:
-    tests = [json.loads((root / f"{style}-{seed}" / "metrics.json").read_text())["test"] for seed in seeds]
-    return {key: np.array([test[key] for test in tests]) for key in (*SCORES, "n")}
+    tests = [TrainMetrics.read(root / f"{style}-{seed}" / "metrics.json").test for seed in seeds]
+    return {key: np.array([getattr(test, key) for test in tests]) for key in (*SCORES, "n")}
 
 
 def paired(diff: np.ndarray) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from faultllm.compare.calibration import (
 from faultllm.compare.pooled_calibration import calibration_summary, selective_summary, zero_probability_table
 from faultllm.compare.pooling import ModelRun
 from faultllm.config.load import load_config
+from faultllm.run.kind import RunKind
 from tests.conftest import easy_overrides
 
 # p(label 0), p(label 1), true label: answered (argmax) 0, 0, 1, 1, 1, 1 with confidence .95 .85 .7 .6 .55 .8
@@ -287,7 +288,7 @@ def test_a_train_run_is_resumed_only_with_the_held_out_rows_it_trained_without(t
     from faultllm.runtime.errors import FaultLLMError
 
     common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
-    start_run(load_config("train", [*common, "calibrate.holdout=0.25"]), tmp_path / "run", "train")
+    start_run(load_config("train", [*common, "calibrate.holdout=0.25"]), tmp_path / "run", RunKind.TRAIN)
     (tmp_path / "run" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
     with pytest.raises(FaultLLMError, match=r"calibrate.holdout: 0.25 there, 0.0 here"):
         check_resume(redacted_config(load_config("train", common)), tmp_path / "run", TRAIN_RESUME)

@@ -114,9 +114,10 @@ def test_train_refuses_to_resume_a_run_of_another_config_in_one_line(tmp_path):
     """Before any model is loaded (the tiny model is not even built: cache_dir is empty)."""
     from faultllm.config.load import load_config
     from faultllm.run.directory import start_run
+    from faultllm.run.kind import RunKind
 
     common = [f"cache_dir={tmp_path / 'cache'}", "model=tiny"]
-    start_run(load_config("train", [*common, "lora.r=16"]), tmp_path / "run", "train")
+    start_run(load_config("train", [*common, "lora.r=16"]), tmp_path / "run", RunKind.TRAIN)
     (tmp_path / "run" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
     saved = (tmp_path / "run" / "config.yaml").read_text()
     other = ["lora.r=8", "model.path=other/model", "data.train_size=100", "prompt.template=chat"]

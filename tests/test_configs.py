@@ -15,6 +15,7 @@ from faultllm import cli
 from faultllm.config.choices import LR_SCHEDULERS
 from faultllm.config.jobs import JOBS
 from faultllm.config.load import CONFIG_DIR, load_config
+from faultllm.run.kind import RunKind
 from faultllm.runtime.errors import FaultLLMError
 
 REQUIRED = {
@@ -182,7 +183,7 @@ def test_a_job_failing_after_work_keeps_its_directory_and_its_log_ends_with_the_
     from faultllm.jobs import prepare
 
     def fail_after_work(cfg, run_dir):
-        prepare.start_run(cfg, run_dir, "prepare")
+        prepare.start_run(cfg, run_dir, RunKind.PREPARE)
         (run_dir / "train.parquet").write_text("half-written")
         raise FaultLLMError("data.path=x: something went wrong")
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from faultllm.run.kind import RunKind
 from faultllm.runtime.credentials import PASSWORD_ENV, RedactingFilter, hide_passwords, redact, with_password
 from faultllm.runtime.errors import FaultLLMError
 
@@ -76,7 +77,7 @@ def test_the_run_directory_holds_no_password(compose_cfg, tmp_path, monkeypatch)
 
     monkeypatch.setenv("FAULTLLM_STORAGE", f"postgresql://me:{SECRET}@db/x")
     monkeypatch.setattr(sys, "argv", ["faultllm hpo", f"hpo.storage=postgresql://me:{SECRET}@db/x"])
-    start_run(compose_cfg("hpo", ["hpo.storage=${oc.env:FAULTLLM_STORAGE}"]), tmp_path, "hpo")
+    start_run(compose_cfg("hpo", ["hpo.storage=${oc.env:FAULTLLM_STORAGE}"]), tmp_path, RunKind.HPO)
     assert "storage: postgresql://me:***@db/x" in (tmp_path / "config.yaml").read_text()
     assert json.loads((tmp_path / "run_info.json").read_text())["command"][1] == "hpo.storage=postgresql://me:***@db/x"
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and SECRET in p.read_text()]

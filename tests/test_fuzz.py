@@ -312,7 +312,7 @@ def test_fuzzed_overrides_pass_the_checks_or_are_refused_in_one_line(tmp_path, m
     easy_frame().to_csv(easy, index=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a random model.path is not looked up on the hub
-    monkeypatch.setattr(cli, "run_job", lambda *args: 0)
+    monkeypatch.setattr(cli, "run_under_hydra", lambda *args: 0)
     seen, keys = Counter(), set()
 
     @settings(FUZZ, max_examples=30 * SCALE)

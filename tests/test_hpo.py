@@ -18,6 +18,7 @@ from faultllm.config.hpo import SearchParam
 from faultllm.config.load import load_config
 from faultllm.data.splits import cv_folds, fold_splits, make_split
 from faultllm.jobs.hpo import run as search
+from faultllm.run.kind import RunKind
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.search.hpo import _PruningReporter, study_rule
 from faultllm.search.studies import EPOCHS_PER_FOLD, make_pruner, open_study, same_fold_values
@@ -420,7 +421,7 @@ def test_an_earlier_refit_of_another_config_is_set_aside_not_overwritten(compose
     from faultllm.run.directory import TRAIN_RESUME, set_aside_other_run, start_run
 
     cfg = compose_cfg("hpo", ["model=tiny"])
-    final = start_run(cfg, tmp_path / "final", "hpo")
+    final = start_run(cfg, tmp_path / "final", RunKind.HPO)
     (final / "metrics.json").write_text("{}")
     set_aside_other_run(cfg, final, TRAIN_RESUME)
     assert final.exists() and not list(tmp_path.glob("final.*"))  # the same config: continued in place
@@ -433,7 +434,7 @@ def test_a_study_is_resumed_only_with_the_config_it_was_made_with(tiny_cache, ea
     from faultllm.run.directory import start_run
 
     overrides = hpo_overrides(tiny_cache, easy_csv, 3)
-    start_run(load_config("hpo", overrides), tmp_path, "hpo")
+    start_run(load_config("hpo", overrides), tmp_path, RunKind.HPO)
     saved = (tmp_path / "config.yaml").read_text()
     other = [*overrides, "hpo.folds=3", "hpo.space.lora_r.high=32", "hpo.n_trials=9", "hpo.workers=2"]
     with pytest.raises(

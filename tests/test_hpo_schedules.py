@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from faultllm.config.hpo import HpoConfig
 from faultllm.cost import plan as planning
 from faultllm.cost.cases import gather_inputs
+from faultllm.run.kind import RunKind
 from faultllm.search.hpo import _PruningReporter
 from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share
 from faultllm.search.studies import schedule_pruner
@@ -154,6 +155,6 @@ def test_a_study_is_resumed_only_under_the_schedule_it_was_made_with(compose_cfg
     from faultllm.run.directory import start_run
     from faultllm.runtime.errors import FaultLLMError
 
-    start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, "hpo")
+    start_run(compose_cfg("hpo", ["model=tiny", "hpo.schedule=race"]), tmp_path, RunKind.HPO)
     with pytest.raises(FaultLLMError, match=r"another config \(hpo.schedule: 'race' there, 'asha' here\)"):
         search(compose_cfg("hpo", ["model=tiny"]), tmp_path)

@@ -50,7 +50,8 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
     run_baselines(compose_cfg("baselines", [*data, "baselines.models=[lr,svm]", "baselines.importances_for=[]"]),
                   tmp_path / "b")  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "b" / "models").iterdir()) == ["lr.joblib", "svm.joblib"]
-    best = max(json.loads((tmp_path / "b" / "metrics.json").read_text()).items(), key=lambda m: m[1]["test_accuracy"])
+    models = json.loads((tmp_path / "b" / "metrics.json").read_text())["models"]
+    best = max(models.items(), key=lambda m: m[1]["test_accuracy"])
     result = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")
     _check(pd.read_csv(tmp_path / "p" / "predictions.csv"), 30, [0, 1])
     assert result["model"] == {"lr": "Logistic Regression", "svm": "Support Vector Machine"}[best[0]]
@@ -71,7 +72,7 @@ def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_p
 
     cfg = compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"])  # the bundled TEP
     run_baselines(cfg, tmp_path / "b")
-    accuracy = json.loads((tmp_path / "b" / "metrics.json").read_text())["knn"]["test_accuracy"]
+    accuracy = json.loads((tmp_path / "b" / "metrics.json").read_text())["models"]["knn"]["test_accuracy"]
     own = [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'b' / 'test.parquet'}"]
     with pytest.raises(FaultLLMError, match=r"input=.*test.parquet: the rows look already scaled into the run's "
                        r"\[0, 1\] range \(100% of .*\); give raw rows .*, or predict.input_scaled=true"):  # fmt: skip

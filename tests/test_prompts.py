@@ -20,6 +20,7 @@ from faultllm.llm.tokenizer import load_tokenizer
 from faultllm.prompts.serialize import PromptFormat, Serializer, question
 from faultllm.prompts.templates import answer, chat_prompt, short_names
 from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
 
 
 def _script(name: str):
@@ -126,7 +127,7 @@ def test_compact_needs_values_scaled_to_0_1(compose_cfg):
 
 def test_the_format_is_recorded_in_the_run_config(compose_cfg, tmp_path):
     """A study variable: config.yaml says which format the run's prompts were written in (and a resume must match)."""
-    run_dir = start_run(compose_cfg("train", ["model=tiny", "prompt.format=compact"]), tmp_path / "run", "train")
+    run_dir = start_run(compose_cfg("train", ["model=tiny", "prompt.format=compact"]), tmp_path / "run", RunKind.TRAIN)
     assert OmegaConf.load(run_dir / "config.yaml").prompt.format == "compact"
     assert compose_cfg("train", ["model=tiny"]).prompt.format == "study"  # the default is the study's question
 

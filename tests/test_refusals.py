@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 
 from faultllm.config.load import load_config
 from faultllm.jobs.prepare import run as prepare_job
-from faultllm.run.directory import expand_run_dirs, open_run, redacted_config
+from faultllm.run.directory import redacted_config
+from faultllm.run.kind import RunKind
+from faultllm.run.saved import expand_run_dirs, open_run
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
@@ -216,8 +218,8 @@ def test_an_hpo_run_directory_stands_for_its_refit(runs):
     from faultllm.preflight import evaluate_inputs, predict_inputs
 
     assert evaluate_inputs(load_config("evaluate", [f"run_dir={runs['hpo']}"]))[0].run_dir == final
-    saved, kind, rows = predict_inputs(load_config("predict", [f"run_dir={runs['hpo']}", f"input={runs['easy']}"]))
-    assert (saved.run_dir, kind, len(rows)) == (final, "llm", 400)
+    saved, rows = predict_inputs(load_config("predict", [f"run_dir={runs['hpo']}", f"input={runs['easy']}"]))
+    assert (saved.run_dir, saved.kind, len(rows)) == (final, RunKind.HPO, 400)
 
 
 def _fail_with_a_cause(error: type[Exception], message: str):

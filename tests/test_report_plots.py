@@ -108,7 +108,7 @@ def test_the_reliability_bins_interval_is_wilsons():
 def test_a_missing_param_importances_plot_is_said(tmp_path, caplog):
     import optuna
 
-    from faultllm.search.hpo import plot_study
+    from faultllm.search.summary import plot_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study()

@@ -91,9 +91,9 @@ def test_an_untrained_four_shot_run_on_the_bundled_data(tiny_cache, tmp_path):
     the shots are training rows, never the test row; evaluate reopens it with the base model."""
     from faultllm.jobs.evaluate import run as evaluate
     from faultllm.jobs.train import run as train
-    from faultllm.llm.predict import run_kind
     from faultllm.llm.trained import TrainedLLM
-    from faultllm.run.directory import open_run
+    from faultllm.run.kind import RunKind
+    from faultllm.run.saved import open_run
 
     overrides = [f"cache_dir={tiny_cache}", *TINY, "trainer.epochs=0", "prompt.shots=4", "data.train_size=40",
                  "data.test_size=8", "eval.batch_size=4"]  # fmt: skip
@@ -116,7 +116,7 @@ def test_an_untrained_four_shot_run_on_the_bundled_data(tiny_cache, tmp_path):
     prompt = serializer.render(saved.split.test).texts[0]
     assert prompt.count("What should be Y?") == 5 and prompt.endswith(test_questions[0] + " [/INST]")
 
-    assert run_kind(saved) == "llm"
+    assert saved.kind is RunKind.TRAIN and saved.has_llm
     reopened = evaluate(load_config("evaluate", [f"run_dir={run_dir}", "eval.batch_size=4"]), tmp_path / "eval")
     assert reopened["accuracy"] == metrics["test"]["accuracy"]
     assert reopened["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _command(argv)
-    except Exception as err:  # what the job's own handler (run_job) did not see: the same one line
+    except Exception as err:  # what the command's own handler (run_under_hydra) did not see: the same one line
         message, code = failure(err)
         print(f"faultllm: error: {redact(message)}", file=sys.stderr)
         return code
@@ -117,7 +117,7 @@ def _command(argv: list[str]) -> int:
         return 2
     if world_size() > 1:
         overrides = rank_overrides(config_name, overrides)
-    return run_job(command, config_name, module, overrides)
+    return run_under_hydra(command, config_name, module, overrides)
 
 
 def output_error(overrides: list[str]) -> str | None:
@@ -202,7 +202,7 @@ def _quiet_known_noise(progress: bool) -> None:
         transformers_logging.disable_progress_bar()
 
 
-def run_job(command: str, config_name: str, module: str, overrides: list[str]) -> int:
+def run_under_hydra(command: str, config_name: str, module: str, overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 

@@ -36,20 +36,10 @@ from faultllm.config.jobs import (
 )
 from faultllm.data.splits import Split, cv_folds, keep_last_split, make_split, scale_split
 from faultllm.llm.explain import check_same_split, choose_rows
-from faultllm.llm.predict import run_kind
+from faultllm.llm.predict import check_predictable
 from faultllm.llm.sources import resolve_model_path
-from faultllm.run.directory import (
-    HPO_RESUME,
-    TRAIN_RESUME,
-    ResumeKeys,
-    SavedRun,
-    baseline_importances,
-    check_resume,
-    load_importances,
-    open_run,
-    open_train_run,
-    redacted_config,
-)
+from faultllm.run.directory import HPO_RESUME, TRAIN_RESUME, ResumeKeys, check_resume, redacted_config
+from faultllm.run.saved import SavedRun, baseline_importances, load_importances, open_run, open_train_run
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.search.studies import open_study
 
@@ -177,12 +167,13 @@ def explain_inputs(cfg: ExplainJob) -> tuple[SavedRun, list[int], list[int]]:
     return saved, probe_rows, choose_rows(explain.rows, explain.n_attribution_rows, n_test, cfg.seed)
 
 
-def predict_inputs(cfg: PredictJob) -> tuple[SavedRun, str, pd.DataFrame]:
-    """The run to predict with, its kind (llm or baselines) and the rows to diagnose, checked against it."""
+def predict_inputs(cfg: PredictJob) -> tuple[SavedRun, pd.DataFrame]:
+    """The run to predict with (a fine-tuned LLM or a baselines run's models) and the rows to diagnose, checked
+    against it."""
     saved = open_run(cfg.run_dir, "faultllm train` or `faultllm baselines")
-    kind = run_kind(saved)
+    check_predictable(saved)
     rows = saved.read_rows(Path(cfg.input), "input", False, "predict.input_scaled", cfg.predict.input_scaled)
-    return saved, kind, rows
+    return saved, rows
 
 
 def _resume(cfg: Any, run_dir: Path | None, resumes: ResumeKeys) -> None:

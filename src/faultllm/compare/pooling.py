@@ -15,8 +15,10 @@ import pandas as pd
 
 from faultllm.compare.baselines import NAMES
 from faultllm.compare.calibration import Forecast, forecast_of
-from faultllm.run.directory import expand_run_dirs, read_config_tree, read_json, run_job
-from faultllm.run.records import BaselineMetrics, TrainMetrics
+from faultllm.run.directory import read_config_tree
+from faultllm.run.kind import RunKind, run_kind
+from faultllm.run.records import BaselinesMetrics, SplitSummary, TrainMetrics
+from faultllm.run.saved import expand_run_dirs
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.progress import steps
 
@@ -64,7 +66,7 @@ def load_runs(paths: list) -> list[ModelRun]:
     run_dirs = expand_run_dirs(paths)
     configs = {run_dir: _read_config(run_dir) for run_dir in run_dirs}
     check_comparable(configs)
-    names = llm_names({d: c for d, c in configs.items() if _kind(d) == "train"})
+    names = llm_names({d: c for d, c in configs.items() if run_kind(d) is not RunKind.BASELINES})
     read = steps(run_dirs, "report: runs read")
     results = [r for run_dir in read for r in _model_runs(run_dir, names.get(run_dir))]
     seen: dict[tuple, Path] = {}
@@ -91,17 +93,12 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
-def _kind(run_dir: Path) -> str:
-    """baselines, or train for an LLM run (a train run or an HPO refit)."""
-    return "baselines" if run_job(run_dir) == "baselines" else "train"
-
-
 def check_comparable(configs: dict[Path, dict]) -> None:
     """The data config agrees across all runs, and the baselines runs agree on everything, except for
     the seed and the training-set size. (LLM runs that differ become separate rows: `llm_names`.)"""
     data_keys = lambda config: {k: v for k, v in config.items() if k.startswith("data.")}  # noqa: E731
     _refuse_differences(configs, data_keys, "different data configs")
-    baselines = {d: c for d, c in configs.items() if _kind(d) == "baselines"}
+    baselines = {d: c for d, c in configs.items() if run_kind(d) is RunKind.BASELINES}
     if baselines:
         _refuse_differences(baselines, lambda config: config, "configs that differ in more than the seed")
 
@@ -153,14 +150,14 @@ def _forecast(predictions: pd.DataFrame | None, answered: str, prefix: str, labe
 
 
 def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
-    split = read_json(run_dir / "split.json")
-    labels = [str(label) for label in split["labels"]]
+    split = SplitSummary.read(run_dir / "split.json")
+    labels = [str(label) for label in split.labels]
     common = {
         "run_dir": run_dir,
-        "seed": int(split["seed"]),
-        "train_rows": sum(split["rows"]["train"].values()),
-        "test_rows": sum(split["rows"]["test"].values()),
-        "fingerprint": split["split_fingerprint"],
+        "seed": int(split.seed),
+        "train_rows": sum(split.rows["train"].values()),
+        "test_rows": sum(split.rows["test"].values()),
+        "fingerprint": split.split_fingerprint,
     }
     predictions = None
     if (run_dir / "predictions.csv").exists():  # as text: an unparsed generation ("") must not turn 1 into 1.0
@@ -168,7 +165,7 @@ def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
     correct = lambda column: (  # noqa: E731
         None if predictions is None else (predictions[column] == predictions["label"]).to_numpy()
     )
-    if _kind(run_dir) == "train":
+    if run_kind(run_dir) is not RunKind.BASELINES:  # an LLM: a train run or an HPO refit
         llm = TrainMetrics.read(run_dir / "metrics.json")
         return [ModelRun(llm_name, "llm", train_accuracy=llm.train.accuracy, test_accuracy=llm.test.accuracy,
                          test_macro_f1=llm.test.macro_f1, seconds=llm.train_seconds,
@@ -179,7 +176,7 @@ def _model_runs(run_dir: Path, llm_name: str | None) -> list[ModelRun]:
                  test_macro_f1=m.test_macro_f1, seconds=m.fit_seconds,
                  correct=correct(key) if predictions is not None and key in predictions else None,
                  forecast=_forecast(predictions, key, f"{key}_prob_", labels), **common)
-        for key, m in BaselineMetrics.read_all(run_dir / "metrics.json").items()
+        for key, m in BaselinesMetrics.read(run_dir / "metrics.json").models.items()
     ]  # fmt: skip
 
 

@@ -43,17 +43,6 @@ class Split:
             for name, frame in (("train", self.train), ("test", self.test))
         }
 
-    def summary(self, scaler: MinMaxScaler | None, seed: int) -> dict:
-        """split.json: what `faultllm report` compares (the fingerprint) before putting runs side by side."""
-        return {
-            "rows": self.counts(),
-            "labels": [str(label) for label in self.labels],
-            "features": self.features,
-            "scaler_range": list(scaler.feature_range) if scaler else None,
-            "seed": seed,
-            "split_fingerprint": self.fingerprint(),
-        }
-
 
 def make_split(data_cfg: DataConfig, seed: int) -> Split:
     """Load -> select labels -> (dedupe) -> balanced seeded sample -> train/test split, unscaled.

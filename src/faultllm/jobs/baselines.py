@@ -25,10 +25,11 @@ from faultllm.compare.tables import print_table, write_table
 from faultllm.config.jobs import BaselinesJob
 from faultllm.data.splits import Split, cv_folds, fold_splits, hold_out, make_split, scale_split
 from faultllm.data.tables import LABEL
-from faultllm.run.directory import save_split, start_run, write_json
-from faultllm.run.records import BaselineMetrics
+from faultllm.run.directory import save_split, start_run
+from faultllm.run.kind import RunKind
+from faultllm.run.records import BaselineMetrics, BaselinesMetrics
 from faultllm.runtime.errors import FaultLLMError
-from faultllm.runtime.files import write_csv
+from faultllm.runtime.files import write_csv, write_json
 from faultllm.runtime.progress import steps
 from faultllm.runtime.threads import available_cores, loop_plan, parallel_map
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
     names = available_models(list(cfg.baselines.models))
-    run_dir = start_run(cfg, run_dir, "baselines")
+    run_dir = start_run(cfg, run_dir, RunKind.BASELINES)
     raw = make_split(cfg.data, cfg.seed)
     check_models(names, len(raw.train))
     split, scaler = scale_split(raw, cfg.data.normalize, cfg.data.scale_range)  # as `train` does: then held out
@@ -61,7 +62,7 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
         if outcome.importances is not None:
             tables.append(outcome.importances)
 
-    write_json(run_dir / "metrics.json", {name: BaselineMetrics.from_json(r).to_json() for name, r in results.items()})
+    BaselinesMetrics({name: BaselineMetrics.from_json(r) for name, r in results.items()}).write(run_dir / "metrics.json")
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
     if recalibrations:
         write_json(run_dir / CALIBRATION_FILE, recalibrations)

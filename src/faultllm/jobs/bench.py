@@ -10,10 +10,11 @@ from faultllm.config.jobs import BenchJob
 from faultllm.cost.bench import run_bench
 from faultllm.cost.records import BenchRecord
 from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
 
 
 def run(cfg: BenchJob, run_dir: Path) -> BenchRecord:
-    run_dir = start_run(cfg, run_dir, "bench")
+    run_dir = start_run(cfg, run_dir, RunKind.BENCH)
     record = run_bench(cfg, cfg.bench)
     record.write(run_dir / BenchRecord.FILE)
     _print_summary(record, run_dir)

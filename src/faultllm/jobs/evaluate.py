@@ -12,7 +12,8 @@ from faultllm.llm.evaluation import evaluate_prompts
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.trained import TrainedLLM
 from faultllm.preflight import evaluate_inputs
-from faultllm.run.directory import start_run, write_json
+from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
 from faultllm.run.records import EvaluateMetrics
 from faultllm.runtime.files import write_csv
 
@@ -20,12 +21,12 @@ from faultllm.runtime.files import write_csv
 def run(cfg: EvaluateJob, out_dir: Path) -> dict:
     saved, frame, source = evaluate_inputs(cfg)  # checked before the model loads
     llm = TrainedLLM.from_run(saved)
-    out_dir = start_run(cfg, out_dir, "evaluate")
+    out_dir = start_run(cfg, out_dir, RunKind.EVALUATE)
     prompts = llm.serializer.render(frame)
     space = answer_space(llm.tokenizer, prompts)
     metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval, f"scoring {source}")
     written = EvaluateMetrics.from_json(metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)})
-    write_json(out_dir / "metrics.json", written.to_json())
+    written.write(out_dir / "metrics.json")
     write_csv(predictions, out_dir / "predictions.csv")
     plots.confusion_matrix(metrics["confusion_matrix"], prompts.labels, out_dir / "confusion_matrix.png", cfg.eval.mode)
     items = {

@@ -18,14 +18,15 @@ from faultllm.llm.explain import (
 )
 from faultllm.llm.trained import TrainedLLM
 from faultllm.preflight import explain_inputs
-from faultllm.run.directory import start_run, write_json
-from faultllm.runtime.files import write_csv, write_text
+from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
+from faultllm.runtime.files import write_csv, write_json, write_text
 
 
 def run(cfg: ExplainJob, out_dir: Path) -> dict:
     saved, probe_rows, attribution_rows = explain_inputs(cfg)
     llm, test = TrainedLLM.from_run(saved), saved.split.test
-    out_dir = start_run(cfg, out_dir, "explain")
+    out_dir = start_run(cfg, out_dir, RunKind.EXPLAIN)
 
     transcripts = probe_transcripts(llm, test, probe_rows, list(cfg.explain.new_tokens))
     write_csv(transcripts, out_dir / "transcripts.csv")

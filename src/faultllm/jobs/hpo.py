@@ -26,6 +26,7 @@ from faultllm.llm.build import BaseModelCache
 from faultllm.llm.finetune import train_on_split
 from faultllm.llm.sources import resolve_model_path
 from faultllm.run.directory import HPO_RESUME, TRAIN_RESUME, read_json, set_aside_other_run, start_run
+from faultllm.run.kind import RunKind
 from faultllm.run.slurm import submit_array, wait_for
 from faultllm.runtime.credentials import redact, worker_environment
 from faultllm.runtime.distributed import visible_gpus
@@ -36,11 +37,8 @@ from faultllm.search.hpo import (
     OutOfMemoryStreak,
     TrialOutOfMemory,
     mlflow_trial_logger,
-    plot_study,
     run_trial,
     search_features,
-    search_summary,
-    table_4_1,
     with_params,
 )
 from faultllm.search.studies import (
@@ -54,13 +52,14 @@ from faultllm.search.studies import (
     sole_user,
     study_url,
 )
+from faultllm.search.summary import plot_study, search_summary, table_4_1
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: HpoJob, run_dir: Path) -> dict:
     resolve_model_path(cfg.model, cfg.cache_dir)  # a hub model off the hub fails here, not in the first trial
-    run_dir = start_run(cfg, run_dir, "hpo", HPO_RESUME)
+    run_dir = start_run(cfg, run_dir, RunKind.HPO, HPO_RESUME)
     raw = make_split(cfg.data, cfg.seed)
     folds = cv_folds(raw.train, cfg.hpo.folds, cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line (`_report`)
@@ -227,7 +226,7 @@ def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:
     refit_cfg = with_params(cfg, {spec.key: best.params[name] for name, spec in cfg.hpo.space.items()})
     split, scaler = scale_split(raw, refit_cfg.data.normalize, refit_cfg.data.scale_range)
     set_aside_other_run(refit_cfg, run_dir, TRAIN_RESUME)  # an earlier refit, of a best trial since beaten
-    refit_dir = start_run(refit_cfg, run_dir, "hpo", TRAIN_RESUME)
+    refit_dir = start_run(refit_cfg, run_dir, RunKind.HPO, TRAIN_RESUME)
     return train_on_split(refit_cfg, split, scaler, refit_dir, search_features(cfg, raw))
 
 

@@ -10,11 +10,12 @@ from faultllm.config.jobs import PlanJob
 from faultllm.cost.plan import make_plan
 from faultllm.cost.records import Bounds, Hours, PlanRecord
 from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
 from faultllm.runtime.files import write_text
 
 
 def run(cfg: PlanJob, run_dir: Path) -> PlanRecord:
-    run_dir = start_run(cfg, run_dir, "plan")
+    run_dir = start_run(cfg, run_dir, RunKind.PLAN)
     plan = make_plan(cfg)
     plan.write(run_dir / PlanRecord.FILE)
     lines = summary(cfg, plan)

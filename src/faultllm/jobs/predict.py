@@ -19,28 +19,28 @@ from faultllm.llm.predict import (
     recalibrated,
 )
 from faultllm.preflight import predict_inputs
-from faultllm.run.directory import start_run, write_json
+from faultllm.run.directory import start_run
+from faultllm.run.kind import RunKind
 from faultllm.run.records import PredictMetrics
 from faultllm.runtime.files import write_csv
 
 
 def run(cfg: PredictJob, out_dir: Path) -> dict:
-    saved, kind, rows = predict_inputs(cfg)
-    if kind == "llm":
+    saved, rows = predict_inputs(cfg)
+    if saved.kind.fine_tunes:
         key, model = LLM, f"LLM ({Path(str(saved.cfg.model.path or 'tiny')).name})"
         predictions = predict_llm(saved, rows, cfg.eval.batch_size)
     else:
         key = chosen_baseline(saved, cfg.predict.model)
         model, predictions = predict_baseline(saved, rows, key)
     predictions, applied = recalibrated(saved, key, rows, predictions)
-    out_dir = start_run(cfg, out_dir, "predict")
+    out_dir = start_run(cfg, out_dir, RunKind.PREDICT)
     table = prediction_table(rows, saved.split.features, predictions)
     write_csv(table, out_dir / "predictions.csv")
     metrics = metrics_if_labelled(rows, predictions["predicted"], saved.split.labels)
     summary = {"model": model, "rows": len(table), "input": str(cfg.input)}
     if metrics:
-        written = PredictMetrics.from_json(metrics | {"model": model, "input": str(cfg.input)})
-        write_json(out_dir / "metrics.json", written.to_json())
+        PredictMetrics.from_json(metrics | {"model": model, "input": str(cfg.input)}).write(out_dir / "metrics.json")
         summary["accuracy / macro-F1"] = f"{metrics['accuracy']:.3f} / {metrics['macro_f1']:.3f}"
     summary |= _sets_summary(applied)
     print_summary(f"predicted: {saved.run_dir}", summary | {"written to": str(out_dir / "predictions.csv")})

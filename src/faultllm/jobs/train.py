@@ -12,6 +12,7 @@ from faultllm.config.jobs import TrainJob
 from faultllm.data.splits import prepared_split
 from faultllm.llm.finetune import train_on_split
 from faultllm.run.directory import TRAIN_RESUME, start_run
+from faultllm.run.kind import RunKind
 from faultllm.runtime.distributed import is_main_process
 
 
@@ -21,6 +22,6 @@ def run(cfg: TrainJob, run_dir: Path) -> dict:
     Under torchrun/accelerate every rank trains (DDP) and scores its share of the rows; the main
     process writes the files.
     """
-    run_dir = start_run(cfg, run_dir, "train", TRAIN_RESUME) if is_main_process() else Path(run_dir)
+    run_dir = start_run(cfg, run_dir, RunKind.TRAIN, TRAIN_RESUME) if is_main_process() else Path(run_dir)
     split, scaler = prepared_split(cfg.data, cfg.seed)
     return train_on_split(cfg, split, scaler, run_dir)

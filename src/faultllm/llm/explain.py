@@ -23,7 +23,9 @@ from faultllm.llm.decoding import generate_answers, parse_answer
 from faultllm.llm.scoring import answer_space, score
 from faultllm.llm.trained import TrainedLLM
 from faultllm.prompts.serialize import WHY_QUESTION
-from faultllm.run.directory import SavedRun, load_importances, read_json, run_job
+from faultllm.run.kind import RunKind, run_kind
+from faultllm.run.records import SplitSummary
+from faultllm.run.saved import SavedRun, load_importances
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.runtime.progress import steps
 
@@ -109,22 +111,22 @@ def check_same_split(run: SavedRun, baselines_dir: Path) -> None:
     """A baselines run's importances are compared feature by feature: only one made on this run's very split
     (the same split fingerprint, as `faultllm report` pairs runs) is accepted."""
     path = baselines_dir / "split.json"
-    job = run_job(baselines_dir)
-    if not path.exists() or job != "baselines":
-        what = f"a `faultllm {job}` run" if job != "unknown" and path.exists() else "no split.json"
+    kind = run_kind(baselines_dir)
+    if not path.exists() or kind is not RunKind.BASELINES:
+        what = f"a `{kind.command}` run" if kind is not RunKind.UNKNOWN and path.exists() else "no split.json"
         raise FaultLLMError(
             f"explain.baselines_dir={baselines_dir}: not a `faultllm baselines` run ({what}); give the directory "
             "of a `faultllm baselines` run made with this run's data config and seed"
         )
-    theirs = read_json(path)
-    ours = read_json(run.run_dir / "split.json")
-    if theirs["split_fingerprint"] == ours["split_fingerprint"]:
+    theirs = SplitSummary.read(path)
+    ours = SplitSummary.read(run.run_dir / "split.json")
+    if theirs.split_fingerprint == ours.split_fingerprint:
         return
-    other = sorted(set(theirs["features"]) ^ set(ours["features"]))
+    other = sorted(set(theirs.features) ^ set(ours.features))
     what = f"other features ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''})" if other else "other rows"
     raise FaultLLMError(
         f"explain.baselines_dir={baselines_dir}: a baselines run on another split ({what}; fingerprint "
-        f"{theirs['split_fingerprint']} vs this run's {ours['split_fingerprint']}); run `faultllm baselines` "
+        f"{theirs.split_fingerprint} vs this run's {ours.split_fingerprint}); run `faultllm baselines` "
         "with this run's data config, data.normalize and seed"
     )
 

@@ -22,11 +22,12 @@ from faultllm.llm.build import ModelSpec
 from faultllm.llm.evaluation import evaluate_prompts
 from faultllm.llm.trainer import FitResult, fit, untrained
 from faultllm.prompts.serialize import Prompts, Serializer, ordered_features
-from faultllm.run.directory import PROMPT_FEATURES, baseline_importances, save_split, write_json
-from faultllm.run.records import SplitMetrics, TrainMetrics
+from faultllm.run.directory import save_split
+from faultllm.run.records import SplitMetrics, SplitSummary, TrainMetrics
+from faultllm.run.saved import PROMPT_FEATURES, baseline_importances
 from faultllm.runtime.distributed import is_main_process, world_size
 from faultllm.runtime.errors import FaultLLMError
-from faultllm.runtime.files import atomic_directory, write_csv
+from faultllm.runtime.files import atomic_directory, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def train_on_split(
     metrics.json's content. `features`: the prompt's feature order when the caller fixed it (HPO's refit)."""
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)  # first: fails fast off the hub
     split, held_out = hold_out(split, cfg.calibrate.holdout, cfg.seed)
-    split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else split.summary(scaler, cfg.seed)
-    features = features or prompt_features(cfg.prompt, split.features, cfg.seed, split_info["split_fingerprint"])
+    split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else SplitSummary.of(split, scaler, cfg.seed)
+    features = features or prompt_features(cfg.prompt, split.features, cfg.seed, split_info.split_fingerprint)
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
     serializer = Serializer.from_config(

@@ -13,17 +13,19 @@ from faultllm.data.tables import LABEL
 from faultllm.llm.evaluation import evaluate_restricted
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.trained import TrainedLLM
-from faultllm.run.directory import SavedRun, read_json
-from faultllm.run.records import BaselineMetrics
+from faultllm.run.directory import read_json
+from faultllm.run.kind import RunKind
+from faultllm.run.records import BaselinesMetrics
+from faultllm.run.saved import SavedRun
 from faultllm.runtime.errors import FaultLLMError
 
 
-def run_kind(run: SavedRun) -> str:
-    """llm (a train run, or an HPO refit) or baselines, from the job that wrote the run."""
-    if run.job in ("train", "hpo") and run.has_llm:
-        return "llm"
-    if run.job == "baselines" and (run.run_dir / "models").is_dir():
-        return "baselines"
+def check_predictable(run: SavedRun) -> None:
+    """A run to predict with: a train run (or an HPO refit) with its model, or a baselines run with saved models."""
+    if run.kind.fine_tunes and run.has_llm:
+        return
+    if run.kind is RunKind.BASELINES and (run.run_dir / "models").is_dir():
+        return
     raise FaultLLMError(
         f"run_dir={run.run_dir}: neither a train run (adapter/) nor a baselines run with saved models (models/)"
     )
@@ -43,7 +45,7 @@ def predict_llm(run: SavedRun, rows: pd.DataFrame, batch_size: int) -> pd.DataFr
 def chosen_baseline(run: SavedRun, name: str | None) -> str:
     """`predict.model`, or by default the saved baseline most accurate on the run's own test split."""
     if name is None:
-        metrics = BaselineMetrics.read_all(run.run_dir / "metrics.json")
+        metrics = BaselinesMetrics.read(run.run_dir / "metrics.json").models
         name = max(metrics, key=lambda key: metrics[key].test_accuracy)
     return name
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from faultllm.llm.build import ModelSpec, load_trained, load_untrained
 from faultllm.prompts.serialize import Serializer
-from faultllm.run.directory import SavedRun
+from faultllm.run.saved import SavedRun
 
 log = logging.getLogger(__name__)
 

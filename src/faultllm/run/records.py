@@ -1,9 +1,11 @@
-"""What each job writes as metrics.json: one dataclass per shape, with `to_json` / `from_json`.
+"""What each job writes as metrics.json, and `data prepare` as summary.json: one dataclass per shape.
 
-`train` (and HPO's refit in final/) writes `TrainMetrics`, `baselines` a `BaselineMetrics` per model,
-`evaluate` an `EvaluateMetrics`, `predict` a `PredictMetrics`. Readers (`report`, `predict`, HPO's Table 4.1) go through these
-classes, so a field is named in one place. Optional fields absent from a file stay None and are
-not written back, so older run directories still open.
+`train` (and HPO's refit in final/) writes `TrainMetrics`, `baselines` a `BaselinesMetrics` (a
+`BaselineMetrics` per model), `evaluate` an `EvaluateMetrics`, `predict` a `PredictMetrics`; split.json
+and `data prepare`'s summary.json hold a `SplitSummary`. Each is written with a `version` and read back
+(`report`, `predict`, HPO's Table 4.1) only at the version this faultllm writes, so a field is named in
+one place and a file of another version is refused in one line. Optional fields absent from a file stay
+None and are not written back.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from faultllm.data.splits import MinMaxScaler, Split
 from faultllm.runtime.errors import FaultLLMError
+from faultllm.runtime.files import write_json
 
 T = TypeVar("T", bound="Record")
 
@@ -35,12 +39,38 @@ class Record:
                 values[key] = kind.from_json(values[key])
         return cls(**values)
 
+
+F = TypeVar("F", bound="VersionedFile")
+
+
+class VersionedFile(Record):
+    """A record that is a whole file: written with `version`, read back only at that version. VERSION grows
+    when a field is renamed, changes meaning or becomes required."""
+
+    VERSION: ClassVar[int] = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.VERSION} | super().to_json()
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
     @classmethod
-    def read(cls: type[T], path: Path) -> T:
+    def read(cls: type[F], path: Path) -> F:
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as err:
-            raise FaultLLMError(f"{path}: not a faultllm metrics file ({type(err).__name__}: {err})") from err
+            payload = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise FaultLLMError(f"{path}: not a faultllm {cls.__name__} file ({type(err).__name__}: {err})") from err
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if version != cls.VERSION:
+            found = f"version {version}" if version is not None else "no version (an older faultllm)"
+            raise FaultLLMError(
+                f"{path}: written with {found}; this faultllm reads version {cls.VERSION}: rerun the job that wrote it"
+            )
+        try:
+            return cls.from_json({key: value for key, value in payload.items() if key != "version"})
+        except (KeyError, TypeError) as err:  # a required field missing
+            raise FaultLLMError(f"{path}: not a faultllm {cls.__name__} file ({err})") from err
 
 
 @dataclass
@@ -69,10 +99,34 @@ class SplitMetrics(Record):
 
 
 @dataclass
-class TrainMetrics(Record):
+class SplitSummary(VersionedFile):
+    """split.json, and `data prepare`'s summary.json: what `faultllm report` compares (the fingerprint) before
+    putting runs side by side."""
+
+    rows: dict[str, dict[str, int]]  # train / test -> rows per label
+    labels: list[str]
+    features: list[str]
+    seed: int
+    split_fingerprint: str
+    scaler_range: list[float] | None = None  # data.normalize=false: none
+
+    @classmethod
+    def of(cls, split: Split, scaler: MinMaxScaler | None, seed: int) -> SplitSummary:
+        return cls(
+            rows=split.counts(),
+            labels=[str(label) for label in split.labels],
+            features=list(split.features),
+            seed=seed,
+            split_fingerprint=split.fingerprint(),
+            scaler_range=list(scaler.feature_range) if scaler else None,
+        )
+
+
+@dataclass
+class TrainMetrics(VersionedFile):
     """metrics.json of `train` and of HPO's refit (final/)."""
 
-    nested: ClassVar[dict[str, type]] = {"train": SplitMetrics, "test": SplitMetrics}
+    nested: ClassVar[dict[str, type]] = {"train": SplitMetrics, "test": SplitMetrics, "split": SplitSummary}
 
     train: SplitMetrics
     test: SplitMetrics
@@ -82,7 +136,7 @@ class TrainMetrics(Record):
     hardware: dict | None = None  # the hardware plan as run
     processes: int | None = None
     effective_batch_size: int | None = None
-    split: dict | None = None  # split.json's content
+    split: SplitSummary | None = None  # split.json's content
 
     def to_json(self) -> dict[str, Any]:
         return super().to_json() | {"train": self.train.to_json(), "test": self.test.to_json()}
@@ -101,14 +155,23 @@ class BaselineMetrics(Record):
     params: dict | None = None  # baselines.tune=true: the tuned parameters
     cv_accuracy: float | None = None  # baselines.tune=true: their mean fold accuracy
 
-    @staticmethod
-    def read_all(path: Path) -> dict[str, BaselineMetrics]:
-        payload = json.loads(Path(path).read_text())
-        return {name: BaselineMetrics.from_json(entry) for name, entry in payload.items()}
+
+@dataclass
+class BaselinesMetrics(VersionedFile):
+    """metrics.json of `baselines`: each model's entry, keyed by model name."""
+
+    models: dict[str, BaselineMetrics]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.VERSION, "models": {name: entry.to_json() for name, entry in self.models.items()}}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> BaselinesMetrics:
+        return cls({name: BaselineMetrics.from_json(entry) for name, entry in payload["models"].items()})
 
 
 @dataclass
-class EvaluateMetrics(SplitMetrics):
+class EvaluateMetrics(SplitMetrics, VersionedFile):
     """metrics.json of `evaluate`: one split scored, and where its rows came from."""
 
     eval_mode: str = "restricted"
@@ -117,7 +180,7 @@ class EvaluateMetrics(SplitMetrics):
 
 
 @dataclass
-class PredictMetrics(SplitMetrics):
+class PredictMetrics(SplitMetrics, VersionedFile):
     """metrics.json of `predict` (rows with labels): the rows scored by one model."""
 
     model: str = ""
