@@ -19,12 +19,11 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from faultllm.compare.pooling import ModelRun
-from faultllm.compare.statistics import gap_interval, interval, mcnemar, paired_tests, seed_test
+from faultllm.compare.statistics import aggregate, gap_interval, interval, mcnemar, paired_tests, seed_test
 from faultllm.compare.tables import summary_display
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.report import run as report_job
-from faultllm.llm.explain import aggregate
 from faultllm.run.records import SplitMetrics, TrainMetrics
 from faultllm.runtime.errors import FaultLLMError
 

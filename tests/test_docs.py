@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from faultllm.cli import COMMANDS, config_error
+from faultllm.compare.statistics import aggregate
 from faultllm.compare.tables import summary_display
 from faultllm.config.help import key_help
 from faultllm.config.jobs import JOBS
 from faultllm.config.load import compose, load_config
 from faultllm.config.overrides import report_overrides, sweep_jobs
-from faultllm.llm.explain import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -31,7 +31,7 @@ from faultllm.compare.pooled_calibration import (
     zero_probability_table,
 )
 from faultllm.compare.pooling import ModelRun, load_runs, runs_table
-from faultllm.compare.statistics import paired_tests, within_split_tests
+from faultllm.compare.statistics import aggregate, paired_tests, within_split_tests
 from faultllm.compare.tables import (
     UNIT,
     WITHIN_SPLIT,
@@ -44,7 +44,6 @@ from faultllm.compare.tables import (
     within_split_display,
 )
 from faultllm.config.jobs import ReportJob
-from faultllm.llm.explain import aggregate
 from faultllm.run.directory import read_json, start_run
 from faultllm.run.kind import RunKind
 from faultllm.runtime.files import write_csv, write_text
