@@ -53,13 +53,14 @@ def test_a_file_of_another_version_is_refused_in_one_line(kind, version, tmp_pat
     with pytest.raises(FaultLLMError) as err:
         kind.read(path)
     message = str(err.value)
-    assert "\n" not in message and f"version {version}" in message and f"rerun `faultllm {kind.FILE[:-5]}" in message
+    found = "no version" if version is None else f"version {version}"
+    assert "\n" not in message and f"written with {found}" in message and f"rerun `faultllm {kind.FILE[:-5]}" in message
 
 
 def test_a_record_missing_a_field_is_refused_in_one_line(tmp_path):
     payload = {key: value for key, value in TINY_BENCH.to_json().items() if key != "tokens_per_second"}
     (tmp_path / "bench.json").write_text(json.dumps(payload))
-    with pytest.raises(FaultLLMError, match=r"not a bench\.json") as err:
+    with pytest.raises(FaultLLMError, match=r"bench\.json: not a faultllm BenchRecord file") as err:
         BenchRecord.read(tmp_path / "bench.json")
     assert "\n" not in str(err.value)
 

@@ -1,4 +1,4 @@
-"""What `faultllm plan` writes as plan.json and `faultllm bench` as bench.json: frozen dataclasses with a version.
+"""What `faultllm plan` writes as plan.json and `faultllm bench` as bench.json: frozen `VersionedFile` records.
 
 Writers build a record and `write` it; readers (`jobs/plan.py`, `jobs/bench.py`, plan's measured rates) `read`
 it back, so every field a consumer may rely on is named here. A file of another version is refused in one
@@ -7,78 +7,21 @@ line: its numbers may mean something else. Fields: docs/cost.md.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from faultllm.runtime.errors import FaultLLMError
-from faultllm.runtime.files import write_json
-
-R = TypeVar("R", bound="VersionedRecord")
-
-
-def _typed(kind: Any, value: Any) -> Any:
-    """`value` (parsed JSON) as `kind`: nested records, lists of them and optional ones rebuilt; the rest as is."""
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(kind):
-        hints = get_type_hints(kind)
-        return kind(**{spec.name: _typed(hints[spec.name], value[spec.name]) for spec in dataclasses.fields(kind)})
-    if get_origin(kind) in (Union, types.UnionType):
-        (kind,) = [arg for arg in get_args(kind) if arg is not type(None)]
-        return _typed(kind, value)
-    if get_origin(kind) is list:
-        return [_typed(get_args(kind)[0], item) for item in value]
-    return value
-
-
-class VersionedRecord:
-    """to_json / from_json / write / read for a frozen dataclass with a `version` field (`VERSION`, `FILE`)."""
-
-    VERSION: ClassVar[int]
-    FILE: ClassVar[str]
-    RERUN: ClassVar[str]  # the command that writes a current file
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_json(cls: type[R], payload: dict[str, Any], source: str = "") -> R:
-        where = f"{source or cls.FILE}: "
-        found = payload.get("version") if isinstance(payload, dict) else None
-        if found != cls.VERSION:
-            raise FaultLLMError(f"{where}a {cls.FILE} of version {found}, this faultllm reads version {cls.VERSION} "
-                                f"only: rerun `{cls.RERUN}`")  # fmt: skip
-        try:
-            return _typed(cls, payload)
-        except (KeyError, TypeError, ValueError) as err:
-            raise FaultLLMError(f"{where}not a {cls.FILE} ({type(err).__name__}: {err})") from err
-
-    def write(self, path: Path) -> None:
-        write_json(path, self.to_json())
-
-    @classmethod
-    def read(cls: type[R], path: Path) -> R:
-        try:
-            payload = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            raise FaultLLMError(f"{path}: not a {cls.FILE} ({type(err).__name__}: {err})") from err
-        return cls.from_json(payload, str(path))
-
+from faultllm.run.records import Record, VersionedFile
 
 # ---------------------------------------------------------------- bench.json
 
 
 @dataclass(frozen=True)
-class BenchRecord(VersionedRecord):
+class BenchRecord(VersionedFile):
     """What `faultllm bench` measured: training, restricted scoring and batch-1 decoding rates, memory, parameters."""
 
     VERSION: ClassVar[int] = 1
     FILE: ClassVar[str] = "bench.json"
-    RERUN: ClassVar[str] = "faultllm bench ..."
+    RERUN: ClassVar[str] = "`faultllm bench ...`"
 
     device: str  # the CUDA device name, or "cpu"
     model: str  # model.path, or "tiny"
@@ -106,14 +49,13 @@ class BenchRecord(VersionedRecord):
     scoring_tokens_per_second: float
     scoring_rows_per_second: float
     decode_step_seconds: float  # per generated token at batch 1
-    version: int = VERSION
 
 
 # ---------------------------------------------------------------- plan.json
 
 
 @dataclass(frozen=True)
-class Bounds:
+class Bounds(Record):
     """One amount in HPO's worst case and expected case (equal for train)."""
 
     worst: float
@@ -126,14 +68,14 @@ class ScoringBounds(Bounds):
 
 
 @dataclass(frozen=True)
-class TokenStats:
+class TokenStats(Record):
     min: int
     mean: float
     max: int
 
 
 @dataclass(frozen=True)
-class PlannedModel:
+class PlannedModel(Record):
     path: str  # model.path, or "tiny"
     config_json: str  # the directory config.json was read from
     tokenizer: str  # where the tokenizer came from
@@ -145,27 +87,27 @@ class PlannedModel:
 
 
 @dataclass(frozen=True)
-class PlannedData:
+class PlannedData(Record):
     display_name: str
     path: str | None
     stand_in: bool  # rows drawn from stand-in data (no data.path)
 
 
 @dataclass(frozen=True)
-class FoldRows:
+class FoldRows(Record):
     train: int
     val: int
 
 
 @dataclass(frozen=True)
-class Rows:
+class Rows(Record):
     train: int
     test: int
     folds: list[FoldRows]  # HPO's folds; [] for train
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
+class MemoryEstimate(Record):
     """`llm.memory.step_memory` for a batch of the longest training rows, and whether checkpointing would be on."""
 
     estimate_gib: float
@@ -182,7 +124,7 @@ class MemoryEstimate:
 
 
 @dataclass(frozen=True)
-class Throughput:
+class Throughput(Record):
     source: str  # the GPU's peak x plan.mfu, or the bench.json measured
     gpu: str  # plan.gpu
     train_tflops_per_s: float
@@ -192,14 +134,14 @@ class Throughput:
 
 
 @dataclass(frozen=True)
-class Hours:
+class Hours(Record):
     workers: int
     gpu_hours: Bounds
     wall_hours: Bounds
 
 
 @dataclass(frozen=True)
-class WorkTotals:
+class WorkTotals(Record):
     train_tokens: float
     scoring_tokens: float
     generated_tokens: float
@@ -217,7 +159,7 @@ class StudyWork(WorkTotals):
 
 
 @dataclass(frozen=True)
-class PlannedCase:
+class PlannedCase(Record):
     """An HPO trial configuration the plan maximizes (worst) or averages (expected) over."""
 
     case: str  # "worst" | "expected"
@@ -228,12 +170,12 @@ class PlannedCase:
 
 
 @dataclass(frozen=True)
-class PlanRecord(VersionedRecord):
+class PlanRecord(VersionedFile):
     """What a train or hpo run will cost: rows, tokens, FLOPs, memory and hours, faultllm's way and the study's."""
 
     VERSION: ClassVar[int] = 1
     FILE: ClassVar[str] = "plan.json"
-    RERUN: ClassVar[str] = "faultllm plan ..."
+    RERUN: ClassVar[str] = "`faultllm plan ...`"
 
     job: str  # train | hpo
     model: PlannedModel
@@ -254,7 +196,6 @@ class PlanRecord(VersionedRecord):
     study_ratio: float  # the study's GPU-hours over faultllm's expected ones
     cases: list[PlannedCase]
     notes: list[str]
-    version: int = VERSION
 
     @property
     def gpu_hours(self) -> Bounds:
@@ -262,4 +203,4 @@ class PlanRecord(VersionedRecord):
         return self.hours[0].gpu_hours
 
     def to_json(self) -> dict[str, Any]:
-        return super().to_json() | {"gpu_hours": asdict(self.gpu_hours)}  # a shortcut for readers of the file
+        return super().to_json() | {"gpu_hours": self.gpu_hours.to_json()}  # a shortcut for readers of the file

@@ -1,19 +1,23 @@
-"""What each job writes as metrics.json, and `data prepare` as summary.json: one dataclass per shape.
+"""The typed records a JSON file is written from and read through, and the ones a run writes.
 
-`train` (and HPO's refit in final/) writes `TrainMetrics`, `baselines` a `BaselinesMetrics` (a
-`BaselineMetrics` per model), `evaluate` an `EvaluateMetrics`, `predict` a `PredictMetrics`; split.json
-and `data prepare`'s summary.json hold a `SplitSummary`. Each is written with a `version` and read back
-(`report`, `predict`, HPO's Table 4.1) only at the version this faultllm writes, so a field is named in
-one place and a file of another version is refused in one line. Optional fields absent from a file stay
-None and are not written back.
+`Record` and `VersionedFile` are the base: a record is a dataclass whose nested records (alone, in a list or
+dict, or optional) are rebuilt from its field types; a `VersionedFile` is a whole file, written with a top-level
+`version` and read back only at the version this faultllm writes, so a field is named in one place and a file
+of another version is refused in one line. `faultllm plan` and `bench` write theirs on it (`cost.records`).
+
+Here, what each job writes as metrics.json, and `data prepare` as summary.json: `train` (and HPO's refit in
+final/) writes `TrainMetrics`, `baselines` a `BaselinesMetrics` (a `BaselineMetrics` per model), `evaluate` an
+`EvaluateMetrics`, `predict` a `PredictMetrics`; split.json and `data prepare`'s summary.json hold a
+`SplitSummary`. They are read back by `report`, `predict` and HPO's Table 4.1.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import types
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from faultllm.data.splits import MinMaxScaler, Split
 from faultllm.runtime.errors import FaultLLMError
@@ -22,22 +26,53 @@ from faultllm.runtime.files import write_json
 T = TypeVar("T", bound="Record")
 
 
-class Record:
-    """to_json / from_json for the dataclasses below: None fields are left out; unknown keys are ignored."""
+def _typed(kind: Any, value: Any) -> Any:
+    """`value` (parsed JSON) as `kind`: records rebuilt, also inside lists, dicts and optionals; the rest as is."""
+    if value is None:
+        return None
+    origin = get_origin(kind)
+    if isinstance(kind, type) and issubclass(kind, Record):
+        return kind.from_json(value)
+    if origin in (Union, types.UnionType):
+        (kind,) = [arg for arg in get_args(kind) if arg is not type(None)]
+        return _typed(kind, value)
+    if origin is list:
+        return [_typed(get_args(kind)[0], item) for item in value]
+    if origin is dict:
+        return {key: _typed(get_args(kind)[1], item) for key, item in value.items()}
+    return value
 
-    nested: ClassVar[dict[str, type]] = {}
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON-ready data: records by their `to_json` (a whole file's record, nested in another, without
+    its version), also inside lists and dicts."""
+    if isinstance(value, VersionedFile):
+        return {key: item for key, item in value.to_json().items() if key != "version"}
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+class Record:
+    """to_json / from_json for a dataclass. A field left at its None default is not written (None in one without
+    a default is, as null); a key without a field is ignored; a field without a default must be there."""
 
     def to_json(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {
+            spec.name: _plain(value)
+            for spec in fields(self)  # type: ignore[arg-type]
+            if (value := getattr(self, spec.name)) is not None or spec.default is not None
+        }
 
     @classmethod
     def from_json(cls: type[T], payload: dict[str, Any]) -> T:
-        names = {spec.name for spec in fields(cls)}  # type: ignore[arg-type]
-        values = {key: value for key, value in payload.items() if key in names}
-        for key, kind in cls.nested.items():
-            if key in values:
-                values[key] = kind.from_json(values[key])
-        return cls(**values)
+        hints = get_type_hints(cls)
+        specs = fields(cls)  # type: ignore[arg-type]
+        return cls(**{spec.name: _typed(hints[spec.name], payload[spec.name]) for spec in specs if spec.name in payload})
 
 
 F = TypeVar("F", bound="VersionedFile")
@@ -45,9 +80,10 @@ F = TypeVar("F", bound="VersionedFile")
 
 class VersionedFile(Record):
     """A record that is a whole file: written with `version`, read back only at that version. VERSION grows
-    when a field is renamed, changes meaning or becomes required."""
+    when a field is renamed, changes meaning or becomes required; RERUN names what writes a current file."""
 
     VERSION: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "the job that wrote it"
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.VERSION} | super().to_json()
@@ -65,12 +101,12 @@ class VersionedFile(Record):
         if version != cls.VERSION:
             found = f"version {version}" if version is not None else "no version (an older faultllm)"
             raise FaultLLMError(
-                f"{path}: written with {found}; this faultllm reads version {cls.VERSION}: rerun the job that wrote it"
+                f"{path}: written with {found}; this faultllm reads version {cls.VERSION}: rerun {cls.RERUN}"
             )
         try:
             return cls.from_json({key: value for key, value in payload.items() if key != "version"})
-        except (KeyError, TypeError) as err:  # a required field missing
-            raise FaultLLMError(f"{path}: not a faultllm {cls.__name__} file ({err})") from err
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # a required field missing, or mistyped
+            raise FaultLLMError(f"{path}: not a faultllm {cls.__name__} file ({type(err).__name__}: {err})") from err
 
 
 @dataclass
@@ -126,8 +162,6 @@ class SplitSummary(VersionedFile):
 class TrainMetrics(VersionedFile):
     """metrics.json of `train` and of HPO's refit (final/)."""
 
-    nested: ClassVar[dict[str, type]] = {"train": SplitMetrics, "test": SplitMetrics, "split": SplitSummary}
-
     train: SplitMetrics
     test: SplitMetrics
     epochs: list[dict] | None = None  # one row per epoch (epochs.jsonl)
@@ -137,9 +171,6 @@ class TrainMetrics(VersionedFile):
     processes: int | None = None
     effective_batch_size: int | None = None
     split: SplitSummary | None = None  # split.json's content
-
-    def to_json(self) -> dict[str, Any]:
-        return super().to_json() | {"train": self.train.to_json(), "test": self.test.to_json()}
 
 
 @dataclass
@@ -161,13 +192,6 @@ class BaselinesMetrics(VersionedFile):
     """metrics.json of `baselines`: each model's entry, keyed by model name."""
 
     models: dict[str, BaselineMetrics]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.VERSION, "models": {name: entry.to_json() for name, entry in self.models.items()}}
-
-    @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> BaselinesMetrics:
-        return cls({name: BaselineMetrics.from_json(entry) for name, entry in payload["models"].items()})
 
 
 @dataclass
