@@ -97,6 +97,7 @@ BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_fo
             "baselines.permutation_repeats=2", "data.train_size=80", "data.test_size=40"]  # fmt: skip
 
 
+@pytest.mark.slow  # four libraries, twice
 def test_the_boosting_libraries_on_the_bundled_data_identical_on_rerun(compose_cfg, tmp_path):
     """`faultllm baselines baselines.models=[rf,xgb,lgbm,catboost]` with the `boosting` extra installed."""
     from faultllm.compare.baselines import load_model, xy

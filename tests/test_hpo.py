@@ -401,6 +401,7 @@ def test_with_halve_batch_an_out_of_memory_trial_is_retried_once_at_half_the_bat
     assert trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 3
 
 
+@pytest.mark.slow
 def test_a_finished_study_extended_with_more_trials_is_refitted_on_its_new_best(tiny_cache, easy_csv, tmp_path):
     from omegaconf import OmegaConf
 

@@ -11,6 +11,8 @@ import pytest
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.predict import run as predict
+from faultllm.llm.predict import run_kind
+from faultllm.run.directory import open_run
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
@@ -50,6 +52,7 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
     run_baselines(compose_cfg("baselines", [*data, "baselines.models=[lr,svm]", "baselines.importances_for=[]"]),
                   tmp_path / "b")  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "b" / "models").iterdir()) == ["lr.joblib", "svm.joblib"]
+    assert run_kind(open_run(tmp_path / "b")) == "baselines"
     best = max(json.loads((tmp_path / "b" / "metrics.json").read_text()).items(), key=lambda m: m[1]["test_accuracy"])
     result = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")
     _check(pd.read_csv(tmp_path / "p" / "predictions.csv"), 30, [0, 1])
