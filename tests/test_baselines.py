@@ -72,6 +72,7 @@ def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
         )
 
 
+@pytest.mark.slow  # three baselines runs and a report in a fresh interpreter
 def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg, tmp_path):
     run_baselines(compose_cfg("baselines", ["baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "a")
     run_baselines(compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"]), tmp_path / "b")

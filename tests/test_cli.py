@@ -25,6 +25,7 @@ def test_help_is_instant_and_lists_commands():
         assert command in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter prepares the bundled TEP
 def test_data_prepare_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     result = faultllm("data", "prepare", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path}", "seed=3")

@@ -296,6 +296,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
     assert all(done_by), "both workers took trials"
 
 
+@pytest.mark.slow  # waits out a heartbeat grace period
 def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cfg, tmp_path):
     import optuna
 
