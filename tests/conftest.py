@@ -19,14 +19,30 @@ from tests import postgres
 FAULTS = [0, 1, 4, 5]
 
 
+def selects_gpu(markexpr: str | None) -> bool:
+    """Whether `-m` asks for the gpu-marked tests (`-m gpu`); a `-m` given on the command line replaces
+    pyproject's `-m 'not gpu'`, so `-m "not slow"` does not."""
+    return "gpu" in (markexpr or "").replace("not gpu", "")
+
+
 def pytest_configure(config) -> None:
     """Force the CPU plan (fp32, SDPA, no quantization) unless gpu-marked tests are selected (`pytest -m gpu`):
     the suite's tolerances hold in fp32, and subprocesses (CLI, HPO workers) inherit the setting. With them,
     one GPU, as the `faultllm` command has (transformers would otherwise use every GPU at once)."""
-    if "gpu" not in (config.option.markexpr or "").replace("not gpu", ""):
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    else:
+    if selects_gpu(config.option.markexpr):
         pin_first_gpu()
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Deselect the gpu-marked tests unless `-m` names gpu: they need the GPU the CPU plan above hides."""
+    if selects_gpu(config.option.markexpr):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
 
 def rieth_table(faults: list[int], runs: int, samples: int, seed: int) -> pd.DataFrame:

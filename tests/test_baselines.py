@@ -72,6 +72,7 @@ def test_bad_model_name_and_too_small_split(compose_cfg, tmp_path):
         )
 
 
+@pytest.mark.slow  # three baselines runs and a report in a fresh interpreter
 def test_report_puts_runs_on_one_split_side_by_side_and_pools_seeds(compose_cfg, tmp_path):
     run_baselines(compose_cfg("baselines", ["baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path / "a")
     run_baselines(compose_cfg("baselines", ["baselines.models=[knn]", "baselines.importances_for=[]"]), tmp_path / "b")
@@ -97,6 +98,7 @@ BOOSTING = ["baselines.models=[rf,xgb,lgbm,catboost]", "baselines.importances_fo
             "baselines.permutation_repeats=2", "data.train_size=80", "data.test_size=40"]  # fmt: skip
 
 
+@pytest.mark.slow  # four libraries, twice
 def test_the_boosting_libraries_on_the_bundled_data_identical_on_rerun(compose_cfg, tmp_path):
     """`faultllm baselines baselines.models=[rf,xgb,lgbm,catboost]` with the `boosting` extra installed."""
     from faultllm.compare.baselines import load_model, xy

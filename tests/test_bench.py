@@ -18,6 +18,7 @@ from faultllm.cost.bench import check_fits_here, setup, sft_trainer
 from faultllm.cost.plan import make_plan
 from faultllm.cost.records import BenchRecord
 from faultllm.cost.tokens import row_tokens
+from faultllm.jobs.bench import run as bench
 from faultllm.llm.scoring import answer_space
 from faultllm.llm.tiny import SHIPPED
 from faultllm.runtime.errors import FaultLLMError
@@ -55,6 +56,14 @@ def test_bench_writes_bench_json_and_plan_uses_it(tmp_path, compose_cfg):
         make_plan(compose_cfg("plan", ["job=train", "model=tiny", f"plan.throughput_from={tmp_path}"]))
 
 
+def test_the_bench_job_writes_the_record_it_returns(compose_cfg, tmp_path):
+    quick = ["bench.warmup_steps=1", "bench.steps=1", "bench.scoring_batches=1", "bench.generate_rows=1"]
+    cfg = compose_cfg("bench", ["model=tiny", "data.train_size=8", "data.test_size=4", "eval.batch_size=4", *quick])
+    record = bench(cfg, tmp_path / "bench")
+    assert BenchRecord.read(tmp_path / "bench" / "bench.json") == record
+    assert record.steps == 1 and record.tokens_per_second > 0
+
+
 def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
     run = setup(compose_cfg("bench", ["model=tiny", *SMALL]))
     prompts = run.serializer.render(run.split.train)
@@ -64,6 +73,7 @@ def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
     assert tokens.prompt.tolist() == [len(ids) for ids in run.tokenizer(prompts.texts)["input_ids"]]
 
 
+@pytest.mark.slow  # loads and trains the tiny model
 @pytest.mark.filterwarnings("ignore:.*pin_memory")  # a CUDA plan on the CPU: the data loader would pin
 def test_cuda_peaks_are_the_timed_steps_own_not_what_the_setup_freed(compose_cfg, monkeypatch):
     """model.init=random builds the weights on the GPU and frees them, and loading leaves temporaries: torch's cache

@@ -9,6 +9,8 @@ import time
 import pandas as pd
 import pytest
 
+from faultllm.runtime.paths import CONFIG_DIR, install_hint
+
 
 def faultllm(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "faultllm.cli", *args], capture_output=True, text=True, cwd=cwd)
@@ -23,6 +25,7 @@ def test_help_is_instant_and_lists_commands():
         assert command in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter prepares the bundled TEP
 def test_data_prepare_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     result = faultllm("data", "prepare", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path}", "seed=3")
@@ -104,6 +107,7 @@ def test_without_hub_access_the_default_model_fails_fast_with_a_hint(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a Hydra multirun in a fresh interpreter
 def test_multirun_runs_one_job_per_value(tmp_path):
     result = faultllm("data", "prepare", "-m", "seed=1,2", f"hydra.sweep.dir={tmp_path}", f"cache_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
@@ -144,3 +148,8 @@ def test_evaluate_on_a_baselines_run_says_what_to_use_and_leaves_no_folder(tmp_p
         "`faultllm predict run_dir=DIR input=TABLE` scores other rows with them"
     ]
     assert not (tmp_path / "b" / "evaluate").exists()
+
+
+def test_a_source_checkout_finds_its_configs_and_names_the_editable_install():
+    assert (CONFIG_DIR / "train.yaml").is_file()
+    assert install_hint("slurm") == "pip install -e '.[slurm]'"

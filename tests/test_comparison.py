@@ -51,6 +51,7 @@ def multirun(tmp_path_factory):
     return sweep
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp_path):
     assert sorted(p.name for p in multirun.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4", "5"]
     summary = report([multirun], tmp_path)
@@ -126,6 +127,7 @@ def test_simulated_coverage_on_a_small_grid_is_at_least_93_percent():
         assert coverage.shape == (4, 2) and (coverage.to_numpy() >= 0.93).all(), coverage
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_the_report_says_why_there_are_no_paired_tests(multirun, tmp_path, caplog):
     import logging
 
@@ -140,6 +142,7 @@ def test_the_report_says_why_there_are_no_paired_tests(multirun, tmp_path, caplo
     assert "no LLM run shares a split (same data config and seed)" in line
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_runs_with_different_data_configs_are_refused(multirun, tmp_path):
     other = tmp_path / "other"
     run_baselines(load_config("baselines", [*QUICK, "data.labels=[0,1]", "data.train_size=40"]), other)
@@ -150,6 +153,7 @@ def test_runs_with_different_data_configs_are_refused(multirun, tmp_path):
     assert cli.stderr.startswith("faultllm report: error: cannot pool runs made with different data configs")
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_the_same_model_twice_on_one_split_is_refused(multirun, tmp_path):
     with pytest.raises(FaultLLMError, match="Logistic Regression appears twice on one split"):
         report([multirun / "0", multirun / "0"], tmp_path)
@@ -179,6 +183,7 @@ def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()
     (out / "metrics.json").write_text(json.dumps(metrics.to_json()))
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_mcnemar_counts_and_p_value_equal_statsmodels_and_scipy(multirun, tmp_path):
     baselines_dir = jobs_with_400_rows(multirun)[0]
     lr_correct = pd.read_csv(baselines_dir / "predictions.csv").pipe(lambda p: (p["lr"] == p["label"]).to_numpy())
@@ -196,6 +201,7 @@ def test_mcnemar_counts_and_p_value_equal_statsmodels_and_scipy(multirun, tmp_pa
     assert mcnemar(llm_correct, lr_correct) == (7, 3, pytest.approx(0.34375))
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_llm_and_baselines_over_seeds_get_the_mean_gap_its_interval_and_a_permutation_test(multirun, tmp_path):
     llm_dirs, differences = [], []
     jobs = jobs_with_400_rows(multirun)
@@ -220,6 +226,7 @@ def test_llm_and_baselines_over_seeds_get_the_mean_gap_its_interval_and_a_permut
     assert set(within["Test"]) == {"McNemar (exact)"} and len(within[within["B"] == "K-Nearest Neighbors"]) == 3
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_llm_runs_that_differ_become_rows_named_by_the_difference(multirun, tmp_path):
     job = jobs_with_400_rows(multirun)[0]
     correct = pd.read_csv(job / "predictions.csv").pipe(lambda p: (p["lr"] == p["label"]).to_numpy())
@@ -290,6 +297,7 @@ def test_a_more_consistent_gap_never_gets_a_weaker_p_value():
         assert seed_test(gaps([sign * 3] * seeds)) == pytest.approx(2 / 2**seeds) and 2 / 2**seeds <= after
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_a_constant_gap_over_seeds_heads_the_report_and_mcnemar_has_its_own_holm_family(multirun, tmp_path):
     jobs = jobs_with_400_rows(multirun)
     for job in jobs:
@@ -317,6 +325,7 @@ def test_a_constant_gap_over_seeds_heads_the_report_and_mcnemar_has_its_own_holm
     assert (tmp_path / "report" / "within_split_tests.md").read_text().startswith("Within-split evidence")
 
 
+@pytest.mark.slow  # the multirun fixture: six baselines jobs through the CLI
 def test_llm_runs_that_differ_only_in_per_epoch_scoring_are_one_protocol(multirun, tmp_path):
     jobs = jobs_with_400_rows(multirun)
     for job, every_epoch in zip(jobs[:2], ("true", "false"), strict=True):

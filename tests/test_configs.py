@@ -42,6 +42,7 @@ def _combinations(job: str) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # composes every combination; the cases below are the quick check
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_every_config_composes_with_every_option_of_every_group(job):
     for overrides in _combinations(job):
@@ -68,6 +69,7 @@ def _bad_values(key: str, meta: dict) -> list[str]:
     return [f"{key}={value}" for value in values]
 
 
+@pytest.mark.slow  # every key of every job; the cases below are the quick check
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_every_choice_and_range_is_refused_naming_the_key(job):
     cases = [bad for key, meta in _keys(JOBS[job]) for bad in _bad_values(key, meta)]

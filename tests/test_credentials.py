@@ -60,6 +60,7 @@ def test_a_storage_error_names_the_url_without_its_password(compose_cfg, tmp_pat
     assert SECRET not in str(err.value)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_cli_prints_no_password(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(

@@ -82,6 +82,7 @@ else:
 """
 
 
+@pytest.mark.slow  # starts every command in its own interpreter
 def test_every_single_process_command_sees_one_gpu_from_its_first_cuda_query(tmp_path):
     """bitsandbytes asks CUDA while transformers/peft are imported: the pin must come before any import."""
     spy = tmp_path / "spy.py"
@@ -179,6 +180,7 @@ def _torchrun_train(tmp_path: Path, overrides: list[str]) -> tuple[subprocess.Co
     return result, ranks
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_torchrun_ranks_on_node_local_run_directories_stop_with_one_line(tiny_cache, easy_csv, tmp_path):
     """Each node deciding `resume` from its own disk crashed on the second node (checkpoints holding only
     its rng state); now rank 0 decides for all, once every rank is known to see rank 0's run directory."""

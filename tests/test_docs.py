@@ -64,8 +64,12 @@ def test_readme_is_short_with_contents_and_the_ci_test_command():
     assert contents.count("- [") >= 4 and all(
         f"(#{_slug(h)})" in contents for h in re.findall(r"^## (.+)", readme, re.M)[1:]
     )
-    test_command = "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[dev]' && .venv/bin/pytest -q"
-    assert test_command in readme and test_command in (ROOT / ".ci" / "run").read_text()
+    install = "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[dev]'"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install in readme and install in ci
+    assert ".venv/bin/pytest -q" in readme and "\n.venv/bin/pytest -q\n" in ci  # the full suite
+    fast = '.venv/bin/pytest -q -m "not slow"'  # the fast tier
+    assert fast in ci and fast in (ROOT / "docs" / "testing.md").read_text()
     assert ".venv/bin/faultllm train model=tiny" in readme
 
 

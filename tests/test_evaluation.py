@@ -16,8 +16,6 @@ from faultllm.prompts.serialize import PromptFormat, Prompts, Serializer
 from faultllm.prompts.templates import Llama2Layout
 from faultllm.runtime.errors import FaultLLMError
 
-pytestmark = pytest.mark.slow  # trains or loads the tiny model
-
 FMT = PromptFormat(system="You are an expert.", name_features=False, decimals=2)
 LAYOUT = Llama2Layout(end="</s>")  # the tiny model's EOS
 
@@ -56,6 +54,7 @@ def softmax(log_probs: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+@pytest.mark.slow  # loads the tiny model
 @pytest.mark.parametrize(
     "labels", [[0, 1, 4, 5], [1, 12], [1, 12, 2, 20], [0, 4, 11], ["normal", "valve stuck"]]
 )  # fmt: skip
@@ -74,6 +73,7 @@ def test_every_label_set_is_scored_by_the_whole_answer_through_its_end_token(tin
     np.testing.assert_allclose(scores.loss, -true_log_probs / lengths, atol=1e-5)
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_restricted_metrics_hold_class_loss_and_valid_mass(tiny_model):
     model, tokenizer = tiny_model
     labels = [1, 12]
@@ -118,6 +118,7 @@ def _long_prompts(n: int, labels: list) -> list[str]:
     return Serializer(list(frame.columns[:-1]), labels, FMT, LAYOUT).render(frame).texts
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_labels_sharing_first_tokens_cost_no_more_memory_than_single_token_labels(tiny_model):
     """TEP's 21 classes under Llama-2's digit tokens: 10-19 share `1` with 1, 20 shares `2` with 2. Scoring them
     must not copy the prompt's KV cache per label (21x the memory, ~250 GiB for Llama-2-7B at batch 16)."""
@@ -136,6 +137,7 @@ def test_labels_sharing_first_tokens_cost_no_more_memory_than_single_token_label
     np.testing.assert_allclose(scores[21].probabilities()[:4], softmax(brute), atol=1e-5)
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_flash_attention_is_swapped_for_sdpa_while_scoring(tiny_model):
     """FlashAttention takes no custom 4D mask: scoring runs on SDPA and gives the model back as it was."""
     from transformers import AttentionInterface, AttentionMaskInterface
@@ -161,6 +163,7 @@ def test_flash_attention_is_swapped_for_sdpa_while_scoring(tiny_model):
     np.testing.assert_allclose(swapped.log_probs, expected.log_probs, atol=1e-6)
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_predictions_do_not_depend_on_batch_size_or_padding(tiny_model):
     model, tokenizer = tiny_model
     for labels in ([0, 1, 4, 5], [1, 12, 2, 20]):
@@ -189,6 +192,7 @@ def _fresh_base(tiny_cache, dtype: str = "float32"):
     return load_base_model(path, replace(hardware_plan(cfg.model), dtype=dtype)), load_tokenizer(path)
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode(tiny_cache):
     """A Trainer leaves its model in train mode: greedy decoding after training (train's final evaluation, HPO's
     refit, bench, explain's probes) must not draw LoRA dropout, or the answers change from call to call."""
@@ -213,6 +217,7 @@ def test_decoding_runs_without_lora_dropout_and_gives_the_model_back_in_its_mode
     assert all(module.training for module in model.modules())  # training goes on as it was
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
     """On CUDA the base model runs under bf16 autocast (`in_plan_precision`), which would round the head's
     logits to bf16 before the log-softmax: scores must equal those of an exact head on the same hidden states.
@@ -240,6 +245,7 @@ def test_label_scores_take_the_lm_head_in_fp32_under_bf16_autocast(tiny_cache):
     assert "forward" not in model.get_output_embeddings().__dict__  # the head as it was
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_labels_that_tokenize_identically_are_rejected(tiny_model):
     _, tokenizer = tiny_model
     with pytest.raises(FaultLLMError, match="cannot be told apart"):

@@ -8,9 +8,8 @@ import pytest
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.explain import run as explain
+from faultllm.llm.explain import aggregate, choose_rows
 from faultllm.runtime.errors import FaultLLMError
-
-pytestmark = pytest.mark.slow  # trains or loads the tiny model
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +43,7 @@ def easy_baselines(trained_run, tiny_cache, easy_csv, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # reads the session's trained run
 def test_the_deciding_feature_is_ranked_first(trained_run, easy_baselines, tmp_path):
     run_dir, _ = trained_run
     cfg = load_config(
@@ -72,6 +72,7 @@ def test_the_deciding_feature_is_ranked_first(trained_run, easy_baselines, tmp_p
     assert "## Occlusion attribution" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow  # reads the session's trained run
 def test_bad_rows_and_missing_adapter(trained_run, tmp_path):
     run_dir, _ = trained_run
     with pytest.raises(
@@ -85,6 +86,7 @@ def test_bad_rows_and_missing_adapter(trained_run, tmp_path):
         explain(load_config("explain", [f"run_dir={tmp_path / 'copy'}"]), tmp_path / "y")
 
 
+@pytest.mark.slow  # reads the session's trained run
 def test_baselines_runs_of_another_split_or_as_run_dir_are_refused(trained_run, tiny_cache, easy_csv, tmp_path):
     from faultllm.jobs.evaluate import run as evaluate
 
@@ -107,3 +109,23 @@ def test_baselines_runs_of_another_split_or_as_run_dir_are_refused(trained_run, 
         evaluate(
             load_config("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'header.csv'}"]), tmp_path / "h"
         )
+
+
+def test_a_baselines_run_is_refused_before_any_model_loads(easy_csv, tmp_path):
+    data = ["data=csv", f"data.path={easy_csv}", "data.train_size=40", "data.test_size=20"]
+    run_baselines(load_config("baselines", [*data, "baselines.models=[lr]", "baselines.importances_for=[]"]), tmp_path)
+    with pytest.raises(FaultLLMError, match=r"is a `faultllm baselines` run; explain needs a train run"):
+        explain(load_config("explain", [f"run_dir={tmp_path}"]), tmp_path / "x")
+
+
+def test_features_are_ranked_by_their_mean_absolute_effect_overall_and_per_class():
+    effects = pd.DataFrame(
+        {"row": [0, 0, 1, 1], "label": [0, 0, 1, 1], "feature": ["a", "b", "a", "b"], "effect": [-0.4, 0.1, 0.2, -0.3]}
+    )
+    table = aggregate(effects, ["a", "b"]).set_index("feature")
+    assert table["rank"].to_dict() == {"a": 1, "b": 2} and table.loc["a", "mean_abs_effect"] == pytest.approx(0.3)
+    assert table.loc["b", "mean_abs_effect_class_1"] == pytest.approx(0.3)
+    drawn = choose_rows(None, 3, 10, seed=0)  # a sample of distinct rows, in order
+    assert len(drawn) == 3 and drawn == sorted(set(drawn)) and set(drawn) <= set(range(10))
+    with pytest.raises(FaultLLMError, match=r"explain.rows: row 10 is out of range; the test split has 10 rows"):
+        choose_rows([1, 10], 2, 10, seed=0)

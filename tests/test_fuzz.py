@@ -188,6 +188,7 @@ def configs() -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error")  # a warning would be a second line on the console
 def test_fuzzed_data_files_run_or_are_refused_in_one_line(configs):
     seen: Counter = Counter()

@@ -297,6 +297,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
     assert all(done_by), "both workers took trials"
 
 
+@pytest.mark.slow  # waits out a heartbeat grace period
 def test_a_dead_workers_trial_on_shared_storage_is_failed_and_retried(compose_cfg, tmp_path):
     import optuna
 
@@ -402,6 +403,7 @@ def test_with_halve_batch_an_out_of_memory_trial_is_retried_once_at_half_the_bat
     assert trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 3
 
 
+@pytest.mark.slow
 def test_a_finished_study_extended_with_more_trials_is_refitted_on_its_new_best(tiny_cache, easy_csv, tmp_path):
     from omegaconf import OmegaConf
 

@@ -168,6 +168,7 @@ def _heartbeat_ids(url: str) -> set[int]:
         return {row[0] for row in connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
 
 
+@pytest.mark.slow  # starts PostgreSQL
 def test_trials_and_refit_claims_carry_heartbeats_from_the_start_and_go_stale_on_postgresql(
     postgres_server, compose_cfg, tmp_path
 ):

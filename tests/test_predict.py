@@ -11,6 +11,8 @@ import pytest
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.predict import run as predict
+from faultllm.run.kind import RunKind
+from faultllm.run.saved import open_run
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_frame
 
@@ -50,6 +52,7 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
     run_baselines(compose_cfg("baselines", [*data, "baselines.models=[lr,svm]", "baselines.importances_for=[]"]),
                   tmp_path / "b")  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "b" / "models").iterdir()) == ["lr.joblib", "svm.joblib"]
+    assert open_run(tmp_path / "b").kind is RunKind.BASELINES
     models = json.loads((tmp_path / "b" / "metrics.json").read_text())["models"]
     best = max(models.items(), key=lambda m: m[1]["test_accuracy"])
     result = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={unlabelled}"]), tmp_path / "p")

@@ -192,6 +192,7 @@ def cli_results(runs, tmp_path_factory) -> list[list]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # some 35 command lines in a fresh interpreter (cli_results)
 def test_every_refusal_is_one_line_before_torch_and_leaves_no_run_directory(runs, cli_results):
     cases = _cases(runs)
     assert len(cases) >= 30
@@ -204,6 +205,7 @@ def test_every_refusal_is_one_line_before_torch_and_leaves_no_run_directory(runs
     assert not (runs["easy"].parent / "run").exists() and not (runs["root"] / "nowhere").exists()
 
 
+@pytest.mark.slow  # cli_results
 def test_paths_with_spaces_and_non_ascii_characters_are_ordinary_paths(runs, cli_results):
     code, stderr, _, _ = cli_results[-1]
     out = runs["root"] / "prép run"

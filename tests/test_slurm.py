@@ -14,6 +14,7 @@ import pytest
 
 from faultllm.config.groups import SlurmConfig
 from faultllm.preflight import _minutes, check_partition
+from faultllm.run.slurm import executor_parameters, launcher_parameters
 from faultllm.runtime.errors import FaultLLMError
 from tests.conftest import easy_overrides
 from tests.test_hpo import hpo_overrides
@@ -34,6 +35,7 @@ def array_tasks(folder: Path) -> set[str]:
     return {path.name.rsplit("_", 2)[0] for path in folder.glob("*/*_log.out")}
 
 
+@pytest.mark.slow  # starts the SLURM cluster
 def test_a_node_local_run_directory_or_study_is_one_line_and_nothing_is_queued(slurm_cluster, tiny_cache, easy_csv):
     before = queued()
     local = ["slurm.node_local=[/tmp]"]
@@ -65,6 +67,14 @@ def test_partition_time_limits_and_gpus_are_checked_against_sinfos_answer():
     with pytest.raises(FaultLLMError, match=r"^slurm.time_min=31: short allows 30 minutes at most$"):
         check_partition(SlurmConfig(partition="short", time_min=31, gpus=0), partitions)
     check_partition(SlurmConfig(partition="nowhere"), {})  # no sinfo answer: sbatch says why
+
+
+def test_a_cpu_partition_asks_for_no_gpus_and_hpo_workers_are_never_requeued():
+    slurm = SlurmConfig(partition="debug", gpus=0)
+    launcher, executor = launcher_parameters(slurm), executor_parameters(slurm)
+    assert launcher["gpus_per_node"] is None and "max_num_timeout" in launcher
+    assert executor["gpus_per_node"] is None and executor["slurm_partition"] == "debug"
+    assert "max_num_timeout" not in executor and "slurm_max_num_timeout" not in executor
 
 
 @pytest.mark.slow

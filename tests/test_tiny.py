@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from faultllm.config.load import load_config
 from faultllm.llm.sources import resolve_model_path
 from faultllm.llm.tiny import SHIPPED, spec_of
@@ -14,6 +16,7 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # builds the tiny model twice
 def test_a_build_is_a_pure_function_of_its_spec_across_processes(tmp_path):
     """Two processes build the same bytes. Not across thread counts: on some CPUs torch's 2-thread kernels
     split reductions differently from 1 thread (seen on this project's machines), which is why the default
