@@ -93,7 +93,9 @@ def test_every_module_imports_only_its_package_or_lower_ones_and_no_job_imports_
             if module.startswith("faultllm.jobs") and target == "faultllm.jobs":
                 continue
             rank, target_rank = PACKAGES.index(_package(module)), PACKAGES.index(_package(target))
-            assert target_rank < rank or (target_rank == rank and _package(module) != "jobs"), f"{module} imports {target}"
+            assert target_rank < rank or (target_rank == rank and _package(module) != "jobs"), (
+                f"{module} imports {target}"
+            )
         if module.startswith("faultllm.jobs."):
             assert not {t for t in targets if t.startswith("faultllm.jobs.")}, f"{module} imports another job"
 

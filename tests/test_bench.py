@@ -185,7 +185,6 @@ def test_random_llama2_gets_a_stand_in_tokenizer_of_its_own_vocabulary_without_t
     assert (shape.layers, shape.hidden, shape.intermediate, shape.vocab) == (2, 4096, 11008, 32000)
 
 
-
 @pytest.mark.parametrize(
     "preset", ["llama2_7b_chat", "llama2_13b_chat", "llama3_8b_instruct", "mistral_7b_instruct", "qwen2_5_7b_instruct"]
 )
@@ -212,6 +211,7 @@ def test_every_model_preset_ships_a_stand_in_tokenizer_true_to_its_config(preset
     assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
     template = template_for(cfg.prompt.template, tokenizer)  # checks a chat template's rendering
     assert len(tokenizer(template.prompt("You are an expert.", "a = 0.25"))["input_ids"]) < 60
+
 
 @pytest.mark.slow
 def test_bench_of_a_random_2_layer_llama2_7b_runs_offline_with_an_empty_hub_cache(tmp_path, easy_csv):

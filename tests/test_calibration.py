@@ -59,7 +59,6 @@ def test_ece_brier_and_nll_equal_the_hand_computed_values():
     assert negative_log_likelihood(forecast) == pytest.approx(nll) and nll == pytest.approx(0.673727, abs=1e-6)
 
 
-
 def test_a_true_label_given_probability_0_makes_the_nll_infinite_and_says_where():
     """No silent clipping (it gave such a row 27.6 nats, as if 1e-12 had been said)."""
     certain = Forecast(np.array([[0.5, 0.5], [1.0, 0.0], [0.3, 0.7]]), np.array([0, 1, 1]), np.array([0, 0, 1]))
@@ -94,7 +93,9 @@ def test_a_calibrated_models_ece_at_that_size_is_the_floor_beside_the_pooled_ece
     """One bin of n rows at confidence 0.5: E|Binomial(n, 1/2) - n/2| / n, about sqrt(1 / (2 pi n))."""
     for rows in (100, 400):
         expected = math.sqrt(1 / (2 * math.pi * rows))
-        assert calibrated_ece(reliability(np.full(rows, 0.5), np.zeros(rows, bool), bins=1)) == pytest.approx(expected, rel=0.08)
+        assert calibrated_ece(reliability(np.full(rows, 0.5), np.zeros(rows, bool), bins=1)) == pytest.approx(
+            expected, rel=0.08
+        )
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.5, 1, 2000)
     calibrated = Forecast(np.c_[confidence, 1 - confidence], np.where(rng.uniform(size=2000) < confidence, 0, 1),
@@ -118,7 +119,12 @@ def test_aurc_and_accuracy_at_coverage_come_with_their_spread_over_seeds():
     for seed in range(3):
         confidence = rng.uniform(0.5, 1, 50 + 10 * seed)
         correct = rng.uniform(size=len(confidence)) < confidence
-        runs.append(_run(Forecast(np.c_[confidence, 1 - confidence], np.where(correct, 0, 1), np.zeros(len(confidence), int)), seed))
+        runs.append(
+            _run(
+                Forecast(np.c_[confidence, 1 - confidence], np.where(correct, 0, 1), np.zeros(len(confidence), int)),
+                seed,
+            )
+        )
     table, curves = selective_summary(runs)
     per_seed = pd.DataFrame([selective_scores(r.forecast.confidence, r.forecast.correct) for r in runs])
     row = table.iloc[0]
@@ -147,9 +153,9 @@ def test_the_risk_coverage_area_equals_the_hand_computed_value():
     # rows of equal confidence are answered together: the curve takes their mean inside the tie
     tied = risk_coverage(np.array([0.9, 0.9, 0.5]), np.array([False, True, True]))
     assert tied["accuracy"].tolist() == pytest.approx([0.5, 0.5, 2 / 3])
-    assert risk_coverage(np.array([0.9, 0.9, 0.5]), np.array([True, False, True]))["accuracy"].tolist() == pytest.approx(
-        [0.5, 0.5, 2 / 3]
-    )
+    assert risk_coverage(np.array([0.9, 0.9, 0.5]), np.array([True, False, True]))[
+        "accuracy"
+    ].tolist() == pytest.approx([0.5, 0.5, 2 / 3])
 
 
 @pytest.mark.slow
@@ -165,7 +171,9 @@ def test_report_gives_fine_tuned_few_shot_and_baselines_their_own_calibrated_row
     train(load_config("train", [*overrides, "trainer.epochs=0", "prompt.shots=4"]), tmp_path / "four_shot")
     data = [o for o in overrides if o.startswith(("data", "cache_dir"))]
     baselines(
-        load_config("baselines", [*data, "baselines.models=[lr,xgb]", "baselines.importances_for=[]", "progress=false"]),
+        load_config(
+            "baselines", [*data, "baselines.models=[lr,xgb]", "baselines.importances_for=[]", "progress=false"]
+        ),
         tmp_path / "baselines",
     )
     dirs = [str(fine_tuned), str(tmp_path / "four_shot"), str(tmp_path / "baselines")]
@@ -309,6 +317,7 @@ def test_report_shows_each_runs_temperature_and_set_coverage_from_its_held_out_r
         assert table.loc[name, "Set coverage"] == round(saved[key]["test"]["sets"]["coverage"], 3)
         assert table.loc[name, "Temperature"] == round(saved[key]["temperature"], 3)
         assert table.loc[name, "Target coverage"] == 0.9 and table.loc[name, "Held-out rows"] == saved[key]["rows"]
-    assert "| Model | Seed | Held-out rows | Temperature | ECE before / after |" in (
-        tmp_path / "report" / "recalibration.md"
-    ).read_text()
+    assert (
+        "| Model | Seed | Held-out rows | Temperature | ECE before / after |"
+        in (tmp_path / "report" / "recalibration.md").read_text()
+    )

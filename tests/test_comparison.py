@@ -70,7 +70,9 @@ def test_a_multirun_is_reported_as_mean_sd_and_interval_over_seeds(multirun, tmp
     assert (tmp_path / "train_size_curve.png").stat().st_size > 0 and (tmp_path / "comparison.png").exists()
     assert not (tmp_path / "paired_tests.csv").exists()  # no LLM among the runs
     calibration = pd.read_csv(tmp_path / "calibration.csv")  # baselines keep their probabilities
-    assert set(calibration["Model"]) == {"Logistic Regression", "K-Nearest Neighbors"} and (calibration["Runs"] == 3).all()
+    assert (
+        set(calibration["Model"]) == {"Logistic Regression", "K-Nearest Neighbors"} and (calibration["Runs"] == 3).all()
+    )
 
 
 def _hull_by_hand(accuracies: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
@@ -179,7 +181,9 @@ def _fake_llm_run(baselines_dir, out, correct: np.ndarray, overrides: tuple = ()
     pd.DataFrame({"row": range(len(truth)), "label": truth, "predicted": predicted}).to_csv(out / "predictions.csv")
     accuracy = float(correct.mean())
     scored = lambda a: SplitMetrics(a, a, {}, [], [], len(correct))  # noqa: E731
-    metrics = TrainMetrics(train=scored(1.0), test=scored(accuracy), epochs=[], eval_mode="restricted", train_seconds=1.0)
+    metrics = TrainMetrics(
+        train=scored(1.0), test=scored(accuracy), epochs=[], eval_mode="restricted", train_seconds=1.0
+    )
     (out / "metrics.json").write_text(json.dumps(metrics.to_json()))
 
 
@@ -250,7 +254,11 @@ def test_the_same_gap_on_every_seed_gets_the_smallest_p_value_three_seeds_allow(
     llm = [_seed_run(tmp_path, "LLM", "llm", seed, accuracy) for seed, accuracy in ((1, 0.8), (2, 0.85), (3, 0.9))]
     baseline = [_seed_run(tmp_path, "B", "baseline", seed, a) for seed, a in ((1, 0.75), (2, 0.8), (3, 0.85))]
     row = paired_tests(llm + baseline).iloc[0]
-    assert (row["Test"], row["n"], row["Accuracy A - B"]) == ("sign-flip permutation over seeds", 3, pytest.approx(0.05))
+    assert (row["Test"], row["n"], row["Accuracy A - B"]) == (
+        "sign-flip permutation over seeds",
+        3,
+        pytest.approx(0.05),
+    )
     assert row["p-value"] == pytest.approx(0.25)  # 2 of the 2^3 sign patterns are as extreme: the least 3 seeds give
     assert row["CI low"] < 0.05 < row["CI high"]  # tied gaps: the interval has the test rows' width
     no_gap = paired_tests(llm + [_seed_run(tmp_path, "B", "baseline", r.seed, r.test_accuracy) for r in llm]).iloc[0]

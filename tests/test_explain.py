@@ -96,7 +96,9 @@ def test_baselines_runs_of_another_split_or_as_run_dir_are_refused(trained_run, 
     run_baselines(load_config("baselines", other), tmp_path / "b")  # the same data, another seed: other rows
     with pytest.raises(FaultLLMError, match=r"explain.baselines_dir=.*: a baselines run on another split \(other rows; "
                        r"fingerprint \w+ vs this run's \w+\); run `faultllm baselines` with this run's data config"):  # fmt: skip
-        explain(load_config("explain", [f"run_dir={run_dir}", f"explain.baselines_dir={tmp_path / 'b'}"]), tmp_path / "x")
+        explain(
+            load_config("explain", [f"run_dir={run_dir}", f"explain.baselines_dir={tmp_path / 'b'}"]), tmp_path / "x"
+        )
     with pytest.raises(FaultLLMError, match=r"is a `faultllm baselines` run; explain needs a train run: give it as "
                        r"explain.baselines_dir=DIR"):  # fmt: skip
         explain(load_config("explain", [f"run_dir={tmp_path / 'b'}"]), tmp_path / "y")
@@ -107,7 +109,8 @@ def test_baselines_runs_of_another_split_or_as_run_dir_are_refused(trained_run, 
     (tmp_path / "header.csv").write_text("a,b,c,label\n")
     with pytest.raises(FaultLLMError, match=r"eval.split_path=.*header.csv: the table has no rows"):
         evaluate(
-            load_config("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'header.csv'}"]), tmp_path / "h"
+            load_config("evaluate", [f"run_dir={run_dir}", f"eval.split_path={tmp_path / 'header.csv'}"]),
+            tmp_path / "h",
         )
 
 

@@ -146,8 +146,12 @@ def _interleaved_parquet(directory: Path) -> Path:
     [
         ("rdata", [], "c98f1b399bf93585", "1b77b8b77f2b3932"),
         ("rdata", ["data.prefault=relabel"], "71ffebb143f928b9", "0b291e805505390b"),
-        ("parquet", ["data.labels=[5,0,4]", "data.train_size=300", "data.test_size=150", "data.allow_missing=true"],
-         "4e8af35ebaf1e6bd", "none"),
+        (
+            "parquet",
+            ["data.labels=[5,0,4]", "data.train_size=300", "data.test_size=150", "data.allow_missing=true"],
+            "4e8af35ebaf1e6bd",
+            "none",
+        ),
         ("parquet", ["data.labels=null", "data.allow_missing=true"], "8e1b531acc9ff383", "none"),
     ],
 )
@@ -187,8 +191,10 @@ def test_column_cache_refuses_text_and_empty_ids(tmp_path, compose_cfg):
     """Text anywhere in a Rieth table, or a row without a fault/run/sample number, is named when the cache is built."""
     from tests.conftest import rieth_table
 
-    for column, value, expected in [("xmeas_7", "high", r"column 'xmeas_7' row 45 holds 'high'; expected a number"),
-                                    ("simulationRun", np.nan, r"column 'simulationRun' row 45 is empty")]:
+    for column, value, expected in [
+        ("xmeas_7", "high", r"column 'xmeas_7' row 45 holds 'high'; expected a number"),
+        ("simulationRun", np.nan, r"column 'simulationRun' row 45 is empty"),
+    ]:
         directory = tmp_path / column
         directory.mkdir()
         table = rieth_table([0], runs=2, samples=40, seed=1).astype({column: object})
@@ -196,8 +202,18 @@ def test_column_cache_refuses_text_and_empty_ids(tmp_path, compose_cfg):
         table.to_csv(directory / "TEP_FaultFree_Training.csv", index=False)
         rieth_table([1], runs=2, samples=40, seed=2).to_csv(directory / "TEP_Faulty_Training.csv", index=False)
         with pytest.raises(FaultLLMError, match=rf"TEP_FaultFree_Training.csv: {expected}"):
-            load(compose_cfg("prepare", ["data=tep", f"data.path={directory}", "data.labels=[0,1]",
-                                         "data.train_size=20", "data.test_size=20"]).data)
+            load(
+                compose_cfg(
+                    "prepare",
+                    [
+                        "data=tep",
+                        f"data.path={directory}",
+                        "data.labels=[0,1]",
+                        "data.train_size=20",
+                        "data.test_size=20",
+                    ],
+                ).data
+            )
         assert not list(Path(tmp_path / "cache").glob("*.npy"))  # no cache of a refused table
 
 

@@ -106,5 +106,9 @@ def test_feature_order_random_is_a_seeded_permutation(compose_cfg):
     prompt = compose_cfg("train", ["model=tiny", "prompt.feature_order=random"]).prompt
     features = [f"f{i}" for i in range(20)]
     first = ordered_features(prompt.feature_order, features, 1)
-    assert first == ordered_features(prompt.feature_order, features, 1) != ordered_features(prompt.feature_order, features, 2)
+    assert (
+        first
+        == ordered_features(prompt.feature_order, features, 1)
+        != ordered_features(prompt.feature_order, features, 2)
+    )
     assert sorted(first) == sorted(features) and first != features

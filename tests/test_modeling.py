@@ -265,7 +265,9 @@ def _easy_prompts(cfg, spec):
     from faultllm.prompts.serialize import Serializer
 
     split, _ = prepared_split(cfg.data, cfg.seed)
-    serializer = Serializer.from_config(cfg.prompt, cfg.data.system_prompt, split.features, split.labels, spec.tokenizer())
+    serializer = Serializer.from_config(
+        cfg.prompt, cfg.data.system_prompt, split.features, split.labels, spec.tokenizer()
+    )
     return serializer.render(split.train)
 
 

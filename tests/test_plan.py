@@ -35,8 +35,14 @@ TINY_LORA = lambda r: TINY_LORA_16 // 16 * r  # noqa: E731
 def direct_tokens(cfg, frame, name_features: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(prompt tokens, prompt + completion tokens) per row: the rendered texts through the tokenizer, nothing else."""
     tokenizer = load_tokenizer(str(SHIPPED))
-    prompt_cfg = cfg.prompt if name_features is None else type(cfg.prompt)(**{**cfg.prompt.__dict__, "name_features": name_features})
-    serializer = Serializer.from_config(prompt_cfg, cfg.data.system_prompt, list(frame.columns[:-1]), [0, 1, 4, 5], tokenizer)
+    prompt_cfg = (
+        cfg.prompt
+        if name_features is None
+        else type(cfg.prompt)(**{**cfg.prompt.__dict__, "name_features": name_features})
+    )
+    serializer = Serializer.from_config(
+        prompt_cfg, cfg.data.system_prompt, list(frame.columns[:-1]), [0, 1, 4, 5], tokenizer
+    )
     prompts = serializer.render(frame)
     completions = [prompts.completions[label] for label in prompts.truth]
     prompt = np.array([len(tokenizer(text)["input_ids"]) for text in prompts.texts])
@@ -190,12 +196,25 @@ def test_cli_plans_the_tep_protocol_offline_from_a_tokenizer_and_a_config_json(t
 def test_a_few_shot_plan_counts_the_shots_and_trains_nothing(compose_cfg):
     """`faultllm plan job=train trainer.epochs=0 prompt.shots=4`: the prompts as the run renders them (shots from the
     training rows), scored once at the end; no training tokens."""
-    overrides = ["job=train", "model=tiny", "data.train_size=8", "data.test_size=8", "trainer.epochs=0", "prompt.shots=4"]
+    overrides = [
+        "job=train",
+        "model=tiny",
+        "data.train_size=8",
+        "data.test_size=8",
+        "trainer.epochs=0",
+        "prompt.shots=4",
+    ]
     cfg = compose_cfg("plan", overrides)
     plan = planning.make_plan(cfg)
     split, _ = prepared_split(cfg.data, cfg.seed)
     serializer = Serializer.from_config(
-        cfg.prompt, cfg.data.system_prompt, split.features, split.labels, load_tokenizer(str(SHIPPED)), cfg.seed, split.train
+        cfg.prompt,
+        cfg.data.system_prompt,
+        split.features,
+        split.labels,
+        load_tokenizer(str(SHIPPED)),
+        cfg.seed,
+        split.train,
     )
     tokenizer = load_tokenizer(str(SHIPPED))
     texts = serializer.render(split.train, own_rows=True).texts + serializer.render(split.test).texts
@@ -210,7 +229,10 @@ def test_plan_shows_the_tokens_per_row_of_the_chosen_prompt_format(compose_cfg):
     """`faultllm plan prompt.format=compact`: the rows rendered in that format are what is counted, and the
     summary says which format the tokens per row are for."""
     overrides = ["job=train", "model=tiny", "data.train_size=8", "data.test_size=8", "trainer.epochs=1"]
-    plans = {style: planning.make_plan(compose_cfg("plan", [*overrides, f"prompt.format={style}"])) for style in ("study", "compact")}
+    plans = {
+        style: planning.make_plan(compose_cfg("plan", [*overrides, f"prompt.format={style}"]))
+        for style in ("study", "compact")
+    }
     cfg = compose_cfg("plan", [*overrides, "prompt.format=compact"])
     split, _ = prepared_split(cfg.data, cfg.seed)
     prompt, _ = direct_tokens(cfg, features_and_label(split.train, split.features))

@@ -66,7 +66,9 @@ def test_predict_with_saved_baselines(compose_cfg, easy_csv, new_rows, tmp_path)
                 tmp_path / "r")  # fmt: skip
     frame.drop(columns="a").to_csv(tmp_path / "wrong.csv", index=False)
     with pytest.raises(FaultLLMError, match="missing column\\(s\\) a; expected the run's features"):
-        predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s")
+        predict(
+            load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'wrong.csv'}"]), tmp_path / "s"
+        )
 
 
 def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_path):
@@ -83,7 +85,9 @@ def test_rows_already_scaled_are_refused_or_taken_as_they_are(compose_cfg, tmp_p
     taken = predict(load_config("predict", [*own, "predict.input_scaled=true"]), tmp_path / "q")
     assert taken["metrics"]["accuracy"] == pytest.approx(accuracy)
     make_split(cfg.data, cfg.seed).test.to_csv(tmp_path / "raw.csv", index=False)  # the same rows, raw
-    raw = predict(load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'raw.csv'}"]), tmp_path / "r")
+    raw = predict(
+        load_config("predict", [f"run_dir={tmp_path / 'b'}", f"input={tmp_path / 'raw.csv'}"]), tmp_path / "r"
+    )
     assert raw["metrics"]["accuracy"] == pytest.approx(accuracy)
 
 

@@ -92,7 +92,9 @@ def test_compact_names_are_short_and_independent_of_the_prompt_order():
     """TEP's xmeas_1..41, xmv_1..11 are x1..x52 (their usual numbering); HST's 0..45 are x0..x45; whatever order
     prompt.feature_order writes them in, a feature keeps its name."""
     names = short_names(tuple(TEP_FEATURES))
-    assert names["xmeas_1"] == "x1" and names["xmeas_41"] == "x41" and names["xmv_1"] == "x42" and names["xmv_11"] == "x52"
+    assert (
+        names["xmeas_1"] == "x1" and names["xmeas_41"] == "x41" and names["xmv_1"] == "x42" and names["xmv_11"] == "x52"
+    )
     assert short_names(tuple(reversed(TEP_FEATURES))) == names
     assert short_names(tuple(HST_FEATURES)) == {name: f"x{name}" for name in HST_FEATURES}
     named = replace(COMPACT, name_features=True)
@@ -122,7 +124,9 @@ def test_compact_needs_values_scaled_to_0_1(compose_cfg):
             compose_cfg("train", ["model=tiny", "prompt.format=compact", *overrides])
     with pytest.raises(ConfigError, match=r"~hpo\.space\.normalize"):
         compose_cfg("hpo", ["model=tiny", "prompt.format=compact"])  # configs/hpo/default.yaml searches normalize
-    assert compose_cfg("hpo", ["model=tiny", "prompt.format=compact", "~hpo.space.normalize"]).prompt.format == "compact"
+    assert (
+        compose_cfg("hpo", ["model=tiny", "prompt.format=compact", "~hpo.space.normalize"]).prompt.format == "compact"
+    )
 
 
 def test_the_format_is_recorded_in_the_run_config(compose_cfg, tmp_path):

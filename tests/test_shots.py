@@ -67,7 +67,9 @@ def test_zero_shots_is_the_plain_prompt(tiny_cache):
     frame = pd.DataFrame({"a": [0.25, 0.5], "b": [0.75, 1.0], "label": [0, 1]})
     serializer = Serializer.from_config(cfg.prompt, "sys", ["a", "b"], [0, 1], tokenizer, cfg.seed, frame)
     texts = serializer.render(frame).texts
-    assert cfg.prompt.shots == 0 and texts == [chat_prompt(serializer.question(row), "sys") for row in [[0.25, 0.75], [0.5, 1.0]]]
+    assert cfg.prompt.shots == 0 and texts == [
+        chat_prompt(serializer.question(row), "sys") for row in [[0.25, 0.75], [0.5, 1.0]]
+    ]
 
 
 def test_llama2_layout_writes_the_shots_inside_the_one_prompt(tiny_cache):

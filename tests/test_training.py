@@ -51,7 +51,8 @@ def test_generation_agrees_with_restricted_scoring(trained_run, tmp_path):
         assert restricted[key] == metrics["test"][key], key  # a reloaded adapter runs as it did in training
     assert restricted["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
     generated = evaluate_run(
-        load_config("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]), tmp_path / "g"
+        load_config("evaluate", [f"run_dir={run_dir}", "eval.mode=generate", "eval.generate_batch_size=8"]),
+        tmp_path / "g",
     )
     assert generated["invalid_outputs"] <= 2
     by_restricted = pd.read_csv(tmp_path / "r" / "predictions.csv")["predicted"]
@@ -106,7 +107,9 @@ def test_label_sets_of_mixed_token_lengths_train_and_evaluate(tiny_cache, tmp_pa
     metrics = train(load_config("train", overrides), tmp_path / "run")
     assert [row["epoch"] for row in metrics["epochs"]] == [1] and metrics["test"]["n"] == 30
     assert set(pd.read_csv(tmp_path / "run" / "predictions.csv")["predicted"].astype(str)) <= {str(x) for x in labels}
-    generated = evaluate_run(load_config("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate"]), tmp_path / "g")
+    generated = evaluate_run(
+        load_config("evaluate", [f"run_dir={tmp_path / 'run'}", "eval.mode=generate"]), tmp_path / "g"
+    )
     assert generated["n"] == 30 and 0 <= generated["invalid_outputs"] <= 30
 
 
@@ -184,7 +187,9 @@ def test_flash_attention_2_trains_on_padding_free_batches_with_the_padded_loss(t
     from faultllm.llm.build import build_for_training
     from faultllm.llm.trainer import sft_config, sft_trainer
 
-    cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"])  # 0.5, 0.51: lengths vary
+    cfg = load_config(
+        "train", [*easy_overrides(tiny_cache, easy_csv), "prompt.decimals=null"]
+    )  # 0.5, 0.51: lengths vary
     spec, prompts = _training_setup(cfg, 6)
     run = {"seed": cfg.seed, "progress": cfg.progress}
     assert not sft_config(cfg.trainer, spec.plan, 6, tmp_path, False, **run).padding_free  # SDPA takes padded batches
@@ -277,7 +282,9 @@ def test_training_and_reloading_run_the_4bit_model_with_the_same_dtypes(tiny_cac
 
     from faultllm.llm.build import load_trained
 
-    cfg = load_config("train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"])
+    cfg = load_config(
+        "train", [*easy_overrides(tiny_cache, easy_csv), "model.quantization=nf4", "trainer.batch_size=4"]
+    )
     model, tokenizer, _, trainer = _sft_trainer(cfg, 8, tmp_path, plan_change={"dtype": "bfloat16"})
     trained = {name: p.dtype for name, p in model.named_parameters()}
     assert {trained[n] for n in trained if "lora_" in n} == {torch.float32}  # TRL had cast them to bf16

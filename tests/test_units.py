@@ -42,7 +42,10 @@ def test_a_prediction_table_keeps_the_rows_columns_and_scores_only_labelled_rows
     table = prediction_table(rows, ["x"], predictions)
     assert list(table["sensor_id"]) == ["a", "b"] and list(table["predicted"]) == [1, 1]
     metrics = metrics_if_labelled(rows, table["predicted"], [0, 1])
-    assert metrics["accuracy"] == 0.5 and metrics_if_labelled(rows.drop(columns="label"), table["predicted"], [0, 1]) is None
+    assert (
+        metrics["accuracy"] == 0.5
+        and metrics_if_labelled(rows.drop(columns="label"), table["predicted"], [0, 1]) is None
+    )
 
 
 def test_an_untrained_run_reopens_as_its_base_model_with_the_runs_serializer(compose_cfg, easy_csv, tmp_path):

@@ -13,9 +13,7 @@ from faultllm.runtime.files import save_figure
 
 
 @contextmanager
-def figure(
-    path: Path, size: tuple[float, float], title: str | None = None, ncols: int = 1, nrows: int = 1
-) -> Iterator:
+def figure(path: Path, size: tuple[float, float], title: str | None = None, ncols: int = 1, nrows: int = 1) -> Iterator:
     """Yield (fig, axes) and save the figure to `path` when the block ends."""
     import matplotlib
 
@@ -135,7 +133,9 @@ def reliability(curves: dict[str, pd.DataFrame], path: Path, title: str) -> None
         for ax, (model, bins), colour in zip(panels, curves.items(), colours(len(curves)), strict=False):
             ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
             if {"accuracy_low", "accuracy_high"} <= set(bins):
-                ax.fill_between(bins["confidence"], bins["accuracy_low"], bins["accuracy_high"], color=colour, alpha=0.2)
+                ax.fill_between(
+                    bins["confidence"], bins["accuracy_low"], bins["accuracy_high"], color=colour, alpha=0.2
+                )
             ax.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, color=colour)
             ax.set(xlim=(0, 1.02), ylim=(0, 1.02), title=f"{model}\n({int(bins['rows'].sum())} rows)")
             ax.title.set_fontsize("small")
@@ -156,7 +156,9 @@ def risk_coverage(curves: dict[str, pd.DataFrame], path: Path, title: str) -> No
             label = f"{model} (area {curve['accuracy'].mean():.3f})"
             ax.plot(curve["coverage"], curve["accuracy"], label=label, color=colour, **_style(model))
             if {"accuracy_low", "accuracy_high"} <= set(curve):
-                ax.fill_between(curve["coverage"], curve["accuracy_low"], curve["accuracy_high"], color=colour, alpha=0.12)
+                ax.fill_between(
+                    curve["coverage"], curve["accuracy_low"], curve["accuracy_high"], color=colour, alpha=0.12
+                )
         _unit_axes(ax, "coverage (share of test rows answered, most confident first)", "accuracy on the rows answered",
                    title, 1)  # fmt: skip
 

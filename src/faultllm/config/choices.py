@@ -14,7 +14,11 @@ MISSING_STYLES = ("unknown", "omit")
 PROMPT_FORMATS = ("study", "compact")  # prompt.format (templates.py)
 FEATURE_ORDERS = ("original", "importance", "random")
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "clearml", "dvclive", "neptune", "swanlab")
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tracking"), "mlflow": ("mlflow", "tracking"), "wandb": ("wandb", None)}
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tracking"),
+    "mlflow": ("mlflow", "tracking"),
+    "wandb": ("wandb", None),
+}
 # transformers.SchedulerType's values (tests/test_configs.py checks they still match)
 LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",

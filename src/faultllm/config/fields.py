@@ -81,5 +81,6 @@ def check_each(name: str, values: Iterable, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     for value in values:
         if value not in allowed:
-            raise ConfigError(name, f": unknown {value!r}; expected some of {', '.join(allowed)}{suggestion(value, allowed)}")
-
+            raise ConfigError(
+                name, f": unknown {value!r}; expected some of {', '.join(allowed)}{suggestion(value, allowed)}"
+            )

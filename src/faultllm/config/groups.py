@@ -122,7 +122,9 @@ class ModelConfig:
     # build=tiny: the few-layer Llama built locally (shipped prebuilt for configs/model/tiny.yaml's spec)
     build: str | None = one_of("tiny", default=None, nullable=True)
     hidden_size: int | None = at_least(None, 1)  # build=tiny: width
-    layers: int | None = at_least(None, 1)  # build=tiny: transformer blocks; init=random: keep the first N (the real shapes on a CPU)
+    layers: int | None = at_least(
+        None, 1
+    )  # build=tiny: transformer blocks; init=random: keep the first N (the real shapes on a CPU)
     heads: int | None = at_least(None, 1)  # build=tiny: attention heads
     vocab_size: int | None = at_least(None, 1)  # build=tiny: tokenizer vocabulary
     warmup_steps: int | None = at_least(None, 0)  # build=tiny: steps warming it up on the prompt layout
@@ -142,7 +144,9 @@ def _check_optimizer(name: str) -> None:
 
     names = [member.value for member in OptimizerNames]
     if name not in names:
-        raise ConfigError("optimizer", f"={name!r}: expected auto or a transformers optim name{suggestion(name, names)}")
+        raise ConfigError(
+            "optimizer", f"={name!r}: expected auto or a transformers optim name{suggestion(name, names)}"
+        )
 
 
 @dataclass
@@ -158,7 +162,9 @@ class LoraConfig:
         check_fields(self)
         modules = self.target_modules
         if not isinstance(modules, str) and (not modules or not all(isinstance(m, str) for m in modules)):
-            raise ConfigError("target_modules", f"={modules!r}: expected all-linear or module names like [q_proj,v_proj]")
+            raise ConfigError(
+                "target_modules", f"={modules!r}: expected all-linear or module names like [q_proj,v_proj]"
+            )
 
 
 @dataclass
@@ -296,7 +302,9 @@ class PlanConfig:
     #   saves (0.28: measured on CPU, docs/measurements.md, "HPO pruning"); the worst case prunes nothing
     tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
     #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id
-    load_seconds: float | None = at_least(None, 0.0)  # one base-model load and quantization; null: 2 bytes/param at 1 GB/s
+    load_seconds: float | None = at_least(
+        None, 0.0
+    )  # one base-model load and quantization; null: 2 bytes/param at 1 GB/s
     study_pad_to: int | None = at_least(None, 1)  # the study's padded sequence length; null: the model's context
 
     def __post_init__(self) -> None:

@@ -31,7 +31,9 @@ class RunSettings:
 
     seed: int = 42  # draws the split, the model's initialisation and every sample
     progress: bool | None = None  # progress bars; null: when the output is a terminal
-    threads: int = at_least(0, 0)  # every thread pool's budget (faultllm/runtime/threads.py); 0: the cores this process may use
+    threads: int = at_least(
+        0, 0
+    )  # every thread pool's budget (faultllm/runtime/threads.py); 0: the cores this process may use
     cache_dir: str = "${oc.env:FAULTLLM_CACHE,'~/.cache/faultllm'}"  # columnar copies of data files, built models
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -94,8 +96,9 @@ class HpoJob(TrainJob):
             raise ConfigError("trainer.epochs", f"={self.trainer.epochs}: hpo tunes training; expected >= 1")
         if not self.trainer.eval_each_epoch and self.results:  # `plan job=hpo` may still price it
             raise ConfigError(
-                "trainer.eval_each_epoch", "=false: hpo's objective and pruner read every fold's validation scores "
-                "after each epoch; expected true"
+                "trainer.eval_each_epoch",
+                "=false: hpo's objective and pruner read every fold's validation scores "
+                "after each epoch; expected true",
             )
         for name, param in self.hpo.space.items():
             try:

@@ -13,7 +13,6 @@ counted: a few percent for a 7B model at a few hundred tokens per row, so utiliz
 understated and plans slightly optimistic, never the other way round. NF4 dequantization is not counted either.
 """
 
-
 from __future__ import annotations
 
 from faultllm.llm.hardware import Gpu

@@ -81,7 +81,9 @@ def plan_hpo(inputs: Inputs) -> Tallies:
     of the fold-epochs hpo.schedule trains (`schedule_share`). The study: the expected combinations, unpruned."""
     cfg, rates = inputs.cfg, inputs.rates
     worst_values, expected_values = space_values(cfg.hpo.space)
-    worst = max((make_case(inputs, values) for values in worst_values), key=lambda c: rates.seconds(trial(c, ours(cfg))))
+    worst = max(
+        (make_case(inputs, values) for values in worst_values), key=lambda c: rates.seconds(trial(c, ours(cfg)))
+    )
     cases = [make_case(inputs, values) for values in expected_values]
     kept, assumption = schedule_share(cfg)
     inputs.notes.append(assumption)
@@ -109,7 +111,10 @@ def schedule_share(cfg: PlanJob) -> tuple[float, str]:
     hpo, epochs = cfg.hpo, cfg.trainer.epochs
     if hpo.schedule == "full":
         kept = 1.0 - (0.0 if hpo.pruner == "none" else cfg.plan.expected_pruned)
-        return kept, f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {1 - kept:.0%} of the fold-epochs (plan.expected_pruned)"
+        return (
+            kept,
+            f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {1 - kept:.0%} of the fold-epochs (plan.expected_pruned)",
+        )
     pruner = (lambda: schedule_pruner(hpo, epochs)) if hpo.schedule == "asha" else (lambda: make_pruner("none"))
     shares = [simulated_share(hpo, epochs, pruner(), seed) for seed in range(SIMULATED_SEARCHES)]
     unsaved = " (hpo.pruner's savings within folds not counted)" if hpo.schedule == "race" else ""
@@ -199,7 +204,9 @@ def hours_of(tallies: Tallies, rates: Rates, workers: int) -> list[Hours]:
     for n in sorted({1, workers}):
         (worst_gpu, worst_wall), (expected_gpu, expected_wall) = (
             tallies.worst.hours(rates, n), tallies.expected.hours(rates, n))  # fmt: skip
-        found.append(Hours(workers=n, gpu_hours=Bounds(worst_gpu, expected_gpu), wall_hours=Bounds(worst_wall, expected_wall)))
+        found.append(
+            Hours(workers=n, gpu_hours=Bounds(worst_gpu, expected_gpu), wall_hours=Bounds(worst_wall, expected_wall))
+        )
     return found
 
 

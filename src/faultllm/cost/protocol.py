@@ -70,7 +70,9 @@ def evaluation(rows: RowTokens, sizes: Sizes, decode: tuple[int, int] | None) ->
     )
 
 
-def fit(train: RowTokens, evals: list[RowTokens], epochs: int, each_epoch: bool, sizes: Sizes, protocol: Protocol) -> Work:
+def fit(
+    train: RowTokens, evals: list[RowTokens], epochs: int, each_epoch: bool, sizes: Sizes, protocol: Protocol
+) -> Work:
     """`training.fit`: epochs over `train`, and (trainer.eval_each_epoch) every eval set scored after each epoch."""
     work = training(train, epochs, sizes, protocol)
     for rows in evals if each_epoch else []:
@@ -101,7 +103,9 @@ def final_decode(cfg: PlanJob) -> tuple[int, int] | None:
 def train_run(case: Case, protocol: Protocol) -> RunWork:
     """One load, fit on train scoring train and test after every epoch, then train and test by `eval.mode`."""
     cfg, sets = case.cfg, case.rendered
-    work = fit(sets.train, [sets.train, sets.test], cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol)
+    work = fit(
+        sets.train, [sets.train, sets.test], cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol
+    )
     decode = protocol.decode or final_decode(cfg)
     final = evaluation(sets.train, case.sizes, decode) + evaluation(sets.test, case.sizes, decode)
     return RunWork(work + Work(model_loads=1), final)
@@ -116,5 +120,7 @@ def trial(case: Case, protocol: Protocol) -> Work:
     cfg = case.cfg
     work = Work(model_loads=len(case.rendered.folds) if protocol.load_per_fold else 0)
     for fold_train, fold_val in case.rendered.folds:
-        work = work + fit(fold_train, [fold_train, fold_val], cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol)
+        work = work + fit(
+            fold_train, [fold_train, fold_val], cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol
+        )
     return work

@@ -62,7 +62,9 @@ def run(cfg: BaselinesJob, run_dir: Path) -> dict[str, dict]:
         if outcome.importances is not None:
             tables.append(outcome.importances)
 
-    BaselinesMetrics({name: BaselineMetrics.from_json(r) for name, r in results.items()}).write(run_dir / "metrics.json")
+    BaselinesMetrics({name: BaselineMetrics.from_json(r) for name, r in results.items()}).write(
+        run_dir / "metrics.json"
+    )
     write_csv(predictions, run_dir / "predictions.csv")  # per test row: what `report`'s paired tests use
     if recalibrations:
         write_json(run_dir / CALIBRATION_FILE, recalibrations)

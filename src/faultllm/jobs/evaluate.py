@@ -25,7 +25,9 @@ def run(cfg: EvaluateJob, out_dir: Path) -> dict:
     prompts = llm.serializer.render(frame)
     space = answer_space(llm.tokenizer, prompts)
     metrics, predictions = evaluate_prompts(llm.model, llm.tokenizer, prompts, space, cfg.eval, f"scoring {source}")
-    written = EvaluateMetrics.from_json(metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)})
+    written = EvaluateMetrics.from_json(
+        metrics | {"eval_mode": cfg.eval.mode, "source": source, "run_dir": str(saved.run_dir)}
+    )
     written.write(out_dir / "metrics.json")
     write_csv(predictions, out_dir / "predictions.csv")
     plots.confusion_matrix(metrics["confusion_matrix"], prompts.labels, out_dir / "confusion_matrix.png", cfg.eval.mode)

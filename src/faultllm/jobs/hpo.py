@@ -198,7 +198,15 @@ def _written_summary(run_dir: Path) -> dict:
     return read_json(summary_path) if summary_path.exists() else {}
 
 
-WORKER_KEYS = ("hpo.workers=", "hpo.worker_index=", "hpo.storage=", "hydra.run.dir=", "hpo.launcher=", "hpo.wait=", "threads=")
+WORKER_KEYS = (
+    "hpo.workers=",
+    "hpo.worker_index=",
+    "hpo.storage=",
+    "hydra.run.dir=",
+    "hpo.launcher=",
+    "hpo.wait=",
+    "threads=",
+)
 
 
 def submit_workers(cfg: HpoJob, run_dir: Path) -> dict:
@@ -217,8 +225,6 @@ def submit_workers(cfg: HpoJob, run_dir: Path) -> dict:
     if failures:
         raise FaultLLMError(f"hpo: {'; '.join(failures)}; rerun the same command to resume the study")
     return _written_summary(run_dir)
-
-
 
 
 def _refit(cfg: HpoJob, best, raw: Split, run_dir: Path) -> dict:

@@ -125,7 +125,9 @@ def _trust(results: list[ModelRun], out_dir: Path) -> None:
     write_text(out_dir / "calibration.md", markdown(calibration_table))
     write_csv(calibration, out_dir / "calibration.csv")
     largest = calibration["Train rows"].max()  # among the runs with probabilities: the plots are never empty
-    title = f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
+    title = (
+        f"reliability, {largest} training rows (test rows pooled over seeds, 15 equal-mass bins; shaded: 95% interval)"
+    )
     panels = {model: table for (model, rows), table in bins.items() if rows == largest}
     plots.reliability(panels, out_dir / "calibration.png", title)
     print_table("calibration on the test rows (pooled over seeds; per seed: mean ± sd)", calibration_table)
@@ -153,6 +155,8 @@ def _zero_probabilities(results: list[ModelRun], out_dir: Path) -> None:
             "%s gave the true label probability 0 on %d test rows (NLL infinite; rows of predictions.csv in "
             "zero_probability_rows.csv)", model, len(rows)
         )  # fmt: skip
+
+
 def _recalibrated(results: list[ModelRun], out_dir: Path) -> None:
     """recalibration.{md,csv}: per model run with a calibration.json (`calibrate.holdout`), the temperature and
     the conformal sets fitted on its held-out training rows, measured on its test rows."""

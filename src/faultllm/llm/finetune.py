@@ -38,7 +38,9 @@ def prompt_features(prompt: PromptConfig, features: list[str], seed: int, split_
     if prompt.feature_order == "importance":
         importance = baseline_importances(prompt.importance_from, prompt.importance_model, split_fingerprint)
         if set(importance) != set(map(str, features)):
-            raise FaultLLMError(f"prompt.importance_from={prompt.importance_from}: its features differ from this data's")
+            raise FaultLLMError(
+                f"prompt.importance_from={prompt.importance_from}: its features differ from this data's"
+            )
     return ordered_features(prompt.feature_order, features, seed, importance)
 
 
@@ -49,7 +51,9 @@ def train_on_split(
     metrics.json's content. `features`: the prompt's feature order when the caller fixed it (HPO's refit)."""
     spec = ModelSpec.from_config(cfg.model, cfg.lora, cfg.cache_dir, cfg.prompt)  # first: fails fast off the hub
     split, held_out = hold_out(split, cfg.calibrate.holdout, cfg.seed)
-    split_info = save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else SplitSummary.of(split, scaler, cfg.seed)
+    split_info = (
+        save_split(run_dir, split, scaler, cfg.seed) if is_main_process() else SplitSummary.of(split, scaler, cfg.seed)
+    )
     features = features or prompt_features(cfg.prompt, split.features, cfg.seed, split_info.split_fingerprint)
     if is_main_process():
         write_json(run_dir / PROMPT_FEATURES, features)
@@ -110,7 +114,9 @@ def _recalibrate(
         return None
     labels = result.answer_space.labels
     _, held = _final_scores(result, "held-out", serializer.render(held_out), cfg)
-    return Recalibration.fitted_and_checked(forecast_of(held, labels), forecast_of(test, labels), cfg.calibrate.coverage)
+    return Recalibration.fitted_and_checked(
+        forecast_of(held, labels), forecast_of(test, labels), cfg.calibrate.coverage
+    )
 
 
 def _write_outputs(result: FitResult, metrics: dict, predictions, eval_mode: str, run_dir: Path, title: str) -> None:

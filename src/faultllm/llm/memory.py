@@ -147,7 +147,9 @@ def needs_checkpointing(plan: HardwarePlan, shape: ModelShape, step: Step) -> bo
     """The plan's choice, or (auto on CUDA) on only when a step without it would not fit in 85% of the GPU."""
     if plan.gradient_checkpointing is not None:
         return plan.gradient_checkpointing
-    return step_memory(shape, step, plan, checkpointing=False).total > FREE_FRACTION * (plan.gpu_memory_gib or 0.0) * GIB
+    return (
+        step_memory(shape, step, plan, checkpointing=False).total > FREE_FRACTION * (plan.gpu_memory_gib or 0.0) * GIB
+    )
 
 
 def longest_row(tokenizer, rows: list[dict]) -> tuple[int, int]:

@@ -54,7 +54,9 @@ def _has_dropout(adapted) -> bool:
 class ModelShape:
     """What the cost and the memory of a model depend on: the base model's dimensions and its LoRA adapters."""
 
-    n_params: int  # the base model's parameters, tied ones once, 4-bit ones at their unpacked size; adapters not included
+    n_params: (
+        int  # the base model's parameters, tied ones once, 4-bit ones at their unpacked size; adapters not included
+    )
     n_lookup: int  # the input embedding when it is not tied to the head: a lookup, no FLOPs
     hidden: int
     intermediate: int

@@ -182,7 +182,12 @@ class _EpochCallback(TrainerCallback):
         title: str, on_epoch,
     ) -> None:  # fmt: skip
         self.history, self.eval_sets, self.space, self.tokenizer = history, eval_sets, space, tokenizer
-        self.trainer_cfg, self.eval_batch_size, self.title, self.on_epoch = trainer_cfg, eval_batch_size, title, on_epoch
+        self.trainer_cfg, self.eval_batch_size, self.title, self.on_epoch = (
+            trainer_cfg,
+            eval_batch_size,
+            title,
+            on_epoch,
+        )
         self.started = time.perf_counter()
         self.trainer = None  # set once the trainer exists (`fit`)
 

@@ -112,7 +112,6 @@ def question(values: Sequence[float], features: Sequence[str], labels: Sequence,
 WHY_QUESTION = " can you tell me why do you have this decision? What is the reasoning behind your decision?"
 
 
-
 # ---------------------------------------------------------------- chat layouts
 
 

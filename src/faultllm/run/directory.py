@@ -51,7 +51,9 @@ def start_run(config: Any, run_dir: str | os.PathLike, kind: RunKind, resumes: R
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(wanted_config))
     command = [redact(arg) for arg in sys.argv]
     seed = getattr(config, "seed", None)
-    write_json(run_dir / "run_info.json", {"job": kind.value, "seed": seed, "command": command, "versions": library_versions()})
+    write_json(
+        run_dir / "run_info.json", {"job": kind.value, "seed": seed, "command": command, "versions": library_versions()}
+    )
     return run_dir
 
 

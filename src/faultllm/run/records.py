@@ -72,7 +72,9 @@ class Record:
     def from_json(cls: type[T], payload: dict[str, Any]) -> T:
         hints = get_type_hints(cls)
         specs = fields(cls)  # type: ignore[arg-type]
-        return cls(**{spec.name: _typed(hints[spec.name], payload[spec.name]) for spec in specs if spec.name in payload})
+        return cls(
+            **{spec.name: _typed(hints[spec.name], payload[spec.name]) for spec in specs if spec.name in payload}
+        )
 
 
 F = TypeVar("F", bound="VersionedFile")

@@ -85,9 +85,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-
-
-
 def submit_array(commands: list[list[str]], slurm: SlurmConfig, folder: Path, name: str) -> list:
     """One SLURM array job, one task per command (each a process started on its node); its submitit jobs.
     The tasks inherit this process's environment (sbatch exports it), so a password never goes to disk."""
