@@ -19,12 +19,12 @@ from tempfile import TemporaryDirectory
 
 def tokens_per_second(cfg, pad_to: int | None) -> tuple[float, int, float]:
     """(real tokens/s, real tokens, computed tokens per real token) over one epoch."""
-    from faultllm.cost.bench import setup, sft_trainer
+    from faultllm.cost.bench import bench_trainer, setup
 
     run = setup(cfg)
     rows = run.serializer.render(run.split.train).sft_rows()
     with TemporaryDirectory() as tmp:
-        trainer = sft_trainer(run, rows, Path(tmp))
+        trainer = bench_trainer(run, rows, Path(tmp))
         if pad_to is not None:
             trainer.data_collator.pad_to_multiple_of = pad_to  # every batch padded to exactly pad_to
         real_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * cfg.trainer.epochs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "faultllm"
 MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400  # one concept per module: past this, a module holds two
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -151,4 +152,13 @@ def test_no_function_is_longer_than_a_screen():
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+
+
+def test_no_module_is_longer_than_one_concept():
+    long = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not long, long

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from faultllm import cli
-from faultllm.cost.bench import check_fits_here, setup, sft_trainer
+from faultllm.cost.bench import bench_trainer, check_fits_here, setup
 from faultllm.cost.plan import make_plan
 from faultllm.cost.records import BenchRecord
 from faultllm.cost.tokens import row_tokens
@@ -67,7 +67,7 @@ def test_the_bench_job_writes_the_record_it_returns(compose_cfg, tmp_path):
 def test_training_rows_are_as_long_as_trl_tokenizes_them(compose_cfg):
     run = setup(compose_cfg("bench", ["model=tiny", *SMALL]))
     prompts = run.serializer.render(run.split.train)
-    trainer = sft_trainer(run, prompts.sft_rows(), Path("unused"))
+    trainer = bench_trainer(run, prompts.sft_rows(), Path("unused"))
     tokens = row_tokens(run.tokenizer, prompts, answer_space(run.tokenizer, prompts))
     assert tokens.trained.tolist() == [len(ids) for ids in trainer.train_dataset["input_ids"]]
     assert tokens.prompt.tolist() == [len(ids) for ids in run.tokenizer(prompts.texts)["input_ids"]]

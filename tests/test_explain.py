@@ -8,7 +8,7 @@ import pytest
 from faultllm.config.load import load_config
 from faultllm.jobs.baselines import run as run_baselines
 from faultllm.jobs.explain import run as explain
-from faultllm.llm.explain import aggregate, choose_rows
+from faultllm.llm.explain import attribution_table, choose_rows
 from faultllm.runtime.errors import FaultLLMError
 
 
@@ -125,7 +125,7 @@ def test_features_are_ranked_by_their_mean_absolute_effect_overall_and_per_class
     effects = pd.DataFrame(
         {"row": [0, 0, 1, 1], "label": [0, 0, 1, 1], "feature": ["a", "b", "a", "b"], "effect": [-0.4, 0.1, 0.2, -0.3]}
     )
-    table = aggregate(effects, ["a", "b"]).set_index("feature")
+    table = attribution_table(effects, ["a", "b"]).set_index("feature")
     assert table["rank"].to_dict() == {"a": 1, "b": 2} and table.loc["a", "mean_abs_effect"] == pytest.approx(0.3)
     assert table.loc["b", "mean_abs_effect_class_1"] == pytest.approx(0.3)
     drawn = choose_rows(None, 3, 10, seed=0)  # a sample of distinct rows, in order

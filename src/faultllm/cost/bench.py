@@ -2,7 +2,7 @@
 
 `faultllm bench` writes what `run_bench` measures to bench.json (a `BenchRecord`), which `faultllm plan
 plan.throughput_from=DIR` reads; scripts/bench_gpu.py prints the same measurement in more detail,
-and the other scripts/bench_*.py build their runs with `setup` and `sft_trainer`. Tokens are real
+and the other scripts/bench_*.py build their runs with `setup` and `bench_trainer`. Tokens are real
 (non-pad) tokens. Training is clocked from the end of the warm-up steps to the end of the last one,
 so start-up, kernel selection and first allocations are not counted.
 """
@@ -40,8 +40,7 @@ from faultllm.llm.hardware import HardwarePlan, detect_gpu
 from faultllm.llm.scoring import answer_space, score
 from faultllm.llm.shape import model_shape, param_counts
 from faultllm.llm.sources import model_files
-from faultllm.llm.trainer import plan_for_run
-from faultllm.llm.trainer import sft_trainer as make_trainer
+from faultllm.llm.trainer import plan_for_run, sft_trainer
 from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.runtime.errors import FaultLLMError
 
@@ -63,7 +62,7 @@ class Setup:
     serializer: Serializer
     cfg: TrainJob
     load_seconds: float = 0.0  # loading the base model (and quantizing it) plus adding the adapters
-    plan: HardwarePlan | None = None  # as run, once `sft_trainer` has decided checkpointing
+    plan: HardwarePlan | None = None  # as run, once `bench_trainer` has decided checkpointing
     data_note: str | None = None  # the stand-in data used when data.path is not set
 
 
@@ -82,11 +81,11 @@ def setup(cfg: TrainJob) -> Setup:
     return Setup(spec, model, tokenizer, split, serializer, cfg, load_seconds, data_note=note)
 
 
-def sft_trainer(run: Setup, rows: list[dict], out_dir: Path):
+def bench_trainer(run: Setup, rows: list[dict], out_dir: Path):
     """The SFT trainer `fit` would build (gradient checkpointing decided the same way), without checkpoints."""
     cfg = run.cfg
     run.plan = plan_for_run(run.spec.plan, run.model, run.tokenizer, rows, cfg.trainer.batch_size)
-    return make_trainer(
+    return sft_trainer(
         run.model, run.tokenizer, rows, cfg.trainer, run.plan, out_dir, checkpoints=False, seed=cfg.seed,
         progress=cfg.progress,
     )  # fmt: skip
@@ -169,7 +168,7 @@ def timed_training(run: Setup, rows: list[dict], warmup: int, steps: int) -> tup
     if cuda:
         peaks_from_here()
     with TemporaryDirectory() as tmp:
-        trainer = sft_trainer(run, rows, Path(tmp))
+        trainer = bench_trainer(run, rows, Path(tmp))
         trainer.args.max_steps = warmup + steps  # overrides epochs; the data loader cycles when rows run out
         trainer.args.include_num_input_tokens_seen = "non_padding"  # attention-mask sum per micro-batch
         trainer.add_callback(window)

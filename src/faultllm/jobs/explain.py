@@ -9,7 +9,7 @@ from faultllm.compare import plots
 from faultllm.compare.tables import print_summary
 from faultllm.config.jobs import ExplainJob
 from faultllm.llm.explain import (
-    aggregate,
+    attribution_table,
     compare_with_baselines,
     occlusion,
     probe_transcripts,
@@ -33,7 +33,7 @@ def run(cfg: ExplainJob, out_dir: Path) -> dict:
     reference = reference_values(saved, cfg.explain.reference)
     effects = occlusion(llm, test, attribution_rows, reference, cfg.eval.batch_size)
     write_csv(effects, out_dir / "attribution_rows.csv")
-    table = aggregate(effects, saved.split.features)
+    table = attribution_table(effects, saved.split.features)
     write_csv(table, out_dir / "attribution.csv")
     plots.attribution(table, out_dir / "attribution.png")
     comparison = None

@@ -96,7 +96,7 @@ def occlusion(
     )
 
 
-def aggregate(effects: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def attribution_table(effects: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """Mean absolute effect per feature, overall and per true class, ranked."""
     effects = effects.assign(abs_effect=effects["effect"].abs())
     table = effects.groupby("feature")["abs_effect"].mean().rename("mean_abs_effect").to_frame()
