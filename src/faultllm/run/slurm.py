@@ -110,9 +110,10 @@ def wait_for(jobs: list, what: str, poll_s: float = 2.0) -> list[str]:
         time.sleep(poll_s)
     progress.update(done)
     progress.close()
-    return [f"job {job.job_id}: {_first_line(job.exception())}" for job in jobs if job.exception() is not None]
+    return [f"job {job.job_id}: {_last_line(job.exception())}" for job in jobs if job.exception() is not None]
 
 
-def _first_line(err: BaseException) -> str:
+def _last_line(err: BaseException) -> str:
+    """The last non-empty line of a job's error: where a remote traceback names what failed."""
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
