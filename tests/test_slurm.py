@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -38,24 +39,25 @@ def array_tasks(folder: Path) -> set[str]:
 @pytest.mark.slow  # starts the SLURM cluster
 def test_a_node_local_run_directory_or_study_is_one_line_and_nothing_is_queued(slurm_cluster, tiny_cache, easy_csv):
     before = queued()
+    sweep, hpo = f"/tmp/faultllm-sweep-{uuid.uuid4().hex[:8]}", f"/tmp/faultllm-hpo-{uuid.uuid4().hex[:8]}"  # fresh
     local = ["slurm.node_local=[/tmp]"]
     done = faultllm("train", "-m", *easy_overrides(tiny_cache, easy_csv), "seed=1,2", "hydra/launcher=slurm", *ONE_NODE,
-                    *local, "hydra.sweep.dir=/tmp/faultllm-sweep")  # fmt: skip
-    assert done.returncode == 2 and "hydra.sweep.dir=/tmp/faultllm-sweep: /tmp is node-local" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/tmp/faultllm-sweep").exists()
+                    *local, f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert done.returncode == 2 and f"hydra.sweep.dir={sweep}: /tmp is node-local" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path(sweep).exists()
     done = faultllm("hpo", *hpo_overrides(tiny_cache, easy_csv, 2), "hpo.launcher=slurm", *ONE_NODE,
-                    "hydra.run.dir=/tmp/faultllm-hpo", "hpo.storage=sqlite:////tmp/study.db")  # fmt: skip
+                    f"hydra.run.dir={hpo}", "hpo.storage=sqlite:////tmp/study.db")  # fmt: skip
     assert (
         done.returncode == 2
         and "hpo.storage=sqlite:////tmp/study.db: hpo.launcher=slurm needs a database" in done.stderr
     )
-    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/tmp/faultllm-hpo").exists()
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path(hpo).exists()
     for wrong, why in [
         ("slurm.partition=gpu", "slurm.partition=gpu: no such partition; expected one of debug"),
         ("slurm.gpus=1", "slurm.gpus=1: debug has no GPUs (GRES (null)); slurm.gpus=0 on CPU nodes"),
     ]:
         done = faultllm("train", "-m", *easy_overrides(tiny_cache, easy_csv), "seed=1,2", "hydra/launcher=slurm",
-                        "slurm=one_node", wrong, "hydra.sweep.dir=/tmp/faultllm-sweep")  # fmt: skip
+                        "slurm=one_node", wrong, f"hydra.sweep.dir={sweep}")  # fmt: skip
         assert done.returncode == 2 and why in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert queued() == before
 
