@@ -87,7 +87,7 @@ def test_every_choice_and_range_is_refused_naming_the_key(job):
         ("train", "eval.mode=generat", "eval.mode='generat': expected one of restricted, generate (did you mean generate?)"),
         ("train", "trainer.lr_scheduler=cosin", "trainer.lr_scheduler='cosin': expected one of linear, cosine,"),
         ("train", "prompt.template=chatml", "prompt.template='chatml': expected one of llama2, chat"),
-        ("hpo", "hpo.pruner=medain", "hpo.pruner='medain': expected one of median, hyperband, none (did you mean median?)"),
+        ("hpo", "hpo.pruner=medain", "hpo.pruner='medain': expected one of none, median, hyperband (did you mean median?)"),
         ("hpo", "hpo.objective=val_acc", "hpo.objective='val_acc': expected one of val_loss, val_class_loss, val_accuracy, val_macro_f1"),
         ("explain", "explain.reference=mean", "explain.reference='mean': expected one of median, midpoint"),
         ("train", "lora.r=0", "lora.r=0: expected >= 1"),

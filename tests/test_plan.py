@@ -87,8 +87,8 @@ def small_hpo(compose_cfg, *extra: str):
 
 def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_cfg):
     """Space: name_features true/false, lora.r 4..256. Worst: named features, every trial whole; expected:
-    both choices equally likely, 28% of the fold-epochs pruned (hpo.schedule=full). Each + the refit on the whole split."""
-    cfg = small_hpo(compose_cfg, "hpo.schedule=full")
+    both choices equally likely, 28% of the fold-epochs pruned (hpo.schedule=full, median pruner). Each + the refit on the whole split."""
+    cfg = small_hpo(compose_cfg, "hpo.schedule=full", "hpo.pruner=median")
     plan = planning.make_plan(cfg)
     raw = make_split(cfg.data, cfg.seed)
     folds = fold_splits(raw, cv_folds(raw.train, 2, cfg.seed), True, [0.0, 1.0])
@@ -111,7 +111,7 @@ def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_
 
 
 def test_workers_and_pruning_change_time_not_the_trained_tokens_of_the_worst_case(compose_cfg):
-    one = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full"))
+    one = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full", "hpo.pruner=median"))
     four = planning.make_plan(small_hpo(compose_cfg, "hpo.schedule=full", "hpo.workers=4", "hpo.pruner=none"))
     assert one.train_tokens.worst == four.train_tokens.worst
     assert four.train_tokens.expected > one.train_tokens.expected  # nothing pruned

@@ -298,8 +298,8 @@ class PlanConfig:
     gpu: str = one_of(*GPU_NAMES)  # the GPU planned for: peak dense bf16/fp16 FLOP/s, memory, bandwidth
     mfu: float = at_least(0.35, 0.0, strict=True, below=1.0)  # assumed model FLOPs utilization (training and scoring)
     throughput_from: str | None = None  # a `faultllm bench` run directory (or its bench.json): measured rates instead
-    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # hpo.schedule=full, expected case: the share hpo.pruner
-    #   saves (0.28: measured on CPU, docs/measurements.md, "HPO pruning"); the worst case prunes nothing
+    expected_pruned: float = at_least(0.28, 0.0, below=1.0)  # schedule=full, pruner=median|hyperband: the share
+    #   it saves (0.28: measured on CPU, docs/measurements.md, "HPO pruning"); the worst case prunes nothing
     tokenizer: str | None = None  # null: the model's own (model.path or the hub cache); tiny: the tiny model's
     #   Llama-2-like tokenizer as a stand-in (an estimate, flagged in plan.json); or a directory / hub id
     load_seconds: float | None = at_least(

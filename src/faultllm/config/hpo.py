@@ -47,11 +47,12 @@ class HpoConfig:
     n_trials: int = at_least(100, 1)  # finished trials to run, over all workers (failed ones do not count)
     folds: int = at_least(5, 2)  # stratified, run-grouped cross-validation folds per trial
     objective: str = one_of(*OBJECTIVES)  # mean over folds, last epoch; val_loss is the study's
-    # median: against the finished trials' values at the same fold and epoch; the study's rule always applies
-    pruner: str = one_of("median", "hyperband", "none")
+    # within a fold, under schedule full or race (the study's rule always applies): none: the study's protocol;
+    # median: against the finished trials' values at the same fold and epoch; hyperband: Optuna's
+    pruner: str = one_of("none", "median", "hyperband")
     # how much of folds x epochs a trial gets (docs/hpo_schedules.md): asha: successive halving over fold-epochs
     # (hpo.pruner unused); race: after each fold a trial stops when worse than the best complete trial over the
-    # same folds; full: every fold of every trial (the study's protocol)
+    # same folds; full: every fold of every trial (with hpo.pruner=none, the study's protocol)
     schedule: str = one_of(*SCHEDULES, default="asha")
     min_epochs: int = at_least(2, 1)  # asha: the first rung, in fold-epochs (at most trainer.epochs)
     reduction_factor: int = at_least(3, 2)  # asha: one trial in reduction_factor goes on at each rung

@@ -110,14 +110,18 @@ def schedule_share(cfg: PlanJob) -> tuple[float, str]:
     """(the expected share of full's fold-epochs trained under hpo.schedule, the assumption behind it)."""
     hpo, epochs = cfg.hpo, cfg.trainer.epochs
     if hpo.schedule == "full":
-        kept = 1.0 - (0.0 if hpo.pruner == "none" else cfg.plan.expected_pruned)
+        if hpo.pruner == "none":
+            return 1.0, "hpo.schedule=full, hpo.pruner=none: every fold-epoch of every trial (the study's protocol)"
+        kept = 1.0 - cfg.plan.expected_pruned
         return (
             kept,
             f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {1 - kept:.0%} of the fold-epochs (plan.expected_pruned)",
         )
     pruner = (lambda: schedule_pruner(hpo, epochs)) if hpo.schedule == "asha" else (lambda: make_pruner("none"))
     shares = [simulated_share(hpo, epochs, pruner(), seed) for seed in range(SIMULATED_SEARCHES)]
-    unsaved = " (hpo.pruner's savings within folds not counted)" if hpo.schedule == "race" else ""
+    unsaved = (
+        " (hpo.pruner's savings within folds not counted)" if hpo.schedule == "race" and hpo.pruner != "none" else ""
+    )
     return float(np.mean(shares)), (
         f"hpo.schedule={hpo.schedule}: expected {np.mean(shares):.0%} of full's fold-epochs{unsaved}: the mean of "
         f"{SIMULATED_SEARCHES} simulated searches of {hpo.n_trials} exchangeable trials (range {min(shares):.0%}-"
