@@ -24,7 +24,7 @@ from faultllm.llm.shape import ModelShape, model_shape
 from faultllm.llm.sources import check_tokenizer, model_files
 from faultllm.llm.tiny import SHIPPED
 from faultllm.llm.tokenizer import load_tokenizer
-from faultllm.prompts.serialize import Serializer
+from faultllm.prompts.serialize import Prompts, Serializer
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.search.hpo import search_features
 
@@ -107,15 +107,14 @@ class Rendered:
     folds: list[tuple[RowTokens, RowTokens]] = field(default_factory=list)  # (fold train, fold validation)
 
 
-def tokens_of(serializer: Serializer, tokenizer, frame, own_rows: bool = False) -> RowTokens:
-    prompts = serializer.render(frame, own_rows=own_rows)
+def tokens_of(tokenizer, prompts: Prompts) -> RowTokens:
     return row_tokens(tokenizer, prompts, answer_space(tokenizer, prompts))
 
 
 def _rendered(serializer: Serializer, tokenizer, train, test) -> tuple[RowTokens, RowTokens]:
     """Training and held-out rows, with in-context examples (prompt.shots) drawn from the training rows."""
-    serializer = serializer.shots_from(train)
-    return tokens_of(serializer, tokenizer, train, own_rows=True), tokens_of(serializer, tokenizer, test)
+    train_prompts, test_prompts = serializer.render_pair(train, test)
+    return tokens_of(tokenizer, train_prompts), tokens_of(tokenizer, test_prompts)
 
 
 def render_split(cfg: PlanJob, split: Split, raw: Split, features: list[str], tokenizer, folds: list) -> Rendered:

@@ -117,6 +117,12 @@ class Serializer:
             for i, row in enumerate(values)
         ]
 
+    def render_pair(self, train: pd.DataFrame, held_out: pd.DataFrame) -> tuple[Prompts, Prompts]:
+        """Training rows and rows held out from them as prompts, in-context examples drawn from `train` (no
+        training row is shown its own answer)."""
+        serializer = self.shots_from(train)
+        return serializer.render(train, own_rows=True), serializer.render(held_out)
+
     def render(self, frame: pd.DataFrame, own_rows: bool = False, examples: list | None = None) -> Prompts:
         """Prompts for every row. `examples`: each row's shots when the caller fixed them (explain keeps a
         row's shots while it changes the row's values)."""

@@ -317,9 +317,8 @@ def _fit_fold(
 ):  # fmt: skip
     """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole). In-context
     examples (prompt.shots) come from the fold's own training rows."""
-    serializer = serializer.shots_from(fold.train)
-    train = serializer.render(fold.train, own_rows=True)
-    eval_sets = {"train": train, "val": serializer.render(fold.test)}
+    train, val = serializer.render_pair(fold.train, fold.test)
+    eval_sets = {"train": train, "val": val}
     result = None
     try:
         result = fit(
