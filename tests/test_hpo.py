@@ -21,6 +21,7 @@ from faultllm.jobs.hpo import run as search
 from faultllm.run.kind import RunKind
 from faultllm.runtime.errors import FaultLLMError
 from faultllm.search.hpo import _PruningReporter, study_rule
+from faultllm.search.schedules import FOLD_VALUES
 from faultllm.search.studies import EPOCHS_PER_FOLD, make_pruner, open_study, same_fold_values
 from tests.conftest import easy_overrides
 
@@ -201,6 +202,16 @@ def _hpo_process(overrides: list[str], log) -> subprocess.Popen:
     )
 
 
+def complete_trials_ran_every_fold(trials: list, folds: int, epochs: int) -> list:
+    """The COMPLETE trials of a finished study, each checked to have run every epoch of every fold (a schedule
+    stops trials only by pruning them)."""
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert complete
+    for trial in complete:
+        assert len(trial.user_attrs[FOLD_VALUES]) == folds and trial.user_attrs["fold_epochs_trained"] == folds * epochs
+    return complete
+
+
 def _states(db) -> dict[int, str]:
     """The sweep's trials, number -> state."""
     try:
@@ -274,6 +285,8 @@ def test_a_sweep_killed_twice_resumes_without_repeating_a_trial(tiny_cache, easy
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_csv, tmp_path):
+    """Under hpo.schedule=race: each worker races against the other's complete trials (tests/test_hpo_workers.py
+    runs two workers and the refit under the default, asha)."""
     db = tmp_path / "shared.db"
     logs, workers = [], []
     for worker in range(2):
@@ -282,6 +295,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
             *hpo_overrides(tiny_cache, easy_csv, 4),
             f"hpo.storage=sqlite:///{db}",
             "hpo.refit=false",
+            "hpo.schedule=race",
             f"hpo.worker_index={worker}",
             f"hydra.run.dir={tmp_path / f'w{worker}'}",
         ]
@@ -295,6 +309,7 @@ def test_two_workers_share_one_study_without_duplicating_work(tiny_cache, easy_c
     assert "RUNNING" not in states
     done_by = [(tmp_path / f"worker{w}.log").read_text().count("trial ") for w in range(2)]
     assert all(done_by), "both workers took trials"
+    complete_trials_ran_every_fold(optuna.load_study(study_name="faultllm", storage=f"sqlite:///{db}").trials, 2, 1)
 
 
 @pytest.mark.slow  # waits out a heartbeat grace period

@@ -1,16 +1,14 @@
 """hpo.schedule: race and asha give a trial more folds and epochs only while it is still competitive; the refit,
-workers and resume work under them as under full; `faultllm plan` knows what each is expected to train."""
+workers and resume work under them as under full (two workers and the refit: tests/test_hpo_workers.py under the
+default asha, tests/test_hpo.py under race; resume: tests/test_hpo.py); `faultllm plan` knows what each is
+expected to train."""
 
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 
 import optuna
-import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from faultllm.config.hpo import HpoConfig
 from faultllm.cost import plan as planning
@@ -19,7 +17,6 @@ from faultllm.run.kind import RunKind
 from faultllm.search.hpo import _PruningReporter
 from faultllm.search.schedules import FOLD_VALUES, race_verdict, simulated_share
 from faultllm.search.studies import schedule_pruner
-from tests.test_hpo import hpo_overrides
 from tests.test_plan import small_hpo
 
 
@@ -107,32 +104,6 @@ def test_the_tep_search_plans_under_ten_gpu_hours_with_the_default_schedule(comp
     plan = planning.make_plan(compose_cfg("plan", overrides))
     assert plan.gpu_hours.expected <= 10 < plan.gpu_hours.worst
     assert any(note.startswith("hpo.schedule=asha: expected") for note in plan.notes)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["race", "asha"])  # full: tests/test_hpo_workers.py
-def test_two_workers_share_one_study_under_each_schedule_and_refit_its_best_complete_trial(
-    tiny_cache, easy_csv, tmp_path, schedule
-):
-    run_dir = tmp_path / "run"
-    overrides = [*hpo_overrides(tiny_cache, easy_csv, 4), f"hpo.schedule={schedule}", "hpo.workers=2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "faultllm", "hpo", *overrides, f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = pd.read_csv(run_dir / "trials.csv")
-    assert trials["state"].isin(["COMPLETE", "PRUNED"]).sum() == 4
-    folds = trials["user_attrs_fold_values"].map(lambda text: len(eval(text)) if isinstance(text, str) else 0)
-    complete = trials["state"] == "COMPLETE"
-    assert (folds[complete] == 2).all()  # every complete trial ran every fold
-    assert (trials.loc[complete, "user_attrs_fold_epochs_trained"] == 2).all()
-    best = trials.loc[trials.loc[complete, "value"].idxmin()]  # val_loss: the lowest complete trial
-    refit = OmegaConf.load(run_dir / "final" / "config.yaml")
-    assert (refit.lora.r, refit.trainer.learning_rate) == (best["params_lora_r"], best["params_learning_rate"])
-    assert refit.hpo.schedule == schedule and result.stdout.count("trained:") == 1  # one refit
 
 
 def test_asha_never_stops_a_trial_at_its_last_fold_epoch():

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from faultllm.jobs.hpo import run as search
 from faultllm.runtime.errors import FaultLLMError
 from tests import postgres
-from tests.test_hpo import _hpo_process, _states, hpo_overrides
+from tests.test_hpo import _hpo_process, _states, complete_trials_ran_every_fold, hpo_overrides
 
 
 def test_bad_worker_counts_and_storages_are_one_line_errors(compose_cfg, tmp_path, monkeypatch):
@@ -134,6 +135,10 @@ def test_two_worker_processes_on_postgresql_share_one_study_and_refit_once(
     assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
     assert stdout.count("trained:") == 1 and stdout.count("hpo: ") == 1  # one refit, one Table 4.1
     assert (tmp_path / "run" / "final" / "metrics.json").exists() and (tmp_path / "run" / "table_4_1.md").exists()
+    best = min(complete_trials_ran_every_fold(trials, 2, 1), key=lambda trial: trial.value)  # val_loss
+    refit = OmegaConf.load(tmp_path / "run" / "final" / "config.yaml")  # the default schedule's refit: asha's
+    assert (refit.lora.r, refit.trainer.learning_rate) == (best.params["lora_r"], best.params["learning_rate"])
+    assert refit.hpo.schedule == "asha"
 
 
 def test_the_refit_is_claimed_once_and_freed_by_a_failed_or_killed_claimant(compose_cfg, tmp_path):

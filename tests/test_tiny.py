@@ -22,12 +22,16 @@ def test_a_build_is_a_pure_function_of_its_spec_across_processes(tmp_path):
     split reductions differently from 1 thread (seen on this project's machines), which is why the default
     model ships prebuilt. A short warm-up keeps this quick; the full build runs the same code for more steps."""
     spec = spec_of(load_config("train", ["model=tiny"]).model) | {"warmup_steps": 20}
-    for name, threads in (("a", 1), ("b", 1)):
+    builds = []
+    for name in ("a", "b"):  # side by side, one thread each
         code = (
-            f"import torch; torch.set_num_threads({threads}); from pathlib import Path; "
+            "import torch; torch.set_num_threads(1); from pathlib import Path; "
             f"from faultllm.llm.tiny import build_tiny_model; build_tiny_model({spec!r}, Path({str(tmp_path / name)!r}))"
         )
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        with open(tmp_path / f"{name}.log", "w") as log:
+            builds.append(subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT))
+    for name, build in zip("ab", builds, strict=True):
+        assert build.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
     for file in ("model.safetensors", "tokenizer.json", "config.json", "spec.json"):
         assert _sha256(tmp_path / "a" / file) == _sha256(tmp_path / "b" / file), file
 
