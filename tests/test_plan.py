@@ -99,9 +99,18 @@ def test_hpo_train_tokens_are_the_sum_over_rows_folds_epochs_and_trials(compose_
         refit = direct_tokens(cfg, features_and_label(whole.train, raw.features), named)[1].sum()
         return 3 * 2 * fold_tokens, 2 * refit  # 3 trials x 2 epochs, 2 refit epochs
 
+    def scored(named: bool) -> int:
+        """Restricted scoring (prompt + completion + 2 tokens a row, test_train_plan_by_hand): each fold's
+        validation rows after both epochs, its training rows after the last; the refit's train and test rows
+        after both epochs and at the end."""
+        rows = lambda frame: (direct_tokens(cfg, features_and_label(frame, raw.features), named)[1] + 2).sum()  # noqa: E731
+        search = 3 * sum(2 * rows(f.test) + rows(f.train) for f in folds)
+        return search + 3 * (rows(whole.train) + rows(whole.test))
+
     (search_named, refit_named), (search_plain, refit_plain) = trained(True), trained(False)
     assert search_named > search_plain
     assert plan.train_tokens.worst == search_named + refit_named
+    assert plan.scoring_tokens.worst == scored(True)
     expected = (1 - 0.28) * (search_named + search_plain) / 2 + (refit_named + refit_plain) / 2
     assert plan.train_tokens.expected == pytest.approx(expected, rel=1e-12)
     assert plan.rows.folds == [FoldRows(len(f.train), len(f.test)) for f in folds]

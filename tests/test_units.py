@@ -59,3 +59,32 @@ def test_an_untrained_run_reopens_as_its_base_model_with_the_runs_serializer(com
     trained = TrainedLLM.from_run(run)
     assert run.untrained and not hasattr(trained.model, "peft_config")  # the base alone: no adapter
     assert trained.serializer.features == run.prompt_features() and trained.tokenizer.padding_side == "left"
+
+
+def test_an_eval_set_named_last_epoch_only_is_scored_after_the_last_epoch_alone(tmp_path, monkeypatch):
+    """HPO's folds: validation rows after every epoch (the pruner reads them), training rows after the last."""
+    from types import SimpleNamespace
+
+    from faultllm.config.choices import EPOCH_METRICS
+    from faultllm.config.groups import TrainerConfig
+    from faultllm.llm import trainer
+
+    scored = []
+
+    def evaluate(model, tokenizer, prompts, space, batch_size):
+        scored.append(prompts)
+        return dict.fromkeys(EPOCH_METRICS, 0.5), None
+
+    monkeypatch.setattr(trainer, "evaluate_restricted", evaluate)
+    history = trainer.EpochHistory(tmp_path / "epochs.jsonl", through=0)
+    callback = trainer._EpochCallback(
+        history, {"train": "train rows", "val": "val rows"}, None, None, TrainerConfig(epochs=3), 8, "trial 0 fold 1",
+        None, frozenset({"train"}),
+    )  # fmt: skip
+    per_epoch = []
+    for epoch in (1, 2, 3):
+        callback.on_epoch_end(None, SimpleNamespace(epoch=float(epoch), global_step=epoch), None)
+        per_epoch.append(scored.copy())
+        scored.clear()
+    assert per_epoch == [["val rows"], ["val rows"], ["train rows", "val rows"]]
+    assert "train_accuracy" in history.rows[-1] and "train_accuracy" not in history.rows[0]

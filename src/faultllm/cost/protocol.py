@@ -2,11 +2,13 @@
 
 - training: every real token of every training row, each epoch, each fold, each trial (no padding
   with batch 1; rows of a larger batch pad to the longest of their batch, which is not counted);
-- scoring: after every epoch the training rows and the validation (HPO fold) or test rows (train, refit)
-  by restricted scoring; at the end of train and of the refit, train and test rows by `eval.mode`;
+- scoring: after every epoch the training and test rows (train, refit) by restricted scoring; an HPO fold
+  scores its validation rows after every epoch and its training rows after its last one; at the end of
+  train and of the refit, train and test rows by `eval.mode`;
 - model loads: one per run; HPO with hpo.reuse_model one per worker (without it one per fold) + the refit's.
 The study's way: every training sequence padded to the model's context (`plan.study_pad_to`), every
-evaluated row decoded greedily at batch 1 for 5 tokens, no pruning, a model load per fold.
+evaluated row decoded greedily at batch 1 for 5 tokens (an HPO fold's training rows after every epoch too),
+no pruning, a model load per fold.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Protocol:
     pad_to: int | None = None  # every training sequence padded to this length (the study); None: real tokens
     decode: tuple[int, int] | None = None  # every evaluation decodes (new tokens, batch) (the study)
     load_per_fold: bool = False
+    fold_train_each_epoch: bool = False  # an HPO fold scores its training rows after every epoch (the study)
 
 
 def ours(cfg: PlanJob) -> Protocol:
@@ -40,7 +43,7 @@ def ours(cfg: PlanJob) -> Protocol:
 
 def studys(inputs: Inputs) -> Protocol:
     return Protocol(pad_to=inputs.cfg.plan.study_pad_to or inputs.shape.context, decode=(STUDY_NEW_TOKENS, 1),
-                    load_per_fold=True)  # fmt: skip
+                    load_per_fold=True, fold_train_each_epoch=True)  # fmt: skip
 
 
 def training(rows: RowTokens, epochs: int, sizes: Sizes, protocol: Protocol) -> Work:
@@ -116,11 +119,13 @@ def refit_run(case: Case, protocol: Protocol) -> RunWork:
 
 
 def trial(case: Case, protocol: Protocol) -> Work:
-    """One HPO trial: every fold fitted on its training part, scoring it and its validation part each epoch."""
+    """One HPO trial: every fold fitted on its training part, scoring its validation part each epoch and its
+    training part after the last epoch (each epoch under the study's protocol)."""
     cfg = case.cfg
     work = Work(model_loads=len(case.rendered.folds) if protocol.load_per_fold else 0)
     for fold_train, fold_val in case.rendered.folds:
-        work = work + fit(
-            fold_train, [fold_train, fold_val], cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol
-        )
+        each_epoch = [fold_train, fold_val] if protocol.fold_train_each_epoch else [fold_val]
+        work = work + fit(fold_train, each_epoch, cfg.trainer.epochs, cfg.trainer.eval_each_epoch, case.sizes, protocol)
+        if cfg.trainer.eval_each_epoch and not protocol.fold_train_each_epoch:
+            work = work + evaluation(fold_train, case.sizes, protocol.decode)
     return work

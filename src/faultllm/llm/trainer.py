@@ -84,9 +84,10 @@ def fit(
     title: str = TRAINING,
     on_epoch: Callable[[dict], None] | None = None,
     checkpoints: bool = True,
+    last_epoch_only: frozenset[str] = frozenset(),
 ) -> FitResult:
     """Train LoRA adapters on `train` as `trainer_cfg` says; after each epoch score every eval set (restricted
-    labels, `eval_batch_size` rows a batch).
+    labels, `eval_batch_size` rows a batch), those named in `last_epoch_only` after the last epoch only.
 
     `on_epoch(row)` sees each epoch's metrics (HPO reports them to its pruner and may raise).
     Checkpoints go to out_dir/checkpoints; an existing one is resumed when trainer.resume is set.
@@ -102,7 +103,9 @@ def fit(
         checkpointing_off(model)  # a reused base keeps what an earlier fold's Trainer turned on
     through = checkpoint_epoch(out_dir / "checkpoints") if resume else 0
     history = EpochHistory(out_dir / "epochs.jsonl", through=through)
-    scorer = _EpochCallback(history, eval_sets, space, tokenizer, trainer_cfg, eval_batch_size, title, on_epoch)
+    scorer = _EpochCallback(
+        history, eval_sets, space, tokenizer, trainer_cfg, eval_batch_size, title, on_epoch, last_epoch_only
+    )
     callbacks = [scorer, _StepLines(title)]
     log.info(f"{title}: tokenizing {len(rows)} rows")
     trainer = sft_trainer(
@@ -175,11 +178,12 @@ class EpochHistory:
 
 
 class _EpochCallback(TrainerCallback):
-    """Stops on a non-finite loss; after each epoch scores the eval sets and records the row."""
+    """Stops on a non-finite loss; after each epoch scores the eval sets (`last_epoch_only`: those scored after the
+    last epoch only) and records the row."""
 
     def __init__(
         self, history: EpochHistory, eval_sets, space, tokenizer, trainer_cfg: TrainerConfig, eval_batch_size: int,
-        title: str, on_epoch,
+        title: str, on_epoch, last_epoch_only: frozenset[str] = frozenset(),
     ) -> None:  # fmt: skip
         self.history, self.eval_sets, self.space, self.tokenizer = history, eval_sets, space, tokenizer
         self.trainer_cfg, self.eval_batch_size, self.title, self.on_epoch = (
@@ -188,6 +192,7 @@ class _EpochCallback(TrainerCallback):
             title,
             on_epoch,
         )
+        self.last_epoch_only = last_epoch_only
         self.started = time.perf_counter()
         self.trainer = None  # set once the trainer exists (`fit`)
 
@@ -207,7 +212,10 @@ class _EpochCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         row: dict = {"epoch": round(state.epoch), "step": state.global_step}
         if self.trainer_cfg.eval_each_epoch:
+            last = row["epoch"] == self.trainer_cfg.epochs
             for name, prompts in self.eval_sets.items():
+                if name in self.last_epoch_only and not last:
+                    continue
                 metrics, _ = evaluate_restricted(model, self.tokenizer, prompts, self.space, self.eval_batch_size)
                 row |= {f"{name}_{key}": metrics[key] for key in EPOCH_METRICS}
         row["seconds"] = round(time.perf_counter() - self.started, 2)

@@ -316,7 +316,9 @@ def _fit_fold(
     spec: ModelSpec, serializer: Serializer, fold: Split, cfg: HpoJob, title: str, out_dir: Path, on_epoch
 ):  # fmt: skip
     """The last epoch's metrics of one fold (no checkpoints: a killed trial is rerun whole). In-context
-    examples (prompt.shots) come from the fold's own training rows."""
+    examples (prompt.shots) come from the fold's own training rows. The pruner and the objective read the
+    validation rows after every epoch; the training rows (Table 4.1's train columns) are scored after the
+    fold's last epoch only, which a pruned fold never reaches."""
     train, val = serializer.render_pair(fold.train, fold.test)
     eval_sets = {"train": train, "val": val}
     result = None
@@ -324,6 +326,7 @@ def _fit_fold(
         result = fit(
             spec, train, eval_sets, cfg.trainer, out_dir, seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
             progress=cfg.progress, title=title, on_epoch=on_epoch, checkpoints=False,
+            last_epoch_only=frozenset({"train"}),
         )  # fmt: skip
         return result.history[-1]
     finally:
