@@ -68,8 +68,8 @@ def test_readme_is_short_with_contents_and_the_ci_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert install in readme and install in ci
     assert ".venv/bin/pytest -q" in readme and "\n.venv/bin/pytest -q\n" in ci  # the full suite
-    fast = '.venv/bin/pytest -q -m "not slow"'  # the fast tier
-    assert fast in ci and fast in (ROOT / "docs" / "testing.md").read_text()
+    fast = '.venv/bin/pytest -q -m "not slow"'  # the fast tier, inside the full suite in CI
+    assert fast in (ROOT / "docs" / "testing.md").read_text()
     assert ".venv/bin/faultllm train model=tiny" in readme
 
 
