@@ -112,10 +112,9 @@ def schedule_share(cfg: PlanJob) -> tuple[float, str]:
     if hpo.schedule == "full":
         if hpo.pruner == "none":
             return 1.0, "hpo.schedule=full, hpo.pruner=none: every fold-epoch of every trial (the study's protocol)"
-        kept = 1.0 - cfg.plan.expected_pruned
-        return (
-            kept,
-            f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {1 - kept:.0%} of the fold-epochs (plan.expected_pruned)",
+        pruned = cfg.plan.expected_pruned
+        return 1.0 - pruned, (
+            f"hpo.schedule=full: hpo.pruner={hpo.pruner} saves {pruned:.0%} of the fold-epochs (plan.expected_pruned)"
         )
     pruner = (lambda: schedule_pruner(hpo, epochs)) if hpo.schedule == "asha" else (lambda: make_pruner("none"))
     shares = [simulated_share(hpo, epochs, pruner(), seed) for seed in range(SIMULATED_SEARCHES)]

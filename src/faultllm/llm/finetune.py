@@ -61,7 +61,8 @@ def train_on_split(
         cfg.prompt, cfg.data.system_prompt, features, split.labels, spec.tokenizer(), cfg.seed, split.train
     )
     log.info(f"writing {len(split.train)} train and {len(split.test)} test rows as prompts")
-    sets = dict(zip(("train", "test"), serializer.render_pair(split.train, split.test), strict=True))
+    train, test = serializer.render_pair(split.train, split.test)
+    sets = {"train": train, "test": test}
     result = _fitted(spec, sets, cfg, run_dir)
     final = {name: _final_scores(result, name, prompts, cfg) for name, prompts in sets.items()}
     metrics = TrainMetrics(
